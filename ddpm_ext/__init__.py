@@ -1,0 +1,34 @@
+"""ddpm_ext: exact, complete DDPM (Ho et al. 2020) and DDIM for Hugging Face diffusers."""
+
+from .schedules import (
+    BETA_SCHEDULES,
+    PREDICTION_TYPES,
+    TIMESTEP_SPACINGS,
+    VARIANCE_TYPES,
+    BetaSchedule,
+    PredictionType,
+    TimestepSpacing,
+    VarianceType,
+    make_betas,
+)
+from .scheduling_ddim_ext import DDIMExtScheduler, DDIMExtSchedulerOutput
+from .scheduling_ddpm_ext import DDPMExtScheduler, DDPMExtSchedulerOutput, posterior_coefficients
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BETA_SCHEDULES",
+    "PREDICTION_TYPES",
+    "TIMESTEP_SPACINGS",
+    "VARIANCE_TYPES",
+    "BetaSchedule",
+    "PredictionType",
+    "TimestepSpacing",
+    "VarianceType",
+    "make_betas",
+    "DDIMExtScheduler",
+    "DDIMExtSchedulerOutput",
+    "DDPMExtScheduler",
+    "DDPMExtSchedulerOutput",
+    "posterior_coefficients",
+]

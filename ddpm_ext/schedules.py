@@ -1,0 +1,392 @@
+"""Noise schedules and option checks shared by the DDPM and DDIM schedulers.
+
+Legend (Ho et al. 2020; code indexes timesteps 0..T-1, the paper's t = 1..T is code t-1):
+
+    betas[t]             β_t, the forward-process variance of q(x_t | x_{t-1})
+    alphas[t]            α_t = 1 - β_t
+    alphas_cumprod[t]    ᾱ_t = Π_{i<=t} α_i  (ᾱ of "t = -1" is 1)
+
+Every schedule is computed in float64; the schedulers store float32 copies under the
+diffusers attribute names and keep the float64 arrays for their coefficient tables.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Literal, Sequence, get_args
+
+import numpy as np
+import torch
+from diffusers.schedulers.scheduling_utils import SchedulerMixin
+
+BetaSchedule = Literal["linear", "quadratic", "cosine", "sigmoid", "scaled_linear", "squaredcos_cap_v2"]
+VarianceType = Literal["fixed_small", "fixed_large", "learned_range", "fixed_small_log", "fixed_large_log", "learned"]
+PredictionType = Literal["epsilon", "sample", "v_prediction"]
+TimestepSpacing = Literal["leading", "trailing", "linspace"]
+
+BETA_SCHEDULES: tuple[str, ...] = get_args(BetaSchedule)
+VARIANCE_TYPES: tuple[str, ...] = get_args(VarianceType)
+PREDICTION_TYPES: tuple[str, ...] = get_args(PredictionType)
+TIMESTEP_SPACINGS: tuple[str, ...] = get_args(TimestepSpacing)
+
+# The lecture's schedule names -> the names diffusers stores in its configs. We store the diffusers
+# name so a config moves to diffusers' DDPMScheduler / DDIMScheduler with `from_config` unchanged.
+_LECTURE_TO_DIFFUSERS = {"quadratic": "scaled_linear", "cosine": "squaredcos_cap_v2"}
+_DIFFUSERS_TO_LECTURE = {v: k for k, v in _LECTURE_TO_DIFFUSERS.items()}
+
+# diffusers' variance names that are numerically the same choice as one of the lecture's.
+_VARIANCE_SYNONYMS = {"fixed_small_log": "fixed_small", "fixed_large_log": "fixed_large"}
+
+
+def check_choice(name: str, value: Any, allowed: Sequence[str]) -> None:
+    """Raise a `ValueError` naming `name`, the bad `value` and the `allowed` values."""
+    if value not in allowed:
+        raise ValueError(f"`{name}` must be one of {list(allowed)}, got {value!r}.")
+
+
+def canonical_beta_schedule(beta_schedule: str) -> str:
+    """The diffusers name of a schedule given by either its lecture or its diffusers name."""
+    check_choice("beta_schedule", beta_schedule, BETA_SCHEDULES)
+    return _LECTURE_TO_DIFFUSERS.get(beta_schedule, beta_schedule)
+
+
+def lecture_beta_schedule(beta_schedule: str) -> str:
+    """The lecture's name of a schedule (`linear`, `quadratic`, `cosine`, `sigmoid`)."""
+    return _DIFFUSERS_TO_LECTURE.get(canonical_beta_schedule(beta_schedule), beta_schedule)
+
+
+def canonical_variance_type(variance_type: str) -> str:
+    """`fixed_small`, `fixed_large`, `learned_range` or `learned` for any accepted variance name."""
+    check_choice("variance_type", variance_type, VARIANCE_TYPES)
+    return _VARIANCE_SYNONYMS.get(variance_type, variance_type)
+
+
+def cosine_alpha_bar(t: np.ndarray, s: float) -> np.ndarray:
+    """ᾱ(t) = cos²(((t + s) / (1 + s)) · π/2) for t in [0, 1] (Nichol & Dhariwal 2021, eq. 17), unnormalised."""
+    return np.cos((t + s) / (1 + s) * math.pi / 2) ** 2
+
+
+def make_betas(
+    num_train_timesteps: int,
+    beta_schedule: str = "linear",
+    beta_start: float = 1e-4,
+    beta_end: float = 0.02,
+    trained_betas: Sequence[float] | np.ndarray | None = None,
+    cosine_s: float = 0.008,
+    max_beta: float = 0.999,
+) -> np.ndarray:
+    """The β_t schedule in float64, shape `(num_train_timesteps,)`, after checking every argument.
+
+    - `linear`: β_t evenly spaced from `beta_start` to `beta_end` (DDPM).
+    - `quadratic` (`scaled_linear`): √β_t evenly spaced from √beta_start to √beta_end, then squared.
+    - `cosine` (`squaredcos_cap_v2`): β_t = min(1 - ᾱ((t+1)/T) / ᾱ(t/T), max_beta) with
+      ᾱ(t) = cos²(((t + s)/(1 + s)) π/2), s = `cosine_s` (improved DDPM).
+    - `sigmoid`: β_t = sigmoid(x_t) (beta_end - beta_start) + beta_start, x_t evenly spaced on [-6, 6] (GeoDiff).
+    - `trained_betas`: taken as given (length `num_train_timesteps`, every value in (0, 1)).
+
+    Raises:
+        ValueError: for an unknown schedule, `num_train_timesteps` < 1, β outside (0, 1),
+            `beta_start` > `beta_end`, or `trained_betas` of the wrong length or out of range.
+    """
+    if isinstance(num_train_timesteps, bool) or not isinstance(num_train_timesteps, (int, np.integer)):
+        raise ValueError(f"`num_train_timesteps` must be an integer >= 1, got {num_train_timesteps!r}.")
+    if num_train_timesteps < 1:
+        raise ValueError(f"`num_train_timesteps` must be an integer >= 1, got {num_train_timesteps}.")
+    T = int(num_train_timesteps)
+
+    if trained_betas is not None:
+        betas = np.asarray(trained_betas, dtype=np.float64).reshape(-1)
+        if betas.shape[0] != T:
+            raise ValueError(
+                f"`trained_betas` must have `num_train_timesteps`={T} values, got {betas.shape[0]}."
+            )
+        bad = ~((betas > 0) & (betas < 1))
+        if bad.any():
+            i = int(np.flatnonzero(bad)[0])
+            raise ValueError(
+                f"`trained_betas` must lie in the open interval (0, 1); trained_betas[{i}] = {betas[i]!r}."
+            )
+        return betas
+
+    schedule = canonical_beta_schedule(beta_schedule)
+    if schedule == "squaredcos_cap_v2":
+        if not (0 <= cosine_s < 1):
+            raise ValueError(f"`cosine_s` must be in [0, 1), got {cosine_s!r}.")
+        if not (0 < max_beta < 1):
+            raise ValueError(f"`max_beta` must be in the open interval (0, 1), got {max_beta!r}.")
+        t = np.arange(T + 1, dtype=np.float64) / T
+        alpha_bar = cosine_alpha_bar(t, cosine_s)
+        return np.minimum(1 - alpha_bar[1:] / alpha_bar[:-1], max_beta)
+
+    for name, value in (("beta_start", beta_start), ("beta_end", beta_end)):
+        if not (isinstance(value, (int, float)) and 0 < value < 1):
+            raise ValueError(f"`{name}` must be in the open interval (0, 1), got {value!r}.")
+    if beta_start > beta_end:
+        raise ValueError(f"`beta_start` ({beta_start}) must not exceed `beta_end` ({beta_end}).")
+
+    if schedule == "linear":
+        return np.linspace(beta_start, beta_end, T, dtype=np.float64)
+    if schedule == "scaled_linear":
+        return np.linspace(beta_start**0.5, beta_end**0.5, T, dtype=np.float64) ** 2
+    # sigmoid
+    x = np.linspace(-6, 6, T, dtype=np.float64)
+    return 1 / (1 + np.exp(-x)) * (beta_end - beta_start) + beta_start
+
+
+def rescale_zero_terminal_snr(betas: np.ndarray) -> np.ndarray:
+    """Rescale β so that ᾱ_{T-1} = 0 (Lin et al. 2023, Algorithm 1), in float64."""
+    sqrt_ab = np.sqrt(np.cumprod(1 - betas))
+    first, last = sqrt_ab[0], sqrt_ab[-1]
+    sqrt_ab = (sqrt_ab - last) * first / (first - last)
+    alpha_bar = sqrt_ab**2
+    alphas = np.concatenate([alpha_bar[:1], alpha_bar[1:] / alpha_bar[:-1]])
+    return 1 - alphas
+
+
+def check_positive(name: str, value: Any, *, upper: float | None = None) -> None:
+    """Raise `ValueError` unless `0 < value` (and `value <= upper` when given)."""
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0
+    if ok and upper is not None:
+        ok = value <= upper
+    if not ok:
+        bound = f"in (0, {upper}]" if upper is not None else "> 0"
+        raise ValueError(f"`{name}` must be a number {bound}, got {value!r}.")
+
+
+def broadcast_to(coef: torch.Tensor, ndim: int) -> torch.Tensor:
+    """View a per-sample coefficient of shape (B,) as (B, 1, ..., 1) with `ndim` dimensions."""
+    return coef.reshape(coef.shape[0], *([1] * (ndim - 1)))
+
+
+class ScheduleMixin(SchedulerMixin):
+    """What the DDPM and DDIM schedulers share: the β schedule, the timestep grid, x̂_0 and the forward process.
+
+    Subclasses call `_init_schedule()` from their `@register_to_config` `__init__`.
+    """
+
+    order = 1
+    init_noise_sigma = 1.0
+
+    def _init_schedule(self) -> None:
+        cfg = self.config
+        canonical = canonical_beta_schedule(cfg.beta_schedule)
+        variance = canonical_variance_type(getattr(cfg, "variance_type", "fixed_small"))
+        check_choice("prediction_type", cfg.prediction_type, PREDICTION_TYPES)
+        check_choice("timestep_spacing", cfg.timestep_spacing, TIMESTEP_SPACINGS)
+        check_positive("clip_sample_range", cfg.clip_sample_range)
+        check_positive("sample_max_value", cfg.sample_max_value)
+        check_positive("dynamic_thresholding_ratio", cfg.dynamic_thresholding_ratio, upper=1.0)
+        if isinstance(cfg.steps_offset, bool) or not isinstance(cfg.steps_offset, int) or cfg.steps_offset < 0:
+            raise ValueError(f"`steps_offset` must be an integer >= 0, got {cfg.steps_offset!r}.")
+
+        betas = make_betas(
+            cfg.num_train_timesteps,
+            cfg.beta_schedule,
+            cfg.beta_start,
+            cfg.beta_end,
+            cfg.trained_betas,
+            cfg.cosine_s,
+            cfg.max_beta,
+        )
+        if cfg.rescale_betas_zero_snr:
+            betas = rescale_zero_terminal_snr(betas)
+        # Store diffusers' names so configs move to diffusers' schedulers with `from_config`.
+        if canonical != cfg.beta_schedule:
+            self.register_to_config(beta_schedule=canonical)
+        if cfg.trained_betas is not None and not isinstance(cfg.trained_betas, list):
+            self.register_to_config(trained_betas=[float(b) for b in np.asarray(cfg.trained_betas).reshape(-1)])
+        self.variance_kind = variance  # the lecture's choice behind diffusers' name
+
+        self._betas64 = betas
+        self._alphas_cumprod64 = np.cumprod(1.0 - betas)
+        self.betas = torch.from_numpy(betas).float()
+        self.alphas = 1.0 - self.betas
+        self.alphas_cumprod = torch.from_numpy(self._alphas_cumprod64).float()
+        self.one = torch.tensor(1.0)
+        self._tables: dict[tuple[str, torch.device, torch.dtype], torch.Tensor] = {}
+
+        self.num_inference_steps: int | None = None
+        self.custom_timesteps = False
+        self._set_grid(np.arange(cfg.num_train_timesteps)[::-1].copy())
+
+    # ----------------------------------------------------------------------------------------------
+    # Timestep grid
+    # ----------------------------------------------------------------------------------------------
+    def _spaced_timesteps(self, num_inference_steps: int) -> np.ndarray:
+        """Timesteps for `num_inference_steps` steps with the configured spacing, descending."""
+        T, S = self.config.num_train_timesteps, num_inference_steps
+        spacing = self.config.timestep_spacing
+        if spacing == "linspace":
+            return np.linspace(0, T - 1, S).round()[::-1].astype(np.int64)
+        if spacing == "leading":
+            return (np.arange(0, S) * (T // S))[::-1].astype(np.int64) + self.config.steps_offset
+        # trailing
+        return np.round(np.arange(T, 0, -T / S)).astype(np.int64) - 1
+
+    def set_timesteps(
+        self,
+        num_inference_steps: int | None = None,
+        device: str | torch.device | None = None,
+        timesteps: list[int] | None = None,
+    ) -> None:
+        """Set the timesteps used for sampling (run before the sampling loop).
+
+        Args:
+            num_inference_steps (`int`, *optional*):
+                Number of sampling steps S, 1 <= S <= `num_train_timesteps`, spaced by `timestep_spacing`.
+            device (`str` or `torch.device`, *optional*):
+                Device for `self.timesteps`.
+            timesteps (`list[int]`, *optional*):
+                Custom strictly descending timesteps in [0, `num_train_timesteps`); excludes `num_inference_steps`.
+
+        Every step goes from a kept timestep to the next kept one (x_0 after the last), and every
+        coefficient of that step, variance included, is computed from the kept ᾱ values (improved
+        DDPM's respacing): β'_t = 1 - ᾱ_t / ᾱ_prev.
+
+        Raises:
+            ValueError: for a count < 1 or above `num_train_timesteps`, both or neither argument,
+                or custom timesteps that are not strictly descending in range.
+        """
+        T = self.config.num_train_timesteps
+        if (num_inference_steps is None) == (timesteps is None):
+            raise ValueError("Pass exactly one of `num_inference_steps` or `timesteps`.")
+        if timesteps is not None:
+            grid = np.asarray([int(t) for t in timesteps], dtype=np.int64)
+            if grid.ndim != 1 or grid.size == 0:
+                raise ValueError(f"`timesteps` must be a non-empty list of integers, got {timesteps!r}.")
+            if (np.diff(grid) >= 0).any():
+                raise ValueError(f"`timesteps` must be strictly descending, got {grid.tolist()}.")
+            if grid[0] >= T or grid[-1] < 0:
+                raise ValueError(f"`timesteps` must lie in [0, {T}) (`num_train_timesteps`), got {grid.tolist()}.")
+            self.custom_timesteps = True
+            self.num_inference_steps = len(grid)
+        else:
+            if isinstance(num_inference_steps, bool) or not isinstance(num_inference_steps, (int, np.integer)):
+                raise ValueError(f"`num_inference_steps` must be an integer, got {num_inference_steps!r}.")
+            if not 1 <= num_inference_steps <= T:
+                raise ValueError(
+                    f"`num_inference_steps` must be in [1, {T}] (`num_train_timesteps`), got {num_inference_steps}."
+                )
+            grid = self._spaced_timesteps(int(num_inference_steps))
+            if grid[0] >= T or grid[-1] < 0 or (np.diff(grid) >= 0).any():
+                raise ValueError(
+                    f"`timestep_spacing`={self.config.timestep_spacing!r} with `steps_offset`="
+                    f"{self.config.steps_offset} gives invalid timesteps {grid.tolist()} for "
+                    f"`num_inference_steps`={num_inference_steps} and `num_train_timesteps`={T}."
+                )
+            self.custom_timesteps = False
+            self.num_inference_steps = int(num_inference_steps)
+        self._set_grid(grid, device)
+
+    def _set_grid(self, grid: np.ndarray, device: str | torch.device | None = None) -> None:
+        """Store the descending timestep grid and precompute every per-step coefficient in float64."""
+        self.timesteps = torch.from_numpy(grid.copy()).to(device)
+        self._index_of = {int(t): i for i, t in enumerate(grid)}
+        ab = self._alphas_cumprod64
+        ab_t = ab[grid]
+        ab_prev = np.concatenate([ab[grid[1:]], [self._final_alpha_cumprod()]])
+        self._prev_timesteps = np.concatenate([grid[1:], [-1]])
+        self._step_coefficients(ab_t, ab_prev)
+
+    def _final_alpha_cumprod(self) -> float:
+        """ᾱ of the timestep after the last kept one (1: the step lands on x_0)."""
+        return 1.0
+
+    def _step_coefficients(self, ab_t: np.ndarray, ab_prev: np.ndarray) -> None:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def _step_index(self, timestep: int | torch.Tensor) -> int:
+        """Position of `timestep` in `self.timesteps`."""
+        t = int(timestep)
+        try:
+            return self._index_of[t]
+        except KeyError:
+            raise ValueError(
+                f"`timestep` {t} is not one of the scheduler's timesteps {self.timesteps.tolist()[:8]}...; "
+                "call `set_timesteps` first or pass a timestep from `scheduler.timesteps`."
+            ) from None
+
+    def previous_timestep(self, timestep: int | torch.Tensor) -> int:
+        """The timestep the step from `timestep` lands on (-1 means x_0)."""
+        return int(self._prev_timesteps[self._step_index(timestep)])
+
+    # ----------------------------------------------------------------------------------------------
+    # Model output -> x̂_0, and the forward process
+    # ----------------------------------------------------------------------------------------------
+    def scale_model_input(self, sample: torch.Tensor, timestep: int | None = None) -> torch.Tensor:
+        """Identity: DDPM and DDIM feed x_t to the model unscaled (kept for scheduler interchangeability)."""
+        return sample
+
+    def _pred_x0_eps(
+        self, model_output: torch.Tensor, sample: torch.Tensor, ab_t: float
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """x̂_0 and ε̂ from the model output at a timestep with ᾱ_t = `ab_t` (Ho et al. eq. 15; Salimans & Ho for v)."""
+        pt = self.config.prediction_type
+        sa, sb = math.sqrt(ab_t), math.sqrt(1.0 - ab_t)
+        if pt == "epsilon":
+            return (sample - sb * model_output) / sa, model_output
+        if pt == "sample":
+            return model_output, (sample - sa * model_output) / sb
+        return sa * sample - sb * model_output, sa * model_output + sb * sample  # v_prediction
+
+    def _clip_x0(self, x0: torch.Tensor) -> torch.Tensor:
+        """Dynamic thresholding (Saharia et al. 2022) or clipping of x̂_0 to ±`clip_sample_range`."""
+        if self.config.thresholding:
+            return self._threshold_sample(x0)
+        if self.config.clip_sample:
+            r = self.config.clip_sample_range
+            return x0.clamp(-r, r)
+        return x0
+
+    def _threshold_sample(self, sample: torch.Tensor) -> torch.Tensor:
+        """Per image, s = quantile(|x̂_0|, ratio) clamped to [1, sample_max_value]; x̂_0 -> clamp(x̂_0, -s, s) / s."""
+        dtype = sample.dtype
+        b = sample.shape[0]
+        flat = sample.reshape(b, -1)
+        if dtype not in (torch.float32, torch.float64):
+            flat = flat.float()
+        s = torch.quantile(flat.abs(), self.config.dynamic_thresholding_ratio, dim=1)
+        s = s.clamp(min=1, max=self.config.sample_max_value).unsqueeze(1)
+        return (torch.clamp(flat, -s, s) / s).reshape(sample.shape).to(dtype)
+
+    def _table(self, name: str, values: np.ndarray, like: torch.Tensor) -> torch.Tensor:
+        """A float64-computed per-timestep table, cast once to `like`'s device and dtype and cached."""
+        key = (name, like.device, like.dtype)
+        table = self._tables.get(key)
+        if table is None:
+            table = torch.from_numpy(values).to(device=like.device, dtype=like.dtype)
+            self._tables[key] = table
+        return table
+
+    def _per_sample(self, name: str, values: np.ndarray, timesteps: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        """`values[timesteps]` broadcast against `like` (B, ...)."""
+        table = self._table(name, values, like)
+        t = torch.as_tensor(timesteps, device=like.device).long().reshape(-1)
+        if t.numel() == 1 and like.shape[0] != 1:
+            t = t.expand(like.shape[0])
+        return broadcast_to(table[t], like.ndim)
+
+    def add_noise(
+        self, original_samples: torch.Tensor, noise: torch.Tensor, timesteps: torch.IntTensor
+    ) -> torch.Tensor:
+        """Sample q(x_t | x_0) = N(√ᾱ_t x_0, (1 - ᾱ_t) I): x_t = √ᾱ_t x_0 + √(1 - ᾱ_t) ε.
+
+        Args:
+            original_samples (`torch.Tensor`): x_0, shape (B, C, H, W).
+            noise (`torch.Tensor`): ε ~ N(0, I), same shape.
+            timesteps (`torch.IntTensor`): t per sample, shape (B,) (or one value for all).
+        """
+        ab = self._alphas_cumprod64
+        a = self._per_sample("sqrt_alphas_cumprod", np.sqrt(ab), timesteps, original_samples)
+        b = self._per_sample("sqrt_one_minus_alphas_cumprod", np.sqrt(1 - ab), timesteps, original_samples)
+        return a * original_samples + b * noise
+
+    def get_velocity(self, sample: torch.Tensor, noise: torch.Tensor, timesteps: torch.IntTensor) -> torch.Tensor:
+        """The v-prediction target v = √ᾱ_t ε - √(1 - ᾱ_t) x_0 (Salimans & Ho 2022); `sample` is x_0."""
+        ab = self._alphas_cumprod64
+        a = self._per_sample("sqrt_alphas_cumprod", np.sqrt(ab), timesteps, sample)
+        b = self._per_sample("sqrt_one_minus_alphas_cumprod", np.sqrt(1 - ab), timesteps, sample)
+        return a * noise - b * sample
+
+    def __len__(self) -> int:
+        return self.config.num_train_timesteps

@@ -104,7 +104,7 @@ def make_betas(
         if bad.any():
             i = int(np.flatnonzero(bad)[0])
             raise ValueError(
-                f"`trained_betas` must lie in the open interval (0, 1); trained_betas[{i}] = {betas[i]!r}."
+                f"`trained_betas` must lie in the open interval (0, 1); trained_betas[{i}] = {float(betas[i])!r}."
             )
         return betas
 

@@ -11,8 +11,10 @@ from .schedules import (
     VarianceType,
     make_betas,
 )
+from .pipeline_ddpm_ext import DDPMExtPipeline, DDPMExtPipelineOutput
 from .scheduling_ddim_ext import DDIMExtScheduler, DDIMExtSchedulerOutput
 from .scheduling_ddpm_ext import DDPMExtScheduler, DDPMExtSchedulerOutput, posterior_coefficients
+from .unet_presets import UNET_PRESETS, build_unet, unet_config
 
 __version__ = "0.1.0"
 
@@ -26,6 +28,11 @@ __all__ = [
     "TimestepSpacing",
     "VarianceType",
     "make_betas",
+    "DDPMExtPipeline",
+    "DDPMExtPipelineOutput",
+    "UNET_PRESETS",
+    "build_unet",
+    "unet_config",
     "DDIMExtScheduler",
     "DDIMExtSchedulerOutput",
     "DDPMExtScheduler",

@@ -1,0 +1,429 @@
+"""`DDPMExtPipeline`: unconditional DDPM / DDIM sampling, and checkpoints that vanilla diffusers loads.
+
+On disk a pipeline is the layout of diffusers' own `DDPMPipeline`: `model_index.json` names `DDPMPipeline`,
+`UNet2DModel` and diffusers' scheduler class, weights are safetensors. ddpm_ext's own settings ride along in
+private (`_`-prefixed) keys that diffusers ignores, so `DiffusionPipeline.from_pretrained` and
+`DDPMPipeline.from_pretrained` load the folder or Hub repo with no extra flag, and
+`DDPMExtPipeline.from_pretrained` restores ddpm_ext's classes with every setting.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Literal
+
+import diffusers
+import torch
+from diffusers import DiffusionPipeline, ImagePipelineOutput, UNet2DModel
+from diffusers.schedulers.scheduling_utils import SchedulerMixin
+from diffusers.utils.torch_utils import randn_tensor
+
+from .scheduling_ddim_ext import DDIMExtScheduler
+from .scheduling_ddpm_ext import DDPMExtScheduler
+
+OutputType = Literal["pil", "np", "pt"]
+OUTPUT_TYPES = ("pil", "np", "pt")
+
+# ddpm_ext scheduler <-> the diffusers class that vanilla diffusers loads in its place
+_TO_DIFFUSERS = {"DDPMExtScheduler": "DDPMScheduler", "DDIMExtScheduler": "DDIMScheduler"}
+_FROM_DIFFUSERS = {"DDPMScheduler": DDPMExtScheduler, "DDIMScheduler": DDIMExtScheduler}
+_EXT_SCHEDULERS = {"DDPMExtScheduler": DDPMExtScheduler, "DDIMExtScheduler": DDIMExtScheduler}
+
+
+@dataclass
+class DDPMExtPipelineOutput(ImagePipelineOutput):
+    """Output of [`DDPMExtPipeline`].
+
+    Args:
+        images (`list[PIL.Image.Image]`, `np.ndarray` or `torch.Tensor`): the samples, in [0, 1] for "np" / "pt".
+        trajectory (`list[torch.Tensor]`, *optional*): x_t before every step and the final x_0, each (B, C, H, W)
+            in [-1, 1] on the CPU (`return_trajectory=True`).
+        pred_original_samples (`list[torch.Tensor]`, *optional*): x̂_0 predicted at every step.
+        timesteps (`list[int]`, *optional*): the timestep of every step.
+    """
+
+    trajectory: list[torch.Tensor] | None = None
+    pred_original_samples: list[torch.Tensor] | None = None
+    timesteps: list[int] | None = None
+
+
+class DDPMExtPipeline(DiffusionPipeline):
+    r"""Unconditional image generation with DDPM ancestral sampling or DDIM, from one trained UNet.
+
+    Args:
+        unet ([`UNet2DModel`]): ε_θ(x_t, t) (or x_0 / v, as the scheduler's `prediction_type` says).
+        scheduler ([`DDPMExtScheduler`], [`DDIMExtScheduler`] or any diffusers scheduler): the sampler.
+
+    Example:
+
+    ```py
+    >>> import torch
+    >>> from ddpm_ext import DDPMExtPipeline, DDPMExtScheduler, DDIMExtScheduler, build_unet
+    >>> pipe = DDPMExtPipeline(unet=build_unet("tiny"), scheduler=DDPMExtScheduler(beta_schedule="cosine"))
+    >>> images = pipe(batch_size=2, num_inference_steps=10, generator=torch.manual_seed(0)).images
+    >>> pipe.scheduler = DDIMExtScheduler.from_config(pipe.scheduler.config)
+    >>> x = pipe(batch_size=2, num_inference_steps=10, eta=0.0, output_type="pt").images
+    >>> x.shape
+    torch.Size([2, 1, 8, 8])
+    ```
+    """
+
+    model_cpu_offload_seq = "unet"
+
+    def __init__(self, unet: UNet2DModel, scheduler: SchedulerMixin):
+        super().__init__()
+        check_components(unet, scheduler)
+        self.register_modules(unet=unet, scheduler=scheduler)
+
+    @torch.no_grad()
+    def __call__(
+        self,
+        batch_size: int = 1,
+        generator: torch.Generator | list[torch.Generator] | None = None,
+        num_inference_steps: int = 1000,
+        eta: float = 0.0,
+        stochastic: bool = True,
+        output_type: OutputType = "pil",
+        return_dict: bool = True,
+        return_trajectory: bool = False,
+        callback_on_step_end: Callable[[Any, int, int, dict[str, torch.Tensor]], dict | None] | None = None,
+    ) -> DDPMExtPipelineOutput | tuple:
+        """Sample images: x_T ~ N(0, I), then one scheduler step per timestep down to x_0.
+
+        Args:
+            batch_size (`int`, defaults to 1): the number of images.
+            generator (`torch.Generator` or a list of `batch_size` of them, *optional*): for reproducible samples.
+            num_inference_steps (`int`, defaults to 1000): denoising steps, 1..`num_train_timesteps`; fewer than T
+                respaces the chain.
+            eta (`float`, defaults to 0.0): DDIM's η in [0, 1] (needs a DDIM scheduler); 0 is deterministic.
+            stochastic (`bool`, defaults to `True`): add the noise σ_t z at each step; `False` samples "without z"
+                (needs a ddpm_ext scheduler).
+            output_type (`str`, defaults to `"pil"`): `"pil"`, `"np"` (B, H, W, C) or `"pt"` (B, C, H, W).
+            return_dict (`bool`, defaults to `True`): return a [`DDPMExtPipelineOutput`] or a tuple.
+            return_trajectory (`bool`, defaults to `False`): also return x_t and x̂_0 of every step (on the CPU).
+            callback_on_step_end (`Callable`, *optional*): called as `callback(pipe, i, t, {"sample": x_prev,
+                "pred_original_sample": x̂_0})` after every step; a returned dict may replace `"sample"`.
+
+        Returns:
+            [`DDPMExtPipelineOutput`] or `(images,)`.
+        """
+        step_kwargs = self._check_call(batch_size, generator, num_inference_steps, eta, stochastic, output_type)
+        unet, scheduler = self.unet, self.scheduler
+        size = unet.config.sample_size
+        shape = (batch_size, unet.config.in_channels, *((size, size) if isinstance(size, int) else size))
+        device = self._execution_device
+
+        # 1. x_T ~ N(0, I) (drawn exactly as diffusers' DDPMPipeline draws it)
+        if device.type == "mps":
+            image = randn_tensor(shape, generator=generator, dtype=unet.dtype).to(device)
+        else:
+            image = randn_tensor(shape, generator=generator, device=device, dtype=unet.dtype)
+        scheduler.set_timesteps(num_inference_steps)
+        trajectory, x0s = ([image.cpu()], []) if return_trajectory else (None, None)
+
+        # 2. x_t -> x_{t-1} for every kept timestep
+        for i, t in enumerate(self.progress_bar(scheduler.timesteps)):
+            model_output = unet(image, t).sample
+            out = scheduler.step(model_output, t, image, generator=generator, **step_kwargs)
+            image = out.prev_sample
+            if callback_on_step_end is not None:
+                changed = callback_on_step_end(
+                    self, i, int(t), {"sample": image, "pred_original_sample": out.pred_original_sample}
+                )
+                if changed and "sample" in changed:
+                    image = changed["sample"]
+            if return_trajectory:
+                trajectory.append(image.cpu())
+                x0s.append(out.pred_original_sample.cpu())
+
+        # 3. [-1, 1] -> [0, 1] -> the requested type
+        images = self.postprocess(image, output_type)
+        self.maybe_free_model_hooks()
+        if not return_dict:
+            return (images,)
+        return DDPMExtPipelineOutput(
+            images=images,
+            trajectory=trajectory,
+            pred_original_samples=x0s,
+            timesteps=scheduler.timesteps.tolist() if return_trajectory else None,
+        )
+
+    def postprocess(self, sample: torch.Tensor, output_type: OutputType = "pil"):
+        """(B, C, H, W) in [-1, 1] -> images in [0, 1] as PIL, NumPy (B, H, W, C) or torch (B, C, H, W)."""
+        image = (sample / 2 + 0.5).clamp(0, 1)
+        if output_type == "pt":
+            return image
+        image = image.cpu().permute(0, 2, 3, 1).float().numpy()
+        return self.numpy_to_pil(image) if output_type == "pil" else image
+
+    def _check_call(self, batch_size, generator, num_inference_steps, eta, stochastic, output_type) -> dict:
+        """Validate the call's arguments; return the extra keyword arguments for `scheduler.step`."""
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"`batch_size` must be an integer >= 1, got {batch_size!r}.")
+        T = self.scheduler.config.num_train_timesteps
+        if isinstance(num_inference_steps, bool) or not isinstance(num_inference_steps, int) or not 1 <= num_inference_steps <= T:
+            raise ValueError(
+                f"`num_inference_steps` must be an integer in [1, {T}] (the scheduler's `num_train_timesteps`), "
+                f"got {num_inference_steps!r}."
+            )
+        if output_type not in OUTPUT_TYPES:
+            raise ValueError(f"`output_type` must be one of {list(OUTPUT_TYPES)}, got {output_type!r}.")
+        if isinstance(generator, list) and len(generator) != batch_size:
+            raise ValueError(f"`generator` is a list of {len(generator)} generators but `batch_size` is {batch_size}.")
+        params = inspect.signature(self.scheduler.step).parameters
+        kwargs: dict[str, Any] = {}
+        if not (isinstance(eta, (int, float)) and 0.0 <= eta <= 1.0):
+            raise ValueError(f"`eta` must be a number in [0, 1], got {eta!r}.")
+        if "eta" in params:
+            kwargs["eta"] = float(eta)
+        elif eta != 0.0:
+            raise ValueError(
+                f"`eta`={eta} needs a DDIM scheduler; {type(self.scheduler).__name__} has no η. Swap it with "
+                "`pipe.scheduler = DDIMExtScheduler.from_config(pipe.scheduler.config)`."
+            )
+        if not stochastic:
+            if "stochastic" not in params:
+                raise ValueError(
+                    f"`stochastic=False` needs a ddpm_ext scheduler; {type(self.scheduler).__name__} always adds noise."
+                )
+            kwargs["stochastic"] = False
+        return kwargs
+
+    # ----------------------------------------------------------------------------------------------
+    # Saving and loading
+    # ----------------------------------------------------------------------------------------------
+    def save_pretrained(self, save_directory: str | os.PathLike, safe_serialization: bool = True, **kwargs: Any) -> None:
+        """Save in diffusers' `DDPMPipeline` layout (safetensors) that both diffusers and ddpm_ext load.
+
+        Args:
+            save_directory (`str` or `os.PathLike`): the folder to write.
+            safe_serialization (`bool`, defaults to `True`): must stay `True`; weights are safetensors only.
+
+        To upload, save to a folder and use [`ddpm_ext.hub.push_pipeline`] (or `huggingface_hub.upload_folder`).
+        """
+        if not safe_serialization:
+            raise ValueError("`safe_serialization=False` is not supported: ddpm_ext writes safetensors weights only.")
+        if kwargs.get("push_to_hub"):
+            raise ValueError("`push_to_hub` is not handled by `save_pretrained`; save, then upload the folder.")
+        save_pipeline(self.unet, self.scheduler, save_directory)
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        pretrained_model_name_or_path: str | os.PathLike,
+        *,
+        revision: str | None = None,
+        cache_dir: str | os.PathLike | None = None,
+        token: str | bool | None = None,
+        local_files_only: bool = False,
+        allow_pickle: bool = False,
+        torch_dtype: torch.dtype | None = None,
+        scheduler: SchedulerMixin | None = None,
+        **kwargs: Any,
+    ) -> "DDPMExtPipeline":
+        """Load a pipeline saved by ddpm_ext or by diffusers' `DDPMPipeline`, from a folder or a Hub repo id.
+
+        Args:
+            pretrained_model_name_or_path (`str` or `os.PathLike`): a local folder or a Hub repo id (`org/name`).
+            revision (`str`, *optional*): the Hub revision (branch, tag or commit), `"main"` by default.
+            cache_dir, token, local_files_only: passed to `huggingface_hub.snapshot_download`.
+            allow_pickle (`bool`, defaults to `False`): allow loading weights from a pickle (`.bin`) file when the
+                checkpoint has no safetensors; only for checkpoints you trust.
+            torch_dtype (`torch.dtype`, *optional*): dtype of the UNet weights.
+            scheduler (`SchedulerMixin`, *optional*): use this scheduler instead of the saved one.
+
+        Returns:
+            [`DDPMExtPipeline`]: diffusers' `DDPMScheduler` / `DDIMScheduler` configs are loaded into
+            [`DDPMExtScheduler`] / [`DDIMExtScheduler`]; other diffusers schedulers are kept as they are.
+        """
+        if kwargs:
+            raise ValueError(f"Unexpected arguments {sorted(kwargs)} for `DDPMExtPipeline.from_pretrained`.")
+        folder = resolve_pipeline_folder(
+            pretrained_model_name_or_path,
+            revision=revision,
+            cache_dir=cache_dir,
+            token=token,
+            local_files_only=local_files_only,
+            allow_pickle=allow_pickle,
+        )
+        unet = load_unet(folder, allow_pickle=allow_pickle, torch_dtype=torch_dtype)
+        if scheduler is None:
+            scheduler = load_scheduler(folder)
+        return cls(unet=unet, scheduler=scheduler)
+
+
+# --------------------------------------------------------------------------------------------------
+# Checkpoint layout helpers (one place for the on-disk contract)
+# --------------------------------------------------------------------------------------------------
+def check_components(unet: Any, scheduler: Any) -> None:
+    """Raise `ValueError` unless `unet` is a `UNet2DModel` whose output channels fit the scheduler's variance."""
+    if not isinstance(unet, UNet2DModel):
+        raise ValueError(f"`unet` must be a diffusers `UNet2DModel`, got {type(unet).__name__}.")
+    if not isinstance(scheduler, SchedulerMixin):
+        raise ValueError(f"`scheduler` must be a diffusers scheduler (`SchedulerMixin`), got {type(scheduler).__name__}.")
+    c_in, c_out = unet.config.in_channels, unet.config.out_channels
+    variance = getattr(scheduler.config, "variance_type", "fixed_small")
+    learned = variance in ("learned", "learned_range")
+    if learned and c_out != 2 * c_in:
+        raise ValueError(
+            f"The scheduler's `variance_type`={variance!r} needs a UNet with out_channels = 2 x in_channels = "
+            f"{2 * c_in}, but the UNet has out_channels={c_out}."
+        )
+    if not learned and c_out != c_in:
+        raise ValueError(
+            f"The UNet has in_channels={c_in} and out_channels={c_out}; with `variance_type`={variance!r} they must "
+            "be equal (out_channels = 2 x in_channels needs `variance_type='learned_range'`)."
+        )
+
+
+def _diffusers_scheduler_config(scheduler: SchedulerMixin) -> dict[str, Any]:
+    """The scheduler config as written to disk: diffusers' class name, ddpm_ext's class in a private key.
+
+    When diffusers' own scheduler would compute other β from these keys (a cosine offset or cap it does not
+    know), the β are also written as `trained_betas`, flagged so that ddpm_ext drops them again on load.
+    """
+    name = type(scheduler).__name__
+    config = {k: v for k, v in dict(scheduler.config).items() if k != "_use_default_values"}
+    if name not in _TO_DIFFUSERS:
+        return config
+    diffusers_cls = getattr(diffusers, _TO_DIFFUSERS[name])
+    config["_class_name"] = diffusers_cls.__name__
+    config["_ddpm_ext_class_name"] = name
+    # keys diffusers' class does not know (cosine_s, max_beta) go private, so diffusers loads without warnings
+    known = set(inspect.signature(diffusers_cls.__init__).parameters)
+    config["_ddpm_ext_config"] = {k: config.pop(k) for k in list(config) if not k.startswith("_") and k not in known}
+    vanilla = diffusers_cls.from_config({k: v for k, v in config.items() if not k.startswith("_")})
+    if not torch.allclose(vanilla.betas.double(), torch.from_numpy(scheduler._betas64), rtol=1e-6, atol=1e-9):
+        config["trained_betas"] = [float(b) for b in scheduler._betas64]
+        config["_ddpm_ext_betas_for_diffusers"] = True
+    return config
+
+
+def save_pipeline(unet: UNet2DModel, scheduler: SchedulerMixin, save_directory: str | os.PathLike) -> None:
+    """Write `unet/` (safetensors), `scheduler/` and `model_index.json` in diffusers' `DDPMPipeline` layout."""
+    from . import __version__
+
+    check_components(unet, scheduler)
+    out = Path(save_directory)
+    out.mkdir(parents=True, exist_ok=True)
+    unet.save_pretrained(out / "unet", safe_serialization=True)
+    config = _diffusers_scheduler_config(scheduler)
+    (out / "scheduler").mkdir(exist_ok=True)
+    (out / "scheduler" / "scheduler_config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    scheduler_class = config.get("_class_name", type(scheduler).__name__)
+    index = {
+        "_class_name": "DDPMPipeline",
+        "_diffusers_version": diffusers.__version__,
+        "_ddpm_ext_version": __version__,
+        "_ddpm_ext_pipeline": "DDPMExtPipeline",
+        "scheduler": ["diffusers", scheduler_class],
+        "unet": ["diffusers", "UNet2DModel"],
+    }
+    (out / "model_index.json").write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
+
+
+def _looks_like_repo_id(name: str) -> bool:
+    parts = name.split("/")
+    return len(parts) == 2 and all(parts) and not name.startswith((".", "~")) and "\\" not in name
+
+
+def resolve_pipeline_folder(
+    pretrained_model_name_or_path: str | os.PathLike,
+    *,
+    revision: str | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    token: str | bool | None = None,
+    local_files_only: bool = False,
+    allow_pickle: bool = False,
+) -> Path:
+    """A local folder holding the pipeline: the folder itself, or a Hub snapshot of the repo id.
+
+    Raises:
+        ValueError: when the path is neither an existing folder nor a repo id, the repo cannot be fetched,
+            or the folder is not a pipeline (no `model_index.json`, a missing `unet` or `scheduler`).
+    """
+    name = os.fspath(pretrained_model_name_or_path)
+    if os.path.isdir(name):
+        folder = Path(name)
+    elif os.path.exists(name):
+        raise ValueError(f"`pretrained_model_name_or_path` {name!r} is a file, not a pipeline folder.")
+    elif _looks_like_repo_id(name):
+        from huggingface_hub import snapshot_download
+
+        patterns = ["model_index.json", "*/*.json", "*/*.safetensors", "*.md"]
+        try:
+            folder = Path(
+                snapshot_download(
+                    name,
+                    revision=revision or "main",
+                    cache_dir=cache_dir,
+                    token=token,
+                    local_files_only=local_files_only,
+                    allow_patterns=patterns,
+                )
+            )
+            if allow_pickle and not any((folder / "unet").glob("*.safetensors")):
+                folder = Path(
+                    snapshot_download(
+                        name,
+                        revision=revision or "main",
+                        cache_dir=cache_dir,
+                        token=token,
+                        local_files_only=local_files_only,
+                        allow_patterns=patterns + ["unet/*.bin"],
+                    )
+                )
+        except Exception as e:  # huggingface_hub raises many types; give one clear message
+            raise ValueError(
+                f"Could not fetch the pipeline {name!r} (revision {revision or 'main'!r}) from the Hub or its cache: "
+                f"{type(e).__name__}: {e}"
+            ) from e
+    else:
+        raise ValueError(
+            f"`pretrained_model_name_or_path` {name!r} is neither an existing folder nor a Hub repo id of the form 'org/name'."
+        )
+    if not (folder / "model_index.json").is_file():
+        raise ValueError(f"{name!r} is not a pipeline: it has no model_index.json.")
+    for component, config_file in (("unet", "config.json"), ("scheduler", "scheduler_config.json")):
+        if not (folder / component / config_file).is_file():
+            raise ValueError(f"{name!r} is missing the `{component}` component ({component}/{config_file} not found).")
+    return folder
+
+
+def load_unet(folder: str | os.PathLike, *, allow_pickle: bool = False, torch_dtype: torch.dtype | None = None) -> UNet2DModel:
+    """Load `folder/unet` from safetensors; a pickle-only checkpoint needs `allow_pickle=True`."""
+    unet_dir = Path(folder) / "unet"
+    has_safetensors = any(unet_dir.glob("*.safetensors"))
+    if not has_safetensors and not allow_pickle:
+        pickles = sorted(p.name for p in unet_dir.glob("*.bin"))
+        found = f"only the pickle file(s) {pickles}" if pickles else "no weights file"
+        raise ValueError(
+            f"{unet_dir} has no safetensors weights ({found}). Pickle files can run arbitrary code when loaded; "
+            "pass `allow_pickle=True` only for a checkpoint you trust."
+        )
+    kwargs = {"torch_dtype": torch_dtype} if torch_dtype is not None else {}
+    return UNet2DModel.from_pretrained(unet_dir, use_safetensors=has_safetensors, **kwargs)
+
+
+def load_scheduler(folder: str | os.PathLike) -> SchedulerMixin:
+    """Load `folder/scheduler` as ddpm_ext's scheduler (or the diffusers one it cannot express)."""
+    path = Path(folder) / "scheduler" / "scheduler_config.json"
+    config = json.loads(path.read_text())
+    if config.pop("_ddpm_ext_betas_for_diffusers", False):
+        config["trained_betas"] = None
+    config.update(config.pop("_ddpm_ext_config", {}))
+    name = config.get("_ddpm_ext_class_name") or config.get("_class_name")
+    if name in _EXT_SCHEDULERS:
+        cls = _EXT_SCHEDULERS[name]
+    elif name in _FROM_DIFFUSERS:
+        cls = _FROM_DIFFUSERS[name]
+    elif isinstance(name, str) and isinstance(getattr(diffusers, name, None), type):
+        cls = getattr(diffusers, name)
+    else:
+        raise ValueError(f"{path} names an unknown scheduler class {name!r}.")
+    return cls.from_config(config)
+

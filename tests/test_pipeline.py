@@ -301,3 +301,68 @@ def test_without_z_needs_ddpm_ext_scheduler():
 def test_save_refuses_pickle(tmp_path):
     with pytest.raises(ValueError, match=r"safetensors weights only"):
         make_pipe().save_pretrained(tmp_path, safe_serialization=False)
+
+
+# --------------------------------------------------------------------------------------------------
+# Hub repo ids: through a real local Hub server (olah serving git mirrors), and through the cache offline
+# --------------------------------------------------------------------------------------------------
+def test_hub_round_trip_through_local_server(olah_hub, tmp_path):
+    from hub_servers import publish_folder
+
+    pipe = make_pipe(DDPMExtScheduler(beta_schedule="cosine", cosine_s=0.02, variance_type="fixed_large"))
+    pipe.save_pretrained(tmp_path / "pipe")
+    publish_folder(olah_hub.mirrors_root, "ddpm-ext-tests/hub-round-trip", tmp_path / "pipe")
+    ref = sample(pipe, num_inference_steps=20)
+
+    ours = DDPMExtPipeline.from_pretrained("ddpm-ext-tests/hub-round-trip")
+    ours.set_progress_bar_config(disable=True)
+    assert type(ours.scheduler) is DDPMExtScheduler and ours.scheduler.config.cosine_s == 0.02
+    np.testing.assert_array_equal(sample(ours, num_inference_steps=20), ref)
+
+    vanilla = DDPMPipeline.from_pretrained("ddpm-ext-tests/hub-round-trip", revision="main")
+    vanilla.set_progress_bar_config(disable=True)
+    np.testing.assert_allclose(sample(vanilla, num_inference_steps=20), ref, atol=1e-4)
+
+    generic = DiffusionPipeline.from_pretrained("ddpm-ext-tests/hub-round-trip", revision="main")
+    assert type(generic) is DDPMPipeline
+
+
+def test_hub_diffusers_checkpoint_and_offline_cache(olah_hub, tmp_path):
+    """A checkpoint saved by diffusers' own DDPMPipeline (google/ddpm-cifar10-32 layout), by repo id, then offline."""
+    import os
+    import subprocess
+    import sys
+
+    from hub_servers import publish_folder
+
+    unet = tiny_unet(seed=3)
+    theirs = DDPMPipeline(unet=unet, scheduler=DDPMScheduler(variance_type="fixed_large", clip_sample=True))
+    theirs.save_pretrained(tmp_path / "theirs")
+    publish_folder(olah_hub.mirrors_root, "ddpm-ext-tests/diffusers-layout", tmp_path / "theirs")
+    theirs.set_progress_bar_config(disable=True)
+    ref = sample(theirs, num_inference_steps=20)
+
+    ours = DDPMExtPipeline.from_pretrained("ddpm-ext-tests/diffusers-layout", revision="main")
+    ours.set_progress_bar_config(disable=True)
+    np.testing.assert_allclose(sample(ours, num_inference_steps=20), ref, atol=1e-4)
+
+    # Offline, from the Hub cache filled above (HF_HUB_OFFLINE is read at import: a fresh process).
+    np.save(tmp_path / "ref.npy", ref)
+    code = (
+        "import numpy as np, torch\n"
+        "from ddpm_ext import DDPMExtPipeline\n"
+        "p = DDPMExtPipeline.from_pretrained('ddpm-ext-tests/diffusers-layout')\n"
+        "p.set_progress_bar_config(disable=True)\n"
+        "x = p(batch_size=2, num_inference_steps=20, output_type='np', generator=torch.Generator().manual_seed(0)).images\n"
+        f"np.testing.assert_allclose(x, np.load({str(tmp_path / 'ref.npy')!r}), atol=1e-4)\n"
+        "print('offline ok')\n"
+    )
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_ENDPOINT": "http://127.0.0.1:9"}  # nothing listens there
+    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "offline ok" in result.stdout
+
+
+def test_hub_unknown_repo_is_a_clear_error(olah_hub):
+    with pytest.raises(ValueError, match=r"Could not fetch the pipeline 'ddpm-ext-tests/does-not-exist'"):
+        DDPMExtPipeline.from_pretrained("ddpm-ext-tests/does-not-exist")

@@ -1,0 +1,265 @@
+"""The training script end to end: smoke run, fine-tuning, exact resume after SIGKILL, 2 processes, push, bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "training" / "train_ddpm.py"
+# A tiny UNet on 8x8 MNIST crops: each run takes seconds.
+TINY = ["--model_config", "tiny", "--resolution", "8", "--train_batch_size", "8", "--max_train_samples", "48",
+        "--eval_batch_size", "4", "--ddpm_num_inference_steps", "4", "--ddpm_num_steps", "100", "--lr_warmup_steps", "2"]
+
+
+def run(args: list[str], *, env: dict | None = None, timeout: int = 600, launcher: list[str] | None = None,
+        check: bool = True) -> subprocess.CompletedProcess:
+    cmd = (launcher or [sys.executable]) + [str(SCRIPT)] + args
+    result = subprocess.run(cmd, cwd=ROOT, env={**os.environ, **(env or {})}, capture_output=True, text=True, timeout=timeout)
+    if check and result.returncode != 0:
+        raise AssertionError(f"{cmd} failed ({result.returncode}):\n{result.stderr[-4000:]}")
+    return result
+
+
+def weights(folder: Path) -> dict[str, torch.Tensor]:
+    return load_file(folder / "unet" / "diffusion_pytorch_model.safetensors")
+
+
+def assert_same_weights(a: Path, b: Path) -> None:
+    wa, wb = weights(a), weights(b)
+    assert wa.keys() == wb.keys()
+    for k in wa:
+        torch.testing.assert_close(wa[k], wb[k], rtol=0, atol=0, msg=f"{k} differs")
+
+
+@pytest.mark.slow
+def test_smoke_training_writes_a_pipeline_diffusers_loads(tmp_path):
+    out = tmp_path / "out"
+    run(TINY + ["--max_train_steps", "4", "--checkpointing_steps", "2", "--output_dir", str(out),
+                "--ddpm_beta_schedule", "cosine", "--variance_type", "fixed_large", "--logger", "tensorboard"])
+    for name in ("model_index.json", "unet/diffusion_pytorch_model.safetensors", "scheduler/scheduler_config.json",
+                 "samples.png", "README.md", "training_info.json"):
+        assert (out / name).is_file(), name
+    assert json.loads((out / "training_info.json").read_text())["global_step"] == 4
+    assert [p.name for p in sorted(out.glob("checkpoint-*"))] == ["checkpoint-2", "checkpoint-4"]
+    assert list((out / "logs").rglob("events.out.tfevents*")), "tensorboard scalars"
+    grid = Image.open(out / "samples.png")
+    assert grid.size[0] > 8 and grid.mode in ("L", "RGB")
+
+    from diffusers import DDPMPipeline
+
+    from ddpm_ext import DDPMExtPipeline
+
+    ours = DDPMExtPipeline.from_pretrained(out)
+    assert ours.scheduler.config.beta_schedule == "squaredcos_cap_v2" and ours.scheduler.config.num_train_timesteps == 100
+    assert ours.scheduler.config.variance_type == "fixed_large"
+    vanilla = DDPMPipeline.from_pretrained(out)
+    vanilla.set_progress_bar_config(disable=True)
+    assert vanilla(batch_size=1, num_inference_steps=3, output_type="np").images.shape == (1, 8, 8, 1)
+    card = (out / "README.md").read_text()
+    assert "library_name: diffusers" in card and "pipeline_tag: unconditional-image-generation" in card
+    assert "cosine" in card and "fixed_large" in card and "LeCun" in card
+
+
+@pytest.mark.slow
+def test_resume_after_sigkill_equals_uninterrupted_run(tmp_path):
+    common = TINY + ["--max_train_steps", "12", "--checkpointing_steps", "3", "--checkpoints_total_limit", "2",
+                     "--random_flip", "--max_train_samples", "20"]  # 20 images / batch 8: epochs end mid-run
+    run(common + ["--output_dir", str(tmp_path / "straight")])
+
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen([sys.executable, str(SCRIPT)] + common + ["--output_dir", str(killed)], cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while not (killed / "checkpoint-6").is_dir() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert (killed / "checkpoint-6").is_dir() and not (killed / "model_index.json").exists()
+    # a half-written checkpoint, as a kill during save_state leaves it, must never be picked
+    half = killed / "checkpoint-9.tmp"
+    half.mkdir(exist_ok=True)
+    (half / "model.safetensors").write_bytes(b"truncated")
+
+    result = run(common + ["--output_dir", str(killed), "--resume_from_checkpoint", "latest"])
+    assert "Resumed from" in result.stdout + result.stderr
+    assert not half.exists()
+    assert_same_weights(tmp_path / "straight", killed)
+    # EMA and optimizer state came back too: the checkpoints of both runs hold the same state
+    a = load_file(tmp_path / "straight" / "checkpoint-12" / "model.safetensors")
+    b = load_file(killed / "checkpoint-12" / "model.safetensors")
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=0)
+
+
+@pytest.mark.slow
+def test_fine_tune_from_ddpm_ext_and_diffusers_pipelines(tmp_path):
+    from diffusers import DDPMPipeline, DDPMScheduler
+
+    from ddpm_ext import DDPMExtPipeline, DDPMExtScheduler, build_unet
+
+    torch.manual_seed(0)
+    unet = build_unet("tiny", sample_size=8)
+    DDPMPipeline(unet=unet, scheduler=DDPMScheduler(num_train_timesteps=50, beta_schedule="squaredcos_cap_v2")).save_pretrained(
+        tmp_path / "diffusers")
+    DDPMExtPipeline(unet=unet, scheduler=DDPMExtScheduler(num_train_timesteps=60, beta_schedule="quadratic")).save_pretrained(
+        tmp_path / "ext")
+    for source, T, schedule in (("diffusers", 50, "squaredcos_cap_v2"), ("ext", 60, "scaled_linear")):
+        out = tmp_path / f"ft-{source}"
+        run(TINY + ["--max_train_steps", "2", "--pretrained_model_name_or_path", str(tmp_path / source),
+                    "--output_dir", str(out), "--ddpm_num_inference_steps", "5"])
+        loaded = DDPMExtPipeline.from_pretrained(out)
+        assert loaded.scheduler.config.num_train_timesteps == T and loaded.scheduler.config.beta_schedule == schedule
+        # training started from the given weights: they moved, but only a little
+        before, after = unet.state_dict()["conv_in.weight"], weights(out)["conv_in.weight"]
+        assert 0 < (before - after).abs().max() < 0.1
+
+
+@pytest.mark.slow
+def test_two_process_data_parallel_run(tmp_path):
+    out = tmp_path / "ddp"
+    result = run(TINY + ["--max_train_steps", "3", "--output_dir", str(out), "--checkpointing_steps", "3"],
+                 launcher=[sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+                           "--num_machines", "1", "--main_process_port", "0"])  # no GPU: gloo on the CPU
+    info = json.loads((out / "training_info.json").read_text())
+    assert info["num_processes"] == 2 and info["global_step"] == 3
+    assert (out / "model_index.json").is_file() and len(list(out.glob("samples/*.png"))) == 1
+    assert "Pushed" not in result.stdout
+
+
+@pytest.mark.slow
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
+    out = tmp_path / "nan"
+    code = (
+        "import sys, torch\n"
+        f"sys.path.insert(0, {str(SCRIPT.parent)!r})\n"
+        "import train_ddpm\n"
+        "real = train_ddpm.training_step\n"
+        "calls = []\n"
+        "def poisoned(*a, **k):\n"
+        "    calls.append(1)\n"
+        "    loss = real(*a, **k)\n"
+        "    return loss * float('nan') if len(calls) == 5 else loss\n"
+        "train_ddpm.training_step = poisoned\n"
+        f"sys.exit(train_ddpm.main({TINY + ['--max_train_steps', '8', '--checkpointing_steps', '2', '--output_dir', str(out)]!r}))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 1, result.stderr[-3000:]
+    assert "the loss became nan at step 4" in result.stdout + result.stderr
+    assert [p.name for p in sorted(out.glob("checkpoint-*"))] == ["checkpoint-2", "checkpoint-4"]
+    assert not (out / "model_index.json").exists()
+
+
+@pytest.mark.slow
+def test_push_to_hub_round_trip(tmp_path, upload_hub, olah_hub):
+    from huggingface_hub import ModelCard
+
+    from ddpm_ext import DDPMExtPipeline
+
+    out = tmp_path / "push"
+    env = {"HF_ENDPOINT": upload_hub.url, "HF_TOKEN": upload_hub.token}
+    result = run(TINY + ["--max_train_steps", "2", "--output_dir", str(out), "--push_to_hub",
+                         "--hub_model_id", "ddpm-ext-tests/pushed", "--hub_private_repo"], env=env)
+    assert "Pushed to" in result.stdout + result.stderr
+    [commit] = upload_hub.commits_for("ddpm-ext-tests/pushed")
+    uploaded = set(commit.added)
+    assert {"model_index.json", "README.md", "samples.png", "unet/diffusion_pytorch_model.safetensors",
+            "unet/config.json", "scheduler/scheduler_config.json"} == uploaded
+    for content in commit.added.values():
+        assert upload_hub.token.encode() not in content
+    assert upload_hub.repos[("model", "ddpm-ext-tests/pushed")].private
+
+    # pull side through the real local Hub server
+    pulled = DDPMExtPipeline.from_pretrained("ddpm-ext-tests/pushed")
+    for k, v in weights(out).items():
+        torch.testing.assert_close(pulled.unet.state_dict()[k], v, rtol=0, atol=0)
+    card = ModelCard.load("ddpm-ext-tests/pushed", revision="main")
+    assert card.data.library_name == "diffusers" and card.data.pipeline_tag == "unconditional-image-generation"
+
+
+@pytest.mark.slow
+def test_failed_push_keeps_output_and_says_how_to_retry(tmp_path, upload_hub):
+    out = tmp_path / "nopush"
+    env = {"HF_ENDPOINT": upload_hub.url, "HF_TOKEN": "wrong-token"}
+    result = run(TINY + ["--max_train_steps", "2", "--output_dir", str(out), "--push_to_hub", "--hub_model_id",
+                         "ddpm-ext-tests/refused"], env=env, check=False)
+    assert result.returncode == 3
+    text = result.stdout + result.stderr
+    assert "the push to the Hub failed" in text
+    assert f"python -m ddpm_ext.hub push {out} --repo_id ddpm-ext-tests/refused" in text
+    assert (out / "model_index.json").is_file() and (out / "unet" / "diffusion_pytorch_model.safetensors").is_file()
+    assert "wrong-token" not in text
+
+
+# --------------------------------------------------------------------------------------------------
+# Bad input: a clear CLI error before any training, nothing written
+# --------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--train_batch_size", "0"], "--train_batch_size must be >= 1, got 0"),
+        (["--learning_rate", "-1"], "--learning_rate must be > 0"),
+        (["--max_train_steps", "0"], "--max_train_steps must be >= 1, got 0"),
+        (["--ddpm_beta_schedule", "exp"], "argument --ddpm_beta_schedule: invalid choice: 'exp'"),
+        (["--variance_type", "other"], "argument --variance_type: invalid choice: 'other'"),
+        (["--loss_type", "hybrid"], "--loss_type hybrid needs --variance_type learned_range"),
+        (["--dataset_name", "mnist-5k", "--train_data_dir", "x"], "give either --dataset_name or --train_data_dir"),
+        (["--model_config", "huge"], "--model_config must be one of"),
+        (["--resume_from_checkpoint", "/nonexistent"], "--resume_from_checkpoint must be 'latest' or an existing checkpoint"),
+        (["--ddpm_num_inference_steps", "2000"], "--ddpm_num_inference_steps (2000) must not exceed --ddpm_num_steps (1000)"),
+    ],
+)
+def test_bad_flags(args, message, tmp_path):
+    result = run(args + ["--output_dir", str(tmp_path / "o")], check=False, timeout=120)
+    assert result.returncode == 2
+    assert message in result.stderr
+    assert not (tmp_path / "o").exists()
+
+
+def make_folder(tmp_path: Path, n: int = 3, corrupt: bool = False) -> Path:
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    for i in range(n):
+        Image.fromarray(np.full((10, 10), i * 40, dtype=np.uint8)).save(folder / f"{i}.png")
+    if corrupt:
+        (folder / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really")
+    return folder
+
+
+@pytest.mark.parametrize(
+    "case, message",
+    [
+        ("missing", "does not exist"),
+        ("empty", "contains no image files"),
+        ("corrupt", "broken.png"),
+        ("unknown", "mnist-5k"),
+        ("column", "pixels"),
+    ],
+)
+def test_bad_data(case, message, tmp_path):
+    if case == "missing":
+        args = ["--train_data_dir", str(tmp_path / "nope")]
+    elif case == "empty":
+        (tmp_path / "empty").mkdir()
+        args = ["--train_data_dir", str(tmp_path / "empty")]
+    elif case == "corrupt":
+        args = ["--train_data_dir", str(make_folder(tmp_path, corrupt=True))]
+    elif case == "unknown":
+        args = ["--dataset_name", "mnist5k"]
+    else:
+        args = ["--train_data_dir", str(make_folder(tmp_path)), "--image_column", "pixels"]
+    result = run(TINY + args + ["--output_dir", str(tmp_path / "o")], check=False, timeout=300)
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "error:" in result.stderr and message in result.stderr
+    assert not (tmp_path / "o" / "model_index.json").exists()

@@ -73,6 +73,25 @@ def test_smoke_training_writes_a_pipeline_diffusers_loads(tmp_path):
 
 
 @pytest.mark.slow
+def test_hybrid_loss_bf16_and_gradient_accumulation(tmp_path):
+    """Improved DDPM's L_hybrid with a learned variance, under bf16 autocast, with 2 accumulated micro-batches."""
+    out = tmp_path / "hybrid"
+    run(TINY + ["--max_train_steps", "2", "--loss_type", "hybrid", "--variance_type", "learned_range",
+                "--mixed_precision", "bf16", "--gradient_accumulation_steps", "2", "--prediction_type", "epsilon",
+                "--output_dir", str(out)])
+    from diffusers import DDPMPipeline
+
+    from ddpm_ext import DDPMExtPipeline
+
+    assert json.loads((out / "training_info.json").read_text())["global_step"] == 2
+    pipe = DDPMExtPipeline.from_pretrained(out)
+    assert pipe.unet.config.out_channels == 2 and pipe.scheduler.config.variance_type == "learned_range"
+    vanilla = DDPMPipeline.from_pretrained(out)
+    vanilla.set_progress_bar_config(disable=True)
+    assert vanilla(batch_size=1, num_inference_steps=3, output_type="np").images.shape == (1, 8, 8, 1)
+
+
+@pytest.mark.slow
 def test_resume_after_sigkill_equals_uninterrupted_run(tmp_path):
     common = TINY + ["--max_train_steps", "12", "--checkpointing_steps", "3", "--checkpoints_total_limit", "2",
                      "--random_flip", "--max_train_samples", "20"]  # 20 images / batch 8: epochs end mid-run
@@ -245,6 +264,7 @@ def make_folder(tmp_path: Path, n: int = 3, corrupt: bool = False) -> Path:
         ("corrupt", "broken.png"),
         ("unknown", "mnist-5k"),
         ("column", "pixels"),
+        ("pretrained", "is neither an existing folder nor a Hub repo id"),
     ],
 )
 def test_bad_data(case, message, tmp_path):
@@ -257,8 +277,10 @@ def test_bad_data(case, message, tmp_path):
         args = ["--train_data_dir", str(make_folder(tmp_path, corrupt=True))]
     elif case == "unknown":
         args = ["--dataset_name", "mnist5k"]
-    else:
+    elif case == "column":
         args = ["--train_data_dir", str(make_folder(tmp_path)), "--image_column", "pixels"]
+    else:
+        args = ["--pretrained_model_name_or_path", str(tmp_path / "no" / "such" / "pipeline")]
     result = run(TINY + args + ["--output_dir", str(tmp_path / "o")], check=False, timeout=300)
     assert result.returncode == 2, result.stderr[-2000:]
     assert "error:" in result.stderr and message in result.stderr

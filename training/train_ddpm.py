@@ -306,11 +306,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     set_seed(args.seed)
 
-    # 1. data (every data error surfaces here, before the model is built)
-    unet, scheduler = build_model_and_scheduler(args)
-    resolution = args.resolution or _sample_size(unet)
-    channels = unet.config.in_channels
+    # 1. model and data: every bad path, repo or data set surfaces here, before any training
     try:
+        unet, scheduler = build_model_and_scheduler(args)
         dataset = load_image_dataset(
             args.dataset_name, args.train_data_dir, cache_dir=args.cache_dir, image_column=args.image_column,
             max_train_samples=args.max_train_samples, seed=args.seed,
@@ -318,6 +316,8 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    resolution = args.resolution or _sample_size(unet)
+    channels = unet.config.in_channels
     transform = build_transform(
         resolution, center_crop=args.center_crop, random_flip=args.random_flip, channels=channels, seed=args.seed
     )

@@ -379,8 +379,8 @@ def resolve_pipeline_folder(
                 )
         except Exception as e:  # huggingface_hub raises many types; give one clear message
             raise ValueError(
-                f"Could not fetch the pipeline {name!r} (revision {revision or 'main'!r}) from the Hub or its cache: "
-                f"{type(e).__name__}: {e}"
+                f"Could not fetch the pipeline {name!r} (revision {revision or 'main'!r}): it is not a local folder, "
+                f"and the Hub or its cache did not have it: {type(e).__name__}: {e}"
             ) from e
     else:
         raise ValueError(

@@ -376,17 +376,19 @@ def main(argv: list[str] | None = None) -> int:
         # accelerate's loader passes its own epoch counter to the sampler on every pass: give it ours
         epoch_loader.set_epoch(epoch)
         transform.set_epoch(epoch)
-        seen, skip, micro = skip, 0, 0
+        seen, skip = skip, 0
         for batch in epoch_loader:
             clean = batch["input"]  # (B, C, H, W) in [-1, 1]
             seen += 1
             with accelerator.accumulate(unet):
-                g = randomness.generator(global_step, accelerator.process_index, micro % micro_per_step)
-                micro += 1
+                g = randomness.generator(global_step, accelerator.process_index, (seen - 1) % micro_per_step)
                 loss = training_step(unet, scheduler, clean, g, loss_type=args.loss_type)
-                if not torch.isfinite(loss):
+                # gathered, so every rank sees a bad loss on any rank and all stop together instead of hanging
+                losses = accelerator.gather(loss.detach().reshape(1))
+                finite = torch.isfinite(losses)
+                if not bool(finite.all()):
                     accelerator.print(
-                        f"error: the loss became {loss.item()} at step {global_step}; training stopped. The last good "
+                        f"error: the loss became {losses[~finite][0].item()} at step {global_step}; training stopped. The last good "
                         f"checkpoint is kept in {output_dir} (resume with --resume_from_checkpoint latest and a lower "
                         "--learning_rate or --mixed_precision no)."
                     )
@@ -403,7 +405,7 @@ def main(argv: list[str] | None = None) -> int:
             if ema is not None:
                 ema.step(accelerator.unwrap_model(unet).parameters())
             global_step += 1
-            loss_value = accelerator.gather(loss.detach().reshape(1)).mean().item()
+            loss_value = losses.mean().item()
             logs = {"loss": loss_value, "lr": lr_scheduler.get_last_lr()[0]}
             if ema is not None:
                 logs["ema_decay"] = ema.cur_decay_value

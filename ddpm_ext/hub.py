@@ -62,7 +62,7 @@ def write_model_card(
     unet_config = json.loads((out / "unet" / "config.json").read_text())
     data = _dataset_info(dataset_name)
     metrics_file = out / "metrics.json"
-    metrics = "No evaluation has been run yet (see `ddpm_ext` issue on bits/dim and FID)."
+    metrics = "No evaluation has been run yet."
     if metrics_file.is_file():
         rows = json.loads(metrics_file.read_text())
         metrics = "| metric | value |\n|---|---|\n" + "\n".join(f"| {k} | {v} |" for k, v in rows.items())

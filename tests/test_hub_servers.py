@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from hub_servers import OlahServer, UploadHubServer, olah_hub, publish_folder, upload_hub  # noqa: F401
+from hub_servers import OlahServer, UploadHubServer, publish_folder  # fixtures come from conftest.py
 
 README = """---
 license: mit

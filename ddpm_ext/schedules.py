@@ -318,11 +318,14 @@ class ScheduleMixin(SchedulerMixin):
         return sample
 
     def _pred_x0_eps(
-        self, model_output: torch.Tensor, sample: torch.Tensor, ab_t: float
+        self, model_output: torch.Tensor, sample: torch.Tensor, ab_t: float | torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """x̂_0 and ε̂ from the model output at a timestep with ᾱ_t = `ab_t` (Ho et al. eq. 15; Salimans & Ho for v)."""
+        """x̂_0 and ε̂ from the model output at ᾱ_t = `ab_t` (Ho et al. eq. 15; Salimans & Ho for v).
+
+        `ab_t` is a float for one sampling step, or a tensor broadcastable to `sample` for per-image timesteps.
+        """
         pt = self.config.prediction_type
-        sa, sb = math.sqrt(ab_t), math.sqrt(1.0 - ab_t)
+        sa, sb = ab_t**0.5, (1.0 - ab_t) ** 0.5
         if pt == "epsilon":
             return (sample - sb * model_output) / sa, model_output
         if pt == "sample":

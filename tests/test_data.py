@@ -36,7 +36,7 @@ from ddpm_ext.utils import images_to_uint8, make_grid, save_image_grid
 
 @pytest.fixture(scope="module")
 def mnist() -> datasets.Dataset:
-    return load_image_dataset("mnist-5k")
+    return load_image_dataset("mnist-5k", split="all")
 
 
 @pytest.fixture()
@@ -90,6 +90,22 @@ def test_mnist_5k_matches_the_csv(mnist):
         assert np.asarray(image).ravel().tolist() == values[:784]
         assert mnist[i]["label"] == values[784]
     assert np.asarray(mnist[0]["image"]).max() == 255  # real digits, not blanks
+
+
+def test_mnist_5k_splits_hold_out_50_per_digit(mnist):
+    train, test = load_image_dataset("mnist-5k"), load_image_dataset("mnist-5k", split="test")
+    assert BUILTIN_DATASETS["mnist-5k"].splits == {"train": 4500, "test": 500, "all": 5000}
+    assert (len(train), len(test)) == (4500, 500)
+    assert np.array_equal(np.bincount(test["label"], minlength=10), np.full(10, 50))
+    assert np.array_equal(np.bincount(train["label"], minlength=10), np.full(10, 450))
+    # Disjoint and together the whole file: compare pixel bytes, not row numbers.
+    key = lambda ds: {np.asarray(im).tobytes() for im in ds["image"]}  # noqa: E731
+    train_keys, test_keys, all_keys = key(train), key(test), key(mnist)
+    assert train_keys.isdisjoint(test_keys) and train_keys | test_keys == all_keys
+    # "test" is the last 50 rows of each digit (the file is sorted by digit).
+    labels = np.asarray(mnist["label"])
+    last_zero = np.flatnonzero(labels == 0)[-1]
+    assert np.array_equal(np.asarray(test[49]["image"]), np.asarray(mnist[int(last_zero)]["image"]))
 
 
 def test_mnist_import_stays_light():
@@ -264,8 +280,8 @@ def test_bad_arguments(mnist, tmp_path):
     for bad in (0, -1, 2.5, True):
         with pytest.raises(ValueError, match=rf"`max_train_samples` must be an integer >= 1 or None, got {bad!r}"):
             load_image_dataset("mnist-5k", max_train_samples=bad)
-    with pytest.raises(ValueError, match=r"has only the split 'train', got split='test'"):
-        load_image_dataset("mnist-5k", split="test")
+    with pytest.raises(ValueError, match=r"has the splits \['train', 'test', 'all'\], got split='validation'"):
+        load_image_dataset("mnist-5k", split="validation")
     with pytest.raises(ValueError, match=r"`resolution` must be an integer >= 1, got 0"):
         ImageTransform(0)
     with pytest.raises(ValueError, match=r"`channels` must be 1 .* or 3 .*, got 2"):

@@ -67,6 +67,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     a = p.add_argument
     # data
     a("--dataset_name", default=None, help=f"A built-in data set {sorted(BUILTIN_DATASETS)} or a Hub data set name (default: mnist-5k).")
+    a("--dataset_split", default="train", help="Split to train on (mnist-5k: train = 4,500 images, test = the 500 held out, all).")
     a("--train_data_dir", default=None, help="A folder of images (loaded with the `imagefolder` builder) instead of --dataset_name.")
     a("--image_column", default=None, help="The column holding the images (default: 'image', 'img' or the first image column).")
     a("--cache_dir", default=None, help="Where Hub data sets and models are cached.")
@@ -310,7 +311,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         unet, scheduler = build_model_and_scheduler(args)
         dataset = load_image_dataset(
-            args.dataset_name, args.train_data_dir, cache_dir=args.cache_dir, image_column=args.image_column,
+            args.dataset_name, args.train_data_dir, split=args.dataset_split, cache_dir=args.cache_dir,
+            image_column=args.image_column,
             max_train_samples=args.max_train_samples, seed=args.seed,
         )
     except ValueError as e:

@@ -11,6 +11,7 @@ from .schedules import (
     VarianceType,
     make_betas,
 )
+from .likelihood import BitsPerDimOutput, bits_per_dim, bits_per_dim_variances
 from .pipeline_ddpm_ext import DDPMExtPipeline, DDPMExtPipelineOutput
 from .scheduling_ddim_ext import DDIMExtScheduler, DDIMExtSchedulerOutput
 from .scheduling_ddpm_ext import DDPMExtScheduler, DDPMExtSchedulerOutput, posterior_coefficients
@@ -28,6 +29,9 @@ __all__ = [
     "TimestepSpacing",
     "VarianceType",
     "make_betas",
+    "BitsPerDimOutput",
+    "bits_per_dim",
+    "bits_per_dim_variances",
     "DDPMExtPipeline",
     "DDPMExtPipelineOutput",
     "UNET_PRESETS",

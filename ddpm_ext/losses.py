@@ -65,6 +65,7 @@ def vlb_terms(
     x_t: torch.Tensor,
     timesteps: torch.Tensor,
     clip_denoised: bool = False,
+    variance_type: str | None = None,
 ) -> torch.Tensor:
     """L_{t-1} (t > 0) or L_0 (t = 0) for each image, in bits/dim.
 
@@ -75,12 +76,16 @@ def vlb_terms(
         x_t (`torch.Tensor`): x_t, (B, C, H, W).
         timesteps (`torch.Tensor`): t per image, (B,).
         clip_denoised (`bool`, defaults to `False`): clip x̂_0 to [−1, 1] before computing the model mean.
+        variance_type (`str`, *optional*): σ_t² of p_θ, overriding the scheduler's `variance_type` (see
+            [`DDPMExtScheduler.p_mean_variance`]).
 
     Returns:
         `torch.Tensor` of shape (B,): the term for each image, in bits/dim.
     """
     true_mean, _, true_logvar = scheduler.q_posterior_mean_variance(x_start=x_start, x_t=x_t, timesteps=timesteps)
-    p = scheduler.p_mean_variance(model_output=model_output, x_t=x_t, timesteps=timesteps, clip_denoised=clip_denoised)
+    p = scheduler.p_mean_variance(
+        model_output=model_output, x_t=x_t, timesteps=timesteps, clip_denoised=clip_denoised, variance_type=variance_type
+    )
     kl = mean_flat(normal_kl(mean1=true_mean, logvar1=true_logvar, mean2=p["mean"], logvar2=p["log_variance"])) / math.log(2.0)
     nll = -mean_flat(
         discretized_gaussian_log_likelihood(x_start, means=p["mean"], log_scales=0.5 * p["log_variance"])

@@ -14,16 +14,20 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Literal
+from typing import Any, Callable, Literal, Sequence
 
 import diffusers
+import numpy as np
+import PIL.Image
 import torch
 from diffusers import DiffusionPipeline, ImagePipelineOutput, UNet2DModel
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from diffusers.utils.torch_utils import randn_tensor
 
+from .likelihood import BitsPerDimOutput, bits_per_dim
 from .scheduling_ddim_ext import DDIMExtScheduler
 from .scheduling_ddpm_ext import DDPMExtScheduler
+from .utils import images_to_uint8
 
 OutputType = Literal["pil", "np", "pt"]
 OUTPUT_TYPES = ("pil", "np", "pt")
@@ -150,6 +154,94 @@ class DDPMExtPipeline(DiffusionPipeline):
             trajectory=trajectory,
             pred_original_samples=x0s,
             timesteps=scheduler.timesteps.tolist() if return_trajectory else None,
+        )
+
+    @torch.no_grad()
+    def bits_per_dim(
+        self,
+        images: torch.Tensor | np.ndarray | Sequence[PIL.Image.Image],
+        *,
+        generator: torch.Generator | list[torch.Generator] | None = None,
+        batch_size: int | None = None,
+        variance_type: str | None = None,
+        clip_denoised: bool = False,
+        progress: bool = False,
+    ) -> BitsPerDimOutput:
+        r"""The variational bound of held-out images under this pipeline's UNet, in bits/dim per image.
+
+        Uses the full training chain of the scheduler's config (whichever sampler is set, DDPM or DDIM); see
+        [`ddpm_ext.bits_per_dim`] for the terms and conventions.
+
+        Args:
+            images: float tensor (N, C, H, W) in [-1, 1] on the 8-bit grid; uint8 tensor (N, C, H, W); uint8
+                NumPy array (N, H, W, C) or (N, H, W); or a list of PIL images, which get the training
+                preprocessing (convert to the UNet's channels, resize the shorter side to `sample_size`,
+                centre crop, u / 127.5 - 1).
+            generator (`torch.Generator` or a list of N of them, *optional*): for the noise of x_t.
+            batch_size (`int`, *optional*): (image, timestep) pairs per UNet call; defaults to N.
+            variance_type (`str`, *optional*): σ_t² of p_θ; defaults to the scheduler's `variance_type`.
+            clip_denoised (`bool`, defaults to `False`): clip x̂_0 to [-1, 1] before computing μ_θ.
+            progress (`bool`, defaults to `False`): show a progress bar.
+
+        Returns:
+            [`BitsPerDimOutput`] with `total`, `prior`, `decoder` (N,) and `terms` (N, T), in bits/dim.
+
+        Example:
+
+        ```py
+        >>> import torch
+        >>> from PIL import Image
+        >>> from ddpm_ext import DDPMExtPipeline, DDPMExtScheduler, build_unet
+        >>> pipe = DDPMExtPipeline(unet=build_unet("tiny"), scheduler=DDPMExtScheduler(num_train_timesteps=20))
+        >>> out = pipe.bits_per_dim([Image.new("L", (8, 8), 255)], generator=torch.manual_seed(0))
+        >>> out.total.shape
+        torch.Size([1])
+        ```
+        """
+        x0 = self.preprocess(images)
+        return bits_per_dim(
+            self.unet,
+            self.scheduler,
+            x0,
+            generator=generator,
+            batch_size=batch_size,
+            clip_denoised=clip_denoised,
+            progress=progress,
+            variance_type=variance_type,
+        )
+
+    def preprocess(self, images: torch.Tensor | np.ndarray | Sequence[PIL.Image.Image]) -> torch.Tensor:
+        """Images -> float32 tensor (N, C, H, W) in [-1, 1] on the 8-bit grid, for [`bits_per_dim`].
+
+        Float tensors pass through unchanged (they are checked, not rescaled); uint8 pixels u become
+        u / 127.5 - 1; PIL images get the training transform ([`ddpm_ext.data.ImageTransform`] with centre crop
+        to the UNet's `sample_size` and its number of channels).
+        """
+        from .data import ImageTransform  # imports `datasets`; only needed here
+
+        if isinstance(images, torch.Tensor):
+            if images.dtype == torch.uint8:
+                return ImageTransform.normalize(images)
+            return images
+        if isinstance(images, np.ndarray):
+            if images.dtype != np.uint8:
+                raise ValueError(
+                    f"A NumPy array of `images` must hold uint8 pixels (N, H, W, C) or (N, H, W), got dtype {images.dtype}; "
+                    "pass floats as a torch tensor (N, C, H, W) in [-1, 1]."
+                )
+            pixels = torch.from_numpy(images_to_uint8(images)).permute(0, 3, 1, 2)
+            return ImageTransform.normalize(pixels)
+        if isinstance(images, (list, tuple)) and images and all(isinstance(im, PIL.Image.Image) for im in images):
+            size = self.unet.config.sample_size
+            if not isinstance(size, int):
+                if size[0] != size[1]:
+                    raise ValueError(f"PIL `images` need a square UNet `sample_size`, got {size}; pass a tensor instead.")
+                size = size[0]
+            transform = ImageTransform(size, center_crop=True, channels=self.unet.config.in_channels)
+            return torch.stack([transform(im) for im in images])
+        raise ValueError(
+            "`images` must be a float tensor (N, C, H, W) in [-1, 1], a uint8 tensor or NumPy array, or a non-empty "
+            f"list of PIL images, got {type(images).__name__}."
         )
 
     def postprocess(self, sample: torch.Tensor, output_type: OutputType = "pil"):

@@ -384,6 +384,24 @@ class ScheduleMixin(SchedulerMixin):
         b = self._per_sample("sqrt_one_minus_alphas_cumprod", np.sqrt(1 - ab), timesteps, original_samples)
         return a * original_samples + b * noise
 
+    def q_mean_variance(
+        self, x_start: torch.Tensor, timesteps: torch.IntTensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Mean √ᾱ_t x_0, variance 1 - ᾱ_t and log-variance of q(x_t | x_0) (Ho et al. eq. 4).
+
+        Args:
+            x_start (`torch.Tensor`): x_0, shape (B, C, H, W).
+            timesteps (`torch.IntTensor`): t per sample on the full chain 0..T-1, shape (B,) (or one value for all).
+
+        Returns:
+            `(mean, variance, log_variance)`; the variances have shape (B, 1, ..., 1).
+        """
+        ab = self._alphas_cumprod64
+        mean = self._per_sample("sqrt_alphas_cumprod", np.sqrt(ab), timesteps, x_start) * x_start
+        var = self._per_sample("one_minus_alphas_cumprod", 1.0 - ab, timesteps, x_start)
+        log_var = self._per_sample("log_one_minus_alphas_cumprod", np.log(1.0 - ab), timesteps, x_start)
+        return mean, var, log_var
+
     def get_velocity(self, sample: torch.Tensor, noise: torch.Tensor, timesteps: torch.IntTensor) -> torch.Tensor:
         """The v-prediction target v = √ᾱ_t ε - √(1 - ᾱ_t) x_0 (Salimans & Ho 2022); `sample` is x_0."""
         ab = self._alphas_cumprod64

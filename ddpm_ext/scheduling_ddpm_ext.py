@@ -23,7 +23,14 @@ from diffusers.schedulers.scheduling_utils import KarrasDiffusionSchedulers
 from diffusers.utils import BaseOutput
 from diffusers.utils.torch_utils import randn_tensor
 
-from .schedules import BetaSchedule, PredictionType, ScheduleMixin, TimestepSpacing, VarianceType
+from .schedules import (
+    BetaSchedule,
+    PredictionType,
+    ScheduleMixin,
+    TimestepSpacing,
+    VarianceType,
+    canonical_variance_type,
+)
 
 
 @dataclass
@@ -197,13 +204,24 @@ class DDPMExtScheduler(ScheduleMixin, ConfigMixin):
             for i in range(n)
         ]
 
-    def _split_output(self, model_output: torch.Tensor, sample: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Split a (B, 2C, H, W) output into the mean part and the variance part when the variance is learned."""
+    def _split_output(
+        self, model_output: torch.Tensor, sample: torch.Tensor, variance_kind: str | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Split a (B, 2C, H, W) output into the mean part and the variance part when the variance is learned.
+
+        `variance_kind` (a canonical variance name) overrides the configured one; a fixed variance given
+        explicitly also accepts a 2C-channel output and uses its mean channels only (scoring a model that
+        learned its variance under σ² = β or β̃).
+        """
         c = sample.shape[1]
-        if self.learns_variance:
+        if variance_kind is not None and variance_kind not in ("learned_range", "learned"):
+            if model_output.shape[1] in (c, 2 * c):
+                return model_output[:, :c], None
+        learned = self.learns_variance if variance_kind is None else variance_kind in ("learned_range", "learned")
+        if learned:
             if model_output.shape[1] != 2 * c:
                 raise ValueError(
-                    f"`variance_type`={self.config.variance_type!r} needs a model output with 2 x {c} = {2 * c} "
+                    f"`variance_type`={variance_kind or self.config.variance_type!r} needs a model output with 2 x {c} = {2 * c} "
                     f"channels (mean and variance), got {model_output.shape[1]}."
                 )
             return model_output[:, :c], model_output[:, c:]
@@ -304,7 +322,13 @@ class DDPMExtScheduler(ScheduleMixin, ConfigMixin):
         return mean, var, log_var
 
     def p_mean_variance(
-        self, *, model_output: torch.Tensor, x_t: torch.Tensor, timesteps: torch.Tensor, clip_denoised: bool | None = None
+        self,
+        *,
+        model_output: torch.Tensor,
+        x_t: torch.Tensor,
+        timesteps: torch.Tensor,
+        clip_denoised: bool | None = None,
+        variance_type: str | None = None,
     ) -> dict[str, torch.Tensor]:
         """The model's p_θ(x_{t-1} | x_t) = N(mean, exp(log_variance)) on the full chain.
 
@@ -317,11 +341,14 @@ class DDPMExtScheduler(ScheduleMixin, ConfigMixin):
             timesteps (`torch.Tensor`): t per sample, (B,).
             clip_denoised (`bool`, *optional*): clip x̂_0 as the sampler does (defaults to the config's
                 `clip_sample` / `thresholding`).
+            variance_type (`str`, *optional*): score under this σ_t² instead of the configured one (any name of
+                `VARIANCE_TYPES`); a fixed choice also accepts a 2C-channel output and uses its mean channels.
 
         Returns:
             `dict` with `mean`, `log_variance` (natural log), `pred_original_sample` and `pred_epsilon`.
         """
-        model_output, var_output = self._split_output(model_output, x_t)
+        kind = self.variance_kind if variance_type is None else canonical_variance_type(variance_type)
+        model_output, var_output = self._split_output(model_output, x_t, kind)
         ab = self._per_sample("alphas_cumprod", self._alphas_cumprod64, timesteps, x_t)
         x0, _ = self._pred_x0_eps(model_output, x_t, ab)
         if clip_denoised is None:
@@ -331,7 +358,6 @@ class DDPMExtScheduler(ScheduleMixin, ConfigMixin):
         eps = (x_t - ab.sqrt() * x0) / (1 - ab).sqrt()
         mean, _, small_log = self.q_posterior_mean_variance(x_start=x0, x_t=x_t, timesteps=timesteps)
 
-        kind = self.variance_kind
         c = self._chain
         if kind == "fixed_small":
             log_var = small_log.expand_as(x_t)

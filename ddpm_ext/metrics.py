@@ -337,7 +337,7 @@ def extract_features(
         batches: Iterable[torch.Tensor] = images.split(batch_size)
         total = -(-images.shape[0] // batch_size)
     else:
-        batches, total = images, None
+        batches, total = images, (len(images) if hasattr(images, "__len__") else None)
     if progress:
         from tqdm.auto import tqdm
 

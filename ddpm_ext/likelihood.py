@@ -185,6 +185,7 @@ def bits_per_dim_variances(
     >>> out = bits_per_dim_variances(unet, scheduler, x0, generator=torch.manual_seed(0))
     >>> sorted(out), out["fixed_small"].terms.shape
     (['fixed_large', 'fixed_small'], torch.Size([2, 20]))
+
     ```
     """
     names = _check_variance_types(variance_types)
@@ -320,6 +321,7 @@ def bits_per_dim(
     (torch.Size([2]), torch.Size([2, 20]))
     >>> bool(torch.allclose(out.total, out.prior + out.terms.sum(1)))
     True
+
     ```
     """
     if variance_type is None:

@@ -270,7 +270,9 @@ def bits_per_dim_variances(
     prior = prior.double().cpu() / math.log(2.0)
 
     return {
-        name: BitsPerDimOutput(total=prior + terms[name].sum(dim=1), prior=prior.clone(), decoder=terms[name][:, 0].clone(), terms=terms[name])
+        name: BitsPerDimOutput(
+            total=prior + terms[name].sum(dim=1), prior=prior.clone(), decoder=terms[name][:, 0].clone(), terms=terms[name]
+        )
         for name in names
     }
 

@@ -185,6 +185,7 @@ def bits_per_dim_variances(
     >>> out = bits_per_dim_variances(unet, scheduler, x0, generator=torch.manual_seed(0))
     >>> sorted(out), out["fixed_small"].terms.shape
     (['fixed_large', 'fixed_small'], torch.Size([2, 20]))
+
     ```
     """
     names = _check_variance_types(variance_types)
@@ -269,7 +270,9 @@ def bits_per_dim_variances(
     prior = prior.double().cpu() / math.log(2.0)
 
     return {
-        name: BitsPerDimOutput(total=prior + terms[name].sum(dim=1), prior=prior.clone(), decoder=terms[name][:, 0].clone(), terms=terms[name])
+        name: BitsPerDimOutput(
+            total=prior + terms[name].sum(dim=1), prior=prior.clone(), decoder=terms[name][:, 0].clone(), terms=terms[name]
+        )
         for name in names
     }
 
@@ -320,6 +323,7 @@ def bits_per_dim(
     (torch.Size([2]), torch.Size([2, 20]))
     >>> bool(torch.allclose(out.total, out.prior + out.terms.sum(1)))
     True
+
     ```
     """
     if variance_type is None:

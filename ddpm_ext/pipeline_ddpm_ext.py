@@ -196,6 +196,7 @@ class DDPMExtPipeline(DiffusionPipeline):
         >>> out = pipe.bits_per_dim([Image.new("L", (8, 8), 255)], generator=torch.manual_seed(0))
         >>> out.total.shape
         torch.Size([1])
+
         ```
         """
         x0 = self.preprocess(images)

@@ -104,6 +104,7 @@ def test_fid_from_features_uses_the_unbiased_statistics():
     assert fid_from_features(x, y) == pytest.approx(expected, rel=1e-8)
 
 
+@pytest.mark.filterwarnings("ignore:Metric `Kernel Inception Distance` will save")
 def test_fid_and_kid_equal_torchmetrics_metrics_with_the_same_extractor():
     from torchmetrics.image.fid import FrechetInceptionDistance
     from torchmetrics.image.kid import KernelInceptionDistance

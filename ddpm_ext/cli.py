@@ -95,7 +95,6 @@ def build_parser(command: str | None = None) -> tuple[argparse.ArgumentParser, o
             loaded = importlib.import_module(module_name)
         except ImportError as e:  # e.g. matplotlib missing: the other commands still work
             loaded = e
-            p.add_argument("rest", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
         else:
             loaded.add_arguments(p)
     return parser, loaded
@@ -106,13 +105,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     command = next((a for a in argv if not a.startswith("-")), None)
     parser, module = build_parser(command if command in COMMANDS else None)
+    if isinstance(module, ImportError):
+        print(f"error: `ddpm-ext {command}` needs a package that is not installed: {module}", file=sys.stderr)
+        return 2
     try:
         args = parser.parse_args(argv)
     except SystemExit as e:  # argparse's own errors (status 2) and --help (status 0)
         return e.code if isinstance(e.code, int) else 1
-    if isinstance(module, ImportError):
-        print(f"error: `ddpm-ext {args.command}` needs a package that is not installed: {module}", file=sys.stderr)
-        return 2
     try:
         return int(module.run(args) or 0)
     except ValueError as e:

@@ -61,12 +61,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def check_output_file(path: str, option: str) -> Path:
     """A file to write: an image extension Pillow knows, not a folder, no parent that is a file."""
     out = Path(path)
+    if out.is_dir():
+        raise ValueError(f"`{option}` {path!r} is a folder; give a file name such as {str(out / 'samples.png')!r}.")
     Image.init()
     known = sorted(ext for ext, fmt in Image.registered_extensions().items() if fmt in Image.SAVE)
     if out.suffix.lower() not in known:
         raise ValueError(f"`{option}` {path!r} must end with an image extension Pillow can write, e.g. .png (got {out.suffix!r}).")
-    if out.is_dir():
-        raise ValueError(f"`{option}` {path!r} is a folder; give a file name such as {str(out / 'samples.png')!r}.")
     for parent in out.parents:
         if parent.exists() and not parent.is_dir():
             raise ValueError(f"`{option}` {path!r} cannot be written: {str(parent)!r} is a file, not a folder.")

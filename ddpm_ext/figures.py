@@ -297,7 +297,7 @@ def forward_process_figure(
     >>> x0 = torch.zeros(1, 28, 28)
     >>> fig = forward_process_figure(x0, os.path.join(tempfile.mkdtemp(), "forward.png"))
     >>> fig.timesteps, round(float(fig.alphas_cumprod["linear"][0]), 3)
-    ([49, 99, 199, 299, 499, 699, 999], 0.951)
+    ([49, 99, 199, 299, 499, 699, 999], 0.971)
 
     ```
     """
@@ -324,7 +324,7 @@ def forward_process_figure(
         residual = xt.double() - torch.from_numpy(np.sqrt(ab))[:, None, None, None] * x0.double()
         images[name], abars[name] = xt, ab
         stds[name] = residual.flatten(1).std(dim=1, unbiased=False).numpy()
-        labels = ["x₀ (data)"] + [f"t={_paper_t(t)}\nᾱ={a:.3f}" for t, a in zip(ts, ab)]
+        labels = ["x₀ (data)"] + [f"t={_paper_t(t)}\nᾱ={a:.3f}" if a >= 1e-3 else f"t={_paper_t(t)}\nᾱ={a:.0e}" for t, a in zip(ts, ab)]
         rows.append(_row(name, torch.cat([x0, xt]), k + 1, labels, scale))
 
     path = Path(output_path)
@@ -398,9 +398,12 @@ def schedule_figure(
         title=r"$\beta_t$ (solid) vs $\tilde\beta_t = \frac{1-\bar\alpha_{t-1}}{1-\bar\alpha_t}\beta_t$ (dashed)",
         ylabel="variance (log scale)", yscale="log",
     )
-    for ax in axes:
-        ax.set_xlabel("t")
+    for ax in axes[:2]:
         ax.set_xlim(0, T)
+    axes[2].set_xscale("log")  # β̃_t differs from β_t at small t only
+    axes[2].set_xlim(1, T)
+    for ax in axes:
+        ax.set_xlabel("t (log scale)" if ax is axes[2] else "t")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=9, loc="best")
     path = Path(output_path)
@@ -491,7 +494,7 @@ def reverse_trajectory_figure(
     >>> fig = reverse_trajectory_figure(pipe, os.path.join(d, "rev.png"), gif_path=os.path.join(d, "rev.gif"),
     ...                                 num_inference_steps=10, num_images=2, num_columns=5)
     >>> fig.timesteps, tuple(fig.samples.shape)
-    ([18, 14, 8, 4, 0], (2, 5, 1, 8, 8))
+    ([18, 14, 10, 4, 0], (2, 5, 1, 8, 8))
 
     ```
     """

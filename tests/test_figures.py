@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import doctest
 import math
 
 import numpy as np
@@ -12,6 +13,7 @@ from PIL import Image
 from tiny_pipeline import TINY_SIZE, TINY_T, make_tiny_pipeline
 
 from ddpm_ext import DDIMExtScheduler, DDPMExtPipeline, DDPMExtScheduler
+from ddpm_ext import figures
 from ddpm_ext.figures import (
     ddpm_vs_ddim_figure,
     forward_process_figure,
@@ -200,3 +202,8 @@ def test_model_figures_bad_input(pipe, tmp_path, call, message):
     with pytest.raises(ValueError, match=message):
         call(pipe, tmp_path)
     assert not list(tmp_path.iterdir())
+
+
+def test_docstring_examples():
+    result = doctest.testmod(figures, optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
+    assert result.attempted > 0 and result.failed == 0

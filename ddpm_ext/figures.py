@@ -462,7 +462,7 @@ def reverse_trajectory_figure(
     num_columns: int = 8,
     seed: int = 0,
     scale: int = 3,
-    max_frames: int = 60,
+    max_frames: int = 40,
 ) -> ReverseTrajectoryFigure:
     r"""x_t and the model's x̂_0 at `num_columns` steps of DDPM sampling, and optionally an animated GIF.
 
@@ -478,7 +478,7 @@ def reverse_trajectory_figure(
         num_columns (`int`, defaults to 8): shown steps, evenly spread from the first to the last.
         seed (`int`, defaults to 0): the first seed.
         scale (`int`, defaults to 3): nearest-neighbour enlargement.
-        max_frames (`int`, defaults to 60): most frames in the GIF.
+        max_frames (`int`, defaults to 40): most frames in the GIF.
 
     Returns:
         [`ReverseTrajectoryFigure`]
@@ -539,22 +539,27 @@ def reverse_trajectory_figure(
 def _save_gif(
     traj: torch.Tensor, x0s: torch.Tensor, timesteps: list[int], path: Path, *, scale: int, max_frames: int
 ) -> int:
-    """Animated GIF: per frame, x_t of every image (top row) above its x̂_0 (bottom row), with the step's t."""
+    """Animated GIF: per frame, x_t of every image (top row) above its x̂_0 (bottom row), under a caption."""
     steps = x0s.shape[1]
     # frame j shows x_t before step j (j < S) with that step's x̂_0; the last frame shows x_0 twice
     idx = np.unique(np.linspace(0, steps, min(max_frames, steps + 1)).round().astype(int)).tolist()
-    font = ImageFont.load_default(size=14)
+    font = ImageFont.load_default(size=13)
+    legend = "top: x_t, bottom: predicted x_0"
+    probe = ImageDraw.Draw(Image.new("L", (1, 1)))
+    text_width = int(probe.textlength(legend, font=font)) + 8
+    header = 38  # two caption lines
     frames = []
     n = traj.shape[0]
     for j in idx:
         pred = x0s[:, j] if j < steps else traj[:, -1]
         grid = make_grid(torch.cat([traj[:, j], pred]).float().clamp(-1, 1), nrow=n, padding=_PAD, scale=scale)
-        frame = Image.new("L", (max(grid.width, 170), grid.height + 22), 255)
-        frame.paste(grid, (0, 22))
-        text = f"t = {_paper_t(timesteps[j])}" if j < steps else "t = 0 (x₀)"
-        ImageDraw.Draw(frame).text((4, 3), f"{text}   top x_t, bottom x̂₀", fill=0, font=font)
+        frame = Image.new("L", (max(grid.width, text_width), grid.height + header), 255)
+        frame.paste(grid, ((frame.width - grid.width) // 2, header))
+        draw = ImageDraw.Draw(frame)
+        draw.text((4, 2), f"t = {_paper_t(timesteps[j])}" if j < steps else "t = 0: the samples x_0", fill=0, font=font)
+        draw.text((4, 19), legend, fill=90, font=font)
         frames.append(frame)
-    durations = [80] * (len(frames) - 1) + [1500]
+    durations = [80] * (len(frames) - 1) + [2000]
     path.parent.mkdir(parents=True, exist_ok=True)
     frames[0].save(path, save_all=True, append_images=frames[1:], duration=durations, loop=0, optimize=True)
     return len(frames)

@@ -324,7 +324,8 @@ def forward_process_figure(
         residual = xt.double() - torch.from_numpy(np.sqrt(ab))[:, None, None, None] * x0.double()
         images[name], abars[name] = xt, ab
         stds[name] = residual.flatten(1).std(dim=1, unbiased=False).numpy()
-        labels = ["x₀ (data)"] + [f"t={_paper_t(t)}\nᾱ={a:.3f}" if a >= 1e-3 else f"t={_paper_t(t)}\nᾱ={a:.0e}" for t, a in zip(ts, ab)]
+        labels = ["x₀ (data)"] + [f"t={_paper_t(t)}\nᾱ={a:.3f}" if a >= 1e-3 else f"t={_paper_t(t)}\nᾱ={a:.0e}"
+                                  for t, a in zip(ts, ab)]
         rows.append(_row(name, torch.cat([x0, xt]), k + 1, labels, scale))
 
     path = Path(output_path)
@@ -392,7 +393,10 @@ def schedule_figure(
         axes[1].plot(t, snrs[name], color=c, label=name)
         axes[2].plot(t, betas[name], color=c, label=rf"{name}: $\beta_t$")
         axes[2].plot(t[1:], tildes[name][1:], color=c, ls="--", label=rf"{name}: $\tilde\beta_t$")
-    axes[0].set(title=r"$\bar\alpha_t = \Pi_{i \leq t}\,(1 - \beta_i)$: signal kept in $x_t$", ylabel=r"$\bar\alpha_t$", ylim=(-0.02, 1.02))
+    axes[0].set(
+        title=r"$\bar\alpha_t = \Pi_{i \leq t}\,(1 - \beta_i)$: signal kept in $x_t$",
+        ylabel=r"$\bar\alpha_t$", ylim=(-0.02, 1.02),
+    )
     axes[1].set(title=r"log SNR $= \log\,\bar\alpha_t / (1 - \bar\alpha_t)$", ylabel="log SNR (nats)")
     axes[2].set(
         title=r"$\beta_t$ (solid) vs $\tilde\beta_t = \frac{1-\bar\alpha_{t-1}}{1-\bar\alpha_t}\beta_t$ (dashed)",
@@ -445,7 +449,9 @@ def _seeds(seed: int, num_images: int) -> list[int]:
 
 def _sample(pipe: DDPMExtPipeline, seeds: Sequence[int], steps: int, **kwargs) -> torch.Tensor:
     """Samples (N, C, H, W) in [-1, 1] (pipeline output mapped back from [0, 1])."""
-    images = pipe(batch_size=len(seeds), generator=_generators(seeds), num_inference_steps=steps, output_type="pt", **kwargs).images
+    images = pipe(
+        batch_size=len(seeds), generator=_generators(seeds), num_inference_steps=steps, output_type="pt", **kwargs
+    ).images
     return (images.cpu() * 2 - 1)
 
 
@@ -686,7 +692,8 @@ def ddpm_vs_ddim_figure(
     result.size = _save_strips(
         rows,
         "DDPM vs DDIM from the same trained model",
-        f"the same seed (and $x_T$) in each column; DDPM ancestral ($\\sigma_t^2$ of the scheduler), DDIM η = {eta:g}; respaced from "
+        f"the same seed (and $x_T$) in each column; DDPM ancestral ($\\sigma_t^2$ of the scheduler), "
+        f"DDIM η = {eta:g}; respaced from "
         f"T = {pipeline.scheduler.config.num_train_timesteps}",
         result.path,
     )

@@ -35,7 +35,9 @@ DEFAULT_STEPS = 100  # or T when the pipeline's chain is shorter
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of `ddpm-ext sample`."""
-    parser.add_argument("pipeline", help="A pipeline folder (e.g. the training script's --output_dir) or a Hub repo id 'org/name'.")
+    parser.add_argument(
+        "pipeline", help="A pipeline folder (e.g. the training script's --output_dir) or a Hub repo id 'org/name'."
+    )
     parser.add_argument("--num_images", type=positive_int, default=16, help="Number of images (default: 16).")
     parser.add_argument(
         "--steps", type=positive_int, default=None,
@@ -45,7 +47,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--scheduler", choices=sorted(SCHEDULERS), default=None,
         help="Sampler: ddpm (ancestral, Algorithm 2) or ddim (default: the pipeline's saved scheduler).",
     )
-    parser.add_argument("--eta", type=float, default=None, help="DDIM's η in [0, 1] (needs DDIM; default: 0, deterministic).")
+    parser.add_argument(
+        "--eta", type=float, default=None, help="DDIM's η in [0, 1] (needs DDIM; default: 0, deterministic)."
+    )
     parser.add_argument(
         "--no-noise", dest="no_noise", action="store_true",
         help="Sample without the added noise z: every step returns the mean μ_θ (the lecture's comparison).",
@@ -66,7 +70,9 @@ def check_output_file(path: str, option: str) -> Path:
     Image.init()
     known = sorted(ext for ext, fmt in Image.registered_extensions().items() if fmt in Image.SAVE)
     if out.suffix.lower() not in known:
-        raise ValueError(f"`{option}` {path!r} must end with an image extension Pillow can write, e.g. .png (got {out.suffix!r}).")
+        raise ValueError(
+            f"`{option}` {path!r} must end with an image extension Pillow can write, e.g. .png (got {out.suffix!r})."
+        )
     for parent in out.parents:
         if parent.exists() and not parent.is_dir():
             raise ValueError(f"`{option}` {path!r} cannot be written: {str(parent)!r} is a file, not a folder.")
@@ -78,7 +84,9 @@ def run(args: argparse.Namespace) -> int:
     # 1. Options that need no pipeline
     if args.eta is not None:
         if args.scheduler == "ddpm":
-            raise ValueError(f"`--eta` {args.eta} is DDIM's η; it cannot be used with `--scheduler ddpm` (use `--scheduler ddim`).")
+            raise ValueError(
+                f"`--eta` {args.eta} is DDIM's η; it cannot be used with `--scheduler ddpm` (use `--scheduler ddim`)."
+            )
         if not 0.0 <= args.eta <= 1.0:
             raise ValueError(f"`--eta` must be in [0, 1], got {args.eta}.")
     output = check_output_file(args.output, "--output")
@@ -96,7 +104,10 @@ def run(args: argparse.Namespace) -> int:
             "add `--scheduler ddim`."
         )
     if args.no_noise and not isinstance(pipe.scheduler, (DDPMExtScheduler, DDIMExtScheduler)):
-        raise ValueError(f"`--no-noise` needs a ddpm or ddim scheduler; pass `--scheduler ddpm` (the pipeline has {type(pipe.scheduler).__name__}).")
+        raise ValueError(
+            f"`--no-noise` needs a ddpm or ddim scheduler; pass `--scheduler ddpm` "
+            f"(the pipeline has {type(pipe.scheduler).__name__})."
+        )
     T = pipe.scheduler.config.num_train_timesteps
     steps = args.steps if args.steps is not None else min(DEFAULT_STEPS, T)
     if steps > T:

@@ -692,8 +692,7 @@ def ddpm_vs_ddim_figure(
     result.size = _save_strips(
         rows,
         "DDPM vs DDIM from the same trained model",
-        f"the same seed (and $x_T$) in each column; DDPM ancestral ($\\sigma_t^2$ of the scheduler), "
-        f"DDIM η = {eta:g}; respaced from "
+        f"the same seed in each column; DDIM η = {eta:g}; both respaced from "
         f"T = {pipeline.scheduler.config.num_train_timesteps}",
         result.path,
     )

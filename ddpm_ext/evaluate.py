@@ -214,16 +214,20 @@ def build_parser() -> argparse.ArgumentParser:
     return add_arguments(parser)
 
 
+def run(args: argparse.Namespace) -> int:
+    """The `ddpm-ext evaluate` command: [`evaluate`], then print the markdown table; return the exit status."""
+    print(evaluate(args)["markdown"])
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Parse `argv`, [`run`], print the markdown table. Bad input exits with status 2 and the message."""
+    """`python -m ddpm_ext.evaluate`: parse `argv` and [`run`]. Bad input exits with status 2 and the message."""
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        results = run(args)
+        return run(args)
     except ValueError as err:
         parser.error(str(err))
-    print(results["markdown"])
-    return 0
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -280,7 +284,7 @@ def _mean_sem(values: torch.Tensor) -> tuple[float, float]:
     return float(v.mean()), sem
 
 
-def run(args: argparse.Namespace) -> dict[str, Any]:
+def evaluate(args: argparse.Namespace) -> dict[str, Any]:
     """Evaluate the pipeline as the arguments say (see [`add_arguments`]); return the results.
 
     Returns:

@@ -90,6 +90,7 @@ def make_grid(
     padding: int = 2,
     pad_value: int = 255,
     value_range: tuple[float, float] | None = None,
+    scale: int = 1,
 ) -> Image.Image:
     r"""Tile images into one PIL image, row by row, like `torchvision.utils.make_grid` (without torchvision).
 
@@ -100,10 +101,13 @@ def make_grid(
         padding (`int`, defaults to 2): Pixels between images and around the grid.
         pad_value (`int`, defaults to 255): Gray level of the padding (0..255).
         value_range (`tuple[float, float]`, *optional*): Range of float inputs (see [`images_to_uint8`]).
+        scale (`int`, defaults to 1): Enlarge every image `scale` times by nearest-neighbour repetition (each
+            pixel becomes a `scale` x `scale` block, so 28x28 digits stay sharp when shown large); the padding
+            is not scaled.
 
     Returns:
-        `PIL.Image.Image`: Mode `"L"` or `"RGB"`, of width `ncol * (W + padding) + padding` and height
-        `nrows * (H + padding) + padding`, with `ncol = min(nrow, B)` and `nrows = ceil(B / nrow)`.
+        `PIL.Image.Image`: Mode `"L"` or `"RGB"`, of width `ncol * (scale * W + padding) + padding` and height
+        `nrows * (scale * H + padding) + padding`, with `ncol = min(nrow, B)` and `nrows = ceil(B / nrow)`.
 
     Example:
 
@@ -112,10 +116,16 @@ def make_grid(
     >>> from ddpm_ext.utils import make_grid
     >>> make_grid(torch.zeros(10, 3, 28, 28), nrow=5, padding=0).size
     (140, 56)
+    >>> make_grid(torch.zeros(10, 1, 28, 28), nrow=5, padding=2, scale=3).size
+    (432, 174)
 
     ```
     """
+    if isinstance(scale, bool) or not isinstance(scale, (int, np.integer)) or scale < 1:
+        raise ValueError(f"`scale` must be an integer >= 1 (nearest-neighbour enlargement), got {scale!r}.")
     arr = images_to_uint8(images, value_range)
+    if scale > 1:
+        arr = arr.repeat(int(scale), axis=1).repeat(int(scale), axis=2)  # (B, scale*H, scale*W, C)
     b, h, w, c = arr.shape
     if nrow is None:
         nrow = math.ceil(math.sqrt(b))

@@ -384,6 +384,20 @@ def test_make_grid_shapes_and_values(tmp_path):
         make_grid(torch.zeros(3, 8, 8))
 
 
+def test_make_grid_scale_repeats_pixels():
+    images = torch.arange(2 * 3 * 4, dtype=torch.float32).view(2, 1, 3, 4) / 23 * 2 - 1  # (2, 1, 3, 4), distinct values
+    plain = np.asarray(make_grid(images, nrow=2, padding=0))
+    big = make_grid(images, nrow=2, padding=1, scale=3)
+    assert big.size == (2 * (3 * 4 + 1) + 1, 3 * 3 + 2)
+    tiles = np.asarray(big)[1:-1]  # (9, 27) without the top and bottom padding
+    first, second = tiles[:, 1 : 1 + 12], tiles[:, 14 : 14 + 12]
+    np.testing.assert_array_equal(first, np.kron(plain[:, :4], np.ones((3, 3), np.uint8)))  # nearest neighbour
+    np.testing.assert_array_equal(second, np.kron(plain[:, 4:], np.ones((3, 3), np.uint8)))
+    for bad in (0, 1.5, True):
+        with pytest.raises(ValueError, match=r"`scale` must be an integer >= 1"):
+            make_grid(images, scale=bad)
+
+
 def test_docstring_examples():
     for module in (utils_mod, data_mod):
         result = doctest.testmod(module, optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)

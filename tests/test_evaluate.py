@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 
 from ddpm_ext import DDPMExtPipeline, DDPMExtScheduler, build_unet
-from ddpm_ext.evaluate import SamplerSpec, _per_image_generators, main, parse_sampler, run, build_parser
+from ddpm_ext.evaluate import SamplerSpec, _per_image_generators, main, parse_sampler, evaluate, build_parser
 from ddpm_ext.utils import make_grid
 
 
@@ -26,11 +26,11 @@ def tiny_pipeline(tmp_path_factory):
     return folder
 
 
-def evaluate(pipeline, tmp_path, *extra: str) -> dict:
-    """`run` with small defaults (no bits/dim, DDIM-5) that `extra` overrides (argparse keeps the last value)."""
+def quick_eval(pipeline, tmp_path, *extra: str) -> dict:
+    """`evaluate` with small defaults (no bits/dim, DDIM-5) that `extra` overrides (argparse keeps the last value)."""
     argv = [str(pipeline), "--stats_cache_dir", str(tmp_path / "stats"), "--no_progress", "--num_bpd_images", "0",
             "--samplers", "ddim:5:0", *extra]
-    return run(build_parser().parse_args(argv))
+    return evaluate(build_parser().parse_args(argv))
 
 
 def test_evaluate_end_to_end(tiny_pipeline, tmp_path, capsys):
@@ -84,7 +84,7 @@ def test_evaluate_end_to_end(tiny_pipeline, tmp_path, capsys):
     assert np.array_equal(np.asarray(Image.open(out / rows["ddim:5:0"]["grid"])), np.asarray(expected))
 
     # a second run reads the cached reference features and reproduces the numbers
-    again = evaluate(tiny_pipeline, tmp_path, "--num_bpd_images", "0", "--max_real_images", "16", "--num_samples",
+    again = quick_eval(tiny_pipeline, tmp_path, "--num_bpd_images", "0", "--max_real_images", "16", "--num_samples",
                      "12", "--kid_subset_size", "6", "--kid_subsets", "10", "--samplers", "ddim:5:0", "--batch_size", "12")
     assert again["reference"]["cache_hit"] is True and again["reference"]["cache_file"] == results["reference"]["cache_file"]
     assert again["bits_per_dim"] == [] and again["files"] == {}
@@ -154,7 +154,7 @@ def test_bad_sampler_spec_is_an_argparse_error(tiny_pipeline, capsys):
 )
 def test_bad_inputs_name_the_argument_value_and_allowed(tiny_pipeline, tmp_path, extra, message):
     with pytest.raises(ValueError, match=message):
-        evaluate(tiny_pipeline, tmp_path, *extra)
+        quick_eval(tiny_pipeline, tmp_path, *extra)
 
 
 def test_channel_mismatch_and_missing_pipeline(tiny_pipeline, tmp_path):
@@ -163,11 +163,11 @@ def test_channel_mismatch_and_missing_pipeline(tiny_pipeline, tmp_path):
     for i in range(3):
         Image.new("RGB", (8, 8), (40 * i, 0, 255)).save(folder / f"{i}.png")
     with pytest.raises(ValueError, match=r"Channel mismatch: `--dataset` .*rgb' has RGB images \(3 channel\(s\)\) but the model .* takes 1"):
-        evaluate(tiny_pipeline, tmp_path, "--dataset", str(folder))
+        quick_eval(tiny_pipeline, tmp_path, "--dataset", str(folder))
     with pytest.raises(ValueError, match="neither an existing folder nor a Hub repo id"):
-        evaluate(tmp_path / "no" / "pipeline", tmp_path)
+        quick_eval(tmp_path / "no" / "pipeline", tmp_path)
     with pytest.raises(ValueError, match="has no model_index.json"):
-        evaluate(folder, tmp_path)
+        quick_eval(folder, tmp_path)
 
 
 @pytest.mark.slow

@@ -1,0 +1,7 @@
+"""`python -m ddpm_ext COMMAND ...`, the same as the `ddpm-ext` console script."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())

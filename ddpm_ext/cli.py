@@ -1,0 +1,125 @@
+"""`ddpm-ext`: the command line (also `python -m ddpm_ext`).
+
+Each subcommand is a module with `add_arguments(parser)` and `run(args) -> int`, listed in [`COMMANDS`] and
+imported only when it runs, so a missing optional dependency of one command (matplotlib for `figures`) does not
+break the others. A `ValueError` from a command is printed as `error: ...` with exit status 2, as argparse does
+for bad options.
+
+Examples:
+
+```bash
+ddpm-ext sample outputs/mnist --num_images 64 --steps 100 --output samples.png
+ddpm-ext sample outputs/mnist --scheduler ddim --steps 50 --eta 0.0 --images_dir samples/
+ddpm-ext figures --pipeline outputs/mnist --output_dir figures
+ddpm-ext evaluate outputs/mnist --num_samples 100 --samplers ddpm:1000 ddim:50:0 --output_dir eval
+```
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+from pathlib import Path
+from typing import Sequence
+
+__all__ = ["COMMANDS", "main", "build_parser", "positive_int", "nonnegative_int", "check_output_dir", "pick_device"]
+
+# name -> (help, module exposing add_arguments(parser) and run(args) -> int)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "sample": ("Sample images from a trained pipeline into a PNG grid.", "ddpm_ext.sample"),
+    "figures": ("Write the lecture's figures (forward process, schedules, reverse process, samplers).", "ddpm_ext.figures"),
+    "evaluate": ("Score a pipeline: bits/dim on held-out images, FID/KID of samples per sampler.", "ddpm_ext.evaluate"),
+}
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {value}")
+    return value
+
+
+def nonnegative_int(text: str) -> int:
+    """argparse type: an integer >= 0."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {value}")
+    return value
+
+
+def check_output_dir(path: str | os.PathLike, option: str) -> Path:
+    """A folder to write into: raise `ValueError` when it, or a parent, exists as something other than a folder."""
+    out = Path(path)
+    for p in (out, *out.parents):
+        if p.exists() and not p.is_dir():
+            raise ValueError(f"`{option}` {str(out)!r} cannot be a folder: {str(p)!r} exists and is not a folder.")
+    return out
+
+
+def pick_device(device: str | None) -> str:
+    """`device` as given, else "cuda" when available, else "cpu"."""
+    import torch
+
+    if device is not None:
+        try:
+            torch.device(device)
+        except RuntimeError as e:
+            raise ValueError(f"`--device` {device!r} is not a torch device: {e}") from None
+        return device
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def build_parser(command: str | None = None) -> tuple[argparse.ArgumentParser, object]:
+    """The parser with every command listed, and the module of `command` (imported now, with its arguments).
+
+    Only `command`'s module is imported; the others are listed by name and help. An `ImportError` of that
+    module is returned in place of the module so that `main` can report it.
+    """
+    parser = argparse.ArgumentParser(
+        prog="ddpm-ext", description="DDPM / DDIM for diffusers: sample from a pipeline, draw the lecture's figures, evaluate a model."
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    loaded: object = None
+    for name, (help_text, module_name) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        if name != command:
+            continue
+        try:
+            loaded = importlib.import_module(module_name)
+        except ImportError as e:  # e.g. matplotlib missing: the other commands still work
+            loaded = e
+        else:
+            loaded.add_arguments(p)
+    return parser, loaded
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run `ddpm-ext` with `argv` (default: `sys.argv[1:]`); return the exit status."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    command = next((a for a in argv if not a.startswith("-")), None)
+    parser, module = build_parser(command if command in COMMANDS else None)
+    if isinstance(module, ImportError):
+        print(f"error: `ddpm-ext {command}` needs a package that is not installed: {module}", file=sys.stderr)
+        return 2
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:  # argparse's own errors (status 2) and --help (status 0)
+        return e.code if isinstance(e.code, int) else 1
+    try:
+        return int(module.run(args) or 0)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,149 @@
+"""`ddpm-ext sample`: images from a trained pipeline, as a PNG grid and optionally one file per image.
+
+Image i is drawn with its own generator seeded `--seed + i`, so a given image does not depend on
+`--batch_size` or `--num_images`. Every option is checked, and the pipeline loaded, before anything is written.
+
+```bash
+ddpm-ext sample outputs/mnist --num_images 64 --steps 100 --output samples.png
+ddpm-ext sample outputs/mnist --scheduler ddim --steps 50 --eta 0.0 --images_dir samples/
+ddpm-ext sample outputs/mnist --no-noise --output without_z.png   # the lecture's sampling without z
+```
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from tqdm.auto import tqdm
+
+from .cli import check_output_dir, nonnegative_int, pick_device, positive_int
+from .pipeline_ddpm_ext import DDPMExtPipeline
+from .scheduling_ddim_ext import DDIMExtScheduler
+from .scheduling_ddpm_ext import DDPMExtScheduler
+from .utils import save_image_grid
+
+__all__ = ["SCHEDULERS", "add_arguments", "run", "check_output_file"]
+
+SCHEDULERS = {"ddpm": DDPMExtScheduler, "ddim": DDIMExtScheduler}
+DEFAULT_STEPS = 100  # or T when the pipeline's chain is shorter
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Arguments of `ddpm-ext sample`."""
+    parser.add_argument(
+        "pipeline", help="A pipeline folder (e.g. the training script's --output_dir) or a Hub repo id 'org/name'."
+    )
+    parser.add_argument("--num_images", type=positive_int, default=16, help="Number of images (default: 16).")
+    parser.add_argument(
+        "--steps", type=positive_int, default=None,
+        help=f"Sampling steps, 1..T; fewer than T respaces the chain (default: {DEFAULT_STEPS}, or T if smaller).",
+    )
+    parser.add_argument(
+        "--scheduler", choices=sorted(SCHEDULERS), default=None,
+        help="Sampler: ddpm (ancestral, Algorithm 2) or ddim (default: the pipeline's saved scheduler).",
+    )
+    parser.add_argument(
+        "--eta", type=float, default=None, help="DDIM's η in [0, 1] (needs DDIM; default: 0, deterministic)."
+    )
+    parser.add_argument(
+        "--no-noise", dest="no_noise", action="store_true",
+        help="Sample without the added noise z: every step returns the mean μ_θ (the lecture's comparison).",
+    )
+    parser.add_argument("--seed", type=nonnegative_int, default=0, help="Image i uses seed + i (default: 0).")
+    parser.add_argument("--output", default="samples.png", help="The grid image to write (default: samples.png).")
+    parser.add_argument("--nrow", type=positive_int, default=None, help="Images per grid row (default: ceil(sqrt(N))).")
+    parser.add_argument("--images_dir", default=None, help="Also write each image as 00000.png, 00001.png, ... here.")
+    parser.add_argument("--batch_size", type=positive_int, default=16, help="Images per forward pass (default: 16).")
+    parser.add_argument("--device", default=None, help="Torch device (default: cuda if available, else cpu).")
+
+
+def check_output_file(path: str, option: str) -> Path:
+    """A file to write: an image extension Pillow knows, not a folder, no parent that is a file."""
+    out = Path(path)
+    if out.is_dir():
+        raise ValueError(f"`{option}` {path!r} is a folder; give a file name such as {str(out / 'samples.png')!r}.")
+    Image.init()
+    known = sorted(ext for ext, fmt in Image.registered_extensions().items() if fmt in Image.SAVE)
+    if out.suffix.lower() not in known:
+        raise ValueError(
+            f"`{option}` {path!r} must end with an image extension Pillow can write, e.g. .png (got {out.suffix!r})."
+        )
+    for parent in out.parents:
+        if parent.exists() and not parent.is_dir():
+            raise ValueError(f"`{option}` {path!r} cannot be written: {str(parent)!r} is a file, not a folder.")
+    return out
+
+
+def run(args: argparse.Namespace) -> int:
+    """Sample and write the grid (and the single images); print the paths written."""
+    # 1. Options that need no pipeline
+    if args.eta is not None:
+        if args.scheduler == "ddpm":
+            raise ValueError(
+                f"`--eta` {args.eta} is DDIM's η; it cannot be used with `--scheduler ddpm` (use `--scheduler ddim`)."
+            )
+        if not 0.0 <= args.eta <= 1.0:
+            raise ValueError(f"`--eta` must be in [0, 1], got {args.eta}.")
+    output = check_output_file(args.output, "--output")
+    images_dir = check_output_dir(args.images_dir, "--images_dir") if args.images_dir is not None else None
+    device = pick_device(args.device)
+
+    # 2. The pipeline, and the options that depend on it
+    pipe = DDPMExtPipeline.from_pretrained(args.pipeline)
+    if args.scheduler is not None:
+        pipe.scheduler = SCHEDULERS[args.scheduler].from_config(pipe.scheduler.config)
+    is_ddim = isinstance(pipe.scheduler, DDIMExtScheduler)
+    if args.eta is not None and not is_ddim:
+        raise ValueError(
+            f"`--eta` {args.eta} needs a DDIM scheduler, but the pipeline's is {type(pipe.scheduler).__name__}; "
+            "add `--scheduler ddim`."
+        )
+    if args.no_noise and not isinstance(pipe.scheduler, (DDPMExtScheduler, DDIMExtScheduler)):
+        raise ValueError(
+            f"`--no-noise` needs a ddpm or ddim scheduler; pass `--scheduler ddpm` "
+            f"(the pipeline has {type(pipe.scheduler).__name__})."
+        )
+    T = pipe.scheduler.config.num_train_timesteps
+    steps = args.steps if args.steps is not None else min(DEFAULT_STEPS, T)
+    if steps > T:
+        raise ValueError(f"`--steps` must be at most the pipeline's num_train_timesteps = {T}, got {steps}.")
+    pipe = pipe.to(device)
+    pipe.set_progress_bar_config(disable=True)
+
+    # 3. Sample, batch by batch, one generator per image
+    kwargs = {"eta": float(args.eta or 0.0)} if is_ddim else {}
+    seeds = list(range(args.seed, args.seed + args.num_images))
+    batches = [seeds[i : i + args.batch_size] for i in range(0, len(seeds), args.batch_size)]
+    chunks = []
+
+    def advance(*_) -> None:  # pipeline callback: one tick per denoising step; returns None (changes nothing)
+        bar.update(1)
+
+    with tqdm(total=len(batches) * steps, desc=f"sampling {len(seeds)} images", unit="step", file=sys.stderr) as bar:
+        for batch in batches:
+            out = pipe(
+                batch_size=len(batch),
+                generator=[torch.Generator().manual_seed(s) for s in batch],
+                num_inference_steps=steps,
+                stochastic=not args.no_noise,
+                output_type="np",
+                callback_on_step_end=advance,
+                **kwargs,
+            )
+            chunks.append(out.images)
+    images = np.concatenate(chunks)  # (N, H, W, C) in [0, 1]
+
+    # 4. Write
+    save_image_grid(images, output, args.nrow)
+    print(output)
+    if images_dir is not None:
+        images_dir.mkdir(parents=True, exist_ok=True)
+        for i, im in enumerate(pipe.numpy_to_pil(images)):
+            im.save(images_dir / f"{i:05d}.png")
+        print(f"{len(images)} images in {images_dir}")
+    return 0

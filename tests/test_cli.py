@@ -1,0 +1,225 @@
+"""`ddpm-ext`: sample and figures run in-process through `main([...])`; one subprocess test of the entry point."""
+
+from __future__ import annotations
+
+import configparser
+import importlib
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from tiny_pipeline import TINY_SIZE, TINY_T, tiny_pipeline_dir  # noqa: F401  (fixture)
+
+from ddpm_ext import DDIMExtScheduler, DDPMExtPipeline
+from ddpm_ext import cli
+from ddpm_ext.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def pipeline_images(folder, seeds, steps, scheduler=None, **kwargs) -> np.ndarray:
+    """uint8 (N, H, W, 1) images the pipeline gives for `seeds`, one generator per image."""
+    pipe = DDPMExtPipeline.from_pretrained(folder)
+    if scheduler is not None:
+        pipe.scheduler = scheduler.from_config(pipe.scheduler.config)
+    pipe.set_progress_bar_config(disable=True)
+    images = pipe(
+        batch_size=len(seeds), generator=[torch.Generator().manual_seed(s) for s in seeds],
+        num_inference_steps=steps, output_type="np", **kwargs,
+    ).images
+    return np.round(images * 255).astype(np.uint8)
+
+
+def read(path) -> np.ndarray:
+    return np.asarray(Image.open(path)).astype(int)
+
+
+def test_sample_grid_single_images_and_seeds(tiny_pipeline_dir, tmp_path, capsys):
+    grid, single = tmp_path / "grid.png", tmp_path / "single"
+    args = ["sample", str(tiny_pipeline_dir), "--num_images", "5", "--steps", "4", "--seed", "7", "--nrow", "5"]
+    assert main([*args, "--batch_size", "2", "--output", str(grid), "--images_dir", str(single)]) == 0
+    assert str(grid) in capsys.readouterr().out
+
+    assert Image.open(grid).size == (5 * (TINY_SIZE + 2) + 2, TINY_SIZE + 2 + 2)  # one row of 5, 2-px padding
+    files = sorted(single.iterdir())
+    assert [f.name for f in files] == [f"{i:05d}.png" for i in range(5)]
+    assert all(Image.open(f).size == (TINY_SIZE, TINY_SIZE) for f in files)
+
+    # image i is the pipeline's sample from seed 7 + i, whatever the batch size
+    expected = pipeline_images(tiny_pipeline_dir, [7, 8, 9, 10, 11], 4)
+    got = np.stack([read(f) for f in files])
+    assert np.abs(got - expected[..., 0]).max() <= 1
+    tiles = read(grid)[2 : 2 + TINY_SIZE]  # the grid's row holds the same images
+    assert np.abs(tiles[:, 2 : 2 + TINY_SIZE] - got[0]).max() == 0
+
+    # deterministic: the same command gives the same bytes; another batch size the same images; another seed not
+    again = tmp_path / "again.png"
+    assert main([*args, "--batch_size", "5", "--output", str(again)]) == 0
+    assert np.abs(read(again) - read(grid)).max() <= 1
+    other = tmp_path / "other.png"
+    assert main([*args, "--batch_size", "2", "--output", str(other), "--seed", "8"]) == 0
+    assert (read(other) != read(grid)).any()
+    assert main([*args, "--batch_size", "2", "--output", str(again)]) == 0
+    assert again.read_bytes() == grid.read_bytes()
+
+
+def test_sample_ddim_and_without_noise(tiny_pipeline_dir, tmp_path):
+    ddim = tmp_path / "ddim.png"
+    assert main(["sample", str(tiny_pipeline_dir), "--num_images", "2", "--steps", "5", "--scheduler", "ddim",
+                 "--eta", "0", "--output", str(ddim), "--nrow", "2", "--seed", "3"]) == 0
+    expected = pipeline_images(tiny_pipeline_dir, [3, 4], 5, scheduler=DDIMExtScheduler, eta=0.0)
+    assert np.abs(read(ddim)[2 : 2 + TINY_SIZE, 2 : 2 + TINY_SIZE] - expected[0, ..., 0]).max() <= 1
+
+    mean_only = tmp_path / "no_z.png"
+    assert main(["sample", str(tiny_pipeline_dir), "--num_images", "2", "--steps", "5", "--no-noise",
+                 "--output", str(mean_only), "--nrow", "2", "--seed", "3"]) == 0
+    expected = pipeline_images(tiny_pipeline_dir, [3, 4], 5, stochastic=False)
+    assert np.abs(read(mean_only)[2 : 2 + TINY_SIZE, 2 + TINY_SIZE + 2 : 2 + 2 * TINY_SIZE + 2] - expected[1, ..., 0]).max() <= 1
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--scheduler", "ddpm", "--eta", "0.5"], "`--eta` 0.5 is DDIM's η"),
+        (["--eta", "0.5"], "needs a DDIM scheduler"),  # the saved scheduler is DDPM
+        (["--scheduler", "ddim", "--eta", "2"], "`--eta` must be in [0, 1], got 2.0"),
+        (["--num_images", "-3"], "argument --num_images: must be an integer >= 1, got -3"),
+        (["--batch_size", "0"], "argument --batch_size: must be an integer >= 1"),
+        (["--steps", str(TINY_T + 1)], f"`--steps` must be at most the pipeline's num_train_timesteps = {TINY_T}"),
+        (["--scheduler", "euler"], "argument --scheduler: invalid choice: 'euler'"),
+        (["--output", "{tmp}/grid.txt"], "must end with an image extension"),
+        (["--output", "{tmp}/afile/grid.png"], "is a file, not a folder"),
+        (["--output", "{tmp}"], "is a folder"),
+        (["--images_dir", "{tmp}/afile"], "exists and is not a folder"),
+        (["--device", "nodevice"], "is not a torch device"),
+    ],
+)
+def test_sample_bad_option_is_a_clear_error_and_writes_nothing(tiny_pipeline_dir, tmp_path, capsys, extra, message):
+    (tmp_path / "afile").write_text("not a folder")
+    extra = [e.replace("{tmp}", str(tmp_path)) for e in extra]
+    args = ["sample", str(tiny_pipeline_dir), "--steps", "2", "--num_images", "1"]
+    if "--output" not in extra:
+        extra += ["--output", str(tmp_path / "out" / "grid.png")]
+    assert main([*args, *extra]) == 2
+    err = capsys.readouterr().err
+    assert message in err or pytest.fail(f"{message!r} not in {err!r}")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile"]
+
+
+def test_sample_bad_pipeline_path(tmp_path, capsys):
+    assert main(["sample", str(tmp_path / "missing"), "--output", str(tmp_path / "g.png")]) == 2
+    assert "neither an existing folder nor a Hub repo id" in capsys.readouterr().err
+    (tmp_path / "empty").mkdir()
+    assert main(["sample", str(tmp_path / "empty"), "--output", str(tmp_path / "g.png")]) == 2
+    assert "has no model_index.json" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["empty"]
+
+
+def test_figures_without_and_with_a_pipeline(tiny_pipeline_dir, tmp_path, capsys):
+    out = tmp_path / "figs"
+    images = str(_image_folder(tmp_path))
+    assert main(["figures", "--output_dir", str(out), "--num_train_timesteps", "50", "--train_data_dir", images]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["forward_process.png", "schedules.png"]
+    assert Image.open(out / "schedules.png").size == (1500, 460)
+    capsys.readouterr()
+
+    out2 = tmp_path / "figs2"
+    assert main(["figures", "--pipeline", str(tiny_pipeline_dir), "--output_dir", str(out2), "--steps", "4",
+                 "--step_counts", "2,4", "--num_images", "2", "--train_data_dir", images]) == 0
+    names = ["ddpm_vs_ddim.png", "forward_process.png", "noise_comparison.png", "reverse_trajectory.gif",
+             "reverse_trajectory.png", "schedules.png"]
+    assert sorted(p.name for p in out2.iterdir()) == names
+    printed = capsys.readouterr().out.split()
+    assert sorted(Path(p).name for p in printed) == names
+    assert Image.open(out2 / "reverse_trajectory.gif").n_frames == 5  # x_T and 4 steps
+
+
+def _image_folder(tmp_path) -> Path:
+    folder = tmp_path / "images"
+    folder.mkdir()
+    Image.fromarray(np.tile(np.arange(12, dtype=np.uint8) * 20, (12, 1))).save(folder / "a.png")
+    return folder
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--output_dir", "{tmp}/afile"], "exists and is not a folder"),
+        (["--step_counts", "10,0"], "argument --step_counts: must be comma-separated integers >= 1"),
+        (["--pipeline", "{tmp}/missing"], "neither an existing folder"),
+        (["--pipeline", "{pipe}", "--steps", str(TINY_T + 1)], "must be at most"),
+        (["--image_index", "5000"], "`--image_index` must be below"),
+    ],
+)
+def test_figures_bad_option(tiny_pipeline_dir, tmp_path, capsys, extra, message):
+    (tmp_path / "afile").write_text("x")
+    extra = [e.replace("{tmp}", str(tmp_path)).replace("{pipe}", str(tiny_pipeline_dir)) for e in extra]
+    if "--output_dir" not in extra:
+        extra += ["--output_dir", str(tmp_path / "figs")]
+    assert main(["figures", "--train_data_dir", str(_image_folder(tmp_path)), *extra]) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "figs").exists()
+
+
+def test_help_and_unknown_command(capsys):
+    assert main(["--help"]) == 0
+    out = capsys.readouterr().out
+    assert "sample" in out and "figures" in out and "evaluate" in out
+    assert main(["sample", "--help"]) == 0
+    assert "--no-noise" in capsys.readouterr().out
+    assert main(["bogus"]) == 2
+    assert "invalid choice: 'bogus'" in capsys.readouterr().err
+    assert main([]) == 2
+
+
+def test_a_broken_command_does_not_break_the_others(monkeypatch, capsys):
+    monkeypatch.setitem(cli.COMMANDS, "broken", ("Needs a missing package.", "ddpm_ext_no_such_module"))
+    assert main(["sample", "--help"]) == 0
+    capsys.readouterr()
+    assert main(["broken", "--anything"]) == 2
+    assert "needs a package that is not installed" in capsys.readouterr().err
+
+
+def test_console_script_is_declared():
+    cfg = configparser.ConfigParser()
+    cfg.read(ROOT / "setup.cfg")
+    lines = cfg["options.entry_points"]["console_scripts"].strip().splitlines()
+    scripts = {name.strip(): target.strip() for name, target in (line.split("=", 1) for line in lines)}
+    module, func = scripts["ddpm-ext"].split(":")
+    assert getattr(importlib.import_module(module), func) is main
+
+
+@pytest.mark.slow
+def test_entry_point_in_a_subprocess(tiny_pipeline_dir, tmp_path):
+    """The installed `ddpm-ext` script end to end (`python -m ddpm_ext` where the package is not installed)."""
+    script = shutil.which("ddpm-ext")
+    command = [script] if script else [sys.executable, "-m", "ddpm_ext"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    out = tmp_path / "grid.png"
+    done = subprocess.run([*command, "sample", str(tiny_pipeline_dir), "--num_images", "4", "--steps", "3",
+                           "--output", str(out)], capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "sampling 4 images" in done.stderr  # the progress bar
+    assert done.stdout.strip() == str(out)
+    assert Image.open(out).size == (2 * (TINY_SIZE + 2) + 2,) * 2
+
+
+def test_evaluate_command(tiny_pipeline_dir, tmp_path, capsys):
+    """`ddpm-ext evaluate` is `python -m ddpm_ext.evaluate`: the table on stdout, bad input exits 2 with the reason."""
+    argv = ["evaluate", str(tiny_pipeline_dir), "--num_bpd_images", "2", "--num_samples", "0", "--no_progress",
+            "--output_dir", str(tmp_path / "eval")]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "| fixed_small |" in out and "| fixed_large |" in out
+    assert (tmp_path / "eval" / "results.json").is_file()
+    bad = ["evaluate", str(tiny_pipeline_dir), "--num_bpd_images", "0", "--num_samples", "4", "--kid_subset_size", "8",
+           "--samplers", "ddim:5:0", "--output_dir", str(tmp_path / "bad")]
+    assert main(bad) == 2
+    assert "--kid_subset_size" in capsys.readouterr().err
+    assert not (tmp_path / "bad").exists()

@@ -1,8 +1,8 @@
 """Sampling wall time: `DDPMExtPipeline` vs diffusers' `DDPMPipeline`, same UNet, steps, batch and generator.
 
-Both pipelines get the same UNet weights (1.1 M parameters, 32×32 RGB, the UNet of bench_training.py) and a
-DDPM scheduler with the same configuration; every call starts from `generator.manual_seed(0)`. Variants of
-ddpm_ext: the default path, and `enable_fast_path(...)` with channels-last, plus bf16 autocast (`--bf16`) and
+Both pipelines get the same UNet weights (1.1 M parameters, 32×32 RGB: bench_training.py's UNet with 3
+channels) and a DDPM scheduler with the same configuration; every call starts from `generator.manual_seed(0)`.
+Variants of ddpm_ext: the default path, and `enable_fast_path(...)` with channels-last, plus bf16 autocast (`--bf16`) and
 `torch.compile` (`--compile`). Each variant is timed in rounds alternating with diffusers, and its images are
 compared with diffusers' (max |Δ| in [0, 1] pixel units, against the tolerance stated in the table).
 

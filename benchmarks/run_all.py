@@ -28,7 +28,7 @@ def main(argv: list[str] | None = None) -> None:
     for bench in (bench_scheduler, bench_sampling, bench_training):
         r, n = bench.run(args)
         rows += r
-        notes += n
+        notes += [f"{bench.__name__}: {note}" for note in n]
     device = torch.device(args.device)
     print("\n".join([
         machine_line(device), "", f"Command: `{command_line()}` ({time.strftime('%Y-%m-%d')}, "

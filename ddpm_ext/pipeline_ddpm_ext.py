@@ -169,7 +169,7 @@ class DDPMExtPipeline(DiffusionPipeline):
         fast = self._fast_path
         if fast is None:
             return lambda x, t: self.unet(x, t).sample
-        unet = self._compiled_unet or self.unet
+        unet = self._compiled_unet if self._compiled_unet is not None else self.unet  # (no truth test: len())
         dtype = fast["autocast_dtype"]
         if dtype is None:
             return lambda x, t: unet(x, t).sample

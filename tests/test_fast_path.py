@@ -185,6 +185,28 @@ def test_bf16_autocast_keeps_float32_samples_close():
     assert 0 < delta <= 0.1  # bf16 has 8 bits of mantissa: close, not equal
 
 
+def test_sampling_goes_through_the_compiled_unet(monkeypatch):
+    calls = []
+
+    class Compiled(torch.nn.Module):  # stands in for torch.compile's wrapper, which has no truth value
+        def __init__(self, module, mode=None):
+            super().__init__()
+            self.module, self.mode = module, mode
+
+        def __len__(self):
+            raise TypeError("no len()")
+
+        def forward(self, *args):
+            calls.append(self.mode)
+            return self.module(*args)
+
+    monkeypatch.setattr(torch, "compile", Compiled)
+    pipe = make_pipe()
+    default = sample(pipe)
+    compiled = sample(pipe.enable_fast_path(channels_last=False, compile=True, compile_mode="max-autotune"))
+    assert calls == ["max-autotune"] * 6 and torch.equal(compiled, default)
+
+
 def test_compile_wraps_the_unet_lazily_and_disable_drops_it():
     pipe = make_pipe()
     pipe.enable_fast_path(channels_last=False, compile=True, compile_mode="reduce-overhead")

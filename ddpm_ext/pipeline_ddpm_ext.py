@@ -128,6 +128,7 @@ class DDPMExtPipeline(DiffusionPipeline):
         True
         >>> pipe.disable_fast_path().fast_path is None
         True
+
         ```
         """
         for name, value in (("channels_last", channels_last), ("compile", compile)):

@@ -216,6 +216,15 @@ def test_compile_wraps_the_unet_lazily_and_disable_drops_it():
     assert pipe._compiled_unet is None
 
 
+def test_enable_fast_path_docstring_example():
+    import doctest
+
+    runner = doctest.DocTestRunner(optionflags=doctest.NORMALIZE_WHITESPACE)
+    for test in doctest.DocTestFinder().find(DDPMExtPipeline.enable_fast_path, "enable_fast_path", globs={}):
+        runner.run(test)
+    assert runner.tries >= 5 and runner.failures == 0
+
+
 @pytest.mark.parametrize("kwargs,message", [
     ({"autocast_dtype": torch.int8}, "`autocast_dtype` must be one of"),
     ({"autocast_dtype": "bf16"}, "`autocast_dtype` must be one of"),

@@ -13,11 +13,12 @@ diffusers attribute names and keep the float64 arrays for their coefficient tabl
 from __future__ import annotations
 
 import math
-from typing import Any, Literal, Sequence, get_args
+from typing import Any, Callable, Literal, Sequence, get_args
 
 import numpy as np
 import torch
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
+from diffusers.utils.torch_utils import randn_tensor
 
 BetaSchedule = Literal["linear", "quadratic", "cosine", "sigmoid", "scaled_linear", "squaredcos_cap_v2"]
 VarianceType = Literal["fixed_small", "fixed_large", "learned_range", "fixed_small_log", "fixed_large_log", "learned"]
@@ -153,6 +154,23 @@ def check_positive(name: str, value: Any, *, upper: float | None = None) -> None
         raise ValueError(f"`{name}` must be a number {bound}, got {value!r}.")
 
 
+def draw_noise(
+    like: torch.Tensor, generator: torch.Generator | list[torch.Generator] | None = None
+) -> torch.Tensor:
+    """z ~ N(0, I) of `like`'s shape, device and dtype, the same numbers diffusers' `randn_tensor` draws.
+
+    With no generator, or one generator on `like`'s device, this is the single `torch.randn` call that
+    `randn_tensor` makes, without its per-call checks (a fifth of a lean sampling step on a CPU). A list of
+    generators (one per image), or a CPU generator for an accelerator tensor, goes through `randn_tensor` itself.
+    """
+    device = like.device
+    if device.type != "neuron" and (
+        generator is None or (isinstance(generator, torch.Generator) and generator.device.type == device.type)
+    ):
+        return torch.randn(like.shape, generator=generator, device=device, dtype=like.dtype)
+    return randn_tensor(like.shape, generator=generator, device=device, dtype=like.dtype)
+
+
 def broadcast_to(coef: torch.Tensor, ndim: int) -> torch.Tensor:
     """View a per-sample coefficient of shape (B,) as (B, 1, ..., 1) with `ndim` dimensions."""
     return coef.reshape(coef.shape[0], *([1] * (ndim - 1)))
@@ -282,6 +300,7 @@ class ScheduleMixin(SchedulerMixin):
         """Store the descending timestep grid and precompute every per-step coefficient in float64."""
         self.timesteps = torch.from_numpy(grid.copy()).to(device)
         self._index_of = {int(t): i for i, t in enumerate(grid)}
+        self._scalar_cache: dict[tuple, tuple[torch.Tensor, ...]] = {}
         ab = self._alphas_cumprod64
         ab_t = ab[grid]
         ab_prev = np.concatenate([ab[grid[1:]], [self._final_alpha_cumprod()]])
@@ -313,19 +332,48 @@ class ScheduleMixin(SchedulerMixin):
     # ----------------------------------------------------------------------------------------------
     # Model output -> x̂_0, and the forward process
     # ----------------------------------------------------------------------------------------------
+    def _scalars(
+        self, key: tuple, like: torch.Tensor, values: Callable[[], tuple[float, ...]]
+    ) -> tuple[torch.Tensor | float, ...]:
+        """Per-step coefficients as 0-dim CPU tensors, made once per `set_timesteps` and kept per dtype.
+
+        A Python number in `x * c` is wrapped into a new tensor on every call, which doubles the cost of a small
+        elementwise op; a ready 0-dim CPU tensor of `like`'s dtype is passed to the kernel the same way (as a
+        host-side scalar, also for CUDA tensors: no copy, no sync) and gives the same bits. That holds for
+        float32 and float64; for other dtypes (float16, bfloat16: PyTorch computes them in float32, and a
+        float32 0-dim tensor would be rounded to the sample's dtype on the CPU) the Python floats are kept.
+
+        Args:
+            key (`tuple`): identifies the coefficients (e.g. the step index); the cache is cleared by `set_timesteps`.
+            like (`torch.Tensor`): a tensor the coefficients will multiply.
+            values (`Callable`): returns the Python floats; called only on a cache miss.
+        """
+        dtype = like.dtype
+        hit = self._scalar_cache.get((key, dtype))
+        if hit is None:
+            exact = dtype in (torch.float32, torch.float64)
+            hit = tuple(torch.tensor(v, dtype=dtype) if exact else v for v in values())
+            self._scalar_cache[(key, dtype)] = hit
+        return hit
+
     def scale_model_input(self, sample: torch.Tensor, timestep: int | None = None) -> torch.Tensor:
         """Identity: DDPM and DDIM feed x_t to the model unscaled (kept for scheduler interchangeability)."""
         return sample
 
     def _pred_x0_eps(
-        self, model_output: torch.Tensor, sample: torch.Tensor, ab_t: float | torch.Tensor
+        self,
+        model_output: torch.Tensor,
+        sample: torch.Tensor,
+        ab_t: float | torch.Tensor,
+        roots: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """x̂_0 and ε̂ from the model output at ᾱ_t = `ab_t` (Ho et al. eq. 15; Salimans & Ho for v).
 
         `ab_t` is a float for one sampling step, or a tensor broadcastable to `sample` for per-image timesteps.
+        `roots` are (√ᾱ_t, √(1 - ᾱ_t)) when the caller has them ready (see `_scalars`).
         """
         pt = self.config.prediction_type
-        sa, sb = ab_t**0.5, (1.0 - ab_t) ** 0.5
+        sa, sb = roots if roots is not None else (ab_t**0.5, (1.0 - ab_t) ** 0.5)
         if pt == "epsilon":
             return (sample - sb * model_output) / sa, model_output
         if pt == "sample":

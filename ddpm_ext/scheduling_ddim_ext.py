@@ -12,6 +12,7 @@ Legend (code name -> symbol of Song et al. eq. 12):
 from __future__ import annotations
 
 import math
+from collections import OrderedDict
 from dataclasses import dataclass
 
 import numpy as np
@@ -19,9 +20,8 @@ import torch
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.schedulers.scheduling_utils import KarrasDiffusionSchedulers
 from diffusers.utils import BaseOutput
-from diffusers.utils.torch_utils import randn_tensor
 
-from .schedules import BetaSchedule, PredictionType, ScheduleMixin, TimestepSpacing, VarianceType
+from .schedules import BetaSchedule, PredictionType, ScheduleMixin, TimestepSpacing, VarianceType, draw_noise
 
 
 @dataclass
@@ -35,6 +35,12 @@ class DDIMExtSchedulerOutput(BaseOutput):
 
     prev_sample: torch.Tensor
     pred_original_sample: torch.Tensor | None = None
+
+    def __post_init__(self) -> None:
+        # as DDPMExtSchedulerOutput: BaseOutput's entries without introspecting the dataclass on every step
+        for name, value in (("prev_sample", self.prev_sample), ("pred_original_sample", self.pred_original_sample)):
+            if value is not None:
+                OrderedDict.__setitem__(self, name, value)
 
 
 class DDIMExtScheduler(ScheduleMixin, ConfigMixin):
@@ -138,30 +144,35 @@ class DDIMExtScheduler(ScheduleMixin, ConfigMixin):
             raise ValueError(f"`eta` must be a number in [0, 1], got {eta!r}.")
         if variance_noise is not None and generator is not None:
             raise ValueError("Pass either `generator` or `variance_noise`, not both.")
-        ab_t, ab_prev, base_var = self._steps[self._step_index(timestep)]
+        i = self._step_index(timestep)
+        ab_t, ab_prev, base_var = self._steps[i]
         c = sample.shape[1]
         if model_output.shape[1] == 2 * c and self.variance_kind in ("learned_range", "learned"):
             model_output = model_output[:, :c]
         elif model_output.shape[1] != c:
             raise ValueError(f"`model_output` has {model_output.shape[1]} channels but `sample` has {c}.")
+        sigma = eta * math.sqrt(base_var)  # σ_t(η)
+
+        def coefficients() -> tuple[float, ...]:
+            direction = math.sqrt(max(1 - ab_prev - sigma**2, 0.0))
+            return ab_t**0.5, (1.0 - ab_t) ** 0.5, math.sqrt(ab_t), math.sqrt(1 - ab_t), math.sqrt(ab_prev), direction, sigma
+
+        sa, sb, sa_clip, sb_clip, sa_prev, c_dir, sigma_t = self._scalars((i, sigma), sample, coefficients)
 
         # 1. x̂_0 and ε̂ from the model output, then clip or threshold x̂_0
-        x0, eps = self._pred_x0_eps(model_output, sample, ab_t)
+        x0, eps = self._pred_x0_eps(model_output, sample, ab_t, roots=(sa, sb))
         x0 = self._clip_x0(x0)
         if use_clipped_model_output:
-            eps = (sample - math.sqrt(ab_t) * x0) / math.sqrt(1 - ab_t)
+            eps = (sample - sa_clip * x0) / sb_clip
 
-        # 2. σ_t(η) and the direction pointing to x_t (eq. 12)
-        sigma = eta * math.sqrt(base_var)
-        prev_sample = math.sqrt(ab_prev) * x0 + math.sqrt(max(1 - ab_prev - sigma**2, 0.0)) * eps
+        # 2. the direction pointing to x_t (eq. 12)
+        prev_sample = sa_prev * x0 + c_dir * eps
 
         # 3. + σ_t z
         if sigma > 0 and stochastic:
             if variance_noise is None:
-                variance_noise = randn_tensor(
-                    model_output.shape, generator=generator, device=model_output.device, dtype=model_output.dtype
-                )
-            prev_sample = prev_sample + sigma * variance_noise
+                variance_noise = draw_noise(model_output, generator)
+            prev_sample = prev_sample + sigma_t * variance_noise
 
         if not return_dict:
             return (prev_sample, x0)

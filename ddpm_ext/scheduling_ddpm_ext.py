@@ -13,6 +13,8 @@ Legend (code name -> symbol; code t is the paper's t + 1, ᾱ of "t = -1" is 1):
 
 from __future__ import annotations
 
+import math
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -21,7 +23,6 @@ import torch
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.schedulers.scheduling_utils import KarrasDiffusionSchedulers
 from diffusers.utils import BaseOutput
-from diffusers.utils.torch_utils import randn_tensor
 
 from .schedules import (
     BetaSchedule,
@@ -30,6 +31,7 @@ from .schedules import (
     TimestepSpacing,
     VarianceType,
     canonical_variance_type,
+    draw_noise,
 )
 
 
@@ -46,6 +48,13 @@ class DDPMExtSchedulerOutput(BaseOutput):
 
     prev_sample: torch.Tensor
     pred_original_sample: torch.Tensor | None = None
+
+    def __post_init__(self) -> None:
+        # BaseOutput.__post_init__ fills the same entries after introspecting the dataclass fields on every call,
+        # a tenth of a lean sampling step on a CPU; these two fields are known.
+        for name, value in (("prev_sample", self.prev_sample), ("pred_original_sample", self.pred_original_sample)):
+            if value is not None:
+                OrderedDict.__setitem__(self, name, value)
 
 
 def posterior_coefficients(ab_t: np.ndarray, ab_prev: np.ndarray) -> dict[str, np.ndarray]:
@@ -80,7 +89,10 @@ def posterior_coefficients(ab_t: np.ndarray, ab_prev: np.ndarray) -> dict[str, n
 
 
 class _Step(NamedTuple):
-    """Python-float coefficients of one sampling step (no tensor indexing, no host-device sync)."""
+    """Python-float coefficients of one sampling step, computed once per `set_timesteps`.
+
+    Python numbers go to the kernels as arguments: no tensor indexing, no host-device copy or sync in `step`.
+    """
 
     alpha_bar: float
     coef_x0: float
@@ -89,6 +101,8 @@ class _Step(NamedTuple):
     large_log_var: float  # log β (with the first-step value of improved DDPM)
     small_var: float  # β̃ (unclipped: 0 at the step landing on x_0)
     large_var: float  # β'
+    small_std: float  # σ_t = exp(log β̃ / 2) (clipped log)
+    large_std: float  # σ_t = exp(log β / 2)
     last: bool  # lands on x_0: no noise is added
 
 
@@ -190,19 +204,24 @@ class DDPMExtScheduler(ScheduleMixin, ConfigMixin):
         # Coefficients are computed in chain order (first = lands on x_0), then stored in step order.
         c = posterior_coefficients(ab_t[::-1], ab_prev[::-1])
         n = len(ab_t)
-        self._steps = [
-            _Step(
-                alpha_bar=float(ab_t[i]),
-                coef_x0=float(c["coef_x0"][n - 1 - i]),
-                coef_xt=float(c["coef_xt"][n - 1 - i]),
-                small_log_var=float(c["posterior_log_variance_clipped"][n - 1 - i]),
-                large_log_var=float(c["large_log_variance"][n - 1 - i]),
-                small_var=float(c["posterior_variance"][n - 1 - i]),
-                large_var=float(c["beta"][n - 1 - i]),
-                last=i == n - 1,
+        self._steps = []
+        for i in range(n):
+            k = n - 1 - i
+            small_log, large_log = float(c["posterior_log_variance_clipped"][k]), float(c["large_log_variance"][k])
+            self._steps.append(
+                _Step(
+                    alpha_bar=float(ab_t[i]),
+                    coef_x0=float(c["coef_x0"][k]),
+                    coef_xt=float(c["coef_xt"][k]),
+                    small_log_var=small_log,
+                    large_log_var=large_log,
+                    small_var=float(c["posterior_variance"][k]),
+                    large_var=float(c["beta"][k]),
+                    small_std=float(np.exp(0.5 * small_log)),
+                    large_std=float(np.exp(0.5 * large_log)),
+                    last=i == n - 1,
+                )
             )
-            for i in range(n)
-        ]
 
     def _split_output(
         self, model_output: torch.Tensor, sample: torch.Tensor, variance_kind: str | None = None
@@ -231,6 +250,17 @@ class DDPMExtScheduler(ScheduleMixin, ConfigMixin):
                 "output channels needs `variance_type='learned_range'`."
             )
         return model_output, None
+
+    def _std(self, s: _Step, var_output: torch.Tensor | None) -> float | torch.Tensor:
+        """σ_t of the step: a precomputed float for fixed variances, a tensor for learned ones (NaN without them)."""
+        kind = self.variance_kind
+        if kind == "fixed_small":
+            return s.small_std
+        if kind == "fixed_large":
+            return s.large_std
+        if var_output is None:
+            return math.nan  # a learned σ_t needs the model's variance channels
+        return torch.exp(0.5 * self._log_variance(s, var_output))
 
     def _log_variance(self, s: _Step, var_output: torch.Tensor | None) -> float | torch.Tensor:
         """log σ_t² of the step: a float for fixed variances, a tensor for learned ones."""
@@ -271,25 +301,27 @@ class DDPMExtScheduler(ScheduleMixin, ConfigMixin):
         Returns:
             [`DDPMExtSchedulerOutput`] or `(prev_sample, pred_original_sample)`.
         """
-        s = self._steps[self._step_index(timestep)]
+        i = self._step_index(timestep)
+        s = self._steps[i]
         model_output, var_output = self._split_output(model_output, sample)
+        sa, sb, coef_x0, coef_xt, std = self._scalars(
+            (i,), sample, lambda: (s.alpha_bar**0.5, (1.0 - s.alpha_bar) ** 0.5, s.coef_x0, s.coef_xt, self._std(s, None))
+        )
 
         # 1. x̂_0 from the model output (eq. 15 for ε), then clip or threshold it
-        x0, _ = self._pred_x0_eps(model_output, sample, s.alpha_bar)
+        x0, _ = self._pred_x0_eps(model_output, sample, s.alpha_bar, roots=(sa, sb))
         x0 = self._clip_x0(x0)
 
         # 2. μ_θ(x_t, t) = μ̃_t(x_t, x̂_0) (eq. 7); for ε-prediction without clipping this is Algorithm 2's
         #    1/√α_t (x_t - β_t/√(1-ᾱ_t) ε_θ)
-        prev_sample = s.coef_x0 * x0 + s.coef_xt * sample
+        prev_sample = coef_x0 * x0 + coef_xt * sample
 
         # 3. + σ_t z, except at the step that lands on x_0 (Algorithm 2: z = 0 if t = 1)
         if stochastic and not s.last:
             if variance_noise is None:
-                variance_noise = randn_tensor(
-                    model_output.shape, generator=generator, device=model_output.device, dtype=model_output.dtype
-                )
-            log_var = self._log_variance(s, var_output)
-            std = float(np.exp(0.5 * log_var)) if isinstance(log_var, float) else torch.exp(0.5 * log_var)
+                variance_noise = draw_noise(model_output, generator)
+            if var_output is not None:
+                std = self._std(s, var_output)
             prev_sample = prev_sample + std * variance_noise
 
         if not return_dict:

@@ -55,6 +55,7 @@ logger = logging.getLogger("train_ddpm")
 LR_SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup")
 LOGGERS = ("none", "tensorboard")
 MIXED_PRECISION = ("no", "fp16", "bf16")
+OPTIMIZER_IMPLS = ("auto", "foreach", "fused", "for-loop")
 CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
 
 
@@ -104,6 +105,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     a("--ema_power", type=float, default=3 / 4, help="EMA warm-up power.")
     a("--ema_max_decay", type=float, default=0.999, help="Largest EMA decay.")
     a("--mixed_precision", default="no", choices=MIXED_PRECISION, help="Mixed precision (bf16 works on CPUs with AVX512-BF16).")
+    # speed (README "Speed": measured effect of each; the defaults keep the exact arithmetic of earlier versions)
+    a("--channels_last", action="store_true", help="Keep the UNet's weights and the batches in NHWC (torch.channels_last).")
+    a("--optimizer_impl", default="auto", choices=OPTIMIZER_IMPLS, help="AdamW implementation: auto = PyTorch's choice for the device (foreach on GPUs, for-loop on CPUs), or force one.")
+    a("--compile", action="store_true", help="torch.compile the UNet (through accelerate's dynamo_backend='inductor'); the first steps compile.")
     a("--seed", type=int, default=0, help="Seed of every random choice: weights, data order, t, ε, flips.")
     # checkpoints, logs, outputs
     a("--output_dir", default="outputs/ddpm-mnist", help="Where the pipeline, sample grids, logs and checkpoints go.")
@@ -217,6 +222,15 @@ def training_step(
     return loss.mean()
 
 
+def build_optimizer(params, args: argparse.Namespace) -> torch.optim.AdamW:
+    """AdamW from the flags; `--optimizer_impl auto` passes no implementation choice (PyTorch's default)."""
+    impl = {"auto": {}, "foreach": {"foreach": True}, "fused": {"fused": True}, "for-loop": {"foreach": False}}
+    return torch.optim.AdamW(
+        params, lr=args.learning_rate, betas=(args.adam_beta1, args.adam_beta2),
+        weight_decay=args.adam_weight_decay, eps=args.adam_epsilon, **impl[args.optimizer_impl],
+    )
+
+
 class EpochSampler(torch.utils.data.Sampler):
     """A seeded permutation per epoch (seed, epoch), so the data order survives a restart."""
 
@@ -302,6 +316,7 @@ def main(argv: list[str] | None = None) -> int:
         cpu=not _has_accelerator(),
         gradient_accumulation_steps=args.gradient_accumulation_steps,
         mixed_precision=args.mixed_precision,
+        dynamo_backend="inductor" if args.compile else None,
         log_with=None if args.logger == "none" else args.logger,
         project_config=ProjectConfiguration(project_dir=str(output_dir), logging_dir=str(output_dir / args.logging_dir)),
     )
@@ -331,10 +346,9 @@ def main(argv: list[str] | None = None) -> int:
     )
 
     # 2. optimisation
-    optimizer = torch.optim.AdamW(
-        unet.parameters(), lr=args.learning_rate, betas=(args.adam_beta1, args.adam_beta2),
-        weight_decay=args.adam_weight_decay, eps=args.adam_epsilon,
-    )
+    if args.channels_last:
+        unet.to(memory_format=torch.channels_last)
+    optimizer = build_optimizer(unet.parameters(), args)
     max_steps = args.max_train_steps or args.num_epochs * max(1, math.ceil(len(loader) / accelerator.num_processes / args.gradient_accumulation_steps))
     lr_scheduler = get_scheduler(
         args.lr_scheduler, optimizer=optimizer, num_warmup_steps=args.lr_warmup_steps * accelerator.num_processes,
@@ -344,9 +358,9 @@ def main(argv: list[str] | None = None) -> int:
     ema = None
     if args.use_ema:
         ema = EMAModel(
-            accelerator.unwrap_model(unet).parameters(), decay=args.ema_max_decay, use_ema_warmup=True,
-            inv_gamma=args.ema_inv_gamma, power=args.ema_power, model_cls=type(accelerator.unwrap_model(unet)),
-            model_config=accelerator.unwrap_model(unet).config,
+            accelerator.unwrap_model(unet, keep_torch_compile=False).parameters(), decay=args.ema_max_decay, use_ema_warmup=True,
+            inv_gamma=args.ema_inv_gamma, power=args.ema_power, model_cls=type(accelerator.unwrap_model(unet, keep_torch_compile=False)),
+            model_config=accelerator.unwrap_model(unet, keep_torch_compile=False).config,
         )
         accelerator.register_for_checkpointing(ema)
 
@@ -381,6 +395,8 @@ def main(argv: list[str] | None = None) -> int:
         seen, skip = skip, 0
         for batch in epoch_loader:
             clean = batch["input"]  # (B, C, H, W) in [-1, 1]
+            if args.channels_last:
+                clean = clean.contiguous(memory_format=torch.channels_last)
             seen += 1
             with accelerator.accumulate(unet):
                 g = randomness.generator(global_step, accelerator.process_index, (seen - 1) % micro_per_step)
@@ -405,7 +421,7 @@ def main(argv: list[str] | None = None) -> int:
             if not accelerator.sync_gradients:
                 continue
             if ema is not None:
-                ema.step(accelerator.unwrap_model(unet).parameters())
+                ema.step(accelerator.unwrap_model(unet, keep_torch_compile=False).parameters())
             global_step += 1
             loss_value = losses.mean().item()
             logs = {"loss": loss_value, "lr": lr_scheduler.get_last_lr()[0]}
@@ -475,7 +491,8 @@ def _sample_size(unet) -> int:
 
 def _pipeline(accelerator, unet, ema, scheduler) -> DDPMExtPipeline:
     """The pipeline to save: a copy of the UNet carrying the EMA weights when EMA is on."""
-    model = copy.deepcopy(accelerator.unwrap_model(unet)).eval()  # the live model stays in train mode
+    model = copy.deepcopy(accelerator.unwrap_model(unet, keep_torch_compile=False)).eval()  # the live model stays in train mode
+    model.to(memory_format=torch.contiguous_format)  # after --channels_last: sample and save in the usual layout
     if ema is not None:
         ema.copy_to(model.parameters())
     pipe = DDPMExtPipeline(unet=model, scheduler=DDPMExtScheduler.from_config(scheduler.config))

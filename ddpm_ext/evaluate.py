@@ -44,7 +44,9 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-__all__ = ["SAMPLER_KINDS", "SamplerSpec", "add_arguments", "main", "parse_sampler", "run"]
+from .cli import int_at_least
+
+__all__ = ["SAMPLER_KINDS", "SamplerSpec", "add_arguments", "evaluate", "main", "parse_sampler", "run"]
 
 SAMPLER_KINDS = ("ddpm", "ddpm-noz", "ddim")
 _SAMPLER_GRAMMAR = "ddpm:STEPS[:VARIANCE], ddpm-noz:STEPS or ddim:STEPS[:ETA] (e.g. ddpm:1000, ddpm-noz:100, ddim:50:0)"
@@ -142,20 +144,6 @@ def _argparse_sampler(spec: str) -> SamplerSpec:
         raise argparse.ArgumentTypeError(str(err)) from None
 
 
-def _int_at_least(low: int):
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"must be an integer >= {low}, got {text!r}") from None
-        if value < low:
-            raise argparse.ArgumentTypeError(f"must be an integer >= {low}, got {value}")
-        return value
-
-    parse.__name__ = f"integer >= {low}"
-    return parse
-
-
 # ----------------------------------------------------------------------------------------------------------
 # Command line
 # ----------------------------------------------------------------------------------------------------------
@@ -174,19 +162,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     a("--split", default=None,
       help="Split of --dataset; default 'test' for built-in data sets that have one (mnist-5k: 500 held-out digits), else 'train'.")
     a("--image_column", default=None, help="Image column of a Hub data set (found automatically by default).")
-    a("--max_real_images", type=_int_at_least(2), default=None,
+    a("--max_real_images", type=int_at_least(2), default=None,
       help="Use at most this many real images for the reference statistics (a seeded random subset); default all.")
-    a("--num_bpd_images", type=_int_at_least(0), default=100,
+    a("--num_bpd_images", type=int_at_least(0), default=100,
       help="Held-out images for bits/dim (a seeded random subset of the split); 0 skips bits/dim.")
     a("--variance_types", nargs="+", default=None, choices=list(VARIANCE_TYPES), metavar="VARIANCE",
       help="σ² choices for bits/dim, from " + ", ".join(VARIANCE_TYPES) + "; default fixed_small fixed_large "
       "(plus learned_range first for a model that learns its variance).")
-    a("--num_samples", type=_int_at_least(0), default=500, help="Samples per sampler for FID/KID; 0 skips them.")
+    a("--num_samples", type=int_at_least(0), default=500, help="Samples per sampler for FID/KID; 0 skips them.")
     a("--samplers", nargs="+", type=_argparse_sampler, default=[parse_sampler("ddim:50:0")], metavar="SPEC",
       help=f"Samplers to evaluate: {_SAMPLER_GRAMMAR}. Default ddim:50:0.")
-    a("--kid_subset_size", type=_int_at_least(2), default=100,
+    a("--kid_subset_size", type=int_at_least(2), default=100,
       help="Images per KID subset; at most --num_samples and the number of real images.")
-    a("--kid_subsets", type=_int_at_least(1), default=100, help="Number of KID subsets.")
+    a("--kid_subsets", type=int_at_least(1), default=100, help="Number of KID subsets.")
     a("--feature_extractor", default="efficientnet-lite0", choices=list(FEATURE_EXTRACTORS),
       help="Features for FID/KID: efficientnet-lite0 (offline; NOT comparable to published FIDs) or inception "
       "(standard FID; needs torch-fidelity and its weights).")
@@ -195,10 +183,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     a("--stats_cache_dir", default=None,
       help="Cache of real-image features; default $DDPM_EXT_FID_STATS_DIR, else ~/.cache/ddpm_ext/fid_stats.")
     a("--no_stats_cache", action="store_true", help="Neither read nor write cached real-image features.")
-    a("--batch_size", type=_int_at_least(1), default=100,
+    a("--batch_size", type=int_at_least(1), default=100,
       help="Images per sampling call; (image, timestep) pairs per UNet call for bits/dim; images per feature batch.")
-    a("--seed", type=_int_at_least(0), default=0, help="Seed of the data subsets, the bits/dim noise, the samples and KID.")
-    a("--num_grid_images", type=_int_at_least(0), default=64, help="Samples shown in each sampler's grid.")
+    a("--seed", type=int_at_least(0), default=0, help="Seed of the data subsets, the bits/dim noise, the samples and KID.")
+    a("--num_grid_images", type=int_at_least(0), default=64, help="Samples shown in each sampler's grid.")
     a("--device", default="auto", help="'auto' (CUDA when available, else CPU), 'cpu', 'cuda', 'cuda:1', ...")
     a("--output_dir", default=None,
       help="Write results.json, results.md and samples_<sampler>.png here (created); default: print only.")

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from tiny_pipeline import TINY_SIZE, TINY_T, tiny_pipeline_dir  # noqa: F401  (fixture)
+from tiny_pipeline import TINY_SIZE, TINY_T
 
 from ddpm_ext import DDIMExtScheduler, DDPMExtPipeline
 from ddpm_ext import cli

@@ -1,10 +1,11 @@
-"""A tiny saved pipeline for the figure and command-line tests: random weights, 16x16, T = 20 (seconds on a CPU)."""
+"""A tiny pipeline for the figure and command-line tests: random weights, 16x16, T = 20 (seconds on a CPU).
+
+conftest.py saves it once per session as the `tiny_pipeline_dir` fixture.
+"""
 
 from __future__ import annotations
 
-from pathlib import Path
 
-import pytest
 import torch
 
 from ddpm_ext import DDPMExtPipeline, DDPMExtScheduler, build_unet
@@ -20,11 +21,3 @@ def make_tiny_pipeline(seed: int = 0) -> DDPMExtPipeline:
     pipe = DDPMExtPipeline(unet=unet, scheduler=DDPMExtScheduler(num_train_timesteps=TINY_T, beta_schedule="cosine"))
     pipe.set_progress_bar_config(disable=True)
     return pipe
-
-
-@pytest.fixture(scope="session")
-def tiny_pipeline_dir(tmp_path_factory) -> Path:
-    """The tiny pipeline saved in diffusers' layout (safetensors), once per test session."""
-    folder = tmp_path_factory.mktemp("tiny_pipeline")
-    make_tiny_pipeline().save_pretrained(folder)
-    return folder

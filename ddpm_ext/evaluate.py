@@ -169,6 +169,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     a("--variance_types", nargs="+", default=None, choices=list(VARIANCE_TYPES), metavar="VARIANCE",
       help="σ² choices for bits/dim, from " + ", ".join(VARIANCE_TYPES) + "; default fixed_small fixed_large "
       "(plus learned_range first for a model that learns its variance).")
+    a("--clip_denoised", choices=("auto", "true", "false"), default="auto",
+      help="Clip x̂_0 to [-1, 1] in the mean of p_θ for bits/dim; auto (default) follows the scheduler's clip_sample, "
+           "i.e. scores p_θ as the sampler draws from it (improved DDPM's image_nll.py clips).")
     a("--num_samples", type=int_at_least(0), default=500, help="Samples per sampler for FID/KID; 0 skips them.")
     a("--samplers", nargs="+", type=_argparse_sampler, default=[parse_sampler("ddim:50:0")], metavar="SPEC",
       help=f"Samplers to evaluate: {_SAMPLER_GRAMMAR}. Default ddim:50:0.")
@@ -389,9 +392,10 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
     if args.num_bpd_images > 0:
         x0 = ImageTransform.normalize(pixels(order[: args.num_bpd_images]))
         t0 = time.perf_counter()
+        clip = {"auto": bool(base_scheduler.config.clip_sample), "true": True, "false": False}[args.clip_denoised]
         outs = bits_per_dim_variances(
             unet, base_scheduler, x0.to(device), variance_types, generator=torch.Generator().manual_seed(args.seed),
-            batch_size=args.batch_size, progress=progress,
+            batch_size=args.batch_size, progress=progress, clip_denoised=clip,
         )
         seconds = time.perf_counter() - t0
         for name, out in outs.items():
@@ -403,6 +407,7 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
                 "prior": float(out.prior.mean()),
                 "decoder": float(out.decoder.mean()),
                 "num_images": int(out.total.numel()),
+                "clip_denoised": clip,
                 "wall_time_s": seconds,
                 "wall_time_shared_by": list(outs),
             })
@@ -527,9 +532,10 @@ def results_markdown(results: dict[str, Any]) -> str:
     ]
     if results["bits_per_dim"]:
         n = results["bits_per_dim"][0]["num_images"]
+        clipped = "x̂₀ clipped to [−1, 1]" if results["bits_per_dim"][0].get("clip_denoised") else "x̂₀ not clipped"
         lines += [
             "",
-            f"## Bits/dim ({n} held-out images; upper bound on −log₂ p(x₀) per dimension, ± standard error)",
+            f"## Bits/dim ({n} held-out images, {clipped}; upper bound on −log₂ p(x₀) per dimension, ± standard error)",
             "",
             "| σ² (variance_type) | bits/dim | ± s.e. | L_T (prior) | L_0 (decoder) | wall time (s, shared) |",
             "|---|---|---|---|---|---|",

@@ -144,7 +144,7 @@ def bits_per_dim_variances(
     *,
     generator: torch.Generator | list[torch.Generator] | None = None,
     batch_size: int | None = None,
-    clip_denoised: bool = False,
+    clip_denoised: bool | None = None,
     progress: bool = False,
 ) -> dict[str, BitsPerDimOutput]:
     r"""The variational bound in bits/dim under several choices of σ_t², sharing one set of model evaluations.
@@ -165,7 +165,8 @@ def bits_per_dim_variances(
         generator (`torch.Generator` or a list of N of them, *optional*): for the noise of x_t ~ q(x_t | x_0);
             the result depends on it and not on `batch_size`. A list gives each image its own stream.
         batch_size (`int`, *optional*): (image, timestep) pairs per model call; defaults to N.
-        clip_denoised (`bool`, defaults to `False`): clip x̂_0 to [-1, 1] before computing the mean of p_θ.
+        clip_denoised (`bool`, *optional*): clip x̂_0 to [-1, 1] before computing the mean of p_θ; defaults to the
+            scheduler's `clip_sample`, i.e. p_θ as the sampler draws from it (improved DDPM's `image_nll.py` clips).
         progress (`bool`, defaults to `False`): show a tqdm progress bar over the model calls.
 
     Returns:
@@ -284,7 +285,7 @@ def bits_per_dim(
     *,
     generator: torch.Generator | list[torch.Generator] | None = None,
     batch_size: int | None = None,
-    clip_denoised: bool = False,
+    clip_denoised: bool | None = None,
     progress: bool = False,
     variance_type: str | None = None,
 ) -> BitsPerDimOutput:
@@ -303,7 +304,8 @@ def bits_per_dim(
         generator (`torch.Generator` or a list of N of them, *optional*): for the noise; makes the result
             reproducible, independently of `batch_size`.
         batch_size (`int`, *optional*): (image, timestep) pairs per model call; defaults to N.
-        clip_denoised (`bool`, defaults to `False`): clip x̂_0 to [-1, 1] before computing μ_θ.
+        clip_denoised (`bool`, *optional*): clip x̂_0 to [-1, 1] before computing μ_θ; defaults to the
+            scheduler's `clip_sample` (p_θ as the sampler draws from it).
         progress (`bool`, defaults to `False`): show a tqdm progress bar.
         variance_type (`str`, *optional*): σ_t² of p_θ; defaults to the scheduler's `variance_type`.
 

@@ -64,7 +64,7 @@ def vlb_terms(
     x_start: torch.Tensor,
     x_t: torch.Tensor,
     timesteps: torch.Tensor,
-    clip_denoised: bool = False,
+    clip_denoised: bool | None = False,
     variance_type: str | None = None,
 ) -> torch.Tensor:
     """L_{t-1} (t > 0) or L_0 (t = 0) for each image, in bits/dim.
@@ -75,7 +75,8 @@ def vlb_terms(
         x_start (`torch.Tensor`): x_0 on the 8-bit grid in [−1, 1], (B, C, H, W).
         x_t (`torch.Tensor`): x_t, (B, C, H, W).
         timesteps (`torch.Tensor`): t per image, (B,).
-        clip_denoised (`bool`, defaults to `False`): clip x̂_0 to [−1, 1] before computing the model mean.
+        clip_denoised (`bool`, defaults to `False`): clip x̂_0 to [−1, 1] before computing the model mean; `None`
+            follows the scheduler's `clip_sample`.
         variance_type (`str`, *optional*): σ_t² of p_θ, overriding the scheduler's `variance_type` (see
             [`DDPMExtScheduler.p_mean_variance`]).
 

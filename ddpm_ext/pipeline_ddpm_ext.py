@@ -275,7 +275,7 @@ class DDPMExtPipeline(DiffusionPipeline):
         generator: torch.Generator | list[torch.Generator] | None = None,
         batch_size: int | None = None,
         variance_type: str | None = None,
-        clip_denoised: bool = False,
+        clip_denoised: bool | None = None,
         progress: bool = False,
     ) -> BitsPerDimOutput:
         r"""The variational bound of held-out images under this pipeline's UNet, in bits/dim per image.
@@ -291,7 +291,8 @@ class DDPMExtPipeline(DiffusionPipeline):
             generator (`torch.Generator` or a list of N of them, *optional*): for the noise of x_t.
             batch_size (`int`, *optional*): (image, timestep) pairs per UNet call; defaults to N.
             variance_type (`str`, *optional*): σ_t² of p_θ; defaults to the scheduler's `variance_type`.
-            clip_denoised (`bool`, defaults to `False`): clip x̂_0 to [-1, 1] before computing μ_θ.
+            clip_denoised (`bool`, *optional*): clip x̂_0 to [-1, 1] before computing μ_θ; defaults to the
+            scheduler's `clip_sample` (p_θ as the sampler draws from it).
             progress (`bool`, defaults to `False`): show a progress bar.
 
         Returns:

@@ -177,3 +177,13 @@ def test_python_m_evaluate_runs(tiny_pipeline, tmp_path):
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert "| fixed_small |" in done.stdout and (tmp_path / "out" / "results.json").is_file()
+
+
+def test_clip_denoised_option(tiny_pipeline, tmp_path):
+    """bits/dim clips x̂_0 as the sampler does by default (the scheduler's clip_sample); --clip_denoised overrides."""
+    auto = quick_eval(tiny_pipeline, tmp_path, "--num_bpd_images", "2", "--num_samples", "0")
+    off = quick_eval(tiny_pipeline, tmp_path, "--num_bpd_images", "2", "--num_samples", "0", "--clip_denoised", "false")
+    assert [r["clip_denoised"] for r in auto["bits_per_dim"]] == [True, True]
+    assert [r["clip_denoised"] for r in off["bits_per_dim"]] == [False, False]
+    assert "x̂₀ clipped" in auto["markdown"] and "x̂₀ not clipped" in off["markdown"]
+    assert auto["bits_per_dim"][0]["bits_per_dim"] != off["bits_per_dim"][0]["bits_per_dim"]

@@ -288,3 +288,32 @@ def test_bad_inputs_raise(unet, images):
         pipe.bits_per_dim(images.permute(0, 2, 3, 1).numpy())
     with pytest.raises(ValueError, match="list of PIL images"):
         pipe.bits_per_dim([1, 2])
+
+
+def test_clip_denoised_defaults_to_the_schedulers_clip_sample(images):
+    """By default p_θ is scored as the sampler draws from it: x̂_0 clipped when the config's `clip_sample` is set.
+
+    A model whose ε is far off makes x̂_0 leave [-1, 1], so clipping changes the terms; at the last step of a
+    cosine chain (√ᾱ_T ≈ 0) unclipped x̂_0 = (x_T − √(1−ᾱ_T) ε̂) / √ᾱ_T amplifies the error and the KL grows.
+    """
+    betas = reference_betas("cosine", T_SMALL, 0.02)
+
+    class Off(TrueNoiseModel):
+        def __call__(self, sample, timestep):
+            out = super().__call__(sample, timestep)
+            return SimpleNamespace(sample=out.sample + 0.5)
+
+    x0 = images
+    model = Off(x0, betas)
+    runs = {}
+    for clip_sample in (True, False):
+        s = scheduler(clip_sample=clip_sample)
+        runs[clip_sample] = bits_per_dim(model, s, x0, generator=torch.manual_seed(0))
+        for explicit in (True, False):
+            got = bits_per_dim(model, s, x0, generator=torch.manual_seed(0), clip_denoised=explicit)
+            if explicit == clip_sample:
+                assert torch.equal(got.terms, runs[clip_sample].terms)
+    assert torch.equal(runs[True].prior, runs[False].prior)
+    # the last step's KL is where the unclipped x̂_0 blows up
+    assert runs[False].terms[:, -1].min() > 10 * runs[True].terms[:, -1].max()
+    assert (runs[False].total > runs[True].total).all()

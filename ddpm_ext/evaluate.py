@@ -292,7 +292,7 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
     from .data import ImageTransform, infer_channels
     from .likelihood import bits_per_dim_variances
     from .metrics import build_feature_extractor, extract_features, reference_statistics, sample_quality
-    from .pipeline_ddpm_ext import DDPMExtPipeline, check_components
+    from .pipeline_ddpm_ext import DDPMExtPipeline, check_components, square_sample_size
     from .utils import save_image_grid
 
     started = time.perf_counter()
@@ -306,11 +306,7 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
     pipe = DDPMExtPipeline.from_pretrained(args.pipeline, revision=args.revision)
     unet, base_scheduler = pipe.unet, pipe.scheduler
     T = int(base_scheduler.config.num_train_timesteps)
-    size = unet.config.sample_size
-    if not isinstance(size, int):
-        if len(set(size)) != 1:
-            raise ValueError(f"The UNet's sample_size {tuple(size)} is not square; evaluation needs square images.")
-        size = int(size[0])
+    size = square_sample_size(unet, "Evaluation's images")
     channels = int(unet.config.in_channels)
     learns_variance = int(unet.config.out_channels) == 2 * channels
     variance_types = list(args.variance_types) if args.variance_types else (

@@ -345,11 +345,7 @@ class DDPMExtPipeline(DiffusionPipeline):
             pixels = torch.from_numpy(images_to_uint8(images)).permute(0, 3, 1, 2)
             return ImageTransform.normalize(pixels)
         if isinstance(images, (list, tuple)) and images and all(isinstance(im, PIL.Image.Image) for im in images):
-            size = self.unet.config.sample_size
-            if not isinstance(size, int):
-                if size[0] != size[1]:
-                    raise ValueError(f"PIL `images` need a square UNet `sample_size`, got {size}; pass a tensor instead.")
-                size = size[0]
+            size = square_sample_size(self.unet, "PIL `images`")
             transform = ImageTransform(size, center_crop=True, channels=self.unet.config.in_channels)
             return torch.stack([transform(im) for im in images])
         raise ValueError(
@@ -464,6 +460,16 @@ class DDPMExtPipeline(DiffusionPipeline):
 # --------------------------------------------------------------------------------------------------
 # Checkpoint layout helpers (one place for the on-disk contract)
 # --------------------------------------------------------------------------------------------------
+def square_sample_size(unet: UNet2DModel, needed_for: str) -> int:
+    """The side of the UNet's square `sample_size`; a `ValueError` naming `needed_for` when it is not square."""
+    size = unet.config.sample_size
+    if isinstance(size, int):
+        return size
+    if len(set(size)) != 1:
+        raise ValueError(f"{needed_for} need a square UNet `sample_size`, got {tuple(size)}.")
+    return int(size[0])
+
+
 def check_components(unet: Any, scheduler: Any) -> None:
     """Raise `ValueError` unless `unet` is a `UNet2DModel` whose output channels fit the scheduler's variance."""
     if not isinstance(unet, UNet2DModel):

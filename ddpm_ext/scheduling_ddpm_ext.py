@@ -233,17 +233,16 @@ class DDPMExtScheduler(ScheduleMixin, ConfigMixin):
         learned its variance under σ² = β or β̃).
         """
         c = sample.shape[1]
-        if variance_kind is not None and variance_kind not in ("learned_range", "learned"):
-            if model_output.shape[1] in (c, 2 * c):
-                return model_output[:, :c], None
-        learned = self.learns_variance if variance_kind is None else variance_kind in ("learned_range", "learned")
-        if learned:
+        kind = self.variance_kind if variance_kind is None else variance_kind
+        if kind in ("learned_range", "learned"):
             if model_output.shape[1] != 2 * c:
                 raise ValueError(
                     f"`variance_type`={variance_kind or self.config.variance_type!r} needs a model output with 2 x {c} = {2 * c} "
                     f"channels (mean and variance), got {model_output.shape[1]}."
                 )
             return model_output[:, :c], model_output[:, c:]
+        if variance_kind is not None and model_output.shape[1] == 2 * c:  # a learned-σ² model scored at a fixed σ²
+            return model_output[:, :c], None
         if model_output.shape[1] != c:
             raise ValueError(
                 f"`model_output` has {model_output.shape[1]} channels but `sample` has {c}; a model with 2C "

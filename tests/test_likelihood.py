@@ -317,3 +317,10 @@ def test_clip_denoised_defaults_to_the_schedulers_clip_sample(images):
     # the last step's KL is where the unclipped x̂_0 blows up
     assert runs[False].terms[:, -1].min() > 10 * runs[True].terms[:, -1].max()
     assert (runs[False].total > runs[True].total).all()
+
+
+def test_pil_images_need_a_square_unet():
+    unet = build_unet("tiny", sample_size=(8, 16))
+    pipe = DDPMExtPipeline(unet=unet, scheduler=scheduler())
+    with pytest.raises(ValueError, match=r"PIL `images` need a square UNet `sample_size`, got \(8, 16\)"):
+        pipe.bits_per_dim([Image.new("L", (8, 16))])

@@ -355,12 +355,12 @@ def main(argv: list[str] | None = None) -> int:
         num_training_steps=max_steps * accelerator.num_processes,
     )
     unet, optimizer, loader, lr_scheduler = accelerator.prepare(unet, optimizer, loader, lr_scheduler)
+    plain_unet = accelerator.unwrap_model(unet, keep_torch_compile=False)  # no DDP/compile wrapper; same parameters
     ema = None
     if args.use_ema:
         ema = EMAModel(
-            accelerator.unwrap_model(unet, keep_torch_compile=False).parameters(), decay=args.ema_max_decay, use_ema_warmup=True,
-            inv_gamma=args.ema_inv_gamma, power=args.ema_power, model_cls=type(accelerator.unwrap_model(unet, keep_torch_compile=False)),
-            model_config=accelerator.unwrap_model(unet, keep_torch_compile=False).config,
+            plain_unet.parameters(), decay=args.ema_max_decay, use_ema_warmup=True,
+            inv_gamma=args.ema_inv_gamma, power=args.ema_power, model_cls=type(plain_unet), model_config=plain_unet.config,
         )
         accelerator.register_for_checkpointing(ema)
 
@@ -421,7 +421,7 @@ def main(argv: list[str] | None = None) -> int:
             if not accelerator.sync_gradients:
                 continue
             if ema is not None:
-                ema.step(accelerator.unwrap_model(unet, keep_torch_compile=False).parameters())
+                ema.step(plain_unet.parameters())
             global_step += 1
             loss_value = losses.mean().item()
             logs = {"loss": loss_value, "lr": lr_scheduler.get_last_lr()[0]}

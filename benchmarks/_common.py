@@ -23,9 +23,8 @@ from typing import Callable
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-for _path in (ROOT, ROOT / "training"):
-    if str(_path) not in sys.path:
-        sys.path.insert(0, str(_path))  # the package and training/train_ddpm.py, without installing
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))  # the package, without installing
 
 
 # --------------------------------------------------------------------------------------------------

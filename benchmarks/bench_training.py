@@ -1,6 +1,6 @@
 """Training throughput (images/s): the training script's step vs a step written as in diffusers' example.
 
-ddpm_ext's step is `training_step` of training/train_ddpm.py (Algorithm 1 with the script's seeded
+ddpm_ext's step is `training_step` of ddpm_ext/training/train.py (Algorithm 1 with the script's seeded
 randomness), imported, not copied, followed by what the script's loop does: backward, gradient clipping at
 1.0, AdamW from the script's `build_optimizer` (so `--optimizer_impl` is the script's own), zero_grad.
 diffusers' step follows examples/unconditional_image_generation/train_unconditional.py: `torch.randn` noise,
@@ -47,7 +47,7 @@ class OursTrainer:
     """The training script's step: its `training_step`, then the loop's backward / clip / AdamW / zero_grad."""
 
     def __init__(self, unet, device, flags: list[str], autocast_dtype=None, compile=False, compile_mode=None):
-        import train_ddpm
+        import ddpm_ext.training.train as train_ddpm
 
         self.args = train_ddpm.parse_args(["--learning_rate", str(LEARNING_RATE), *flags])
         self.train_ddpm = train_ddpm

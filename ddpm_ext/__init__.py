@@ -1,6 +1,7 @@
 """ddpm_ext: exact, complete DDPM (Ho et al. 2020) and DDIM for Hugging Face diffusers."""
 
-from .schedules import (
+from . import _moved_modules
+from .schedulers import (
     BETA_SCHEDULES,
     PREDICTION_TYPES,
     TIMESTEP_SPACINGS,
@@ -8,16 +9,21 @@ from .schedules import (
     BetaSchedule,
     PredictionType,
     TimestepSpacing,
+    DDIMExtScheduler,
+    DDIMExtSchedulerOutput,
+    DDPMExtScheduler,
+    DDPMExtSchedulerOutput,
     VarianceType,
     make_betas,
+    posterior_coefficients,
 )
 from .likelihood import BitsPerDimOutput, bits_per_dim, bits_per_dim_variances
-from .pipeline_ddpm_ext import DDPMExtPipeline, DDPMExtPipelineOutput
-from .scheduling_ddim_ext import DDIMExtScheduler, DDIMExtSchedulerOutput
-from .scheduling_ddpm_ext import DDPMExtScheduler, DDPMExtSchedulerOutput, posterior_coefficients
-from .unet_presets import UNET_PRESETS, build_unet, unet_config
+from .models import UNET_PRESETS, build_unet, unet_config
+from .pipelines import DDPMExtPipeline, DDPMExtPipelineOutput
 
 __version__ = "0.1.0"
+
+_moved_modules.install()
 
 __all__ = [
     "BETA_SCHEDULES",

@@ -14,13 +14,12 @@ Five figures, each a function that writes a PNG and returns a small dataclass ho
 
 Timesteps on the figures are the paper's t = 1..T (x_0 is the data); the dataclasses keep diffusers' code index
 t - 1, as `scheduler.timesteps` and `add_noise` use it. Plots and labelled panels are matplotlib (drawn on an Agg
-canvas, no pyplot state); image grids are [`ddpm_ext.utils.make_grid`] with nearest-neighbour upscaling, shown
-pixel for pixel. `ddpm-ext figures` (see `add_arguments` / `run` at the end) writes all of them.
+canvas, no pyplot state); image grids are [`ddpm_ext.images.make_grid`] with nearest-neighbour upscaling, shown
+pixel for pixel. `ddpm-ext figures` (`ddpm_ext/commands/figures.py`) writes all of them.
 """
 
 from __future__ import annotations
 
-import argparse
 import textwrap
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,10 +29,10 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
-from .pipeline_ddpm_ext import DDPMExtPipeline
-from .scheduling_ddim_ext import DDIMExtScheduler
-from .scheduling_ddpm_ext import DDPMExtScheduler
-from .utils import make_grid
+from .images import make_grid
+from .pipelines.pipeline_ddpm_ext import DDPMExtPipeline
+from .schedulers.scheduling_ddim_ext import DDIMExtScheduler
+from .schedulers.scheduling_ddpm_ext import DDPMExtScheduler
 
 __all__ = [
     "LECTURE_SCHEDULES",
@@ -47,8 +46,6 @@ __all__ = [
     "reverse_trajectory_figure",
     "noise_comparison_figure",
     "ddpm_vs_ddim_figure",
-    "add_arguments",
-    "run",
 ]
 
 LECTURE_SCHEDULES: tuple[str, ...] = ("linear", "quadratic", "cosine")
@@ -697,95 +694,3 @@ def ddpm_vs_ddim_figure(
         result.path,
     )
     return result
-
-
-# --------------------------------------------------------------------------------------------------
-# `ddpm-ext figures`
-# --------------------------------------------------------------------------------------------------
-def _step_list(text: str) -> list[int]:
-    try:
-        values = [int(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be comma-separated integers >= 1, got {text!r}") from None
-    if not values or min(values) < 1:
-        raise argparse.ArgumentTypeError(f"must be comma-separated integers >= 1, got {text!r}")
-    return values
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Arguments of `ddpm-ext figures`."""
-    from .cli import nonnegative_int, positive_int
-
-    parser.add_argument(
-        "--pipeline", default=None,
-        help="A trained pipeline (folder or Hub repo id) for the reverse-process, with/without-z and DDPM-vs-DDIM "
-        "figures; without it only the forward-process and schedule figures are written.",
-    )
-    parser.add_argument("--output_dir", default="figures", help="Folder for the PNGs and the GIF (default: figures).")
-    parser.add_argument("--seed", type=nonnegative_int, default=0, help="First seed; image i uses seed + i (default: 0).")
-    parser.add_argument(
-        "--dataset", default="mnist-5k",
-        help="Data set of the forward-process image: a built-in name, a Hub data set or use --train_data_dir "
-        "(default: mnist-5k).",
-    )
-    parser.add_argument("--train_data_dir", default=None, help="A local image folder instead of --dataset.")
-    parser.add_argument("--image_index", type=nonnegative_int, default=0, help="Row of the data set to noise (default: 0).")
-    parser.add_argument(
-        "--steps", type=positive_int, default=100,
-        help="DDPM steps of the reverse-trajectory and with/without-z figures (default: 100).",
-    )
-    parser.add_argument(
-        "--step_counts", type=_step_list, default=[10, 50, 100],
-        help="Comma-separated step counts of the DDPM-vs-DDIM figure (default: 10,50,100).",
-    )
-    parser.add_argument("--num_images", type=positive_int, default=8, help="Images per sampled row (default: 8).")
-    parser.add_argument("--num_train_timesteps", type=positive_int, default=None,
-                        help="T of the forward and schedule figures (default: the pipeline's, else 1000).")
-    parser.add_argument("--device", default=None, help="Device for sampling (default: cuda if available, else cpu).")
-
-
-def _data_image(args: argparse.Namespace) -> torch.Tensor:
-    """The `--image_index` image of the data set, (C, H, W) in [-1, 1] at its own resolution."""
-    from .data import build_transform, find_image_column, load_image_dataset
-
-    ds = load_image_dataset(None if args.train_data_dir else args.dataset, args.train_data_dir)
-    if args.image_index >= len(ds):
-        raise ValueError(f"`--image_index` must be below the data set's {len(ds)} rows, got {args.image_index}.")
-    image = ds[args.image_index][find_image_column(ds)]
-    transform = build_transform(min(image.size), center_crop=True, dataset=ds)
-    return transform(image)
-
-
-def run(args: argparse.Namespace) -> int:
-    """Write the figures; print each path."""
-    from .cli import check_output_dir, pick_device
-
-    out = check_output_dir(args.output_dir, "--output_dir")
-    pipe = None
-    if args.pipeline is not None:
-        pipe = DDPMExtPipeline.from_pretrained(args.pipeline).to(pick_device(args.device))
-        for s in [args.steps, *args.step_counts]:
-            _check_steps(pipe, "--steps / --step_counts", s)
-    T = args.num_train_timesteps or (pipe.scheduler.config.num_train_timesteps if pipe is not None else 1000)
-    image = _data_image(args)
-
-    written = [
-        forward_process_figure(image, out / "forward_process.png", num_train_timesteps=T, seed=args.seed).path,
-        schedule_figure(out / "schedules.png", num_train_timesteps=T).path,
-    ]
-    if pipe is not None:
-        rev = reverse_trajectory_figure(
-            pipe, out / "reverse_trajectory.png", gif_path=out / "reverse_trajectory.gif",
-            num_inference_steps=args.steps, num_images=min(args.num_images, 4), seed=args.seed,
-        )
-        written += [rev.path, rev.gif_path]
-        written.append(noise_comparison_figure(
-            pipe, out / "noise_comparison.png", num_inference_steps=args.steps, num_images=args.num_images,
-            seed=args.seed,
-        ).path)
-        written.append(ddpm_vs_ddim_figure(
-            pipe, out / "ddpm_vs_ddim.png", step_counts=args.step_counts, num_images=args.num_images, seed=args.seed,
-        ).path)
-    for p in written:
-        print(p)
-    return 0

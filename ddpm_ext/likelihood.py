@@ -26,8 +26,8 @@ from diffusers.utils import BaseOutput
 from diffusers.utils.torch_utils import randn_tensor
 
 from .losses import mean_flat, normal_kl, vlb_terms
-from .schedules import VARIANCE_TYPES, canonical_variance_type
-from .scheduling_ddpm_ext import DDPMExtScheduler
+from .schedulers.scheduling_common import VARIANCE_TYPES, canonical_variance_type
+from .schedulers.scheduling_ddpm_ext import DDPMExtScheduler
 
 __all__ = ["BitsPerDimOutput", "bits_per_dim", "bits_per_dim_variances", "check_images_on_grid"]
 

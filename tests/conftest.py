@@ -5,8 +5,7 @@ import sys
 
 import pytest
 
-sys.path.insert(0, os.path.dirname(__file__))  # hub_servers
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "training"))  # train_ddpm
+sys.path.insert(0, os.path.dirname(__file__))  # hub_servers, tiny_pipeline
 
 import hub_servers  # noqa: E402
 from hub_servers import olah_hub, upload_hub  # noqa: E402,F401  (fixtures)

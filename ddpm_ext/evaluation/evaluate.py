@@ -1,17 +1,17 @@
 """Evaluate a trained pipeline: bits/dim on held-out images and FID/KID of samples for chosen samplers.
 
-Run it as a module (or as `ddpm-ext evaluate`, which takes the same arguments):
+Run it as `ddpm-ext evaluate` (the command line is in `ddpm_ext/commands/evaluate.py`), or call [`evaluate`]:
 
 ```bash
 # bits/dim under σ² = β̃ and β on 100 held-out digits; FID/KID of 500 samples of DDIM-50 (η = 0) and of
 # 1000-step DDPM, against the 500 test digits of mnist-5k; JSON, markdown and one sample grid per sampler
-python -m ddpm_ext.evaluate outputs/mnist --dataset mnist-5k --num_bpd_images 100 \
+ddpm-ext evaluate outputs/mnist --dataset mnist-5k --num_bpd_images 100 \
     --variance_types fixed_small fixed_large --num_samples 500 --samplers ddim:50:0 ddpm:1000 \
     --output_dir outputs/mnist/eval
 
 # a quick look: 2-3 min on two busy CPU cores for the 0.64 M mnist-small model, most of it the features
 # of the 500 reference digits, which are cached for the next run (then under a minute)
-python -m ddpm_ext.evaluate outputs/mnist --num_bpd_images 4 --num_samples 50 --kid_subset_size 25 \
+ddpm-ext evaluate outputs/mnist --num_bpd_images 4 --num_samples 50 --kid_subset_size 25 \
     --samplers ddim:10:0 --output_dir /tmp/eval
 ```
 
@@ -35,18 +35,16 @@ import json
 import math
 import os
 import platform
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
 
-from .cli import int_at_least
 
-__all__ = ["SAMPLER_KINDS", "SamplerSpec", "add_arguments", "evaluate", "main", "parse_sampler", "run"]
+__all__ = ["SAMPLER_KINDS", "SamplerSpec", "evaluate", "parse_sampler", "results_markdown"]
 
 SAMPLER_KINDS = ("ddpm", "ddpm-noz", "ddim")
 _SAMPLER_GRAMMAR = "ddpm:STEPS[:VARIANCE], ddpm-noz:STEPS or ddim:STEPS[:ETA] (e.g. ddpm:1000, ddpm-noz:100, ddim:50:0)"
@@ -83,8 +81,8 @@ class SamplerSpec:
 
     def build(self, scheduler_config: Any):
         """The scheduler for this sampler, from a pipeline's scheduler config."""
-        from .scheduling_ddim_ext import DDIMExtScheduler
-        from .scheduling_ddpm_ext import DDPMExtScheduler
+        from ..schedulers.scheduling_ddim_ext import DDIMExtScheduler
+        from ..schedulers.scheduling_ddpm_ext import DDPMExtScheduler
 
         if self.kind == "ddim":
             return DDIMExtScheduler.from_config(scheduler_config)
@@ -104,7 +102,7 @@ def parse_sampler(spec: str | SamplerSpec) -> SamplerSpec:
     """
     if isinstance(spec, SamplerSpec):
         return spec
-    from .schedules import VARIANCE_TYPES
+    from ..schedulers.scheduling_common import VARIANCE_TYPES
 
     def bad(why: str) -> ValueError:
         return ValueError(f"Bad sampler spec `--samplers` {spec!r}: {why}. Allowed: {_SAMPLER_GRAMMAR}.")
@@ -137,90 +135,6 @@ def parse_sampler(spec: str | SamplerSpec) -> SamplerSpec:
     return SamplerSpec(kind, steps, variance_type=variance)
 
 
-def _argparse_sampler(spec: str) -> SamplerSpec:
-    try:
-        return parse_sampler(spec)
-    except ValueError as err:
-        raise argparse.ArgumentTypeError(str(err)) from None
-
-
-# ----------------------------------------------------------------------------------------------------------
-# Command line
-# ----------------------------------------------------------------------------------------------------------
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """Add the evaluation options to `parser` (used by `python -m ddpm_ext.evaluate` and `ddpm-ext evaluate`)."""
-    from .metrics import FEATURE_EXTRACTORS
-    from .schedules import VARIANCE_TYPES
-
-    a = parser.add_argument
-    a("pipeline", help="A pipeline folder (DDPMExtPipeline / diffusers DDPMPipeline layout) or a Hub repo id 'org/name'.")
-    a("--revision", default=None, help="Hub revision of the pipeline (branch, tag or commit); default 'main'.")
-    a("--dataset", default="mnist-5k",
-      help="Real images: a built-in data set (mnist-5k, openmoji-32), a folder of images, or a Hub data set 'owner/name'.")
-    a("--split", default=None,
-      help="Split of --dataset; default 'test' for built-in data sets that have one (mnist-5k: 500 held-out digits), else 'train'.")
-    a("--image_column", default=None, help="Image column of a Hub data set (found automatically by default).")
-    a("--max_real_images", type=int_at_least(2), default=None,
-      help="Use at most this many real images for the reference statistics (a seeded random subset); default all.")
-    a("--num_bpd_images", type=int_at_least(0), default=100,
-      help="Held-out images for bits/dim (a seeded random subset of the split); 0 skips bits/dim.")
-    a("--variance_types", nargs="+", default=None, choices=list(VARIANCE_TYPES), metavar="VARIANCE",
-      help="σ² choices for bits/dim, from " + ", ".join(VARIANCE_TYPES) + "; default fixed_small fixed_large "
-      "(plus learned_range first for a model that learns its variance).")
-    a("--clip_denoised", choices=("auto", "true", "false"), default="auto",
-      help="Clip x̂_0 to [-1, 1] in the mean of p_θ for bits/dim; auto (default) follows the scheduler's clip_sample, "
-           "i.e. scores p_θ as the sampler draws from it (improved DDPM's image_nll.py clips).")
-    a("--num_samples", type=int_at_least(0), default=500, help="Samples per sampler for FID/KID; 0 skips them.")
-    a("--samplers", nargs="+", type=_argparse_sampler, default=[parse_sampler("ddim:50:0")], metavar="SPEC",
-      help=f"Samplers to evaluate: {_SAMPLER_GRAMMAR}. Default ddim:50:0.")
-    a("--kid_subset_size", type=int_at_least(2), default=100,
-      help="Images per KID subset; at most --num_samples and the number of real images.")
-    a("--kid_subsets", type=int_at_least(1), default=100, help="Number of KID subsets.")
-    a("--feature_extractor", default="efficientnet-lite0", choices=list(FEATURE_EXTRACTORS),
-      help="Features for FID/KID: efficientnet-lite0 (offline; NOT comparable to published FIDs) or inception "
-      "(standard FID; needs torch-fidelity and its weights).")
-    a("--inception_weights", default=None,
-      help="Local file of the Inception weights (pt_inception-2015-12-05-6726825d.pth) for --feature_extractor inception.")
-    a("--stats_cache_dir", default=None,
-      help="Cache of real-image features; default $DDPM_EXT_FID_STATS_DIR, else ~/.cache/ddpm_ext/fid_stats.")
-    a("--no_stats_cache", action="store_true", help="Neither read nor write cached real-image features.")
-    a("--batch_size", type=int_at_least(1), default=100,
-      help="Images per sampling call; (image, timestep) pairs per UNet call for bits/dim; images per feature batch.")
-    a("--seed", type=int_at_least(0), default=0, help="Seed of the data subsets, the bits/dim noise, the samples and KID.")
-    a("--num_grid_images", type=int_at_least(0), default=64, help="Samples shown in each sampler's grid.")
-    a("--device", default="auto", help="'auto' (CUDA when available, else CPU), 'cpu', 'cuda', 'cuda:1', ...")
-    a("--output_dir", default=None,
-      help="Write results.json, results.md and samples_<sampler>.png here (created); default: print only.")
-    a("--no_progress", action="store_true", help="Hide the progress bars.")
-    return parser
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m ddpm_ext.evaluate",
-        description="Bits/dim on held-out images and FID/KID of samples of a trained DDPM pipeline.",
-    )
-    return add_arguments(parser)
-
-
-def run(args: argparse.Namespace) -> int:
-    """The `ddpm-ext evaluate` command: [`evaluate`], then print the markdown table; return the exit status."""
-    print(evaluate(args)["markdown"])
-    return 0
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """`python -m ddpm_ext.evaluate`: parse `argv` and [`run`]. Bad input exits with status 2 and the message."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    try:
-        return run(args)
-    except ValueError as err:
-        parser.error(str(err))
-
-
 # ----------------------------------------------------------------------------------------------------------
 # The evaluation
 # ----------------------------------------------------------------------------------------------------------
@@ -240,7 +154,7 @@ def _resolve_device(name: str) -> torch.device:
 
 def _load_data(args: argparse.Namespace):
     """(data set, its identity for the cache key, split)."""
-    from .data import BUILTIN_DATASETS, load_image_dataset, validate_image_folder
+    from ..data import BUILTIN_DATASETS, load_image_dataset, validate_image_folder
 
     name = str(args.dataset)
     is_folder = os.path.isdir(os.path.expanduser(name)) or name.startswith(("/", ".", "~"))
@@ -289,11 +203,12 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
             variance the UNet cannot give), too few images for KID's subset size or for bits/dim, or a feature
             extractor that cannot be built; the argument, the value and what is allowed are named.
     """
-    from .data import ImageTransform, infer_channels
-    from .likelihood import bits_per_dim_variances
+    from ..data import ImageTransform, infer_channels
+    from ..likelihood import bits_per_dim_variances
     from .metrics import build_feature_extractor, extract_features, reference_statistics, sample_quality
-    from .pipeline_ddpm_ext import DDPMExtPipeline, check_components, square_sample_size
-    from .utils import save_image_grid
+    from ..pipelines.checkpoint_io import check_components, square_sample_size
+    from ..pipelines.pipeline_ddpm_ext import DDPMExtPipeline
+    from ..images import save_image_grid
 
     started = time.perf_counter()
     progress = not getattr(args, "no_progress", False)
@@ -333,7 +248,7 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
 
     # 2. the real images, at the model's size and channels
     ds, data_identity, split = _load_data(args)
-    from .data import find_image_column
+    from ..data import find_image_column
 
     column = find_image_column(ds, args.image_column)
     data_channels = infer_channels(ds, column)
@@ -563,6 +478,3 @@ def results_markdown(results: dict[str, Any]) -> str:
             )
     return "\n".join(lines) + "\n"
 
-
-if __name__ == "__main__":
-    sys.exit(main())

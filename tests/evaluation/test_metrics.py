@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from ddpm_ext.metrics import (
+from ddpm_ext.evaluation.metrics import (
     EfficientNetLite0Features,
     FeatureExtractor,
     build_feature_extractor,

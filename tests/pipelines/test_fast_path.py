@@ -13,11 +13,10 @@ from diffusers import DDIMScheduler, DDPMPipeline, DDPMScheduler
 from diffusers.utils.torch_utils import randn_tensor
 
 from ddpm_ext import DDIMExtScheduler, DDPMExtPipeline, DDPMExtScheduler, build_unet
-from ddpm_ext.schedules import draw_noise
+from ddpm_ext.schedulers.scheduling_common import draw_noise
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "training"))
-import train_ddpm  # noqa: E402
+ROOT = Path(__file__).resolve().parents[2]
+import ddpm_ext.training.train as train_ddpm  # noqa: E402
 
 
 def inputs(dtype=torch.float32, shape=(2, 3, 8, 8), seed=0):

@@ -28,9 +28,9 @@ __all__ = ["COMMANDS", "main", "build_parser", "int_at_least", "positive_int", "
 
 # name -> (help, module exposing add_arguments(parser) and run(args) -> int)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "sample": ("Sample images from a trained pipeline into a PNG grid.", "ddpm_ext.sample"),
-    "figures": ("Write the lecture's figures (forward process, schedules, reverse process, samplers).", "ddpm_ext.figures"),
-    "evaluate": ("Score a pipeline: bits/dim on held-out images, FID/KID of samples per sampler.", "ddpm_ext.evaluate"),
+    "sample": ("Sample images from a trained pipeline into a PNG grid.", "ddpm_ext.commands.sample"),
+    "figures": ("Write the lecture's figures (forward process, schedules, reverse process, samplers).", "ddpm_ext.commands.figures"),
+    "evaluate": ("Score a pipeline: bits/dim on held-out images, FID/KID of samples per sampler.", "ddpm_ext.commands.evaluate"),
 }
 
 

@@ -22,10 +22,10 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from .cli import check_output_dir, nonnegative_int, pick_device, positive_int
-from .pipeline_ddpm_ext import DDPMExtPipeline
-from .scheduling_ddim_ext import DDIMExtScheduler
-from .scheduling_ddpm_ext import DDPMExtScheduler
-from .utils import save_image_grid
+from ..images import save_image_grid
+from ..pipelines.pipeline_ddpm_ext import DDPMExtPipeline
+from ..schedulers.scheduling_ddim_ext import DDIMExtScheduler
+from ..schedulers.scheduling_ddpm_ext import DDPMExtScheduler
 
 __all__ = ["SCHEDULERS", "add_arguments", "run", "check_output_file"]
 

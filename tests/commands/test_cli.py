@@ -17,10 +17,10 @@ from PIL import Image
 from tiny_pipeline import TINY_SIZE, TINY_T
 
 from ddpm_ext import DDIMExtScheduler, DDPMExtPipeline
-from ddpm_ext import cli
-from ddpm_ext.cli import main
+from ddpm_ext.commands import cli
+from ddpm_ext.commands.cli import main
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def pipeline_images(folder, seeds, steps, scheduler=None, **kwargs) -> np.ndarray:
@@ -211,7 +211,7 @@ def test_entry_point_in_a_subprocess(tiny_pipeline_dir, tmp_path):
 
 
 def test_evaluate_command(tiny_pipeline_dir, tmp_path, capsys):
-    """`ddpm-ext evaluate` is `python -m ddpm_ext.evaluate`: the table on stdout, bad input exits 2 with the reason."""
+    """`ddpm-ext evaluate` is `python -m ddpm_ext evaluate`: the table on stdout, bad input exits 2 with the reason."""
     argv = ["evaluate", str(tiny_pipeline_dir), "--num_bpd_images", "2", "--num_samples", "0", "--no_progress",
             "--output_dir", str(tmp_path / "eval")]
     assert main(argv) == 0

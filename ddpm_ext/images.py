@@ -1,4 +1,4 @@
-"""Small helpers shared by training and the command line: image grids."""
+"""Image conventions shared by the whole package: uint8 / [0, 1] / [-1, 1] images as PIL, NumPy or tensors, and grids."""
 
 from __future__ import annotations
 
@@ -113,7 +113,7 @@ def make_grid(
 
     ```py
     >>> import torch
-    >>> from ddpm_ext.utils import make_grid
+    >>> from ddpm_ext.images import make_grid
     >>> make_grid(torch.zeros(10, 3, 28, 28), nrow=5, padding=0).size
     (140, 56)
     >>> make_grid(torch.zeros(10, 1, 28, 28), nrow=5, padding=2, scale=3).size

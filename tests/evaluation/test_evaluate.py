@@ -13,8 +13,9 @@ import torch
 from PIL import Image
 
 from ddpm_ext import DDPMExtPipeline, DDPMExtScheduler, build_unet
-from ddpm_ext.evaluate import SamplerSpec, _per_image_generators, main, parse_sampler, evaluate, build_parser
-from ddpm_ext.utils import make_grid
+from ddpm_ext.commands.evaluate import build_parser, main
+from ddpm_ext.evaluation.evaluate import SamplerSpec, _per_image_generators, evaluate, parse_sampler
+from ddpm_ext.images import make_grid
 
 
 @pytest.fixture(scope="module")
@@ -172,7 +173,7 @@ def test_channel_mismatch_and_missing_pipeline(tiny_pipeline, tmp_path):
 
 @pytest.mark.slow
 def test_python_m_evaluate_runs(tiny_pipeline, tmp_path):
-    cmd = [sys.executable, "-m", "ddpm_ext.evaluate", str(tiny_pipeline), "--num_bpd_images", "2", "--num_samples", "0",
+    cmd = [sys.executable, "-m", "ddpm_ext", "evaluate", str(tiny_pipeline), "--num_bpd_images", "2", "--num_samples", "0",
            "--output_dir", str(tmp_path / "out"), "--no_progress"]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr

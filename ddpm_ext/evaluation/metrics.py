@@ -452,7 +452,7 @@ def default_stats_cache_dir() -> Path:
     [`ddpm_ext.data.default_cache_dir`] (`$DDPM_EXT_CACHE`, else `~/.cache/ddpm_ext`)."""
     if os.environ.get("DDPM_EXT_FID_STATS_DIR"):
         return Path(os.environ["DDPM_EXT_FID_STATS_DIR"]).expanduser()
-    from .data import default_cache_dir
+    from ..data import default_cache_dir
 
     return default_cache_dir() / "fid_stats"
 

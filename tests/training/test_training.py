@@ -16,7 +16,7 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "training" / "train_ddpm.py"
 # A tiny UNet on 8x8 MNIST crops: each run takes seconds.
 TINY = ["--model_config", "tiny", "--resolution", "8", "--train_batch_size", "8", "--max_train_samples", "48",
@@ -163,7 +163,7 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
     code = (
         "import sys, torch\n"
         f"sys.path.insert(0, {str(SCRIPT.parent)!r})\n"
-        "import train_ddpm\n"
+        "import ddpm_ext.training.train as train_ddpm\n"
         "real = train_ddpm.training_step\n"
         "calls = []\n"
         "def poisoned(*a, **k):\n"

@@ -1,0 +1,227 @@
+"""Loading image data sets: built-in, Hub or a local image folder (checked file by file before training)."""
+
+
+import os
+from pathlib import Path
+
+import datasets
+import numpy as np
+from PIL import Image
+
+from .builtin import BUILTIN_DATASETS, DEFAULT_DATASET, _builtin_lookalike, list_builtin_datasets, load_builtin_dataset
+
+
+# The file extensions `datasets`' "imagefolder" builder loads (all formats Pillow can open).
+try:
+    from datasets.packaged_modules.imagefolder.imagefolder import ImageFolder as _ImageFolder
+
+    IMAGE_EXTENSIONS: tuple[str, ...] = tuple(ext.lower() for ext in _ImageFolder.EXTENSIONS)
+except Exception:  # pragma: no cover - a `datasets` layout we do not know
+    IMAGE_EXTENSIONS = (".bmp", ".gif", ".jpeg", ".jpg", ".png", ".tif", ".tiff", ".webp")
+
+# ----------------------------------------------------------------------------------------------------------
+# Loading
+# ----------------------------------------------------------------------------------------------------------
+
+
+def _is_hidden(path: Path, root: Path) -> bool:
+    # datasets' data-file resolution skips names starting with "." and folders starting with "__".
+    parts = path.relative_to(root).parts
+    return any(p.startswith(".") for p in parts) or any(p.startswith("__") for p in parts[:-1])
+
+
+def validate_image_folder(train_data_dir: str | os.PathLike, *, max_reported: int = 5) -> list[Path]:
+    """Check a folder of training images before loading it; return the image files found.
+
+    The folder is searched recursively (hidden files and `__*` folders are skipped, as `datasets` does) for
+    files with one of [`IMAGE_EXTENSIONS`]. Each is opened with Pillow, checked with `Image.verify()` and fully
+    decoded, so truncated or corrupt files are reported instead of failing mid-training or being skipped.
+
+    Args:
+        train_data_dir (`str` or `os.PathLike`): The folder.
+        max_reported (`int`, defaults to 5): How many bad files the error message names.
+
+    Returns:
+        `list[pathlib.Path]`: The image files, sorted.
+
+    Raises:
+        `ValueError`: When the folder does not exist, is not a directory, contains no image file (the accepted
+        extensions are listed) or contains files Pillow cannot read (the first `max_reported` paths and the
+        count are given).
+    """
+    root = Path(train_data_dir).expanduser()
+    if not root.exists():
+        raise ValueError(f"`train_data_dir` does not exist: {str(train_data_dir)!r}.")
+    if not root.is_dir():
+        raise ValueError(f"`train_data_dir` must be a directory of images, got the file {str(train_data_dir)!r}.")
+    files = sorted(
+        p for p in root.rglob("*")
+        if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file() and not _is_hidden(p, root)
+    )
+    if not files:
+        raise ValueError(
+            f"`train_data_dir` {str(train_data_dir)!r} contains no image files (searched recursively; accepted "
+            f"extensions: {' '.join(sorted(set(IMAGE_EXTENSIONS)))})."
+        )
+    bad: list[str] = []
+    for path in files:
+        try:
+            with Image.open(path) as im:
+                im.verify()
+            with Image.open(path) as im:  # verify() leaves the image unusable; decode it in full as well
+                im.load()
+        except Exception as err:  # noqa: BLE001 - Pillow raises many types for broken files
+            bad.append(f"{path} ({type(err).__name__}: {err})")
+    if bad:
+        shown = "\n  ".join(bad[:max_reported])
+        more = f"\n  ... and {len(bad) - max_reported} more" if len(bad) > max_reported else ""
+        raise ValueError(
+            f"`train_data_dir` {str(train_data_dir)!r}: {len(bad)} of {len(files)} image files cannot be read "
+            f"(corrupt, truncated or not an image); fix or remove them:\n  {shown}{more}"
+        )
+    return files
+
+
+def find_image_column(dataset: datasets.Dataset, image_column: str | None = None) -> str:
+    """Name of the image column of `dataset`.
+
+    `image_column` when given (it must exist), else `"image"` or `"img"` when present, else the first column
+    whose feature is `datasets.Image`.
+
+    Raises:
+        `ValueError`: When `image_column` is not a column, or no image column can be found; the columns and
+        their types are listed.
+    """
+    features = dataset.features
+    listing = ", ".join(f"{name!r} ({type(feat).__name__})" for name, feat in features.items())
+    if image_column is not None:
+        if image_column not in features:
+            raise ValueError(
+                f"`image_column`={image_column!r} is not a column of the data set; its columns are: {listing}."
+            )
+        return image_column
+    for name in ("image", "img"):
+        if name in features:
+            return name
+    for name, feat in features.items():
+        if isinstance(feat, datasets.Image):
+            return name
+    raise ValueError(
+        f"Could not find an image column: no column is named 'image' or 'img' and none has the feature "
+        f"datasets.Image. Pass `image_column` (the columns are: {listing})."
+    )
+
+
+def load_image_dataset(
+    dataset_name: str | None = None,
+    train_data_dir: str | os.PathLike | None = None,
+    *,
+    split: str = "train",
+    cache_dir: str | os.PathLike | None = None,
+    image_column: str | None = None,
+    max_train_samples: int | None = None,
+    seed: int | None = None,
+) -> datasets.Dataset:
+    r"""Load the training images, failing early and clearly on bad input.
+
+    The arguments mirror diffusers' `train_unconditional.py` (`--dataset_name`, `--train_data_dir`,
+    `--cache_dir`, `--max_train_samples`). Give at most one of `dataset_name` and `train_data_dir`; with
+    neither, the default built-in data set [`DEFAULT_DATASET`] (`"mnist-5k"`) is loaded.
+
+    Args:
+        dataset_name (`str`, *optional*): A built-in name ([`list_builtin_datasets`]) or a Hugging Face Hub
+            data set, loaded with `datasets.load_dataset(dataset_name, cache_dir=cache_dir, split=split)`
+            (needs the network or a cached copy). A name without "/" that looks like a misspelt built-in
+            name (e.g. `"MNIST-5K"`, `"openmoji"`) is an error rather than a Hub request.
+        train_data_dir (`str` or `os.PathLike`, *optional*): A local folder of images, checked file by file with
+            [`validate_image_folder`] and loaded with `datasets.load_dataset("imagefolder", ...)`
+            (sub-folders become a `"label"` column, as in `datasets`).
+        split (`str`, defaults to `"train"`): Split to load. mnist-5k has `"train"` (4,500 images), `"test"`
+            (500 held out, 50 per digit) and `"all"`; openmoji-32 has only `"train"`.
+        cache_dir (`str` or `os.PathLike`, *optional*): The `datasets` cache for Hub and folder data sets; the
+            built-in data sets rendered on first use are cached in its sub-folder `ddpm_ext` (default:
+            [`default_cache_dir`]).
+        image_column (`str`, *optional*): The image column; by default found by [`find_image_column`]. It is
+            checked here so a wrong name fails before training.
+        max_train_samples (`int`, *optional*): Keep this many examples (for debugging or quick runs): the data
+            set is shuffled with `seed`, then the first `max_train_samples` rows are selected (all when fewer).
+        seed (`int`, *optional*): Seed of that shuffle.
+
+    Returns:
+        `datasets.Dataset`
+
+    Raises:
+        `ValueError`: For both sources given, an unknown built-in-like name, a Hub data set that cannot be
+            loaded (name and cause given, chained from the original error), a missing folder, a folder
+            without images, unreadable image files (listed), a missing image column or `max_train_samples < 1`.
+
+    Example:
+
+    ```py
+    >>> from ddpm_ext.data import load_image_dataset
+    >>> ds = load_image_dataset("mnist-5k", max_train_samples=100, seed=0)
+    >>> len(ds), sorted(ds.column_names)
+    (100, ['image', 'label'])
+
+    ```
+    """
+    if dataset_name is not None and train_data_dir is not None:
+        raise ValueError(
+            f"Give either `dataset_name` or `train_data_dir`, not both (got dataset_name={dataset_name!r} and "
+            f"train_data_dir={str(train_data_dir)!r})."
+        )
+    if max_train_samples is not None and (
+        isinstance(max_train_samples, bool)
+        or not isinstance(max_train_samples, (int, np.integer))
+        or max_train_samples < 1
+    ):
+        raise ValueError(f"`max_train_samples` must be an integer >= 1 or None, got {max_train_samples!r}.")
+    if dataset_name is not None and (not isinstance(dataset_name, str) or not dataset_name.strip()):
+        raise ValueError(f"`dataset_name` must be a non-empty string, got {dataset_name!r}.")
+    if dataset_name is None and train_data_dir is None:
+        dataset_name = DEFAULT_DATASET
+
+    if train_data_dir is not None:
+        validate_image_folder(train_data_dir)
+        try:
+            ds = datasets.load_dataset(
+                "imagefolder", data_dir=str(Path(train_data_dir).expanduser()), split=split,
+                cache_dir=None if cache_dir is None else str(cache_dir),
+            )
+        except Exception as err:
+            raise ValueError(
+                f"Could not load the image folder `train_data_dir`={str(train_data_dir)!r} (split={split!r}): "
+                f"{type(err).__name__}: {err}"
+            ) from err
+    elif dataset_name in BUILTIN_DATASETS:
+        ds = load_builtin_dataset(
+            dataset_name, split=split,
+            cache_dir=None if cache_dir is None else Path(cache_dir).expanduser() / "ddpm_ext",
+        )
+    else:
+        lookalike = _builtin_lookalike(dataset_name) if "/" not in dataset_name else []
+        if lookalike:
+            raise ValueError(
+                f"Unknown built-in data set `dataset_name`={dataset_name!r}; did you mean {lookalike[0]!r}? "
+                f"The built-in data sets are {list_builtin_datasets()}; Hub data sets are named 'owner/name'."
+            )
+        try:
+            ds = datasets.load_dataset(
+                dataset_name, split=split, cache_dir=None if cache_dir is None else str(cache_dir)
+            )
+        except Exception as err:
+            raise ValueError(
+                f"Could not load the data set `dataset_name`={dataset_name!r} (split={split!r}) with "
+                f"datasets.load_dataset: {type(err).__name__}: {err}. Either the Hugging Face Hub could not be "
+                f"reached and no cached copy was found (cache_dir={None if cache_dir is None else str(cache_dir)!r}), "
+                f"or the name or split is wrong. Built-in data sets that need no network: {list_builtin_datasets()}."
+            ) from err
+        if isinstance(ds, datasets.DatasetDict):  # pragma: no cover - only when a loader ignores `split`
+            ds = ds[split]
+
+    find_image_column(ds, image_column)
+    if max_train_samples is not None:
+        ds = ds.shuffle(seed=seed).select(range(min(int(max_train_samples), len(ds))))
+    return ds
+
+

@@ -1,25 +1,25 @@
 """ddpm_ext: exact, complete DDPM (Ho et al. 2020) and DDIM for Hugging Face diffusers."""
 
 from . import _moved_modules
+from .likelihood import BitsPerDimOutput, bits_per_dim, bits_per_dim_variances
+from .models import UNET_PRESETS, build_unet, unet_config
+from .pipelines import DDPMExtPipeline, DDPMExtPipelineOutput
 from .schedulers import (
     BETA_SCHEDULES,
     PREDICTION_TYPES,
     TIMESTEP_SPACINGS,
     VARIANCE_TYPES,
     BetaSchedule,
-    PredictionType,
-    TimestepSpacing,
     DDIMExtScheduler,
     DDIMExtSchedulerOutput,
     DDPMExtScheduler,
     DDPMExtSchedulerOutput,
+    PredictionType,
+    TimestepSpacing,
     VarianceType,
     make_betas,
     posterior_coefficients,
 )
-from .likelihood import BitsPerDimOutput, bits_per_dim, bits_per_dim_variances
-from .models import UNET_PRESETS, build_unet, unet_config
-from .pipelines import DDPMExtPipeline, DDPMExtPipelineOutput
 
 __version__ = "0.1.0"
 

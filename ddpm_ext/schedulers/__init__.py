@@ -13,7 +13,11 @@ from .scheduling_common import (
     make_betas,
 )
 from .scheduling_ddim_ext import DDIMExtScheduler, DDIMExtSchedulerOutput
-from .scheduling_ddpm_ext import DDPMExtScheduler, DDPMExtSchedulerOutput, posterior_coefficients
+from .scheduling_ddpm_ext import (
+    DDPMExtScheduler,
+    DDPMExtSchedulerOutput,
+    posterior_coefficients,
+)
 
 __all__ = [
     "BETA_SCHEDULES",

@@ -13,12 +13,14 @@ diffusers attribute names and keep the float64 arrays for their coefficient tabl
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Literal, Sequence, get_args
+from typing import Callable, Literal, Sequence, get_args
 
 import numpy as np
 import torch
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from diffusers.utils.torch_utils import randn_tensor
+
+from ..validation import check_choice, check_positive
 
 BetaSchedule = Literal["linear", "quadratic", "cosine", "sigmoid", "scaled_linear", "squaredcos_cap_v2"]
 VarianceType = Literal["fixed_small", "fixed_large", "learned_range", "fixed_small_log", "fixed_large_log", "learned"]
@@ -37,12 +39,6 @@ _DIFFUSERS_TO_LECTURE = {v: k for k, v in _LECTURE_TO_DIFFUSERS.items()}
 
 # diffusers' variance names that are numerically the same choice as one of the lecture's.
 _VARIANCE_SYNONYMS = {"fixed_small_log": "fixed_small", "fixed_large_log": "fixed_large"}
-
-
-def check_choice(name: str, value: Any, allowed: Sequence[str]) -> None:
-    """Raise a `ValueError` naming `name`, the bad `value` and the `allowed` values."""
-    if value not in allowed:
-        raise ValueError(f"`{name}` must be one of {list(allowed)}, got {value!r}.")
 
 
 def canonical_beta_schedule(beta_schedule: str) -> str:
@@ -142,16 +138,6 @@ def rescale_zero_terminal_snr(betas: np.ndarray) -> np.ndarray:
     alpha_bar = sqrt_ab**2
     alphas = np.concatenate([alpha_bar[:1], alpha_bar[1:] / alpha_bar[:-1]])
     return 1 - alphas
-
-
-def check_positive(name: str, value: Any, *, upper: float | None = None) -> None:
-    """Raise `ValueError` unless `0 < value` (and `value <= upper` when given)."""
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0
-    if ok and upper is not None:
-        ok = value <= upper
-    if not ok:
-        bound = f"in (0, {upper}]" if upper is not None else "> 0"
-        raise ValueError(f"`{name}` must be a number {bound}, got {value!r}.")
 
 
 def draw_noise(

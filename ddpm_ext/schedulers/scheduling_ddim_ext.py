@@ -21,7 +21,14 @@ from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.schedulers.scheduling_utils import KarrasDiffusionSchedulers
 from diffusers.utils import BaseOutput
 
-from .scheduling_common import BetaSchedule, PredictionType, ScheduleMixin, TimestepSpacing, VarianceType, draw_noise
+from .scheduling_common import (
+    BetaSchedule,
+    PredictionType,
+    ScheduleMixin,
+    TimestepSpacing,
+    VarianceType,
+    draw_noise,
+)
 
 
 @dataclass

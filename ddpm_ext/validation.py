@@ -1,0 +1,89 @@
+"""Argument checks shared by the whole package: one helper per kind of value, one message format.
+
+Every check raises a `ValueError` that names the argument, the bad value and what is allowed. Each value is
+checked once, by the object that owns it (a scheduler checks its options in `__init__`, a pipeline its call
+arguments once per call); the command line turns these errors into `error: ...` with exit status 2.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Sequence
+
+import numpy as np
+
+__all__ = ["check_choice", "check_int", "check_number", "check_positive", "learns_variance"]
+
+LEARNED_VARIANCE_TYPES = ("learned_range", "learned")
+
+
+def check_int(name: str, value: Any, low: int | None = None, high: int | None = None) -> int:
+    """`value` as an `int` when it is an integer (not a bool) in [`low`, `high`]; else a `ValueError`.
+
+    Example:
+
+    ```py
+    >>> check_int("num_inference_steps", 50, 1, 1000)
+    50
+    >>> check_int("batch_size", 0, 1)
+    Traceback (most recent call last):
+    ...
+    ValueError: `batch_size` must be an integer >= 1, got 0.
+
+    ```
+    """
+    ok = isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
+    ok = ok and (low is None or value >= low) and (high is None or value <= high)
+    if not ok:
+        if low is not None and high is not None:
+            allowed = f"an integer in [{low}, {high}]"
+        elif low is not None:
+            allowed = f"an integer >= {low}"
+        elif high is not None:
+            allowed = f"an integer <= {high}"
+        else:
+            allowed = "an integer"
+        raise ValueError(f"`{name}` must be {allowed}, got {value!r}.")
+    return int(value)
+
+
+def check_number(
+    name: str, value: Any, low: float | None = None, high: float | None = None, *, low_open: bool = False
+) -> float:
+    """`value` as a finite `float` in [`low`, `high`] (`(low, high]` with `low_open=True`); else a `ValueError`
+    (infinities and NaN are refused whatever the bounds)."""
+    ok = isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, (bool, np.bool_))
+    ok = ok and math.isfinite(float(value))
+    if ok and low is not None:
+        ok = value > low if low_open else value >= low
+    if ok and high is not None:
+        ok = value <= high
+    if not ok:
+        left = "(" if low_open else "["
+        if low is not None and high is not None:
+            allowed = f"a number in {left}{low}, {high}]"
+        elif low is not None:
+            allowed = f"a number {'>' if low_open else '>='} {low}"
+        elif high is not None:
+            allowed = f"a number <= {high}"
+        else:
+            allowed = "a finite number"
+        raise ValueError(f"`{name}` must be {allowed}, got {value!r}.")
+    return float(value)
+
+
+def check_positive(name: str, value: Any, *, upper: float | None = None) -> float:
+    """`value` as a finite `float` in (0, `upper`] (or > 0); else a `ValueError`."""
+    return check_number(name, value, 0, upper, low_open=True)
+
+
+def check_choice(name: str, value: Any, allowed: Sequence[Any]) -> Any:
+    """`value` when it is one of `allowed`; else a `ValueError` naming `name`, the value and the choices."""
+    if value not in allowed:
+        raise ValueError(f"`{name}` must be one of {list(allowed)}, got {value!r}.")
+    return value
+
+
+def learns_variance(variance_type: str | None) -> bool:
+    """Whether a scheduler `variance_type` makes the model predict its variance (2C output channels)."""
+    return variance_type in LEARNED_VARIANCE_TYPES

@@ -181,8 +181,7 @@ def test_retraining_with_the_shipped_settings_reproduces_the_judge(judge, test_d
     accuracy = float((probs.argmax(1) == labels).double().mean())
     shipped = float((test_probs.argmax(1) == labels).double().mean())
     # Same PyTorch build and CPU kind: bit-identical weights (checked on the project machine, torch 2.13.0+cpu);
-    # elsewhere floating-point differences may move a
-    # digit or two.
+    # elsewhere floating-point differences may move a digit or two.
     assert abs(accuracy - shipped) <= 0.006
     assert classifier_inception_score(probs) == pytest.approx(classifier_inception_score(test_probs), abs=0.1)
 

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Literal, Sequence, get_args
 
 import numpy as np
 import PIL.Image
@@ -43,11 +43,15 @@ __all__ = [
     "DDPMExtInpaintPipeline",
     "DDPMExtInpaintPipelineOutput",
     "MASK_THRESHOLD",
+    "MASK_KINDS",
     "forward_jump",
+    "make_mask",
     "prepare_mask",
     "repaint_schedule",
 ]
 
+MaskKind = Literal["left_half", "top_half", "centre_box", "strokes"]
+MASK_KINDS: tuple[str, ...] = get_args(MaskKind)
 MASK_THRESHOLD = 0.5  # a mask value >= this (in [0, 1]) marks a pixel to fill, as diffusers' inpainting pipelines
 _GRAY_PIL_MODES = ("1", "L", "I", "I;16", "F")
 
@@ -110,6 +114,48 @@ def forward_jump(sample: torch.Tensor, alpha_cumprod_from: float, alpha_cumprod_
     """
     keep = alpha_cumprod_to / alpha_cumprod_from  # 1 - β'_s, in float64
     return keep**0.5 * sample + (1.0 - keep) ** 0.5 * noise
+
+
+def make_mask(kind: MaskKind, height: int, width: int, *, seed: int = 0) -> torch.Tensor:
+    """A standard fill mask, (1, 1, H, W) float: 1 = fill, 0 = keep (the pipeline's convention).
+
+    - `"left_half"` / `"top_half"`: the left columns `[0, W // 2)` / the top rows `[0, H // 2)`;
+    - `"centre_box"`: the central box of half the height and half the width (rows `[H // 4, H // 4 + H // 2)`);
+    - `"strokes"`: four random brush strokes (lines 1/8 of the shorter side wide, at least 2 px), from `seed`.
+
+    Example:
+
+    ```py
+    >>> from ddpm_ext.pipelines.pipeline_ddpm_ext_inpaint import make_mask
+    >>> make_mask("left_half", 2, 4).tolist()
+    [[[[1.0, 1.0, 0.0, 0.0], [1.0, 1.0, 0.0, 0.0]]]]
+    >>> int(make_mask("centre_box", 8, 8).sum())
+    16
+
+    ```
+    """
+    from ..validation import check_choice
+
+    check_choice("kind", kind, MASK_KINDS)
+    height, width = check_int("height", height, 1), check_int("width", width, 1)
+    mask = torch.zeros(1, 1, height, width)
+    if kind == "left_half":
+        mask[..., : width // 2] = 1
+    elif kind == "top_half":
+        mask[..., : height // 2, :] = 1
+    elif kind == "centre_box":
+        mask[..., height // 4 : height // 4 + height // 2, width // 4 : width // 4 + width // 2] = 1
+    else:
+        from PIL import ImageDraw
+
+        rng = np.random.default_rng(check_int("seed", seed, 0))
+        canvas = PIL.Image.new("L", (width, height), 0)
+        draw = ImageDraw.Draw(canvas)
+        for _ in range(4):
+            points = [(float(rng.uniform(0, width)), float(rng.uniform(0, height))) for _ in range(3)]
+            draw.line(points, fill=255, width=max(2, min(height, width) // 8), joint="curve")
+        mask[0, 0] = torch.from_numpy(np.asarray(canvas) >= 128).float()
+    return mask
 
 
 def _downsampling_factor(unet: Any) -> int:

@@ -14,6 +14,7 @@ from ddpm_ext import DDIMExtScheduler, DDPMExtPipeline, DDPMExtScheduler, build_
 from ddpm_ext.pipelines.pipeline_ddpm_ext_inpaint import (
     DDPMExtInpaintPipeline,
     forward_jump,
+    make_mask,
     prepare_mask,
     repaint_schedule,
 )
@@ -280,3 +281,41 @@ def test_non_ddpm_ext_scheduler_is_refused():
     pipe = _no_unet_calls(inpaint_pipe(DDPMScheduler(num_train_timesteps=20)))
     with pytest.raises(ValueError, match="Inpainting needs a ddpm_ext scheduler"):
         pipe(digits(1), left_half_fill(), num_inference_steps=5)
+
+
+# ------------------------------------------------------------------------------------------------
+# Masks and the figure
+# ------------------------------------------------------------------------------------------------
+def test_make_mask_kinds():
+    assert make_mask("top_half", 4, 2).tolist() == [[[[1.0, 1.0], [1.0, 1.0], [0.0, 0.0], [0.0, 0.0]]]]
+    box = make_mask("centre_box", 8, 12)
+    assert box[0, 0, 2:6, 3:9].eq(1).all() and box.sum() == 4 * 6
+    a, b = make_mask("strokes", 28, 28, seed=1), make_mask("strokes", 28, 28, seed=1)
+    assert torch.equal(a, b) and 0 < a.mean() < 1 and not torch.equal(a, make_mask("strokes", 28, 28, seed=2))
+    with pytest.raises(ValueError, match=r"`kind` must be one of \['left_half', 'top_half', 'centre_box', 'strokes'\]"):
+        make_mask("circle", 8, 8)
+
+
+def test_inpainting_figure_draws_what_the_pipeline_gives(tmp_path):
+    from ddpm_ext.figures import inpainting_figure
+
+    pipe = make_tiny_pipeline()
+    image = digits(1)[0]
+    fig = inpainting_figure(pipe, image, tmp_path / "inpaint.png", num_inference_steps=6, jump_length=2,
+                            jump_n_sample=2, num_columns=3, seed=4)
+    assert fig.path.exists() and Image.open(fig.path).size == fig.size
+    assert fig.mask_kinds == ["left_half", "centre_box", "strokes"]
+    levels = repaint_schedule(6, 2, 2)[:-1]  # x_T ... the last x before x_0; 3 evenly spread columns
+    idx = np.linspace(0, len(levels) - 1, 3).round().astype(int)
+    grid = pipe.scheduler.timesteps.tolist()
+    assert fig.timesteps == [grid[6 - 1 - levels[i]] for i in idx]
+    masks = torch.cat([make_mask(k, S, S, seed=4) for k in fig.mask_kinds])
+    assert torch.equal(fig.fill_masks, masks.bool())
+    inp = DDPMExtInpaintPipeline.from_pipe(pipe)
+    inp.set_progress_bar_config(disable=True)
+    expected = inp(image[None].expand(3, -1, -1, -1), masks, num_inference_steps=6, jump_length=2, jump_n_sample=2,
+                   generator=[torch.Generator().manual_seed(4) for _ in range(3)],
+                   output_type="pt").images * 2 - 1
+    torch.testing.assert_close(fig.completions, expected, rtol=0, atol=1e-6)
+    keep = ~fig.fill_masks
+    assert torch.equal(fig.completions[keep], image[None].expand(3, -1, -1, -1)[keep])

@@ -319,3 +319,52 @@ def test_inpainting_figure_draws_what_the_pipeline_gives(tmp_path):
     torch.testing.assert_close(fig.completions, expected, rtol=0, atol=1e-6)
     keep = ~fig.fill_masks
     assert torch.equal(fig.completions[keep], image[None].expand(3, -1, -1, -1)[keep])
+
+
+# ------------------------------------------------------------------------------------------------
+# benchmarks/inpainting_study.py, end to end on the tiny pipeline with a stand-in judge
+# ------------------------------------------------------------------------------------------------
+def test_inpainting_study_end_to_end_with_a_stand_in_judge(tmp_path, monkeypatch):
+    import importlib.util
+    import sys
+    import json
+    from pathlib import Path
+
+    from ddpm_ext.pipelines.pipeline_ddpm_ext_inpaint import make_mask
+
+    path = Path(__file__).resolve().parents[2] / "benchmarks" / "inpainting_study.py"
+    spec = importlib.util.spec_from_file_location("inpainting_study", path)
+    study = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "inpainting_study", study)  # dataclasses look their module up
+    spec.loader.exec_module(study)
+
+    make_tiny_pipeline().save_pretrained(tmp_path / "tiny")
+    images, labels = study.held_out_digits(4, seed=0)
+    x0 = make_tiny_pipeline().preprocess(images)  # (4, 1, 16, 16): what the study inpaints
+    keep_top = ~make_mask("top_half", S, S).bool()
+
+    class Judge:
+        """Says the true digit when the kept (bottom) half is the input's, in the study's order; else -1."""
+
+        calls = 0
+
+        def predict(self, x):
+            Judge.calls += 1
+            assert x.shape == (4, 1, S, S) and x.dtype == torch.float32
+            same = ((x - x0).abs() <= 1e-5).masked_select(keep_top).reshape(4, -1).all(dim=1).numpy()
+            return np.where(same, labels, -1)
+
+    rows = study.main(["--pipeline", str(tmp_path / "tiny"), "--num_images", "4", "--masks", "top_half",
+                       "--steps", "5", "--jump_length", "2", "--jump_n_samples", "1", "2", "--batch_size", "3",
+                       "--output", str(tmp_path / "rows.json")], classifier=Judge())
+    methods = [r.method for r in rows]
+    assert methods == ["unmasked digits (ceiling)", "masked, hole black (floor)", "ddpm_ext r=1", "ddpm_ext r=2",
+                       "diffusers RePaint r=1", "diffusers RePaint r=2"]
+    assert Judge.calls == 6 and all(r.correct == 4 and r.n == 4 for r in rows)
+    assert all(r.seconds > 0 for r in rows[2:])
+    saved = json.loads((tmp_path / "rows.json").read_text())
+    assert [r["method"] for r in saved] == methods and saved[2]["accuracy"] == 1.0
+    # diffusers' RePaintScheduler needs S | T: with 6 of T = 20 it is reported as not run, not silently skipped
+    rows = study.main(["--pipeline", str(tmp_path / "tiny"), "--num_images", "4", "--masks", "top_half",
+                       "--steps", "6", "--jump_n_samples", "1"], classifier=Judge())
+    assert "does not divide T = 20" in rows[-1].note

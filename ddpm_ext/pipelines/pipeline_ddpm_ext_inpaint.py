@@ -44,6 +44,7 @@ __all__ = [
     "DDPMExtInpaintPipelineOutput",
     "MASK_THRESHOLD",
     "MASK_KINDS",
+    "draw_initial_noise",
     "forward_jump",
     "make_mask",
     "prepare_mask",
@@ -97,6 +98,21 @@ def repaint_schedule(num_steps: int, jump_length: int = 10, jump_n_sample: int =
                 levels.append(t)
     levels.append(-1)
     return levels
+
+
+def draw_initial_noise(
+    shape: tuple[int, ...],
+    generator: torch.Generator | list[torch.Generator] | None,
+    device: torch.device,
+    dtype: torch.dtype,
+) -> torch.Tensor:
+    """x_T ~ N(0, I), drawn exactly as diffusers' `DDPMPipeline` (and `DDPMExtPipeline`) draw it.
+
+    On "mps" the numbers are drawn on the CPU and moved (randn on mps is not reproducible).
+    """
+    if device.type == "mps":
+        return randn_tensor(shape, generator=generator, dtype=dtype).to(device)
+    return randn_tensor(shape, generator=generator, device=device, dtype=dtype)
 
 
 def forward_jump(sample: torch.Tensor, alpha_cumprod_from: float, alpha_cumprod_to: float, noise: torch.Tensor) -> torch.Tensor:
@@ -358,10 +374,7 @@ class DDPMExtInpaintPipeline(DDPMExtPipeline):
 
         # 1. x_T ~ N(0, I), drawn as DDPMExtPipeline (and diffusers' DDPMPipeline) draw it
         scheduler = self.scheduler
-        if device.type == "mps":
-            x = randn_tensor(x0.shape, generator=generator, dtype=dtype).to(device)
-        else:
-            x = randn_tensor(x0.shape, generator=generator, device=device, dtype=dtype)
+        x = draw_initial_noise(tuple(x0.shape), generator, device, dtype)
         scheduler.set_timesteps(num_inference_steps)
         grid = scheduler.timesteps.tolist()  # descending; level ℓ is grid[S - 1 - ℓ]
         S = len(grid)

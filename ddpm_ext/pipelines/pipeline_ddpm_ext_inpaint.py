@@ -338,8 +338,10 @@ class DDPMExtInpaintPipeline(DDPMExtPipeline):
             stochastic (`bool`, defaults to `True`): add the noise σ_t z in the model's steps; `False` takes the mean
                 (the kept region and the jumps stay samples of q).
             generator (`torch.Generator` or a list of B of them, *optional*): for x_T, the model's steps, the
-                kept region's noise and the jumps. An image whose mask keeps nothing draws exactly the numbers
-                [`DDPMExtPipeline`] draws, so an all-fill mask with `jump_n_sample=1` reproduces plain sampling.
+                kept region's noise and the jumps. The kept region's noise is drawn only for images that keep a
+                pixel: with one generator per image, an image whose mask keeps nothing gets exactly the numbers
+                [`DDPMExtPipeline`] draws for it (with one shared generator, when no image keeps a pixel), so an
+                all-fill mask with `jump_n_sample=1` reproduces plain sampling.
             output_type (`str`, defaults to `"pil"`): `"pil"`, `"np"` (B, H, W, C) or `"pt"` (B, C, H, W).
             return_dict (`bool`, defaults to `True`): return a [`DDPMExtInpaintPipelineOutput`] or a tuple.
             return_trajectory (`bool`, defaults to `False`): also return x at every level and every x̂_0 (CPU).

@@ -356,8 +356,9 @@ class DDPMExtInpaintPipeline(DDPMExtPipeline):
             wrong channels or size, values out of range, `jump_length` or `jump_n_sample` < 1, a bad `eta`, and the
             other arguments [`DDPMExtPipeline`] checks. An all-keep or all-fill mask works, with a `UserWarning`.
         """
-        # Future class-conditional inpainting (guidance issue) adds `class_labels` / `guidance_scale` as keywords
-        # here and passes them to `_model_output`; nothing else in the loop changes.
+        # Class-conditional inpainting (the guidance issue) is meant to add `class_labels` / `guidance_scale` as
+        # keywords after `return_trajectory` and to change only the UNet call `model(x, t)` in step 2 (the
+        # guided ε); the masking, the jumps and the checks stay as they are.
         x0, fill = self._prepare_inputs(image, mask_image)
         batch_size = x0.shape[0]
         step_kwargs = self._check_call(batch_size, generator, num_inference_steps, eta, stochastic, output_type)

@@ -46,6 +46,8 @@ __all__ = [
     "reverse_trajectory_figure",
     "noise_comparison_figure",
     "ddpm_vs_ddim_figure",
+    "InpaintingFigure",
+    "inpainting_figure",
 ]
 
 LECTURE_SCHEDULES: tuple[str, ...] = ("linear", "quadratic", "cosine")

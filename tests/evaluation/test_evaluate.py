@@ -14,7 +14,8 @@ from PIL import Image
 
 from ddpm_ext import DDPMExtPipeline, DDPMExtScheduler, build_unet
 from ddpm_ext.commands.evaluate import build_parser, main
-from ddpm_ext.evaluation.evaluate import SamplerSpec, _per_image_generators, evaluate, parse_sampler
+from ddpm_ext.evaluation.evaluate import SamplerSpec, evaluate, parse_sampler
+from ddpm_ext.seeding import image_generators
 from ddpm_ext.images import make_grid
 
 
@@ -79,7 +80,7 @@ def test_evaluate_end_to_end(tiny_pipeline, tmp_path, capsys):
     pipe = DDPMExtPipeline.from_pretrained(tiny_pipeline)
     pipe.set_progress_bar_config(disable=True)
     pipe.scheduler = parse_sampler("ddim:5:0").build(pipe.scheduler.config)
-    direct = pipe(batch_size=12, generator=_per_image_generators(0, 0, 12), num_inference_steps=5, eta=0.0,
+    direct = pipe(batch_size=12, generator=image_generators(0, 0, 12), num_inference_steps=5, eta=0.0,
                   output_type="pt").images
     expected = make_grid((direct * 255).round().to(torch.uint8), nrow=4)
     assert np.array_equal(np.asarray(Image.open(out / rows["ddim:5:0"]["grid"])), np.asarray(expected))

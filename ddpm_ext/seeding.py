@@ -2,7 +2,8 @@
 
 `ddpm-ext sample`, `ddpm-ext evaluate`, the figures and anyone calling the pipeline with
 `generator=image_generators(seed, 0, n)` therefore get the same image i for the same seed, whatever the batch
-size or the number of images (the pipeline draws x_T and every z of image i from its own generator).
+size or the number of images (the pipeline draws x_T and every z of image i from its own generator; the UNet's
+float round-off may differ with the batch size in the last bits, far below one 8-bit level).
 
 The seed of image i is a word of NumPy's `SeedSequence(seed, spawn_key=(tag, i))`, not `seed + i`: with
 `seed + i`, runs with seeds 0 and 1 would share all but one image, while here every (seed, i) pair gets an
@@ -62,8 +63,8 @@ def image_generators(
     >>> pipe.set_progress_bar_config(disable=True)
     >>> four = pipe(4, generator=image_generators(0, 0, 4), num_inference_steps=3, output_type="pt").images
     >>> last_two = pipe(2, generator=image_generators(0, 2, 2), num_inference_steps=3, output_type="pt").images
-    >>> torch.equal(four[2:], last_two)
-    True
+    >>> (four[2:] - last_two).abs().max() < 1e-5  # the same images (up to the UNet's batch-size round-off)
+    tensor(True)
 
     ```
     """

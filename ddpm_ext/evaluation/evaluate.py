@@ -585,7 +585,7 @@ def evaluate(config: EvaluationConfig | argparse.Namespace) -> dict[str, Any]:
     Example:
 
     ```py
-    >>> from ddpm_ext.evaluation import EvaluationConfig, evaluate
+    >>> from ddpm_ext.evaluation.evaluate import EvaluationConfig, evaluate
     >>> results = evaluate(EvaluationConfig("outputs/mnist", num_bpd_images=4, num_samples=0))  # doctest: +SKIP
     >>> results["bits_per_dim"][0]["bits_per_dim"]  # doctest: +SKIP
     1.9

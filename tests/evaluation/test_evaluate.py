@@ -248,3 +248,12 @@ def test_evaluation_reads_16bit_images_at_8_bits(tiny_pipeline, tmp_path):
     pixels = run.pixels(np.arange(3))  # uint8 (3, 1, 8, 8), files in sorted order
     assert np.array_equal(pixels[0, 0].numpy(), values >> 8)
     assert np.array_equal(pixels[1, 0].numpy(), (65535 - values) >> 8)
+
+
+def test_docstring_examples():
+    import doctest
+
+    import ddpm_ext.evaluation.evaluate as evaluate_mod
+
+    result = doctest.testmod(evaluate_mod, optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
+    assert result.failed == 0 and result.attempted > 0

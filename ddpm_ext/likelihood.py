@@ -96,7 +96,8 @@ def check_images_on_grid(images: Any, *, name: str = "images", channels: int | N
             f"`{name}` must lie on the 8-bit grid x = u / 127.5 - 1 (u integer in 0..255): a value is {off:.3g} of a "
             f"bin away from it (allowed {GRID_TOLERANCE}). Quantize first: `((x + 1) * 127.5).round() / 127.5 - 1`."
         )
-    return normalize(u.round().clamp(0, 255), images.dtype if images.dtype == torch.float64 else torch.float32)
+    # snapped in float64, then stored as float32 (or float64): the values every earlier bits/dim was computed on
+    return normalize(u.round().clamp(0, 255), torch.float64).to(images.dtype if images.dtype == torch.float64 else torch.float32)
 
 
 def _as_ddpm_scheduler(scheduler: Any) -> DDPMExtScheduler:

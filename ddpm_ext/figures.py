@@ -774,8 +774,8 @@ def inpainting_figure(
     from .pipelines.pipeline_ddpm_ext_inpaint import DDPMExtInpaintPipeline, make_mask
 
     steps = _check_steps(pipeline, "num_inference_steps", num_inference_steps)
-    k = _check_int("num_columns", num_columns, 1)
-    seed = _check_int("seed", seed, 0)
+    k = check_int("num_columns", num_columns, 1)
+    seed = check_int("seed", seed, 0)
     if not isinstance(image, torch.Tensor) or image.ndim not in (3, 4) or (image.ndim == 4 and image.shape[0] != 1):
         raise ValueError(f"`image` must be a tensor (C, H, W) or (1, C, H, W) in [-1, 1], got {getattr(image, 'shape', image)!r}.")
     x = (image if image.ndim == 4 else image[None]).detach().float().cpu()
@@ -789,14 +789,14 @@ def inpainting_figure(
     m = len(kinds)
     out = pipe(
         x.expand(m, -1, -1, -1), masks, num_inference_steps=steps, jump_length=jump_length,
-        jump_n_sample=jump_n_sample, generator=_generators([seed] * m), output_type="pt", return_trajectory=True,
+        jump_n_sample=jump_n_sample, generator=[torch.Generator().manual_seed(seed) for _ in range(m)], output_type="pt", return_trajectory=True,
     )
     traj = torch.stack(out.trajectory[:-1], dim=1)  # (M, L, C, H, W): x_T ... the last x before x_0
     cols = np.unique(np.linspace(0, traj.shape[1] - 1, min(k, traj.shape[1])).round().astype(int)).tolist()
     ts = [out.timesteps[i] for i in cols]
     samples = traj[:, cols]
-    completions = out.images.cpu() * 2 - 1
-    shown_mask = (out.fill_mask.float() * 2 - 1).expand(-1, x.shape[1], -1, -1)  # white = fill
+    completions = from_unit(out.images.cpu())
+    shown_mask = from_unit(out.fill_mask.float()).expand(-1, x.shape[1], -1, -1)  # white = fill
     labels = ["input", "mask\n(white: fill)", *[f"t={_paper_t(t)}" for t in ts], "completion"]
     ncols = len(labels)
     rows = []

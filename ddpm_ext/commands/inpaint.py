@@ -18,12 +18,12 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import torch
 from PIL import Image
 
 from ..files import atomic_path
 from ..pipelines.pipeline_ddpm_ext_inpaint import DDPMExtInpaintPipeline, repaint_schedule
 from ..schedulers.scheduling_ddim_ext import DDIMExtScheduler
+from ..seeding import image_generators
 from .cli import nonnegative_int, pick_device, positive_int
 from .sample import SCHEDULERS, check_output_file
 
@@ -64,7 +64,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--no-noise", dest="no_noise", action="store_true",
         help="Model steps without the added noise z (the kept region and the jumps stay noisy).",
     )
-    parser.add_argument("--seed", type=nonnegative_int, default=0, help="Seed of the generator (default: 0).")
+    parser.add_argument("--seed", type=nonnegative_int, default=0, help="Seed: the generator of image 0 of this seed (ddpm_ext.seeding.image_generators), as `ddpm-ext sample` "
+                        "draws it (default: 0).")
     parser.add_argument("--device", default=None, help="Torch device (default: cuda if available, else cpu).")
 
 
@@ -114,7 +115,7 @@ def run(args: argparse.Namespace) -> int:
         jump_length=args.jump_length,
         jump_n_sample=args.jump_n_sample,
         stochastic=not args.no_noise,
-        generator=torch.Generator().manual_seed(args.seed),
+        generator=image_generators(args.seed, 0, 1),  # x_T of image 0 of --seed, as in `ddpm-ext sample`
         output_type="pil",
         **kwargs,
     )

@@ -41,7 +41,7 @@ from PIL import Image
 from torch import nn
 
 from ..files import atomic_path
-from ..images import images_to_uint8
+from ..images import images_to_uint8, normalize
 from ..validation import check_int, check_number
 
 __all__ = [
@@ -116,7 +116,7 @@ def _images_to_model_input(images: ImageInput) -> torch.Tensor:
     arr = images_to_uint8(t)  # (B, H, W, 1) uint8; also checks emptiness and the list case
     if arr.shape[-1] != 1:
         raise ValueError(f"`images` must be grayscale (one channel), got {arr.shape[-1]} channels.")
-    x = torch.from_numpy(arr[..., 0].astype(np.float32)).unsqueeze(1) / 127.5 - 1.0  # (B, 1, H, W) in [-1, 1]
+    x = normalize(torch.from_numpy(arr[..., 0])).unsqueeze(1)  # (B, 1, H, W) in [-1, 1]
     if x.shape[-2:] != (IMAGE_SIZE, IMAGE_SIZE):
         x = F.interpolate(x, size=(IMAGE_SIZE, IMAGE_SIZE), mode="bilinear", align_corners=False, antialias=True)
         x = x.clamp(-1.0, 1.0)
@@ -356,7 +356,7 @@ def train_digit_classifier(
     if num_threads is not None:
         num_threads = check_int("num_threads", num_threads, 1)
     pixels, labels = load_mnist_5k_arrays("train")
-    x_all = pixels.float() / 127.5 - 1.0  # (4500, 1, 28, 28) in [-1, 1]
+    x_all = normalize(pixels)  # (4500, 1, 28, 28) in [-1, 1]
     n = x_all.shape[0]
     steps_per_epoch = math.ceil(n / batch_size)
 

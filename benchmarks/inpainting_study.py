@@ -40,6 +40,9 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))  # the package, without installing
 
+from ddpm_ext.images import from_unit  # noqa: E402
+from ddpm_ext.seeding import image_generators  # noqa: E402
+
 DEFAULT_CLASSIFIER = "ddpm_ext.evaluation.digit_classifier:DigitClassifier.pretrained"
 MASKS = ("top_half", "left_half")
 
@@ -158,10 +161,10 @@ def run_study(
             def ours() -> torch.Tensor:
                 outs = []
                 for b in batches:
-                    gens = [torch.Generator().manual_seed(seed + i) for i in range(b.start, b.stop)]
+                    gens = image_generators(seed, b.start, b.stop - b.start)
                     out = inpaint(x0[b], fill.float(), num_inference_steps=steps, jump_length=jump_length,
                                   jump_n_sample=r, generator=gens, output_type="pt")
-                    outs.append(out.images * 2 - 1)
+                    outs.append(from_unit(out.images))
                 return torch.cat(outs)
 
             done, secs = _timed(ours, device)
@@ -177,7 +180,7 @@ def run_study(
                     keep = (~fill).float().expand(b.stop - b.start, -1, -1, -1)  # RePaintPipeline: 1 = keep
                     out = theirs(x0[b], keep, num_inference_steps=steps, jump_length=jump_length, jump_n_sample=r,
                                  eta=1.0, generator=torch.Generator().manual_seed(seed + k), output_type="np")
-                    outs.append(torch.from_numpy(out.images).permute(0, 3, 1, 2) * 2 - 1)
+                    outs.append(from_unit(torch.from_numpy(out.images).permute(0, 3, 1, 2)))
                 return torch.cat(outs)
 
             done, secs = _timed(diffusers_repaint, device)

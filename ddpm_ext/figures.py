@@ -791,7 +791,7 @@ def inpainting_figure(
     m = len(kinds)
     out = pipe(
         x.expand(m, -1, -1, -1), masks, num_inference_steps=steps, jump_length=jump_length,
-        jump_n_sample=jump_n_sample, generator=[torch.Generator().manual_seed(seed) for _ in range(m)], output_type="pt", return_trajectory=True,
+        jump_n_sample=jump_n_sample, generator=[g for _ in range(m) for g in image_generators(seed, 0, 1)], output_type="pt", return_trajectory=True,
     )
     traj = torch.stack(out.trajectory[:-1], dim=1)  # (M, L, C, H, W): x_T ... the last x before x_0
     cols = np.unique(np.linspace(0, traj.shape[1] - 1, min(k, traj.shape[1])).round().astype(int)).tolist()

@@ -8,7 +8,8 @@ import torch
 
 from ..figures import _check_steps, ddpm_vs_ddim_figure, forward_process_figure, noise_comparison_figure, reverse_trajectory_figure, schedule_figure
 from ..pipelines.pipeline_ddpm_ext import DDPMExtPipeline
-from .cli import check_output_dir, nonnegative_int, pick_device, positive_int
+from ..validation import resolve_device
+from .cli import check_output_dir, nonnegative_int, positive_int
 
 __all__ = ["add_arguments", "run"]
 
@@ -71,7 +72,7 @@ def run(args: argparse.Namespace) -> int:
     out = check_output_dir(args.output_dir, "--output_dir")
     pipe = None
     if args.pipeline is not None:
-        pipe = DDPMExtPipeline.from_pretrained(args.pipeline).to(pick_device(args.device))
+        pipe = DDPMExtPipeline.from_pretrained(args.pipeline).to(resolve_device(args.device))
         for s in [args.steps, *args.step_counts]:
             _check_steps(pipe, "--steps / --step_counts", s)
     T = args.num_train_timesteps or (pipe.scheduler.config.num_train_timesteps if pipe is not None else 1000)

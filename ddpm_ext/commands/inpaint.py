@@ -21,10 +21,14 @@ from pathlib import Path
 from PIL import Image
 
 from ..files import atomic_path
-from ..pipelines.pipeline_ddpm_ext_inpaint import DDPMExtInpaintPipeline, repaint_schedule
+from ..pipelines.pipeline_ddpm_ext_inpaint import (
+    DDPMExtInpaintPipeline,
+    repaint_schedule,
+)
 from ..schedulers.scheduling_ddim_ext import DDIMExtScheduler
 from ..seeding import image_generators
-from .cli import nonnegative_int, pick_device, positive_int
+from ..validation import resolve_device
+from .cli import nonnegative_int, positive_int
 from .sample import SCHEDULERS, check_output_file
 
 __all__ = ["add_arguments", "run", "DEFAULT_STEPS"]
@@ -103,7 +107,7 @@ def run(args: argparse.Namespace) -> int:
     steps = args.steps if args.steps is not None else min(DEFAULT_STEPS, T)
     if steps > T:
         raise ValueError(f"`--steps` must be at most the pipeline's num_train_timesteps = {T}, got {steps}.")
-    pipe = pipe.to(pick_device(args.device))
+    pipe = pipe.to(resolve_device(args.device))
     repaint_schedule(steps, args.jump_length, args.jump_n_sample)  # checked here too, before any UNet call
 
     # 3. Inpaint (the pipeline checks image, mask and sizes before its first UNet call; its bar goes to stderr)

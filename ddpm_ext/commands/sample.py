@@ -21,14 +21,14 @@ import numpy as np
 from PIL import Image
 from tqdm.auto import tqdm
 
-from .cli import check_output_dir, nonnegative_int, pick_device, positive_int
 from ..files import write_with
 from ..images import save_image_grid, to_pil
 from ..pipelines.pipeline_ddpm_ext import DDPMExtPipeline
 from ..schedulers.scheduling_ddim_ext import DDIMExtScheduler
 from ..schedulers.scheduling_ddpm_ext import DDPMExtScheduler
 from ..seeding import image_generators
-from ..validation import check_number
+from ..validation import check_number, resolve_device
+from .cli import check_output_dir, nonnegative_int, positive_int
 
 __all__ = ["SCHEDULERS", "add_arguments", "run", "check_output_file"]
 
@@ -94,7 +94,7 @@ def run(args: argparse.Namespace) -> int:
         check_number("--eta", args.eta, 0, 1)
     output = check_output_file(args.output, "--output")
     images_dir = check_output_dir(args.images_dir, "--images_dir") if args.images_dir is not None else None
-    device = pick_device(args.device)
+    device = resolve_device(args.device)
 
     # 2. The pipeline, and the options that depend on it
     pipe = DDPMExtPipeline.from_pretrained(args.pipeline)

@@ -5,7 +5,6 @@ import os
 from pathlib import Path
 
 import datasets
-import numpy as np
 from PIL import Image
 
 from ..validation import check_int

@@ -12,10 +12,8 @@ from ..images import GRAY_MODES, convert_image, normalize
 from ..validation import check_int
 from .loading import find_image_column
 
-
 # Kept for code that imported the former private helper (pipelines/pipeline_ddpm_ext_inpaint.py); use
 # `ddpm_ext.images.convert_image`.
-_to_mode = convert_image
 
 # Column added by `preprocess_dataset` when the transform is random: the row index that keys augmentation.
 INDEX_COLUMN = "__ddpm_ext_index__"

@@ -51,7 +51,7 @@ import torch
 from ..files import atomic_write_text
 from ..images import normalize, save_image_grid, to_uint8
 from ..seeding import image_generators
-from ..validation import check_choice, check_int, learns_variance
+from ..validation import check_choice, check_int, learns_variance, resolve_device
 
 __all__ = [
     "SAMPLER_KINDS",
@@ -252,18 +252,6 @@ class EvaluationConfig:
 # ----------------------------------------------------------------------------------------------------------
 
 
-def _resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except (RuntimeError, TypeError) as err:
-        raise ValueError(f"`--device` {name!r} is not a torch device ('auto', 'cpu', 'cuda', 'cuda:0', ...).") from err
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"`--device` {name!r}: CUDA is not available here; use 'cpu' or 'auto'.")
-    return device
-
-
 def _load_data(config: EvaluationConfig):
     """(data set, its identity for the cache key, split)."""
     from ..data import BUILTIN_DATASETS, load_image_dataset, validate_image_folder
@@ -355,7 +343,7 @@ def load_evaluation(config: EvaluationConfig) -> EvaluationRun:
     from .metrics import build_feature_extractor
 
     started = time.perf_counter()
-    device = _resolve_device(config.device)
+    device = resolve_device(config.device)
 
     # the pipeline and the checks that need it
     pipe = DDPMExtPipeline.from_pretrained(config.pipeline, revision=config.revision)

@@ -35,6 +35,7 @@ import PIL.Image
 import torch
 from diffusers.utils.torch_utils import randn_tensor
 
+from ..images import convert_image, normalize, to_unit
 from ..schedulers.scheduling_common import ScheduleMixin, draw_noise
 from ..validation import check_int
 from .pipeline_ddpm_ext import DDPMExtPipeline, DDPMExtPipelineOutput, OutputType
@@ -241,7 +242,7 @@ def prepare_mask(
     if values.dtype == torch.bool:
         values = values.float()
     elif values.dtype == torch.uint8:
-        values = values.float() / 255.0
+        values = to_unit(normalize(values))  # uint8 -> [0, 1]
     elif values.is_floating_point():
         values = values.float()
         low, high = float(values.min()), float(values.max())
@@ -457,17 +458,15 @@ class DDPMExtInpaintPipeline(DDPMExtPipeline):
 
     def _pil_images(self, images: Sequence[PIL.Image.Image]) -> torch.Tensor:
         """PIL images at their own size -> (B, C, H, W) in [-1, 1], in the UNet's channels (1: "L", 3: "RGB")."""
-        from ..data.transforms import _to_mode  # the training transform's mode conversion (imports `datasets`)
-
         channels = self.unet.config.in_channels
         if channels not in (1, 3):
             raise ValueError(f"PIL `image` needs a UNet with 1 or 3 input channels, this one has {channels}; pass a tensor.")
         sizes = {im.size for im in images}
         if len(sizes) > 1:
             raise ValueError(f"All `image` PIL images must have one size, got {sorted(sizes)}.")
-        arr = np.stack([np.asarray(_to_mode(im, "L" if channels == 1 else "RGB"), dtype=np.uint8) for im in images])
+        arr = np.stack([np.asarray(convert_image(im, "L" if channels == 1 else "RGB"), dtype=np.uint8) for im in images])
         arr = arr[..., None] if arr.ndim == 3 else arr  # (B, H, W, C)
-        return torch.from_numpy(arr).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+        return normalize(torch.from_numpy(arr).permute(0, 3, 1, 2))
 
     def _check_image_size(self, x0: torch.Tensor) -> None:
         channels = self.unet.config.in_channels

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 
 from ddpm_ext.seeding import image_generators
 from PIL import Image

@@ -18,6 +18,7 @@ from ddpm_ext.pipelines.pipeline_ddpm_ext_inpaint import (
     prepare_mask,
     repaint_schedule,
 )
+from ddpm_ext.seeding import image_generators
 from tiny_pipeline import TINY_SIZE, make_tiny_pipeline
 
 S = TINY_SIZE  # 16
@@ -314,7 +315,7 @@ def test_inpainting_figure_draws_what_the_pipeline_gives(tmp_path):
     inp = DDPMExtInpaintPipeline.from_pipe(pipe)
     inp.set_progress_bar_config(disable=True)
     expected = inp(image[None].expand(3, -1, -1, -1), masks, num_inference_steps=6, jump_length=2, jump_n_sample=2,
-                   generator=[torch.Generator().manual_seed(4) for _ in range(3)],
+                   generator=[g for _ in range(3) for g in image_generators(4, 0, 1)],
                    output_type="pt").images * 2 - 1
     torch.testing.assert_close(fig.completions, expected, rtol=0, atol=1e-6)
     keep = ~fig.fill_masks

@@ -26,6 +26,17 @@ fixed_large / learned_range), `ddpm-noz:STEPS` (DDPM's mean only, without the ad
 has its own generator, [`ddpm_ext.seeding.image_generators`], the rule of every command), so rows differ only
 by the sampler.
 
+Each sampler's row also has precision and recall (Kynkäänniemi et al. 2019) and density and coverage (Naeem et
+al. 2020) on the same features as FID/KID (k = `--nearest_k`, default 5; skipped with the reason, and a
+warning, when the samples or the real images number fewer than k + 2), and the mean pixel value in [0, 1] (a
+cheap check of grey backgrounds). For MNIST-like data the digit judge
+([`ddpm_ext.evaluation.digit_classifier`], images resized to 28×28) adds its classifier Inception Score, the
+digits present and the normalized entropy of the predicted digits, per sampler and for the real reference
+images (the ceiling). The rule, `--digit_judge`: `auto` (default) turns it on for 1-channel (grayscale)
+models, `on` requires one, `off` skips it. `--update_model_card` writes a compact table of the results, the
+command and the date between the metrics markers of `<pipeline folder>/README.md`
+([`ddpm_ext.evaluation.report`]).
+
 FID and KID use [`ddpm_ext.metrics`]: EfficientNet-Lite0 features by default (offline; **not comparable to
 published Inception FIDs**, and labelled so everywhere), or Inception-v3 with `--feature_extractor inception`
 when torch-fidelity and its weights are available. The features of the real images are cached per data set,
@@ -659,9 +670,11 @@ def evaluate(config: EvaluationConfig | argparse.Namespace) -> dict[str, Any]:
             is accepted too).
 
     Returns:
-        `dict`: `bits_per_dim` (one row per variance type), `samples` (one row per sampler, FID/KID with the
-        extractor's label), `reference` (the cached real-image statistics), `config`, `environment`,
-        `markdown` (the table), and `files` (what was written to `output_dir`).
+        `dict`: `bits_per_dim` (one row per variance type), `samples` (one row per sampler: FID/KID with the
+        extractor's label, precision/recall/density/coverage, mean pixel, the judge's scores), `reference` (the
+        cached real-image statistics), `digit_judge` (when on: the real images' scores), `config`, `command`
+        (the equivalent `ddpm-ext evaluate` line), `environment`, `markdown` (the table), and `files` (what was
+        written: `output_dir`'s files, the model card).
 
     Raises:
         `ValueError`: For a bad option ([`EvaluationConfig`]) or one that does not fit the pipeline or the data
@@ -721,7 +734,7 @@ def evaluate(config: EvaluationConfig | argparse.Namespace) -> dict[str, Any]:
                 "description": (
                     "Inception Score with ddpm_ext's digit classifier in place of Inception-v3 "
                     f"(ddpm_ext.evaluation.digit_classifier; {100 * heldout.get('accuracy', float('nan')):.1f}% "
-                    "accuracy on the 500 held-out mnist-5k digits; max 10)."),
+                    "accuracy on the 500 held-out mnist-5k digits; max 10)"),
             }
 
     results["config"] = {k: ([s.spec for s in v] if k == "samplers" else v) for k, v in vars(config).items()}
@@ -810,14 +823,14 @@ def results_markdown(results: dict[str, Any]) -> str:
             lines.append(
                 f"| real images | – | – | – | {real['num_images']} | – | – | – | – | – | – | – | "
                 f"{real['mean_pixel']:.3f} | {real['classifier_is']:.2f} | {real['classes_present']} | "
-                f"{real['class_entropy']:.3f} | – | – |"
+                f"{_fmt3(real['class_entropy'])} | – | – |"
             )
         for r in results["samples"]:
             grid = f"[{r['grid']}]({r['grid']})" if r.get("grid") else "–"
             eta = _fmt(r["eta"]) if r["eta"] is not None else "–"
             new = [_fmt3(r.get(k)) for k in PRDC_KEYS] + [_fmt3(r.get("mean_pixel"))]
             if judge:
-                new += [f"{r['classifier_is']:.2f}", str(r["classes_present"]), f"{r['class_entropy']:.3f}"]
+                new += [f"{r['classifier_is']:.2f}", str(r["classes_present"]), _fmt3(r["class_entropy"])]
             lines.append(
                 f"| {r['sampler']} | {r['steps']} | {eta} | {'yes' if r['adds_noise'] else 'no'} | {r['num_fake']} | "
                 f"{r['fid']:.2f} | {1e3 * r['kid_mean']:.2f} | {1e3 * r['kid_std']:.2f} | {' | '.join(new)} | "
@@ -827,5 +840,5 @@ def results_markdown(results: dict[str, Any]) -> str:
 
 
 def _fmt3(value: float | None) -> str:
-    return "–" if value is None else f"{value:.3f}"
+    return "–" if value is None else f"{value + 0.0:.3f}"  # + 0.0: an entropy of -0.0 prints as 0.000
 

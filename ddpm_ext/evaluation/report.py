@@ -147,16 +147,18 @@ def model_card_metrics(results: dict[str, Any], date: str | None = None) -> str:
         head = ["sampler", "FID", "KID ×10³", "precision", "recall"] + (["classifier IS"] if judge else [])
         lines += ["", f"Sample quality of {first['num_fake']} samples per sampler against {first['num_real']} real "
                       f"images; {fe['label']}:", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        if judge:  # the ceiling first
+            ref = judge["reference"]
+            lines.append(f"| real images ({ref['num_images']}) | – | – | – | – | {ref['classifier_is']:.2f} |")
         for r in results["samples"]:
             cells = [r["sampler"], f"{r['fid']:.2f}", f"{1e3 * r['kid_mean']:.2f} ± {1e3 * r['kid_std']:.2f}",
                      _num(r.get("precision"), ".3f"), _num(r.get("recall"), ".3f")]
             lines.append("| " + " | ".join(cells + ([_num(r.get("classifier_is"), ".2f")] if judge else [])) + " |")
         if judge:
-            ref = judge["reference"]
-            lines.append("| real images (" + str(ref["num_images"]) + ") | – | – | – | – | "
-                         f"{ref['classifier_is']:.2f} |")
-            lines += ["", f"Classifier IS: {judge['description']}"]
-        if first.get("nearest_k"):
+            lines += ["", f"Classifier IS: {judge['description']}."]
+        if first.get("prdc_skipped"):
+            lines += ["", f"Precision/recall skipped: {first['prdc_skipped']}."]
+        elif first.get("nearest_k"):
             lines += ["", f"Precision/recall (Kynkäänniemi et al. 2019) on the same features, k = {first['nearest_k']}."]
     lines += ["", "Command:", "", "```bash", results.get("command", "ddpm-ext evaluate"), "```"]
     return "\n".join(lines)

@@ -131,22 +131,23 @@ def model_card_metrics(results: dict[str, Any], date: str | None = None) -> str:
         results (`dict`): What [`evaluate`] returns.
         date (`str`, *optional*): ISO date shown; default today (UTC).
     """
-    date = date or datetime.datetime.now(datetime.timezone.utc).date().isoformat()
+    date = date or datetime.datetime.now(datetime.UTC).date().isoformat()
     lines = [
-        f"Measured with `ddpm-ext evaluate` on {date} against `{results['dataset']}` (split `{results['split']}`), "
-        f"{results['image_size']}×{results['image_size']}, {results['channels']} channel(s).",
+        (f"Measured with `ddpm-ext evaluate` on {date} against `{results['dataset']}` (split `{results['split']}`), "
+         f"{results['image_size']}×{results['image_size']}, {results['channels']} channel(s)."),
     ]
     if results["bits_per_dim"]:
-        lines += ["", f"Bits/dim of {results['bits_per_dim'][0]['num_images']} held-out images (upper bound, "
-                      "± standard error):", "", "| σ² (variance_type) | bits/dim | ± s.e. |", "|---|---|---|"]
+        n = results["bits_per_dim"][0]["num_images"]
+        lines += ["", f"Bits/dim of {n} held-out images (upper bound, ± standard error):", "",
+                  "| σ² (variance_type) | bits/dim | ± s.e. |", "|---|---|---|"]
         lines += [f"| {r['variance_type']} | {r['bits_per_dim']:.4f} | {_num(r['sem'], '.2g')} |"
                   for r in results["bits_per_dim"]]
     if results["samples"]:
         fe, judge = results["feature_extractor"], results.get("digit_judge")
         first = results["samples"][0]
         head = ["sampler", "FID", "KID ×10³", "precision", "recall"] + (["classifier IS"] if judge else [])
-        lines += ["", f"Sample quality of {first['num_fake']} samples per sampler against {first['num_real']} real "
-                      f"images; {fe['label']}:", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        lines += ["", (f"Sample quality of {first['num_fake']} samples per sampler against {first['num_real']} "
+                       f"real images; {fe['label']}:"), "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         if judge:  # the ceiling first
             ref = judge["reference"]
             lines.append(f"| real images ({ref['num_images']}) | – | – | – | – | {ref['classifier_is']:.2f} |")

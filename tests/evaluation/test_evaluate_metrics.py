@@ -45,11 +45,15 @@ def small_run(tiny_pipeline_dir, tmp_path_factory):
 
 
 def test_new_columns_equal_the_metrics_called_directly(small_run):
-    from ddpm_ext.evaluation.digit_classifier import DigitClassifier, class_coverage, classifier_inception_score
+    from ddpm_ext.evaluation.digit_classifier import (
+        DigitClassifier,
+        class_coverage,
+        classifier_inception_score,
+    )
     from ddpm_ext.evaluation.metrics import extract_features
     from ddpm_ext.evaluation.precision_recall import precision_recall_density_coverage
 
-    config, results, out = small_run
+    config, results, _ = small_run
     row = results["samples"][0]
     # the same samples and reference, through the steps
     run = load_evaluation(config)
@@ -82,7 +86,11 @@ def test_new_columns_equal_the_metrics_called_directly(small_run):
 def test_real_reference_row_is_the_judge_on_the_held_out_digits(small_run):
     """The ceiling row: the same 12 real digits (seeded subset of the test split), at 16x16, scored by the judge."""
     from ddpm_ext.data import build_transform, load_mnist_5k
-    from ddpm_ext.evaluation.digit_classifier import DigitClassifier, class_coverage, classifier_inception_score
+    from ddpm_ext.evaluation.digit_classifier import (
+        DigitClassifier,
+        class_coverage,
+        classifier_inception_score,
+    )
 
     _, results, _ = small_run
     rows = np.sort(np.random.default_rng(0).permutation(500)[:12])
@@ -194,7 +202,7 @@ def test_update_model_card_replaces_only_the_marked_section(tiny_pipeline_dir, t
     assert "| fixed_small |" in section and "| fixed_large |" in section and "| ddim:3:0 |" in section
     assert "| sampler | FID | KID ×10³ | precision | recall | classifier IS |" in section
     assert "| real images (12) |" in section and "k = 3" in section
-    assert datetime.datetime.now(datetime.timezone.utc).date().isoformat() in section
+    assert datetime.datetime.now(datetime.UTC).date().isoformat() in section
     command = next(line for line in section.splitlines() if line.startswith("ddpm-ext evaluate "))
     assert "--update_model_card" in command and "--nearest_k 3" in command and "--samplers ddim:3:0" in command
     # the recorded command parses back to the same configuration
@@ -249,7 +257,7 @@ def test_replace_marked_section_examples():
 def test_report_docstring_examples():
     import doctest
 
-    import ddpm_ext.evaluation.report as report
+    from ddpm_ext.evaluation import report
 
     result = doctest.testmod(report, optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
     assert result.failed == 0 and result.attempted > 0

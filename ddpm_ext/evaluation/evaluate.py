@@ -17,6 +17,10 @@ ddpm-ext evaluate outputs/mnist --dataset mnist-5k --num_bpd_images 100 \
 # of the 500 reference digits, which are cached for the next run (then under a minute)
 ddpm-ext evaluate outputs/mnist --num_bpd_images 4 --num_samples 50 --kid_subset_size 25 \
     --samplers ddim:10:0 --output_dir /tmp/eval
+
+# the same numbers plus precision/recall/density/coverage with k = 5 (the default), the digit judge's columns
+# (auto: a grayscale model) and the table written into outputs/mnist/README.md between its metrics markers
+ddpm-ext evaluate outputs/mnist --num_samples 500 --samplers ddpm:1000 ddim:50:0 --nearest_k 5 --update_model_card
 ```
 
 Sampler specs: `ddpm:STEPS[:VARIANCE]` (ancestral DDPM, σ² of the pipeline or VARIANCE = fixed_small /

@@ -26,7 +26,7 @@ def _argparse_sampler(spec: str) -> SamplerSpec:
 
 def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """Add the evaluation options to `parser` (`ddpm-ext evaluate`); the defaults are [`EvaluationConfig`]'s."""
-    from ..evaluation.evaluate import CLIP_DENOISED_CHOICES
+    from ..evaluation.evaluate import CLIP_DENOISED_CHOICES, DIGIT_JUDGE_CHOICES
     from ..evaluation.metrics import FEATURE_EXTRACTORS
     from ..schedulers.scheduling_common import VARIANCE_TYPES
 
@@ -75,6 +75,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     a("--device", help="'auto' (CUDA when available, else CPU), 'cpu', 'cuda', 'cuda:1', ...")
     a("--output_dir",
       help="Write results.json, results.md and samples_<sampler>.png here (created); default: print only.")
+    a("--nearest_k", type=int_at_least(0),
+      help="k of precision/recall (Kynkäänniemi et al. 2019) and density/coverage (Naeem et al. 2020) on the FID "
+           "features; each of the samples and the real images needs >= k + 2 images, else they are skipped with the "
+           "reason; 0 skips them.")
+    a("--digit_judge", choices=DIGIT_JUDGE_CHOICES,
+      help="Score samples and real images with ddpm_ext's digit classifier (classifier IS, digits present, class "
+           "entropy; images resized to 28x28): auto (default) = on for 1-channel (grayscale) models, on, off.")
+    a("--update_model_card", action="store_true",
+      help="Replace the metrics section (between the ddpm_ext:metrics markers) of the pipeline folder's README.md "
+           "with these results, the command and the date.")
     a("--no_progress", action="store_true", help="Hide the progress bars.")
     return parser
 
@@ -89,7 +99,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     """The `ddpm-ext evaluate` command: [`evaluate`], then print the markdown table; return the exit status."""
-    print(evaluate(EvaluationConfig.from_namespace(args))["markdown"])
+    results = evaluate(EvaluationConfig.from_namespace(args))
+    print(results["markdown"])
+    if "model_card" in results["files"]:
+        print(f"Model card updated: {results['files']['model_card']}", file=sys.stderr)
     return 0
 
 

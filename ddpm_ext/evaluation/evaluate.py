@@ -17,6 +17,10 @@ ddpm-ext evaluate outputs/mnist --dataset mnist-5k --num_bpd_images 100 \
 # of the 500 reference digits, which are cached for the next run (then under a minute)
 ddpm-ext evaluate outputs/mnist --num_bpd_images 4 --num_samples 50 --kid_subset_size 25 \
     --samplers ddim:10:0 --output_dir /tmp/eval
+
+# the same numbers plus precision/recall/density/coverage with k = 5 (the default), the digit judge's columns
+# (auto: a grayscale model) and the table written into outputs/mnist/README.md between its metrics markers
+ddpm-ext evaluate outputs/mnist --num_samples 500 --samplers ddpm:1000 ddim:50:0 --nearest_k 5 --update_model_card
 ```
 
 Sampler specs: `ddpm:STEPS[:VARIANCE]` (ancestral DDPM, σ² of the pipeline or VARIANCE = fixed_small /
@@ -25,6 +29,17 @@ fixed_large / learned_range), `ddpm-noz:STEPS` (DDPM's mean only, without the ad
 ([`DDPMExtScheduler`] / [`DDIMExtScheduler`]`.from_config`) and starts from the same x_T per image (image i
 has its own generator, [`ddpm_ext.seeding.image_generators`], the rule of every command), so rows differ only
 by the sampler.
+
+Each sampler's row also has precision and recall (Kynkäänniemi et al. 2019) and density and coverage (Naeem et
+al. 2020) on the same features as FID/KID (k = `--nearest_k`, default 5; skipped with the reason, and a
+warning, when the samples or the real images number fewer than k + 2), and the mean pixel value in [0, 1] (a
+cheap check of grey backgrounds). For MNIST-like data the digit judge
+([`ddpm_ext.evaluation.digit_classifier`], images resized to 28×28) adds its classifier Inception Score, the
+digits present and the normalized entropy of the predicted digits, per sampler and for the real reference
+images (the ceiling). The rule, `--digit_judge`: `auto` (default) turns it on for 1-channel (grayscale)
+models, `on` requires one, `off` skips it. `--update_model_card` writes a compact table of the results, the
+command and the date between the metrics markers of `<pipeline folder>/README.md`
+([`ddpm_ext.evaluation.report`]).
 
 FID and KID use [`ddpm_ext.metrics`]: EfficientNet-Lite0 features by default (offline; **not comparable to
 published Inception FIDs**, and labelled so everywhere), or Inception-v3 with `--feature_extractor inception`
@@ -41,6 +56,7 @@ import math
 import os
 import platform
 import time
+import warnings
 from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -52,20 +68,26 @@ from ..files import atomic_write_text
 from ..images import normalize, save_image_grid, to_uint8
 from ..seeding import image_generators
 from ..validation import check_choice, check_int, learns_variance, resolve_device
+from .report import evaluation_command, update_model_card
 
 __all__ = [
+    "DIGIT_JUDGE_CHOICES",
+    "PRDC_KEYS",
     "SAMPLER_KINDS",
     "EvaluationConfig",
     "EvaluationRun",
     "SampledImages",
     "SamplerSpec",
     "evaluate",
+    "judge_scores",
     "load_evaluation",
+    "mean_pixel",
     "parse_sampler",
     "reference_features",
     "results_markdown",
     "sample_images",
     "score_likelihood",
+    "score_reference",
     "score_samples",
     "write_results",
 ]
@@ -163,6 +185,7 @@ def parse_sampler(spec: str | SamplerSpec) -> SamplerSpec:
 # ----------------------------------------------------------------------------------------------------------
 
 CLIP_DENOISED_CHOICES = ("auto", "true", "false")
+DIGIT_JUDGE_CHOICES = ("auto", "on", "off")
 
 
 @dataclass
@@ -208,6 +231,9 @@ class EvaluationConfig:
     device: str = "auto"  # CUDA when available, else the CPU
     output_dir: str | os.PathLike | None = None  # None: return (and print) the results only
     no_progress: bool = False  # progress bars on by default: sampling takes minutes
+    nearest_k: int = 5  # k of precision/recall/density/coverage, Naeem et al.'s recommendation; 0 skips them
+    digit_judge: str = "auto"  # "auto": on for 1-channel (grayscale) models, the judge's domain; "on" / "off"
+    update_model_card: bool = False  # the card is the user's file: rewrite its metrics section only when asked
 
     def __post_init__(self) -> None:
         from ..schedulers.scheduling_common import VARIANCE_TYPES
@@ -218,7 +244,7 @@ class EvaluationConfig:
         if self.max_real_images is not None:
             check_int("max_real_images", self.max_real_images, 2)
         for name, low in (("num_bpd_images", 0), ("num_samples", 0), ("kid_subset_size", 2), ("kid_subsets", 1),
-                          ("batch_size", 1), ("seed", 0), ("num_grid_images", 0)):
+                          ("batch_size", 1), ("seed", 0), ("num_grid_images", 0), ("nearest_k", 0)):
             setattr(self, name, check_int(name, getattr(self, name), low))
         if self.variance_types is not None:
             self.variance_types = [check_choice("variance_types", v, VARIANCE_TYPES) for v in self.variance_types]
@@ -226,6 +252,9 @@ class EvaluationConfig:
             self.clip_denoised = str(self.clip_denoised).lower()
         check_choice("clip_denoised", self.clip_denoised, CLIP_DENOISED_CHOICES)
         check_choice("feature_extractor", self.feature_extractor, FEATURE_EXTRACTORS)
+        check_choice("digit_judge", self.digit_judge, DIGIT_JUDGE_CHOICES)
+        if not isinstance(self.update_model_card, bool):
+            raise ValueError(f"`update_model_card` must be True or False, got {self.update_model_card!r}.")
         self.samplers = [parse_sampler(s) for s in (self.samplers or [])]
         if len({s.spec for s in self.samplers}) != len(self.samplers):
             raise ValueError(f"`--samplers` lists a sampler twice: {[s.spec for s in self.samplers]}.")
@@ -293,6 +322,10 @@ class EvaluationRun:
         order (`np.ndarray`): The seeded permutation of the data set's rows (bits/dim images first).
         transform ([`ImageTransform`]): Real image -> uint8 `(C, size, size)`, as in training (centre crop).
         extractor ([`FeatureExtractor`], *optional*): The FID/KID features (when samples are scored).
+        judge ([`DigitClassifier`], *optional*): The digit judge, when `digit_judge` turns it on.
+        prdc_skip_reason (`str`, *optional*): Why precision/recall/density/coverage are skipped (`nearest_k` is 0,
+            or too few images for it), else None.
+        model_card (`pathlib.Path`, *optional*): The card to update (`update_model_card`), checked.
         device (`torch.device`), started (`float`): Where it runs, and when the evaluation began.
     """
 
@@ -310,6 +343,9 @@ class EvaluationRun:
     extractor: Any
     device: torch.device
     started: float
+    judge: Any = None
+    prdc_skip_reason: str | None = None
+    model_card: Path | None = None
 
     @property
     def image_size(self) -> int:
@@ -327,6 +363,12 @@ class EvaluationRun:
         """uint8 `(N, C, size, size)` real images of the data set's `rows`."""
         return torch.stack([self.transform.to_uint8(self.dataset[int(r)][self.column]) for r in rows])
 
+    @property
+    def real_rows(self) -> np.ndarray:
+        """The rows of the reference images (all, or a seeded subset of `max_real_images`), sorted."""
+        n_data = len(self.dataset)
+        return np.sort(self.order[: self.num_real]) if self.num_real < n_data else np.arange(n_data)
+
 
 def load_evaluation(config: EvaluationConfig) -> EvaluationRun:
     """Step 1: load the pipeline and the real data, and check everything that needs them, before any long work.
@@ -334,8 +376,9 @@ def load_evaluation(config: EvaluationConfig) -> EvaluationRun:
     Raises:
         `ValueError`: For a pipeline that cannot be loaded, an unknown data set or split, a channel mismatch
             between the data and the model, a sampler that does not fit the model (steps > T, a variance the UNet
-            cannot give), too few images for KID's subset size or for bits/dim, or a feature extractor that
-            cannot be built.
+            cannot give), too few images for KID's subset size or for bits/dim, a feature extractor that
+            cannot be built, `digit_judge="on"` for a model that is not 1-channel, or `update_model_card` for a
+            pipeline that is not a local folder with a README.md holding the metrics markers.
     """
     from ..data import ImageTransform, find_image_column, infer_channels
     from ..pipelines.checkpoint_io import check_components, square_sample_size
@@ -344,6 +387,11 @@ def load_evaluation(config: EvaluationConfig) -> EvaluationRun:
 
     started = time.perf_counter()
     device = resolve_device(config.device)
+    card = None
+    if config.update_model_card:  # before loading anything: the card is checked first, the write comes last
+        from .report import check_model_card
+
+        card = check_model_card(config.pipeline)
 
     # the pipeline and the checks that need it
     pipe = DDPMExtPipeline.from_pretrained(config.pipeline, revision=config.revision)
@@ -352,6 +400,12 @@ def load_evaluation(config: EvaluationConfig) -> EvaluationRun:
     size = square_sample_size(unet, "Evaluation's images")
     channels = int(unet.config.in_channels)
     learned = int(unet.config.out_channels) == 2 * channels
+    use_judge = config.digit_judge == "on" or (config.digit_judge == "auto" and channels == 1)
+    if config.digit_judge == "on" and channels != 1:
+        raise ValueError(
+            f"`--digit_judge` 'on' needs a 1-channel (grayscale) model, the judge's domain (MNIST digits), but "
+            f"{str(config.pipeline)!r} makes {channels}-channel images; allowed for it: auto, off."
+        )
     variance_types = list(config.variance_types) if config.variance_types else (
         ["learned_range", "fixed_small", "fixed_large"] if learned else ["fixed_small", "fixed_large"]
     )
@@ -400,10 +454,21 @@ def load_evaluation(config: EvaluationConfig) -> EvaluationRun:
             f"`--num_bpd_images` {config.num_bpd_images} is more than the {n_data} images of {config.dataset!r} "
             f"(split {split!r}); allowed: 0..{n_data}."
         )
-    extractor = None
+    extractor = judge = skip = None
     if config.do_samples:  # built before any long computation: a missing backend fails fast
         extractor = build_feature_extractor(config.feature_extractor, inception_weights=config.inception_weights,
                                             device=device)
+        if use_judge:
+            from .digit_classifier import DigitClassifier
+
+            judge = DigitClassifier.pretrained(device=device)
+        fewest = min(config.num_samples, n_real)
+        if config.nearest_k == 0:
+            skip = "nearest_k = 0"
+        elif fewest < config.nearest_k + 2:
+            skip = (f"too few images for nearest_k={config.nearest_k}: {config.num_samples} samples and {n_real} "
+                    f"real images, each set needs >= {config.nearest_k + 2}; lower --nearest_k or raise --num_samples")
+            warnings.warn(f"Precision/recall/density/coverage skipped: {skip}.", UserWarning, stacklevel=2)
     pipe.to(device)
     pipe.set_progress_bar_config(disable=config.no_progress, leave=False)
     return EvaluationRun(
@@ -411,7 +476,7 @@ def load_evaluation(config: EvaluationConfig) -> EvaluationRun:
         split=split, data_identity=data_identity, num_real=n_real,
         order=np.random.default_rng(config.seed).permutation(n_data),
         transform=ImageTransform(size, center_crop=True, channels=channels), extractor=extractor, device=device,
-        started=started,
+        started=started, judge=judge, prdc_skip_reason=skip, model_card=card,
     )
 
 
@@ -493,7 +558,7 @@ def reference_features(run: EvaluationRun):
     from .metrics import reference_statistics
 
     config, n_data = run.config, len(run.dataset)
-    real_rows = np.sort(run.order[: run.num_real]) if run.num_real < n_data else np.arange(n_data)
+    real_rows = run.real_rows
     key = {
         "dataset": run.data_identity, "split": run.split, "image_size": run.image_size, "channels": run.channels,
         "num_images": int(run.num_real), "subset_seed": config.seed if run.num_real < n_data else None,
@@ -514,9 +579,48 @@ def reference_features(run: EvaluationRun):
     )
 
 
+PRDC_KEYS = ("precision", "recall", "density", "coverage")
+
+
+def mean_pixel(images: torch.Tensor) -> float:
+    """The mean pixel value of uint8 images, in [0, 1] (real mnist digits ≈ 0.13; a grey background shows here)."""
+    return float(images.double().mean() / 255.0)
+
+
+def judge_scores(judge, images: torch.Tensor, batch_size: int = 256) -> dict[str, Any]:
+    """The digit judge's scores of uint8 images `(N, 1, H, W)` (resized to 28×28 by the judge).
+
+    Returns:
+        `dict`: `classifier_is` ([`classifier_inception_score`] of p(y|x)), `classes_present` (digits predicted at
+        least once, of 10), `class_entropy` (normalized entropy of the predicted-digit histogram, in [0, 1]) and
+        `class_counts` (images per predicted digit), as [`class_coverage`] gives them.
+    """
+    from .digit_classifier import class_coverage, classifier_inception_score
+
+    probs = judge.predict_proba(images, batch_size=batch_size)  # (N, 10) float64
+    coverage = class_coverage(probs)
+    return {"classifier_is": classifier_inception_score(probs), "classes_present": coverage.num_present,
+            "class_entropy": coverage.normalized_entropy, "class_counts": list(coverage.counts)}
+
+
+def score_reference(run: EvaluationRun) -> dict[str, Any]:
+    """The real reference images scored like the samples: the judge's numbers and the mean pixel (the ceiling
+    each sampler's row is read against). Reads the images (no cache): called only when the judge is on."""
+    if run.judge is None:
+        raise ValueError("`run` has no digit judge (`digit_judge` is off, or the model is not 1-channel).")
+    rows, batch = run.real_rows, run.config.batch_size
+    images = torch.cat([run.pixels(rows[i : i + batch]) for i in range(0, len(rows), batch)])  # uint8 (N, 1, H, W)
+    return {"num_images": int(images.shape[0]), "mean_pixel": mean_pixel(images),
+            **judge_scores(run.judge, images, batch_size=batch)}
+
+
 def score_samples(run: EvaluationRun, samples: SampledImages, reference) -> dict[str, Any]:
-    """Step 4: FID and KID of one sampler's images against the reference statistics; one results row."""
+    """Step 4: one results row of a sampler's images: FID and KID against the reference statistics, precision,
+    recall, density and coverage on the same features ([`precision_recall_density_coverage`], k = `nearest_k`;
+    None with `prdc_skipped` saying why when there are too few images), the mean pixel value, and the digit
+    judge's scores ([`judge_scores`]) when the judge is on."""
     from .metrics import extract_features, sample_quality
+    from .precision_recall import precision_recall_density_coverage
 
     config, spec = run.config, samples.spec
     t0 = time.perf_counter()
@@ -527,6 +631,14 @@ def score_samples(run: EvaluationRun, samples: SampledImages, reference) -> dict
            "variance_type": None if spec.kind == "ddim" else run.schedulers[spec.spec].config.variance_type}
     row.update(sample_quality(feats, reference, run.extractor, kid_subset_size=config.kid_subset_size,
                               kid_subsets=config.kid_subsets, generator=torch.Generator().manual_seed(config.seed)))
+    row.update({"nearest_k": config.nearest_k, "prdc_skipped": run.prdc_skip_reason})
+    if run.prdc_skip_reason is None:
+        row.update(precision_recall_density_coverage(reference.features, feats, nearest_k=config.nearest_k))
+    else:
+        row.update(dict.fromkeys(PRDC_KEYS))
+    row["mean_pixel"] = mean_pixel(samples.images)
+    if run.judge is not None:
+        row.update(judge_scores(run.judge, samples.images, batch_size=config.batch_size))
     t_feat = time.perf_counter() - t0
     row.update({"sampling_time_s": samples.seconds, "feature_time_s": t_feat, "wall_time_s": samples.seconds + t_feat})
     return row
@@ -545,7 +657,8 @@ def write_results(results: dict[str, Any], grids: dict[str, torch.Tensor], outpu
             row["grid"] = path.name
     results["markdown"] = results_markdown(results)
     atomic_write_text(out / "results.md", results["markdown"])
-    results["files"] = {"json": str(out / "results.json"), "markdown": str(out / "results.md"),
+    results["files"] = {**results.get("files", {}), "json": str(out / "results.json"),
+                        "markdown": str(out / "results.md"),
                         "grids": [str(out / r["grid"]) for r in results["samples"] if "grid" in r]}
     saved = {k: v for k, v in results.items() if k != "markdown"}
     atomic_write_text(out / "results.json", json.dumps(saved, indent=2, default=_json_default) + "\n")
@@ -561,9 +674,11 @@ def evaluate(config: EvaluationConfig | argparse.Namespace) -> dict[str, Any]:
             is accepted too).
 
     Returns:
-        `dict`: `bits_per_dim` (one row per variance type), `samples` (one row per sampler, FID/KID with the
-        extractor's label), `reference` (the cached real-image statistics), `config`, `environment`,
-        `markdown` (the table), and `files` (what was written to `output_dir`).
+        `dict`: `bits_per_dim` (one row per variance type), `samples` (one row per sampler: FID/KID with the
+        extractor's label, precision/recall/density/coverage, mean pixel, the judge's scores), `reference` (the
+        cached real-image statistics), `digit_judge` (when on: the real images' scores), `config`, `command`
+        (the equivalent `ddpm-ext evaluate` line), `environment`, `markdown` (the table), and `files` (what was
+        written: `output_dir`'s files, the model card).
 
     Raises:
         `ValueError`: For a bad option ([`EvaluationConfig`]) or one that does not fit the pipeline or the data
@@ -613,6 +728,18 @@ def evaluate(config: EvaluationConfig | argparse.Namespace) -> dict[str, Any]:
         results["feature_extractor"] = {"name": extractor.name, "identity": extractor.identity,
                                         "comparable_to_published": extractor.comparable_to_published,
                                         "label": extractor.label}
+        if run.judge is not None:
+            heldout = json.loads(run.judge.metadata.get("heldout_test", "{}"))
+            results["digit_judge"] = {
+                "reference": score_reference(run),
+                "heldout_accuracy": heldout.get("accuracy"),
+                "rule": f"digit_judge={config.digit_judge!r}: " + (
+                    "on for 1-channel (grayscale) models" if config.digit_judge == "auto" else "on"),
+                "description": (
+                    "Inception Score with ddpm_ext's digit classifier in place of Inception-v3 "
+                    f"(ddpm_ext.evaluation.digit_classifier; {100 * heldout.get('accuracy', float('nan')):.1f}% "
+                    "accuracy on the 500 held-out mnist-5k digits; max 10)"),
+            }
 
     results["config"] = {k: ([s.spec for s in v] if k == "samplers" else v) for k, v in vars(config).items()}
     results["config"]["variance_types"] = run.variance_types
@@ -621,9 +748,12 @@ def evaluate(config: EvaluationConfig | argparse.Namespace) -> dict[str, Any]:
         "machine": platform.machine(), "cpu_threads": torch.get_num_threads(),
         "gpu": torch.cuda.get_device_name(run.device) if run.device.type == "cuda" else None,
     }
+    results["command"] = evaluation_command(config)
     results["total_time_s"] = time.perf_counter() - run.started
     results["markdown"] = results_markdown(results)
     results["files"] = {}
+    if run.model_card is not None:
+        results["files"]["model_card"] = str(update_model_card(config.pipeline, results))
     if config.output_dir is not None:
         write_results(results, grids, config.output_dir)
     return results
@@ -673,22 +803,46 @@ def results_markdown(results: dict[str, Any]) -> str:
     if results["samples"]:
         fe = results["feature_extractor"]
         ref = results["reference"]
+        judge = results.get("digit_judge")
+        first = results["samples"][0]
+        prdc = "PRDC skipped: " + first["prdc_skipped"] if first.get("prdc_skipped") else (
+            f"precision/recall (Kynkäänniemi et al. 2019) and density/coverage (Naeem et al. 2020) on the same "
+            f"features, k = {first.get('nearest_k')}")
         lines += [
             "",
             f"## Sample quality: {fe['label']}",
             "",
             f"Reference: {ref['num_images']} real images ({'cached' if ref['cache_hit'] else 'computed'}); KID "
-            f"(×10³) over {results['samples'][0]['kid_subsets']} subsets of {results['samples'][0]['kid_subset_size']}.",
+            f"(×10³) over {first['kid_subsets']} subsets of {first['kid_subset_size']}; {prdc}; mean pixel in [0, 1]."
+            + (f" Classifier IS, digits present (of 10) and class entropy (normalized): {judge['description']}; "
+               "the first row is the real reference images." if judge else ""),
             "",
-            "| sampler | steps | η | noise z | samples | FID | KID ×10³ | ± std | wall time (s) | grid |",
-            "|---|---|---|---|---|---|---|---|---|---|",
+            "| sampler | steps | η | noise z | samples | FID | KID ×10³ | ± std | precision | recall | density | "
+            "coverage | mean pixel | " + ("classifier IS | digits present | class entropy | " if judge else "")
+            + "wall time (s) | grid |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|" + ("---|---|---|" if judge else "") + "---|---|",
         ]
+        if judge:
+            real = judge["reference"]
+            lines.append(
+                f"| real images | – | – | – | {real['num_images']} | – | – | – | – | – | – | – | "
+                f"{real['mean_pixel']:.3f} | {real['classifier_is']:.2f} | {real['classes_present']} | "
+                f"{_fmt3(real['class_entropy'])} | – | – |"
+            )
         for r in results["samples"]:
             grid = f"[{r['grid']}]({r['grid']})" if r.get("grid") else "–"
             eta = _fmt(r["eta"]) if r["eta"] is not None else "–"
+            new = [_fmt3(r.get(k)) for k in PRDC_KEYS] + [_fmt3(r.get("mean_pixel"))]
+            if judge:
+                new += [f"{r['classifier_is']:.2f}", str(r["classes_present"]), _fmt3(r["class_entropy"])]
             lines.append(
                 f"| {r['sampler']} | {r['steps']} | {eta} | {'yes' if r['adds_noise'] else 'no'} | {r['num_fake']} | "
-                f"{r['fid']:.2f} | {1e3 * r['kid_mean']:.2f} | {1e3 * r['kid_std']:.2f} | {r['wall_time_s']:.1f} | {grid} |"
+                f"{r['fid']:.2f} | {1e3 * r['kid_mean']:.2f} | {1e3 * r['kid_std']:.2f} | {' | '.join(new)} | "
+                f"{r['wall_time_s']:.1f} | {grid} |"
             )
     return "\n".join(lines) + "\n"
+
+
+def _fmt3(value: float | None) -> str:
+    return "–" if value is None else f"{value + 0.0:.3f}"  # + 0.0: an entropy of -0.0 prints as 0.000
 

@@ -1,0 +1,180 @@
+"""Evaluation results written into a pipeline's model card (`ddpm-ext evaluate --update_model_card`).
+
+The card template (`ddpm_ext/hub/model_card_template.md`) wraps its metrics section in two HTML comments,
+[`METRICS_START`] and [`METRICS_END`]. [`update_model_card`] replaces what lies between them in
+`<pipeline folder>/README.md` by [`model_card_metrics`] of an [`evaluate`] result (a compact table: bits/dim per
+σ², per sampler FID/KID with the feature extractor named, precision/recall and the digit judge's classifier IS,
+then the command that produced them and the date); every byte outside the markers is kept, and the file is
+replaced atomically ([`ddpm_ext.files.atomic_write_text`]).
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import shlex
+from pathlib import Path
+from typing import Any
+
+from ..files import atomic_write_text
+
+__all__ = [
+    "METRICS_END",
+    "METRICS_START",
+    "check_model_card",
+    "evaluation_command",
+    "model_card_metrics",
+    "replace_marked_section",
+    "update_model_card",
+]
+
+METRICS_START = "<!-- ddpm_ext:metrics:start -->"
+METRICS_END = "<!-- ddpm_ext:metrics:end -->"
+
+
+def replace_marked_section(text: str, content: str, start: str = METRICS_START, end: str = METRICS_END) -> str:
+    """`text` with everything between the `start` and `end` markers replaced by `content` (on its own lines).
+
+    The markers themselves and everything outside them are kept byte for byte.
+
+    Raises:
+        `ValueError`: When a marker is missing, appears more than once, or `end` comes before `start`.
+
+    Example:
+
+    ```py
+    >>> replace_marked_section("a\\n<!-- s -->\\nold\\n<!-- e -->\\nb\\n", "new", "<!-- s -->", "<!-- e -->")
+    'a\\n<!-- s -->\\nnew\\n<!-- e -->\\nb\\n'
+
+    ```
+    """
+    counts = {marker: text.count(marker) for marker in (start, end)}
+    bad = {m: c for m, c in counts.items() if c != 1}
+    if bad:
+        found = ", ".join(f"{m!r} {c} time(s)" for m, c in bad.items())
+        raise ValueError(f"The model card must contain each metrics marker exactly once ({start!r}, {end!r}); found {found}.")
+    i, j = text.index(start) + len(start), text.index(end)
+    if j < i:
+        raise ValueError(f"The model card's metrics markers are out of order: {end!r} comes before {start!r}.")
+    return text[:i] + "\n" + content.strip("\n") + "\n" + text[j:]
+
+
+def check_model_card(pipeline: str | os.PathLike) -> Path:
+    """The `README.md` of a local pipeline folder whose metrics section can be replaced; checked before any work.
+
+    Raises:
+        `ValueError`: When `pipeline` is not a local folder (a Hub repo id), has no README.md, or the card lacks
+            the metrics markers.
+    """
+    folder = Path(pipeline).expanduser()
+    if not folder.is_dir():
+        raise ValueError(
+            f"`--update_model_card` needs a local pipeline folder, but `pipeline` {str(pipeline)!r} is not a folder "
+            "(a Hub repo id's card cannot be edited in place); download it or save it to a folder first."
+        )
+    card = folder / "README.md"
+    if not card.is_file():
+        raise ValueError(
+            f"`--update_model_card`: the pipeline folder {str(folder)!r} has no README.md (model card); write one "
+            "with `ddpm_ext.hub` (its template has the metrics markers) or drop `--update_model_card`."
+        )
+    try:
+        replace_marked_section(card.read_bytes().decode("utf-8"), "")
+    except ValueError as err:
+        raise ValueError(f"`--update_model_card`: {str(card)!r}: {err}") from None
+    return card
+
+
+def evaluation_command(config: Any) -> str:
+    """The `ddpm-ext evaluate` command line of an [`EvaluationConfig`]: the pipeline and every non-default option.
+
+    Example:
+
+    ```py
+    >>> from ddpm_ext.evaluation.evaluate import EvaluationConfig
+    >>> evaluation_command(EvaluationConfig("outputs/mnist", num_samples=50, samplers=["ddim:10:0", "ddpm:100"]))
+    'ddpm-ext evaluate outputs/mnist --num_samples 50 --samplers ddim:10:0 ddpm:100'
+
+    ```
+    """
+    from dataclasses import fields
+
+    defaults = type(config).defaults()
+    words = ["ddpm-ext", "evaluate", str(config.pipeline)]
+    for f in fields(config):
+        if f.name == "pipeline" or f.name == "no_progress":  # no_progress does not change a number
+            continue
+        value = getattr(config, f.name)
+        if f.name == "samplers":
+            value, default = [s.spec for s in value], [str(s) for s in defaults["samplers"]]
+        else:
+            default = defaults[f.name]
+        if value == default or value is None:
+            continue
+        if isinstance(value, bool):
+            words.append(f"--{f.name}")
+        elif isinstance(value, (list, tuple)):
+            words += [f"--{f.name}", *map(str, value)]
+        else:
+            words += [f"--{f.name}", str(value)]
+    return " ".join(shlex.quote(w) for w in words)
+
+
+def _num(value: float | None, fmt: str) -> str:
+    return "–" if value is None else format(value, fmt)
+
+
+def model_card_metrics(results: dict[str, Any], date: str | None = None) -> str:
+    """The model card's metrics section for an [`evaluate`] result: compact markdown tables, the command, the date.
+
+    Args:
+        results (`dict`): What [`evaluate`] returns.
+        date (`str`, *optional*): ISO date shown; default today (UTC).
+    """
+    date = date or datetime.datetime.now(datetime.UTC).date().isoformat()
+    lines = [
+        (f"Measured with `ddpm-ext evaluate` on {date} against `{results['dataset']}` (split `{results['split']}`), "
+         f"{results['image_size']}×{results['image_size']}, {results['channels']} channel(s)."),
+    ]
+    if results["bits_per_dim"]:
+        n = results["bits_per_dim"][0]["num_images"]
+        lines += ["", f"Bits/dim of {n} held-out images (upper bound, ± standard error):", "",
+                  "| σ² (variance_type) | bits/dim | ± s.e. |", "|---|---|---|"]
+        lines += [f"| {r['variance_type']} | {r['bits_per_dim']:.4f} | {_num(r['sem'], '.2g')} |"
+                  for r in results["bits_per_dim"]]
+    if results["samples"]:
+        fe, judge = results["feature_extractor"], results.get("digit_judge")
+        first = results["samples"][0]
+        head = ["sampler", "FID", "KID ×10³", "precision", "recall"] + (["classifier IS"] if judge else [])
+        lines += ["", (f"Sample quality of {first['num_fake']} samples per sampler against {first['num_real']} "
+                       f"real images; {fe['label']}:"), "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        if judge:  # the ceiling first
+            ref = judge["reference"]
+            lines.append(f"| real images ({ref['num_images']}) | – | – | – | – | {ref['classifier_is']:.2f} |")
+        for r in results["samples"]:
+            cells = [r["sampler"], f"{r['fid']:.2f}", f"{1e3 * r['kid_mean']:.2f} ± {1e3 * r['kid_std']:.2f}",
+                     _num(r.get("precision"), ".3f"), _num(r.get("recall"), ".3f")]
+            lines.append("| " + " | ".join(cells + ([_num(r.get("classifier_is"), ".2f")] if judge else [])) + " |")
+        if judge:
+            lines += ["", f"Classifier IS: {judge['description']}."]
+        if first.get("prdc_skipped"):
+            lines += ["", f"Precision/recall skipped: {first['prdc_skipped']}."]
+        elif first.get("nearest_k"):
+            lines += ["", f"Precision/recall (Kynkäänniemi et al. 2019) on the same features, k = {first['nearest_k']}."]
+    lines += ["", "Command:", "", "```bash", results.get("command", "ddpm-ext evaluate"), "```"]
+    return "\n".join(lines)
+
+
+def update_model_card(pipeline: str | os.PathLike, results: dict[str, Any], date: str | None = None) -> Path:
+    """Replace the metrics section of `<pipeline>/README.md` by [`model_card_metrics`]`(results)`, atomically.
+
+    Returns:
+        `pathlib.Path`: The card.
+
+    Raises:
+        `ValueError`: As [`check_model_card`] (not a local folder, no README.md, no markers).
+    """
+    card = check_model_card(pipeline)
+    text = replace_marked_section(card.read_bytes().decode("utf-8"), model_card_metrics(results, date))  # keeps \r\n
+    atomic_write_text(card, text)
+    return card

@@ -75,6 +75,7 @@ class DDPMExtPipeline(DiffusionPipeline):
     >>> x = pipe(batch_size=2, num_inference_steps=10, eta=0.0, output_type="pt").images
     >>> x.shape
     torch.Size([2, 1, 8, 8])
+
     ```
     """
 

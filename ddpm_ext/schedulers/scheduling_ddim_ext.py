@@ -93,6 +93,7 @@ class DDIMExtScheduler(ScheduleMixin, ConfigMixin):
     ...     x = ddim.step(torch.zeros_like(x), t, x, eta=0.0).prev_sample
     >>> ddim.config.beta_schedule
     'squaredcos_cap_v2'
+
     ```
     """
 

@@ -153,6 +153,7 @@ class DDPMExtScheduler(ScheduleMixin, ConfigMixin):
     ...     x = scheduler.step(eps, t, x, generator=torch.Generator().manual_seed(int(t))).prev_sample
     >>> x.shape
     torch.Size([1, 3, 8, 8])
+
     ```
     """
 

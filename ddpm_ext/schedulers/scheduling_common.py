@@ -188,8 +188,16 @@ _EXT_CONFIG_KEY = "_ddpm_ext_config"
 _BETAS_FOR_DIFFUSERS_KEY = "_ddpm_ext_betas_for_diffusers"
 
 
+def _diffusers_computes(beta_schedule: str, cosine_s: float, max_beta: float) -> bool:
+    """Whether every diffusers scheduler computes the same β from the config's keys (cosine: its s and cap)."""
+    if beta_schedule == "squaredcos_cap_v2":
+        return cosine_s == 0.008 and max_beta == 0.999
+    return beta_schedule in ("linear", "scaled_linear")
+
+
 def from_saved_config(config: dict[str, Any]) -> dict[str, Any]:
-    """Undo `to_diffusers_config`: ddpm_ext's options back from the private keys, diffusers' stand-in β dropped.
+    """Undo `to_diffusers_config`: ddpm_ext's options back from the private keys, diffusers' stand-in β dropped
+    (also from an in-memory config, see `_init_schedule`).
 
     A config without those keys (diffusers' own, or an in-memory one) comes back unchanged.
     """
@@ -298,11 +306,21 @@ class ScheduleMixin(SchedulerMixin):
             cfg.cosine_s,
             cfg.max_beta,
         )
-        if cfg.rescale_betas_zero_snr:
-            betas = rescale_zero_terminal_snr(betas)
         # Store diffusers' names so configs move to diffusers' schedulers with `from_config`.
         if canonical != cfg.beta_schedule:
             self.register_to_config(beta_schedule=canonical)
+        # diffusers' schedulers know neither `cosine_s` / `max_beta` nor (most of them) "sigmoid": for such a
+        # schedule the config also carries β as `trained_betas`, flagged as a stand-in, so that
+        # `AnyDiffusersScheduler.from_config(scheduler.config)` samples with this very schedule; ddpm_ext's
+        # `from_config` drops the stand-in and recomputes β from the options (which may have been changed).
+        if cfg.trained_betas is None and not _diffusers_computes(canonical, cfg.cosine_s, cfg.max_beta):
+            # (diffusers' `from_config` resets keys listed as defaults in `_use_default_values`: unlist β)
+            defaults = [k for k in cfg.get("_use_default_values", []) if k != "trained_betas"]
+            self.register_to_config(
+                trained_betas=[float(b) for b in betas], _use_default_values=defaults, **{_BETAS_FOR_DIFFUSERS_KEY: True}
+            )
+        if cfg.rescale_betas_zero_snr:
+            betas = rescale_zero_terminal_snr(betas)
         if cfg.trained_betas is not None and not isinstance(cfg.trained_betas, list):
             self.register_to_config(trained_betas=[float(b) for b in np.asarray(cfg.trained_betas).reshape(-1)])
         self.variance_kind = variance  # the lecture's choice behind diffusers' name

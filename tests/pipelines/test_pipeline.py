@@ -223,7 +223,10 @@ def test_inexpressible_schedule_still_samples_the_same_in_diffusers(tmp_path):
     vanilla.set_progress_bar_config(disable=True)
     np.testing.assert_allclose(vanilla.scheduler.alphas_cumprod, pipe.scheduler.alphas_cumprod, rtol=1e-4, atol=1e-7)
     np.testing.assert_allclose(sample(vanilla), sample(pipe), atol=1e-4)
-    assert DDPMExtPipeline.from_pretrained(tmp_path).scheduler.config.trained_betas is None
+    # ddpm_ext recomputes β from `cosine_s` (the stored β are a flagged stand-in for diffusers)
+    loaded = DDPMExtPipeline.from_pretrained(tmp_path).scheduler
+    assert loaded.config._ddpm_ext_betas_for_diffusers and loaded.config.cosine_s == 0.02
+    assert not np.array_equal(DDPMExtScheduler.from_config(loaded.config, cosine_s=0.008)._betas64, loaded._betas64)
 
 
 def test_loads_diffusers_own_ddpm_pipeline(tmp_path):

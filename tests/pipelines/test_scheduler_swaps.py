@@ -93,6 +93,19 @@ def test_dpm_solver_pp_and_unipc_swap_from_a_trained_pipeline():
         assert abs(x.std().item() - S) / S < 0.06
 
 
+@pytest.mark.parametrize("options", [{"beta_schedule": "cosine", "cosine_s": 0.02}, {"beta_schedule": "sigmoid"},
+                                     {"beta_schedule": "cosine", "max_beta": 0.5, "rescale_betas_zero_snr": True}])
+def test_swapping_to_diffusers_keeps_a_schedule_diffusers_cannot_express(options):
+    ours = DDPMExtScheduler(**options)
+    for cls in (DDPMScheduler, DDIMScheduler, diffusers.DPMSolverMultistepScheduler, diffusers.EulerDiscreteScheduler):
+        theirs = cls.from_config(ours.config)
+        torch.testing.assert_close(theirs.alphas_cumprod, ours.alphas_cumprod, rtol=1e-5, atol=1e-7)
+    # and back to ddpm_ext, with the options (not a frozen copy of β)
+    back = DDPMExtScheduler.from_config(diffusers.UniPCMultistepScheduler.from_config(ours.config).config)
+    np.testing.assert_allclose(back._alphas_cumprod64, ours._alphas_cumprod64, rtol=1e-6)
+    assert DDIMExtScheduler.from_config(ours.config).config.trained_betas == ours.config.trained_betas
+
+
 # --------------------------------------------------------------------------------------------------
 # diffusers' call arguments
 # --------------------------------------------------------------------------------------------------

@@ -15,10 +15,10 @@ __all__ = ["add_arguments", "run"]
 
 def _step_list(text: str) -> list[int]:
     try:
-        values = [int(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be comma-separated integers >= 1, got {text!r}") from None
-    if not values or min(values) < 1:
+        values = [positive_int(v) for v in text.split(",") if v.strip()]
+    except argparse.ArgumentTypeError:
+        values = []
+    if not values:
         raise argparse.ArgumentTypeError(f"must be comma-separated integers >= 1, got {text!r}")
     return values
 
@@ -31,7 +31,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "figures; without it only the forward-process and schedule figures are written.",
     )
     parser.add_argument("--output_dir", default="figures", help="Folder for the PNGs and the GIF (default: figures).")
-    parser.add_argument("--seed", type=nonnegative_int, default=0, help="First seed; image i uses seed + i (default: 0).")
+    parser.add_argument("--seed", type=nonnegative_int, default=0, help="Seed of the sampled images (image i as in `ddpm-ext sample --seed`) and of the forward "
+                        "process's noise (default: 0).")
     parser.add_argument(
         "--dataset", default="mnist-5k",
         help="Data set of the forward-process image: a built-in name, a Hub data set or use --train_data_dir "

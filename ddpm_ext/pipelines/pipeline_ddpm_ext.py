@@ -40,6 +40,21 @@ COMPILE_MODES = (None, "default", "reduce-overhead", "max-autotune", "max-autotu
 
 
 
+def draw_initial_noise(
+    shape: tuple[int, ...],
+    generator: torch.Generator | list[torch.Generator] | None,
+    device: torch.device,
+    dtype: torch.dtype,
+) -> torch.Tensor:
+    """x_T ~ N(0, I), drawn exactly as diffusers' `DDPMPipeline` (and `DDPMExtPipeline`) draw it.
+
+    On "mps" the numbers are drawn on the CPU and moved (randn on mps is not reproducible).
+    """
+    if device.type == "mps":
+        return randn_tensor(shape, generator=generator, dtype=dtype).to(device)
+    return randn_tensor(shape, generator=generator, device=device, dtype=dtype)
+
+
 @dataclass
 class DDPMExtPipelineOutput(ImagePipelineOutput):
     """Output of [`DDPMExtPipeline`].
@@ -272,11 +287,7 @@ class DDPMExtPipeline(DiffusionPipeline):
         # 2. x_T ~ N(0, I) (drawn exactly as diffusers' DDPMPipeline draws it), or the given latents, scaled by
         #    the scheduler's initial σ (1 for DDPM / DDIM; σ_max for the Karras-style schedulers)
         if latents is None:
-            shape = (batch_size, unet.config.in_channels, *self._sample_hw())
-            if device.type == "mps":
-                latents = randn_tensor(shape, generator=generator, dtype=unet.dtype).to(device)
-            else:
-                latents = randn_tensor(shape, generator=generator, device=device, dtype=unet.dtype)
+            latents = draw_initial_noise((batch_size, unet.config.in_channels, *self._sample_hw()), generator, device, unet.dtype)
         else:
             latents = latents.to(device=device, dtype=unet.dtype)
         if scheduler.init_noise_sigma != 1.0:
@@ -304,10 +315,7 @@ class DDPMExtPipeline(DiffusionPipeline):
                 x0s.append(None if pred_original_sample is None else pred_original_sample.cpu())
 
         # 4. [-1, 1] -> [0, 1] -> the requested type ("latent": x_0 as it is)
-        if output_type == "latent":
-            images = latents
-        else:
-            images = self.postprocess(latents, "np" if output_type == "numpy" else output_type)
+        images = self._output(latents, output_type)
         self.maybe_free_model_hooks()
         if not return_dict:
             return (images,)
@@ -317,6 +325,12 @@ class DDPMExtPipeline(DiffusionPipeline):
             pred_original_samples=x0s,
             timesteps=host_steps if return_trajectory else None,
         )
+
+    def _output(self, sample: torch.Tensor, output_type: str) -> Any:
+        """x_0 (B, C, H, W) in [-1, 1] as the call's `output_type` (`"latent"`: unchanged; `"numpy"`: `"np"`)."""
+        if output_type == "latent":
+            return sample
+        return self.postprocess(sample, "np" if output_type == "numpy" else output_type)
 
     def _sample_hw(self) -> tuple[int, int]:
         size = self.unet.config.sample_size
@@ -418,8 +432,9 @@ class DDPMExtPipeline(DiffusionPipeline):
         return to_pil(image) if output_type == "pil" else image
 
     def _check_call(
-        self, batch_size, generator, eta, stochastic, output_type, latents, timesteps, callback, tensor_inputs
-    ) -> tuple[dict[str, Any], list[str]]:
+        self, batch_size, generator, eta, stochastic, output_type, latents=None, timesteps=None, callback=None,
+        tensor_inputs=(),
+    ) -> tuple[dict[str, Any], list[str]]:  # fmt: skip
         """Check the call's own arguments once, before any work; return `scheduler.step`'s keyword arguments and
         the callback's tensor names. (The scheduler checks `num_inference_steps` / `timesteps` in `set_timesteps`.)
 

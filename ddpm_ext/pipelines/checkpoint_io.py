@@ -9,9 +9,11 @@ place for that on-disk contract, and for the component checks both directions sh
 
 from __future__ import annotations
 
-import inspect
 import json
 import os
+import re
+import shutil
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -20,13 +22,15 @@ import torch
 from diffusers import UNet2DModel
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 
+from ..files import atomic_path, atomic_write_text
+from ..schedulers.scheduling_common import ScheduleMixin
 from ..schedulers.scheduling_ddim_ext import DDIMExtScheduler
 from ..schedulers.scheduling_ddpm_ext import DDPMExtScheduler
+from ..validation import learns_variance
 
-# ddpm_ext scheduler <-> the diffusers class that vanilla diffusers loads in its place
-_TO_DIFFUSERS = {"DDPMExtScheduler": "DDPMScheduler", "DDIMExtScheduler": "DDIMScheduler"}
+# diffusers' scheduler class -> the ddpm_ext scheduler that loads its config with full fidelity
 _FROM_DIFFUSERS = {"DDPMScheduler": DDPMExtScheduler, "DDIMScheduler": DDIMExtScheduler}
-_EXT_SCHEDULERS = {"DDPMExtScheduler": DDPMExtScheduler, "DDIMExtScheduler": DDIMExtScheduler}
+WEIGHTS_STEM = "diffusion_pytorch_model"  # diffusers' weights file name (+ .<variant>) + .safetensors / .bin
 
 
 # --------------------------------------------------------------------------------------------------
@@ -50,7 +54,7 @@ def check_components(unet: Any, scheduler: Any) -> None:
         raise ValueError(f"`scheduler` must be a diffusers scheduler (`SchedulerMixin`), got {type(scheduler).__name__}.")
     c_in, c_out = unet.config.in_channels, unet.config.out_channels
     variance = getattr(scheduler.config, "variance_type", "fixed_small")
-    learned = variance in ("learned", "learned_range")
+    learned = learns_variance(variance)
     if learned and c_out != 2 * c_in:
         raise ValueError(
             f"The scheduler's `variance_type`={variance!r} needs a UNet with out_channels = 2 x in_channels = "
@@ -63,50 +67,73 @@ def check_components(unet: Any, scheduler: Any) -> None:
         )
 
 
-def _diffusers_scheduler_config(scheduler: SchedulerMixin) -> dict[str, Any]:
-    """The scheduler config as written to disk: diffusers' class name, ddpm_ext's class in a private key.
+def scheduler_config_for_disk(scheduler: SchedulerMixin) -> dict[str, Any]:
+    """The scheduler config as written to disk: ddpm_ext's schedulers translate it for diffusers
+    ([`ScheduleMixin.to_diffusers_config`]); diffusers' own are written as they are."""
+    if isinstance(scheduler, ScheduleMixin):
+        return scheduler.to_diffusers_config()
+    return {k: v for k, v in dict(scheduler.config).items() if k != "_use_default_values"}
 
-    When diffusers' own scheduler would compute other β from these keys (a cosine offset or cap it does not
-    know), the β are also written as `trained_betas`, flagged so that ddpm_ext drops them again on load.
+
+def _move_into(src_dir: Path, dst_dir: Path) -> None:
+    """Move every file of `src_dir` into `dst_dir`, each one atomically (fsync + rename over the old file)."""
+    dst_dir.mkdir(parents=True, exist_ok=True)
+    for src in sorted(src_dir.iterdir()):
+        with atomic_path(dst_dir / src.name) as tmp:
+            os.replace(src, tmp)
+
+
+def save_pipeline(
+    unet: UNet2DModel,
+    scheduler: SchedulerMixin,
+    save_directory: str | os.PathLike,
+    *,
+    variant: str | None = None,
+    max_shard_size: int | str | None = None,
+) -> None:
+    """Write `unet/` (safetensors), `scheduler/` and `model_index.json` in diffusers' `DDPMPipeline` layout.
+
+    Every file is written atomically (a temporary file, then a rename over the old one), and `model_index.json`
+    last: a full disk or a kill while saving leaves each earlier file whole, and the folder's other files
+    (a training run's checkpoints, samples) are never touched.
+
+    Args:
+        unet, scheduler: the components.
+        save_directory (`str` or `os.PathLike`): the pipeline folder (created if needed).
+        variant (`str`, *optional*): weights saved as `diffusion_pytorch_model.<variant>.safetensors` (diffusers').
+        max_shard_size (`int` or `str`, *optional*): diffusers' sharding threshold for the UNet weights.
     """
-    name = type(scheduler).__name__
-    config = {k: v for k, v in dict(scheduler.config).items() if k != "_use_default_values"}
-    if name not in _TO_DIFFUSERS:
-        return config
-    diffusers_cls = getattr(diffusers, _TO_DIFFUSERS[name])
-    config["_class_name"] = diffusers_cls.__name__
-    config["_ddpm_ext_class_name"] = name
-    # keys diffusers' class does not know (cosine_s, max_beta) go private, so diffusers loads without warnings
-    known = set(inspect.signature(diffusers_cls.__init__).parameters)
-    config["_ddpm_ext_config"] = {k: config.pop(k) for k in list(config) if not k.startswith("_") and k not in known}
-    vanilla = diffusers_cls.from_config({k: v for k, v in config.items() if not k.startswith("_")})
-    if not torch.allclose(vanilla.betas.double(), torch.from_numpy(scheduler._betas64), rtol=1e-6, atol=1e-9):
-        config["trained_betas"] = [float(b) for b in scheduler._betas64]
-        config["_ddpm_ext_betas_for_diffusers"] = True
-    return config
-
-
-def save_pipeline(unet: UNet2DModel, scheduler: SchedulerMixin, save_directory: str | os.PathLike) -> None:
-    """Write `unet/` (safetensors), `scheduler/` and `model_index.json` in diffusers' `DDPMPipeline` layout."""
     from .. import __version__
 
     check_components(unet, scheduler)
     out = Path(save_directory)
+    if out.is_file():
+        raise ValueError(f"`save_directory` {str(out)!r} is a file, not a folder.")
     out.mkdir(parents=True, exist_ok=True)
-    unet.save_pretrained(out / "unet", safe_serialization=True)
-    config = _diffusers_scheduler_config(scheduler)
-    (out / "scheduler").mkdir(exist_ok=True)
-    (out / "scheduler" / "scheduler_config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
-    scheduler_class = config.get("_class_name", type(scheduler).__name__)
+    staging = Path(tempfile.mkdtemp(prefix=".unet.", suffix=".tmp", dir=out))
+    try:
+        kwargs = {"max_shard_size": max_shard_size} if max_shard_size is not None else {}
+        unet.save_pretrained(staging, safe_serialization=True, variant=variant, **kwargs)
+        written = {f.name for f in staging.iterdir()}
+        _move_into(staging, out / "unet")
+        # weights of an earlier save of the same variant that this one does not overwrite (other sharding)
+        stem = re.escape(WEIGHTS_STEM + (f".{variant}" if variant else ""))
+        for old in (out / "unet").iterdir():
+            if old.name not in written and re.fullmatch(stem + r"(-\d{5}-of-\d{5})?\.safetensors(\.index\.json)?", old.name):
+                old.unlink()
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    config = scheduler_config_for_disk(scheduler)
+    atomic_write_text(out / "scheduler" / "scheduler_config.json", json.dumps(config, indent=2, sort_keys=True) + "\n")
     index = {
         "_class_name": "DDPMPipeline",
         "_diffusers_version": diffusers.__version__,
         "_ddpm_ext_version": __version__,
         "_ddpm_ext_pipeline": "DDPMExtPipeline",
-        "scheduler": ["diffusers", scheduler_class],
+        "scheduler": ["diffusers", config.get("_class_name", type(scheduler).__name__)],
         "unet": ["diffusers", "UNet2DModel"],
     }
-    (out / "model_index.json").write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
+    atomic_write_text(out / "model_index.json", json.dumps(index, indent=2, sort_keys=True) + "\n")
 
 
 def _looks_like_repo_id(name: str) -> bool:
@@ -121,13 +148,19 @@ def resolve_pipeline_folder(
     cache_dir: str | os.PathLike | None = None,
     token: str | bool | None = None,
     local_files_only: bool = False,
+    force_download: bool = False,
+    proxies: dict[str, str] | None = None,
     allow_pickle: bool = False,
+    components: tuple[str, ...] = ("unet", "scheduler"),
 ) -> Path:
     """A local folder holding the pipeline: the folder itself, or a Hub snapshot of the repo id.
 
+    From the Hub only the configs, the safetensors weights (every variant) and the model card are fetched; the
+    pickle weights only with `allow_pickle=True` when there are no safetensors.
+
     Raises:
         ValueError: when the path is neither an existing folder nor a repo id, the repo cannot be fetched,
-            or the folder is not a pipeline (no `model_index.json`, a missing `unet` or `scheduler`).
+            or the folder is not a pipeline (no `model_index.json`, or one of `components` missing).
     """
     name = os.fspath(pretrained_model_name_or_path)
     if os.path.isdir(name):
@@ -137,29 +170,25 @@ def resolve_pipeline_folder(
     elif _looks_like_repo_id(name):
         from huggingface_hub import snapshot_download
 
-        patterns = ["model_index.json", "*/*.json", "*/*.safetensors", "*.md"]
-        try:
-            folder = Path(
+        def fetch(patterns: list[str]) -> Path:
+            return Path(
                 snapshot_download(
                     name,
-                    revision=revision or "main",
+                    revision=revision or "main",  # (a local olah mirror answers 401 without an explicit revision)
                     cache_dir=cache_dir,
                     token=token,
                     local_files_only=local_files_only,
+                    force_download=force_download,
+                    proxies=proxies,
                     allow_patterns=patterns,
                 )
             )
+
+        patterns = ["model_index.json", "*/*.json", "*/*.safetensors", "*.md"]
+        try:
+            folder = fetch(patterns)
             if allow_pickle and not any((folder / "unet").glob("*.safetensors")):
-                folder = Path(
-                    snapshot_download(
-                        name,
-                        revision=revision or "main",
-                        cache_dir=cache_dir,
-                        token=token,
-                        local_files_only=local_files_only,
-                        allow_patterns=patterns + ["unet/*.bin"],
-                    )
-                )
+                folder = fetch(patterns + ["unet/*.bin"])
         except Exception as e:  # huggingface_hub raises many types; give one clear message
             raise ValueError(
                 f"Could not fetch the pipeline {name!r} (revision {revision or 'main'!r}): it is not a local folder, "
@@ -171,42 +200,116 @@ def resolve_pipeline_folder(
         )
     if not (folder / "model_index.json").is_file():
         raise ValueError(f"{name!r} is not a pipeline: it has no model_index.json.")
-    for component, config_file in (("unet", "config.json"), ("scheduler", "scheduler_config.json")):
+    config_files = {"unet": "config.json", "scheduler": "scheduler_config.json"}
+    for component in components:
+        config_file = config_files[component]
         if not (folder / component / config_file).is_file():
             raise ValueError(f"{name!r} is missing the `{component}` component ({component}/{config_file} not found).")
     return folder
 
 
-def load_unet(folder: str | os.PathLike, *, allow_pickle: bool = False, torch_dtype: torch.dtype | None = None) -> UNet2DModel:
-    """Load `folder/unet` from safetensors; a pickle-only checkpoint needs `allow_pickle=True`."""
-    unet_dir = Path(folder) / "unet"
-    has_safetensors = any(unet_dir.glob("*.safetensors"))
-    if not has_safetensors and not allow_pickle:
-        pickles = sorted(p.name for p in unet_dir.glob("*.bin"))
-        found = f"only the pickle file(s) {pickles}" if pickles else "no weights file"
-        raise ValueError(
-            f"{unet_dir} has no safetensors weights ({found}). Pickle files can run arbitrary code when loaded; "
-            "pass `allow_pickle=True` only for a checkpoint you trust."
+def check_component_classes(folder: Path) -> None:
+    """Refuse, before anything is built, a folder whose components are not a `UNet2DModel` and a scheduler."""
+    entry = json.loads((folder / "model_index.json").read_text()).get("unet")
+    names = [("model_index.json", entry[-1] if isinstance(entry, list) and entry else entry)]
+    if (folder / "unet" / "config.json").is_file():
+        names.append(("unet/config.json", json.loads((folder / "unet" / "config.json").read_text()).get("_class_name")))
+    for where, name in names:
+        if name is not None and name != "UNet2DModel":
+            raise ValueError(
+                f"{folder} is not an unconditional DDPM pipeline: {where} names the unet class {name!r}, but "
+                "DDPMExtPipeline needs a diffusers `UNet2DModel` (nothing was loaded)."
+            )
+    if (folder / "scheduler" / "scheduler_config.json").is_file():
+        scheduler_class_of(folder)  # raises for a class that is not a scheduler
+
+
+def _weights_files(unet_dir: Path, variant: str | None, suffix: str) -> list[Path]:
+    """The weights files diffusers would read for `variant`: one file, or the shards its index names."""
+    stem = WEIGHTS_STEM + (f".{variant}" if variant else "")
+    single = unet_dir / f"{stem}{suffix}"
+    if single.is_file():
+        return [single]
+    index = unet_dir / f"{stem}{suffix}.index.json"
+    if index.is_file():
+        shards = sorted(set(json.loads(index.read_text()).get("weight_map", {}).values()))
+        return [unet_dir / name for name in shards]
+    return []
+
+
+def check_unet_weights(folder: Path, *, variant: str | None, use_safetensors: bool | None, allow_pickle: bool) -> bool:
+    """Check `folder/unet`'s weights before loading; return whether they are safetensors.
+
+    The safetensors tensors must be exactly the UNet's parameters and buffers (read from the file headers, no
+    weights loaded): diffusers would load a file missing a tensor with that tensor left uninitialised, and only log.
+
+    Raises:
+        ValueError: no weights for `variant`; pickle weights without `allow_pickle=True` (or `use_safetensors=True`
+            without safetensors); missing or unexpected tensors, named.
+    """
+    from accelerate import init_empty_weights
+    from safetensors import safe_open
+
+    unet_dir = folder / "unet"
+    safe = _weights_files(unet_dir, variant, ".safetensors") if use_safetensors is not False else []
+    label = f" for `variant`={variant!r}" if variant else ""
+    if not safe:
+        pickles = _weights_files(unet_dir, variant, ".bin")
+        if use_safetensors:
+            raise ValueError(f"{unet_dir} has no safetensors weights{label}, and `use_safetensors=True` was passed.")
+        if not pickles:
+            found = sorted(p.name for p in unet_dir.iterdir() if p.suffix in (".safetensors", ".bin"))
+            raise ValueError(f"{unet_dir} has no weights{label}; its weights files are {found}.")
+        if not allow_pickle:
+            raise ValueError(
+                f"{unet_dir} has no safetensors weights{label} (only the pickle file(s) {[p.name for p in pickles]}). "
+                "Pickle files can run arbitrary code when loaded; pass `allow_pickle=True` only for a checkpoint "
+                "you trust."
+            )
+        return False
+    missing_files = [p.name for p in safe if not p.is_file()]
+    if missing_files:
+        raise ValueError(f"{unet_dir} lacks the weights shard(s) {missing_files} named by its index.")
+    found: set[str] = set()
+    for path in safe:
+        with safe_open(path, framework="pt") as f:
+            found.update(f.keys())
+    config = json.loads((unet_dir / "config.json").read_text())
+    with init_empty_weights():
+        expected = set(UNet2DModel.from_config(config).state_dict())
+    missing, unexpected = sorted(expected - found), sorted(found - expected)
+    if missing or unexpected:
+        def names(keys: list[str]) -> str:
+            return ", ".join(keys[:10]) + (f" and {len(keys) - 10} more" if len(keys) > 10 else "")
+
+        problems = ([f"missing {len(missing)} tensor(s): {names(missing)}"] if missing else []) + (
+            [f"unexpected {len(unexpected)} tensor(s): {names(unexpected)}"] if unexpected else []
         )
-    kwargs = {"torch_dtype": torch_dtype} if torch_dtype is not None else {}
-    return UNet2DModel.from_pretrained(unet_dir, use_safetensors=has_safetensors, **kwargs)
+        raise ValueError(
+            f"The weights in {unet_dir} do not match its config.json: {'; '.join(problems)}. The file is damaged "
+            "or belongs to another model."
+        )
+    return True
+
+
+def scheduler_class_of(folder: Path) -> type:
+    """The class `folder/scheduler` loads as: ddpm_ext's scheduler for diffusers' DDPM / DDIM configs (and for
+    ddpm_ext's own), diffusers' class for the others; a `ValueError` for anything that is not a scheduler."""
+    path = folder / "scheduler" / "scheduler_config.json"
+    config = json.loads(path.read_text())
+    name = config.get("_ddpm_ext_class_name") or config.get("_class_name")
+    if name in ScheduleMixin._ext_classes:
+        return ScheduleMixin._ext_classes[name]
+    if name in _FROM_DIFFUSERS:
+        return _FROM_DIFFUSERS[name]
+    cls = getattr(diffusers, name, None) if isinstance(name, str) else None
+    if isinstance(cls, type) and issubclass(cls, SchedulerMixin):
+        return cls
+    raise ValueError(f"{path} names {name!r}, which is not a diffusers or ddpm_ext scheduler class.")
 
 
 def load_scheduler(folder: str | os.PathLike) -> SchedulerMixin:
     """Load `folder/scheduler` as ddpm_ext's scheduler (or the diffusers one it cannot express)."""
-    path = Path(folder) / "scheduler" / "scheduler_config.json"
-    config = json.loads(path.read_text())
-    if config.pop("_ddpm_ext_betas_for_diffusers", False):
-        config["trained_betas"] = None
-    config.update(config.pop("_ddpm_ext_config", {}))
-    name = config.get("_ddpm_ext_class_name") or config.get("_class_name")
-    if name in _EXT_SCHEDULERS:
-        cls = _EXT_SCHEDULERS[name]
-    elif name in _FROM_DIFFUSERS:
-        cls = _FROM_DIFFUSERS[name]
-    elif isinstance(name, str) and isinstance(getattr(diffusers, name, None), type):
-        cls = getattr(diffusers, name)
-    else:
-        raise ValueError(f"{path} names an unknown scheduler class {name!r}.")
-    return cls.from_config(config)
-
+    folder = Path(folder)
+    config = json.loads((folder / "scheduler" / "scheduler_config.json").read_text())
+    return scheduler_class_of(folder).from_config(config)  # ScheduleMixin.from_config undoes the disk translation

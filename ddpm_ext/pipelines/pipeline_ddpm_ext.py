@@ -9,26 +9,50 @@ from __future__ import annotations
 import inspect
 import os
 from dataclasses import dataclass
-from typing import Any, Callable, Literal, Sequence
+from typing import Any, Callable, Literal, Sequence, get_args
 
 import numpy as np
 import PIL.Image
 import torch
 from diffusers import DiffusionPipeline, ImagePipelineOutput, UNet2DModel
+from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from diffusers.utils.torch_utils import randn_tensor
 
 from ..images import images_to_uint8
 from ..likelihood import BitsPerDimOutput, bits_per_dim
-from ..schedulers.scheduling_ddim_ext import DDIMExtScheduler
-from ..schedulers.scheduling_ddpm_ext import DDPMExtScheduler
-from .checkpoint_io import check_components, load_scheduler, load_unet, resolve_pipeline_folder, save_pipeline, square_sample_size
+from ..schedulers.scheduling_common import ScheduleMixin
+from ..validation import check_choice, check_int, check_number
+from .checkpoint_io import (
+    check_component_classes,
+    check_components,
+    check_unet_weights,
+    load_scheduler,
+    resolve_pipeline_folder,
+    save_pipeline,
+    square_sample_size,
+)
 
-OutputType = Literal["pil", "np", "pt"]
-OUTPUT_TYPES = ("pil", "np", "pt")
+OutputType = Literal["pil", "np", "pt", "latent", "numpy"]
+OUTPUT_TYPES: tuple[str, ...] = get_args(OutputType)
 AUTOCAST_DTYPES = (None, torch.bfloat16, torch.float16)
 COMPILE_MODES = (None, "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
+
+
+def draw_initial_noise(
+    shape: tuple[int, ...],
+    generator: torch.Generator | list[torch.Generator] | None,
+    device: torch.device,
+    dtype: torch.dtype,
+) -> torch.Tensor:
+    """x_T ~ N(0, I), drawn exactly as diffusers' `DDPMPipeline` (and `DDPMExtPipeline`) draw it.
+
+    On "mps" the numbers are drawn on the CPU and moved (randn on mps is not reproducible).
+    """
+    if device.type == "mps":
+        return randn_tensor(shape, generator=generator, dtype=dtype).to(device)
+    return randn_tensor(shape, generator=generator, device=device, dtype=dtype)
 
 
 @dataclass
@@ -66,15 +90,19 @@ class DDPMExtPipeline(DiffusionPipeline):
     >>> x = pipe(batch_size=2, num_inference_steps=10, eta=0.0, output_type="pt").images
     >>> x.shape
     torch.Size([2, 1, 8, 8])
+
     ```
     """
 
     model_cpu_offload_seq = "unet"
+    _callback_tensor_inputs = ["latents", "pred_original_sample", "model_output"]
 
     def __init__(self, unet: UNet2DModel, scheduler: SchedulerMixin):
         super().__init__()
         check_components(unet, scheduler)
         self.register_modules(unet=unet, scheduler=scheduler)
+        self._num_timesteps = 0
+        self._interrupt = False
         self._fast_path: dict[str, Any] | None = None
         self._compiled_unet: Callable[..., Any] | None = None
 
@@ -177,6 +205,16 @@ class DDPMExtPipeline(DiffusionPipeline):
 
         return call
 
+    @property
+    def num_timesteps(self) -> int:
+        """The number of denoising steps of the latest call (diffusers' name)."""
+        return self._num_timesteps
+
+    @property
+    def interrupt(self) -> bool:
+        """Set `pipe._interrupt = True` (e.g. in `callback_on_step_end`) to skip the remaining steps (diffusers)."""
+        return self._interrupt
+
     @torch.no_grad()
     def __call__(
         self,
@@ -188,66 +226,96 @@ class DDPMExtPipeline(DiffusionPipeline):
         output_type: OutputType = "pil",
         return_dict: bool = True,
         return_trajectory: bool = False,
-        callback_on_step_end: Callable[[Any, int, int, dict[str, torch.Tensor]], dict | None] | None = None,
+        callback_on_step_end: Callable[[Any, int, Any, dict[str, torch.Tensor]], dict | None]
+        | PipelineCallback
+        | MultiPipelineCallbacks
+        | None = None,
+        callback_on_step_end_tensor_inputs: list[str] = ["latents"],  # noqa: B006 (diffusers' default, never mutated)
+        latents: torch.Tensor | None = None,
+        timesteps: list[int] | None = None,
     ) -> DDPMExtPipelineOutput | tuple:
         """Sample images: x_T ~ N(0, I), then one scheduler step per timestep down to x_0.
+
+        Works with every scheduler of `pipe.scheduler.compatibles` (x_T is scaled by the scheduler's
+        `init_noise_sigma`, the model input by `scale_model_input`, and `scheduler.step` gets the keyword
+        arguments its signature accepts).
 
         Args:
             batch_size (`int`, defaults to 1): the number of images.
             generator (`torch.Generator` or a list of `batch_size` of them, *optional*): for reproducible samples.
             num_inference_steps (`int`, defaults to 1000): denoising steps, 1..`num_train_timesteps`; fewer than T
-                respaces the chain.
-            eta (`float`, defaults to 0.0): DDIM's η in [0, 1] (needs a DDIM scheduler); 0 is deterministic.
+                respaces the chain. Ignored when `timesteps` is given.
+            eta (`float`, defaults to 0.0): DDIM's η in [0, 1] (needs a scheduler whose `step` takes `eta`).
             stochastic (`bool`, defaults to `True`): add the noise σ_t z at each step; `False` samples "without z"
                 (needs a ddpm_ext scheduler).
-            output_type (`str`, defaults to `"pil"`): `"pil"`, `"np"` (B, H, W, C) or `"pt"` (B, C, H, W).
+            output_type (`str`, defaults to `"pil"`): `"pil"`, `"np"` (B, H, W, C; diffusers' `"numpy"` too),
+                `"pt"` (B, C, H, W) in [0, 1], or `"latent"` (x_0 itself, (B, C, H, W) in [-1, 1], unclipped).
             return_dict (`bool`, defaults to `True`): return a [`DDPMExtPipelineOutput`] or a tuple.
             return_trajectory (`bool`, defaults to `False`): also return x_t and x̂_0 of every step (on the CPU).
-            callback_on_step_end (`Callable`, *optional*): called as `callback(pipe, i, t, {"sample": x_prev,
-                "pred_original_sample": x̂_0})` after every step; a returned dict may replace `"sample"`.
+            callback_on_step_end (`Callable`, `PipelineCallback` or `MultiPipelineCallbacks`, *optional*): called as
+                `callback(pipe, i, t, tensors)` after every step, `tensors` holding the names of
+                `callback_on_step_end_tensor_inputs`; a returned `"latents"` replaces x_{t-1} (diffusers).
+            callback_on_step_end_tensor_inputs (`list[str]`, defaults to `["latents"]`): any of
+                `pipe._callback_tensor_inputs`: `"latents"` (x_{t-1} after the step), `"pred_original_sample"`
+                (x̂_0, when the scheduler gives it) and `"model_output"`.
+            latents (`torch.Tensor`, *optional*): x_T itself, (B, C, H, W), instead of drawing it; it is scaled by
+                the scheduler's `init_noise_sigma` as a drawn one is.
+            timesteps (`list[int]`, *optional*): custom descending timesteps, for schedulers whose `set_timesteps`
+                accepts them; replaces `num_inference_steps`.
 
         Returns:
             [`DDPMExtPipelineOutput`] or `(images,)`.
         """
-        step_kwargs = self._check_call(batch_size, generator, num_inference_steps, eta, stochastic, output_type)
+        step_kwargs, tensor_inputs = self._check_call(
+            batch_size, generator, eta, stochastic, output_type, latents, timesteps,
+            callback_on_step_end, callback_on_step_end_tensor_inputs,
+        )  # fmt: skip
         unet, scheduler = self.unet, self.scheduler
-        size = unet.config.sample_size
-        shape = (batch_size, unet.config.in_channels, *((size, size) if isinstance(size, int) else size))
         device = self._execution_device
+        self._interrupt = False
 
-        # 1. x_T ~ N(0, I) (drawn exactly as diffusers' DDPMPipeline draws it)
-        if device.type == "mps":
-            image = randn_tensor(shape, generator=generator, dtype=unet.dtype).to(device)
+        # 1. The timesteps (the scheduler checks its own options: the count, the custom list)
+        if timesteps is not None:
+            scheduler.set_timesteps(timesteps=timesteps, device=device)
         else:
-            image = randn_tensor(shape, generator=generator, device=device, dtype=unet.dtype)
-        scheduler.set_timesteps(num_inference_steps)
-        trajectory, x0s = ([image.cpu()], []) if return_trajectory else (None, None)
-        if self._fast_path is not None and self._fast_path["channels_last"]:
-            image = image.contiguous(memory_format=torch.channels_last)
-        model = self._unet_call(device)
-        # Timesteps go to the device once; ddpm_ext's schedulers take the host-side int (no sync per step),
-        # other schedulers get their own timestep tensors as before.
+            scheduler.set_timesteps(num_inference_steps, device=device)
+        self._num_timesteps = len(scheduler.timesteps)
+        # ddpm_ext's schedulers take the host-side int (no device sync per step); others their own timestep tensors
         host_steps = scheduler.timesteps.tolist()
-        device_steps = scheduler.timesteps.to(device)
-        step_steps = host_steps if isinstance(scheduler, (DDPMExtScheduler, DDIMExtScheduler)) else scheduler.timesteps
+        step_steps = host_steps if isinstance(scheduler, ScheduleMixin) else scheduler.timesteps
 
-        # 2. x_t -> x_{t-1} for every kept timestep
-        for i in self.progress_bar(range(len(host_steps))):
-            model_output = model(image, device_steps[i])
-            out = scheduler.step(model_output, step_steps[i], image, generator=generator, **step_kwargs)
-            image = out.prev_sample
+        # 2. x_T ~ N(0, I) (drawn exactly as diffusers' DDPMPipeline draws it), or the given latents, scaled by
+        #    the scheduler's initial σ (1 for DDPM / DDIM; σ_max for the Karras-style schedulers)
+        if latents is None:
+            latents = draw_initial_noise((batch_size, unet.config.in_channels, *self._sample_hw()), generator, device, unet.dtype)
+        else:
+            latents = latents.to(device=device, dtype=unet.dtype)
+        if scheduler.init_noise_sigma != 1.0:
+            latents = latents * scheduler.init_noise_sigma
+        trajectory, x0s = ([latents.cpu()], []) if return_trajectory else (None, None)
+        if self._fast_path is not None and self._fast_path["channels_last"]:
+            latents = latents.contiguous(memory_format=torch.channels_last)
+        model = self._unet_call(device)
+
+        # 3. x_t -> x_{t-1} for every timestep
+        for i, t in enumerate(self.progress_bar(scheduler.timesteps)):
+            if self.interrupt:
+                continue
+            model_output = model(scheduler.scale_model_input(latents, step_steps[i]), t)
+            out = scheduler.step(model_output, step_steps[i], latents, **step_kwargs)
+            latents = out.prev_sample
+            pred_original_sample = getattr(out, "pred_original_sample", None)
             if callback_on_step_end is not None:
-                changed = callback_on_step_end(
-                    self, i, host_steps[i], {"sample": image, "pred_original_sample": out.pred_original_sample}
-                )
-                if changed and "sample" in changed:
-                    image = changed["sample"]
+                available = {"latents": latents, "pred_original_sample": pred_original_sample, "model_output": model_output}
+                changed = callback_on_step_end(self, i, host_steps[i], {k: available[k] for k in tensor_inputs})
+                if changed:
+                    latents = changed.pop("latents", latents)
             if return_trajectory:
-                trajectory.append(image.cpu())
-                x0s.append(out.pred_original_sample.cpu())
+                trajectory.append(latents.cpu())
+                x0s.append(None if pred_original_sample is None else pred_original_sample.cpu())
 
-        # 3. [-1, 1] -> [0, 1] -> the requested type
-        images = self.postprocess(image, output_type)
+        # 4. [-1, 1] -> [0, 1] -> the requested type ("latent": x_0 as it is)
+        images = self._output(latents, output_type)
         self.maybe_free_model_hooks()
         if not return_dict:
             return (images,)
@@ -255,8 +323,18 @@ class DDPMExtPipeline(DiffusionPipeline):
             images=images,
             trajectory=trajectory,
             pred_original_samples=x0s,
-            timesteps=scheduler.timesteps.tolist() if return_trajectory else None,
+            timesteps=host_steps if return_trajectory else None,
         )
+
+    def _output(self, sample: torch.Tensor, output_type: str) -> Any:
+        """x_0 (B, C, H, W) in [-1, 1] as the call's `output_type` (`"latent"`: unchanged; `"numpy"`: `"np"`)."""
+        if output_type == "latent":
+            return sample
+        return self.postprocess(sample, "np" if output_type == "numpy" else output_type)
+
+    def _sample_hw(self) -> tuple[int, int]:
+        size = self.unet.config.sample_size
+        return (size, size) if isinstance(size, int) else tuple(size)
 
     @torch.no_grad()
     def bits_per_dim(
@@ -353,97 +431,172 @@ class DDPMExtPipeline(DiffusionPipeline):
         image = tensor_to_numpy(image)  # (B, H, W, C)
         return to_pil(image) if output_type == "pil" else image
 
-    def _check_call(self, batch_size, generator, num_inference_steps, eta, stochastic, output_type) -> dict:
-        """Validate the call's arguments; return the extra keyword arguments for `scheduler.step`."""
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f"`batch_size` must be an integer >= 1, got {batch_size!r}.")
-        T = self.scheduler.config.num_train_timesteps
-        if isinstance(num_inference_steps, bool) or not isinstance(num_inference_steps, int) or not 1 <= num_inference_steps <= T:
-            raise ValueError(
-                f"`num_inference_steps` must be an integer in [1, {T}] (the scheduler's `num_train_timesteps`), "
-                f"got {num_inference_steps!r}."
-            )
-        if output_type not in OUTPUT_TYPES:
-            raise ValueError(f"`output_type` must be one of {list(OUTPUT_TYPES)}, got {output_type!r}.")
+    def _check_call(
+        self, batch_size, generator, eta, stochastic, output_type, latents=None, timesteps=None, callback=None,
+        tensor_inputs=(),
+    ) -> tuple[dict[str, Any], list[str]]:  # fmt: skip
+        """Check the call's own arguments once, before any work; return `scheduler.step`'s keyword arguments and
+        the callback's tensor names. (The scheduler checks `num_inference_steps` / `timesteps` in `set_timesteps`.)
+
+        The step gets each of the call's sampler options that its signature names; an option the step does not take
+        is refused when it asks for something other than its neutral value (`generator` is simply not passed).
+        """
+        check_int("batch_size", batch_size, 1)
+        check_choice("output_type", output_type, OUTPUT_TYPES)
         if isinstance(generator, list) and len(generator) != batch_size:
             raise ValueError(f"`generator` is a list of {len(generator)} generators but `batch_size` is {batch_size}.")
-        params = inspect.signature(self.scheduler.step).parameters
-        kwargs: dict[str, Any] = {}
-        if not (isinstance(eta, (int, float)) and 0.0 <= eta <= 1.0):
-            raise ValueError(f"`eta` must be a number in [0, 1], got {eta!r}.")
-        if "eta" in params:
-            kwargs["eta"] = float(eta)
-        elif eta != 0.0:
+        if latents is not None:
+            shape = (batch_size, self.unet.config.in_channels, *self._sample_hw())
+            if not isinstance(latents, torch.Tensor) or tuple(latents.shape) != shape:
+                got = tuple(latents.shape) if isinstance(latents, torch.Tensor) else type(latents).__name__
+                raise ValueError(f"`latents` must be a tensor of shape {shape} (batch_size, C, H, W), got {got}.")
+        if timesteps is not None and "timesteps" not in inspect.signature(self.scheduler.set_timesteps).parameters:
             raise ValueError(
-                f"`eta`={eta} needs a DDIM scheduler; {type(self.scheduler).__name__} has no η. Swap it with "
-                "`pipe.scheduler = DDIMExtScheduler.from_config(pipe.scheduler.config)`."
+                f"`timesteps` needs a scheduler whose `set_timesteps` accepts custom timesteps; "
+                f"{type(self.scheduler).__name__} does not."
             )
-        if not stochastic:
-            if "stochastic" not in params:
-                raise ValueError(
-                    f"`stochastic=False` needs a ddpm_ext scheduler; {type(self.scheduler).__name__} always adds noise."
-                )
-            kwargs["stochastic"] = False
-        return kwargs
+        if isinstance(callback, (PipelineCallback, MultiPipelineCallbacks)):
+            tensor_inputs = callback.tensor_inputs
+        bad = [k for k in tensor_inputs if k not in self._callback_tensor_inputs]
+        if bad:
+            raise ValueError(
+                f"`callback_on_step_end_tensor_inputs` must be names from {self._callback_tensor_inputs}, got {bad}."
+            )
+        check_number("eta", eta, 0, 1)
+        if not isinstance(stochastic, bool):
+            raise ValueError(f"`stochastic` must be True or False, got {stochastic!r}.")
+
+        # the sampler options of this call: (value, the value that needs no support from the step, what it needs;
+        # None: passed when the step takes it, dropped otherwise)
+        wanted = {
+            "generator": (generator, None, None),
+            "eta": (float(eta), 0.0, "a DDIM scheduler (`pipe.scheduler = DDIMExtScheduler.from_config(pipe.scheduler.config)`)"),
+            "stochastic": (stochastic, True, "a ddpm_ext scheduler (the others always add their noise)"),
+        }
+        params = inspect.signature(self.scheduler.step).parameters  # by name, as diffusers' prepare_extra_step_kwargs
+        kwargs: dict[str, Any] = {}
+        for name, (value, neutral, needs) in wanted.items():
+            if name in params:
+                kwargs[name] = value
+            elif needs is not None and value != neutral:
+                raise ValueError(f"`{name}`={value!r} needs {needs}; {type(self.scheduler).__name__}.step has no `{name}`.")
+        return kwargs, list(tensor_inputs)
 
     # ----------------------------------------------------------------------------------------------
     # Saving and loading
     # ----------------------------------------------------------------------------------------------
-    def save_pretrained(self, save_directory: str | os.PathLike, safe_serialization: bool = True, **kwargs: Any) -> None:
+    def save_pretrained(
+        self,
+        save_directory: str | os.PathLike,
+        safe_serialization: bool = True,
+        variant: str | None = None,
+        max_shard_size: int | str | None = None,
+        push_to_hub: bool = False,
+        **kwargs: Any,
+    ) -> None:
         """Save in diffusers' `DDPMPipeline` layout (safetensors) that both diffusers and ddpm_ext load.
+
+        Each file is written atomically (temporary file + rename) and `model_index.json` last, so a full disk or a
+        kill never destroys an earlier good pipeline in the folder; other files there are left alone.
 
         Args:
             save_directory (`str` or `os.PathLike`): the folder to write.
             safe_serialization (`bool`, defaults to `True`): must stay `True`; weights are safetensors only.
+            variant (`str`, *optional*): save the weights as `diffusion_pytorch_model.<variant>.safetensors`; load
+                them with `from_pretrained(..., variant=...)` (diffusers' convention, e.g. `"fp16"`).
+            max_shard_size (`int` or `str`, *optional*): shard the UNet weights above this size (diffusers').
+            push_to_hub (`bool`, defaults to `False`): refused; save, then upload with
+                [`ddpm_ext.hub.push_pipeline`] (or `huggingface_hub.upload_folder`).
 
-        To upload, save to a folder and use [`ddpm_ext.hub.push_pipeline`] (or `huggingface_hub.upload_folder`).
+        Example:
+
+        ```py
+        >>> import tempfile
+        >>> from diffusers import DDPMPipeline
+        >>> from ddpm_ext import DDPMExtPipeline, DDPMExtScheduler, build_unet
+        >>> folder = tempfile.mkdtemp()
+        >>> DDPMExtPipeline(unet=build_unet("tiny"), scheduler=DDPMExtScheduler(beta_schedule="cosine")).save_pretrained(folder)
+        >>> type(DDPMPipeline.from_pretrained(folder).scheduler).__name__, type(DDPMExtPipeline.from_pretrained(folder).scheduler).__name__
+        ('DDPMScheduler', 'DDPMExtScheduler')
+
+        ```
         """
         if not safe_serialization:
-            raise ValueError("`safe_serialization=False` is not supported: ddpm_ext writes safetensors weights only.")
-        if kwargs.get("push_to_hub"):
+            raise ValueError(
+                "`safe_serialization=False` is not supported: ddpm_ext writes safetensors weights only (a pickle "
+                "file can run arbitrary code when it is loaded)."
+            )
+        if push_to_hub:
             raise ValueError("`push_to_hub` is not handled by `save_pretrained`; save, then upload the folder.")
-        save_pipeline(self.unet, self.scheduler, save_directory)
+        if kwargs:
+            raise ValueError(f"Unexpected arguments {sorted(kwargs)} for `DDPMExtPipeline.save_pretrained`.")
+        save_pipeline(self.unet, self.scheduler, save_directory, variant=variant, max_shard_size=max_shard_size)
 
     @classmethod
-    def from_pretrained(
-        cls,
-        pretrained_model_name_or_path: str | os.PathLike,
-        *,
-        revision: str | None = None,
-        cache_dir: str | os.PathLike | None = None,
-        token: str | bool | None = None,
-        local_files_only: bool = False,
-        allow_pickle: bool = False,
-        torch_dtype: torch.dtype | None = None,
-        scheduler: SchedulerMixin | None = None,
-        **kwargs: Any,
-    ) -> "DDPMExtPipeline":
+    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, **kwargs: Any) -> "DDPMExtPipeline":
         """Load a pipeline saved by ddpm_ext or by diffusers' `DDPMPipeline`, from a folder or a Hub repo id.
+
+        The folder (or the Hub snapshot, fetched with `huggingface_hub.snapshot_download`) is checked first, then
+        loaded by diffusers' own `DiffusionPipeline.from_pretrained`, with the same arguments and log lines.
 
         Args:
             pretrained_model_name_or_path (`str` or `os.PathLike`): a local folder or a Hub repo id (`org/name`).
             revision (`str`, *optional*): the Hub revision (branch, tag or commit), `"main"` by default.
-            cache_dir, token, local_files_only: passed to `huggingface_hub.snapshot_download`.
+            cache_dir, token, local_files_only, force_download, proxies: as in diffusers (for a Hub repo id).
             allow_pickle (`bool`, defaults to `False`): allow loading weights from a pickle (`.bin`) file when the
                 checkpoint has no safetensors; only for checkpoints you trust.
-            torch_dtype (`torch.dtype`, *optional*): dtype of the UNet weights.
-            scheduler (`SchedulerMixin`, *optional*): use this scheduler instead of the saved one.
+            variant (`str`, *optional*): load `diffusion_pytorch_model.<variant>.safetensors` (e.g. `"fp16"`).
+            use_safetensors (`bool`, *optional*): `True` requires safetensors; `False` asks for the pickle weights
+                (with `allow_pickle=True`).
+            dtype (`torch.dtype`, *optional*): dtype of the UNet weights (`torch_dtype` is diffusers' older name).
+            low_cpu_mem_usage, device_map, max_memory, offload_folder, offload_state_dict, disable_mmap: passed to
+                diffusers.
+            unet (`UNet2DModel`, *optional*), scheduler (`SchedulerMixin`, *optional*): use these components
+                instead of the saved ones (that component is then not read from disk).
 
         Returns:
             [`DDPMExtPipeline`]: diffusers' `DDPMScheduler` / `DDIMScheduler` configs are loaded into
             [`DDPMExtScheduler`] / [`DDIMExtScheduler`]; other diffusers schedulers are kept as they are.
+
+        Raises:
+            ValueError: before anything is built, for an argument not listed above, a folder that is not a DDPM
+                pipeline (a unet class other than `UNet2DModel`, a scheduler class that is not a scheduler),
+                weights with missing or unexpected tensors (named), or pickle weights without `allow_pickle=True`.
         """
-        if kwargs:
-            raise ValueError(f"Unexpected arguments {sorted(kwargs)} for `DDPMExtPipeline.from_pretrained`.")
+        unknown = sorted(set(kwargs) - set(_HUB_ARGUMENTS) - set(_LOADING_ARGUMENTS) - {"allow_pickle", "unet", "scheduler"})
+        if unknown:
+            raise ValueError(
+                f"Unexpected arguments {unknown} for `DDPMExtPipeline.from_pretrained`; it accepts "
+                f"{sorted(_HUB_ARGUMENTS + _LOADING_ARGUMENTS + ('allow_pickle', 'unet', 'scheduler'))}."
+            )
+        hub = {k: kwargs.pop(k) for k in _HUB_ARGUMENTS if k in kwargs}
+        allow_pickle = bool(kwargs.pop("allow_pickle", False))
+        overrides = {k: kwargs.pop(k) for k in ("unet", "scheduler") if kwargs.get(k) is not None}
+        kwargs.pop("unet", None), kwargs.pop("scheduler", None)
         folder = resolve_pipeline_folder(
             pretrained_model_name_or_path,
-            revision=revision,
-            cache_dir=cache_dir,
-            token=token,
-            local_files_only=local_files_only,
             allow_pickle=allow_pickle,
+            components=tuple(k for k in ("unet", "scheduler") if k not in overrides),
+            **hub,
         )
-        unet = load_unet(folder, allow_pickle=allow_pickle, torch_dtype=torch_dtype)
-        if scheduler is None:
-            scheduler = load_scheduler(folder)
-        return cls(unet=unet, scheduler=scheduler)
+        check_component_classes(folder)
+        if "scheduler" not in overrides:
+            overrides["scheduler"] = load_scheduler(folder)
+        if "unet" not in overrides:
+            kwargs["use_safetensors"] = check_unet_weights(
+                folder, variant=kwargs.get("variant"), use_safetensors=kwargs.get("use_safetensors"), allow_pickle=allow_pickle
+            )
+        pipe = super().from_pretrained(folder, **overrides, **kwargs)
+        uninitialised = [name for name, p in pipe.unet.state_dict().items() if p.device.type == "meta"]
+        if uninitialised:  # a pickle file with missing tensors (safetensors ones are refused before loading)
+            raise ValueError(f"The weights in {folder / 'unet'} lack the tensor(s) {uninitialised[:10]}.")
+        pipe.register_to_config(_name_or_path=os.fspath(pretrained_model_name_or_path))
+        return pipe
+
+
+# from_pretrained's arguments: for fetching a Hub repo, and passed on to diffusers' loading
+_HUB_ARGUMENTS = ("revision", "cache_dir", "token", "local_files_only", "force_download", "proxies")
+_LOADING_ARGUMENTS = (
+    "variant", "use_safetensors", "dtype", "torch_dtype", "low_cpu_mem_usage", "device_map", "max_memory",
+    "offload_folder", "offload_state_dict", "disable_mmap",
+)  # fmt: skip

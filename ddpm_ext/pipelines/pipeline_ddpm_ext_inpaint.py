@@ -33,12 +33,11 @@ from typing import Any, Literal, Sequence, get_args
 import numpy as np
 import PIL.Image
 import torch
-from diffusers.utils.torch_utils import randn_tensor
 
 from ..images import convert_image, normalize, to_unit
 from ..schedulers.scheduling_common import ScheduleMixin, draw_noise
 from ..validation import check_int
-from .pipeline_ddpm_ext import DDPMExtPipeline, DDPMExtPipelineOutput, OutputType
+from .pipeline_ddpm_ext import DDPMExtPipeline, DDPMExtPipelineOutput, OutputType, draw_initial_noise
 
 __all__ = [
     "DDPMExtInpaintPipeline",
@@ -99,21 +98,6 @@ def repaint_schedule(num_steps: int, jump_length: int = 10, jump_n_sample: int =
                 levels.append(t)
     levels.append(-1)
     return levels
-
-
-def draw_initial_noise(
-    shape: tuple[int, ...],
-    generator: torch.Generator | list[torch.Generator] | None,
-    device: torch.device,
-    dtype: torch.dtype,
-) -> torch.Tensor:
-    """x_T ~ N(0, I), drawn exactly as diffusers' `DDPMPipeline` (and `DDPMExtPipeline`) draw it.
-
-    On "mps" the numbers are drawn on the CPU and moved (randn on mps is not reproducible).
-    """
-    if device.type == "mps":
-        return randn_tensor(shape, generator=generator, dtype=dtype).to(device)
-    return randn_tensor(shape, generator=generator, device=device, dtype=dtype)
 
 
 def forward_jump(sample: torch.Tensor, alpha_cumprod_from: float, alpha_cumprod_to: float, noise: torch.Tensor) -> torch.Tensor:
@@ -362,7 +346,7 @@ class DDPMExtInpaintPipeline(DDPMExtPipeline):
         # guided ε); the masking, the jumps and the checks stay as they are.
         x0, fill = self._prepare_inputs(image, mask_image)
         batch_size = x0.shape[0]
-        step_kwargs = self._check_call(batch_size, generator, num_inference_steps, eta, stochastic, output_type)
+        step_kwargs, _ = self._check_call(batch_size, generator, eta, stochastic, output_type)
         levels = repaint_schedule(num_inference_steps, jump_length, jump_n_sample)
         if not isinstance(self.scheduler, ScheduleMixin):
             raise ValueError(
@@ -396,7 +380,7 @@ class DDPMExtInpaintPipeline(DDPMExtPipeline):
         for a, b in self.progress_bar(list(zip(levels[:-1], levels[1:]))):
             t, s = timestep(a), timestep(b)
             if b < a:
-                out = scheduler.step(model(x, torch.tensor(t, device=device)), t, x, generator=generator, **step_kwargs)
+                out = scheduler.step(model(x, torch.tensor(t, device=device)), t, x, **step_kwargs)  # (with `generator`)
                 known = x0 if s < 0 else scheduler.add_noise(x0, self._known_noise(x0, generator, has_known), torch.tensor([s]))
                 x = torch.where(keep, known, out.prev_sample)
                 if return_trajectory:
@@ -408,7 +392,7 @@ class DDPMExtInpaintPipeline(DDPMExtPipeline):
                 visited.append(s)
 
         # 3. [-1, 1] -> [0, 1] -> the requested type (the last step put x_0 itself in the kept region)
-        images = self.postprocess(x, output_type)
+        images = self._output(x, output_type)
         self.maybe_free_model_hooks()
         if not return_dict:
             return (images,)

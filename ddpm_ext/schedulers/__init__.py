@@ -2,6 +2,7 @@
 
 from .scheduling_common import (
     BETA_SCHEDULES,
+    COMPATIBLE_DIFFUSERS_SCHEDULERS,
     PREDICTION_TYPES,
     TIMESTEP_SPACINGS,
     VARIANCE_TYPES,
@@ -21,6 +22,7 @@ from .scheduling_ddpm_ext import (
 
 __all__ = [
     "BETA_SCHEDULES",
+    "COMPATIBLE_DIFFUSERS_SCHEDULERS",
     "PREDICTION_TYPES",
     "TIMESTEP_SPACINGS",
     "VARIANCE_TYPES",

@@ -12,15 +12,21 @@ diffusers attribute names and keep the float64 arrays for their coefficient tabl
 
 from __future__ import annotations
 
+import inspect
+import json
 import math
-from typing import Callable, Literal, Sequence, get_args
+import os
+from pathlib import Path
+from typing import Any, Literal, NamedTuple, Sequence, get_args
 
 import numpy as np
 import torch
+import diffusers
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from diffusers.utils.torch_utils import randn_tensor
 
-from ..validation import check_choice, check_positive
+from ..files import atomic_write_text
+from ..validation import check_choice, check_int, check_positive
 
 BetaSchedule = Literal["linear", "quadratic", "cosine", "sigmoid", "scaled_linear", "squaredcos_cap_v2"]
 VarianceType = Literal["fixed_small", "fixed_large", "learned_range", "fixed_small_log", "fixed_large_log", "learned"]
@@ -85,11 +91,7 @@ def make_betas(
         ValueError: for an unknown schedule, `num_train_timesteps` < 1, β outside (0, 1),
             `beta_start` > `beta_end`, or `trained_betas` of the wrong length or out of range.
     """
-    if isinstance(num_train_timesteps, bool) or not isinstance(num_train_timesteps, (int, np.integer)):
-        raise ValueError(f"`num_train_timesteps` must be an integer >= 1, got {num_train_timesteps!r}.")
-    if num_train_timesteps < 1:
-        raise ValueError(f"`num_train_timesteps` must be an integer >= 1, got {num_train_timesteps}.")
-    T = int(num_train_timesteps)
+    T = check_int("num_train_timesteps", num_train_timesteps, 1)
 
     if trained_betas is not None:
         betas = np.asarray(trained_betas, dtype=np.float64).reshape(-1)
@@ -162,14 +164,127 @@ def broadcast_to(coef: torch.Tensor, ndim: int) -> torch.Tensor:
     return coef.reshape(coef.shape[0], *([1] * (ndim - 1)))
 
 
+# diffusers' schedulers that `DDPMExtPipeline`'s loop samples correctly from a DDPM-trained ε-model (each is
+# tested with an exact-ε Gaussian model in tests/pipelines/test_scheduler_swaps.py). Left out: Heun and KDPM2
+# (/Ancestral), whose samples stayed ~9% too wide at 50 and 200 steps in that test; DPMSolverSDE (needs
+# torchsde); EDMEuler (feeds the model EDM's c_noise, not a DDPM timestep); DDIMInverse, LCM, TCD and the
+# flow-matching schedulers (other parameterisations or no step from noise to data).
+COMPATIBLE_DIFFUSERS_SCHEDULERS: tuple[str, ...] = (
+    "DDPMScheduler",
+    "DDIMScheduler",
+    "PNDMScheduler",
+    "LMSDiscreteScheduler",
+    "EulerDiscreteScheduler",
+    "EulerAncestralDiscreteScheduler",
+    "DPMSolverMultistepScheduler",
+    "DPMSolverSinglestepScheduler",
+    "DEISMultistepScheduler",
+    "UniPCMultistepScheduler",
+)
+
+# Private keys of a saved scheduler config (see `to_diffusers_config`).
+_EXT_CLASS_KEY = "_ddpm_ext_class_name"
+_EXT_CONFIG_KEY = "_ddpm_ext_config"
+_BETAS_FOR_DIFFUSERS_KEY = "_ddpm_ext_betas_for_diffusers"
+
+
+def _diffusers_computes(beta_schedule: str, cosine_s: float, max_beta: float) -> bool:
+    """Whether every diffusers scheduler computes the same β from the config's keys (cosine: its s and cap)."""
+    if beta_schedule == "squaredcos_cap_v2":
+        return cosine_s == 0.008 and max_beta == 0.999
+    return beta_schedule in ("linear", "scaled_linear")
+
+
+def from_saved_config(config: dict[str, Any]) -> dict[str, Any]:
+    """Undo `to_diffusers_config`: ddpm_ext's options back from the private keys, diffusers' stand-in β dropped
+    (also from an in-memory config, see `_init_schedule`).
+
+    A config without those keys (diffusers' own, or an in-memory one) comes back unchanged.
+    """
+    config = dict(config)
+    if config.pop(_BETAS_FOR_DIFFUSERS_KEY, False):
+        config["trained_betas"] = None
+    config.update(config.pop(_EXT_CONFIG_KEY, None) or {})
+    return config
+
+
 class ScheduleMixin(SchedulerMixin):
     """What the DDPM and DDIM schedulers share: the β schedule, the timestep grid, x̂_0 and the forward process.
 
-    Subclasses call `_init_schedule()` from their `@register_to_config` `__init__`.
+    Subclasses call `_init_schedule()` from their `@register_to_config` `__init__`, and name the diffusers class
+    that vanilla diffusers loads in their place (`_diffusers_class_name`).
     """
 
     order = 1
     init_noise_sigma = 1.0
+    _diffusers_class_name: str = ""
+    _compatibles = list(COMPATIBLE_DIFFUSERS_SCHEDULERS)
+    _ext_classes: dict[str, type] = {}  # every ddpm_ext scheduler class, by name (filled by __init_subclass__)
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if cls._diffusers_class_name:
+            ScheduleMixin._ext_classes[cls.__name__] = cls
+
+    @classmethod
+    def _get_compatibles(cls) -> list[type]:
+        """ddpm_ext's schedulers and the diffusers schedulers that `DDPMExtPipeline` samples correctly with."""
+        theirs = [getattr(diffusers, name) for name in cls._compatibles if hasattr(diffusers, name)]
+        return list(ScheduleMixin._ext_classes.values()) + theirs
+
+    # ----------------------------------------------------------------------------------------------
+    # Config on disk: the one translation to diffusers' class (used by `save_pretrained` and the pipeline's save)
+    # ----------------------------------------------------------------------------------------------
+    def to_diffusers_config(self) -> dict[str, Any]:
+        """The config as written to disk, loadable by diffusers' own class with the same β.
+
+        `_class_name` is diffusers' class (`DDPMScheduler` / `DDIMScheduler`) and ddpm_ext's class goes in a private
+        key; options diffusers' class does not know (`cosine_s`, `max_beta`, ...) go into a private dict, so
+        diffusers loads without warnings. When diffusers would compute other β from the remaining keys (a cosine
+        offset or cap it does not know), the β are also written as `trained_betas`, flagged so that ddpm_ext drops
+        them again on load (`from_saved_config`).
+        """
+        config = {k: v for k, v in dict(self.config).items() if k != "_use_default_values"}
+        theirs = getattr(diffusers, self._diffusers_class_name)
+        config["_class_name"] = theirs.__name__
+        config[_EXT_CLASS_KEY] = type(self).__name__
+        known = set(inspect.signature(theirs.__init__).parameters)
+        config[_EXT_CONFIG_KEY] = {k: config.pop(k) for k in list(config) if not k.startswith("_") and k not in known}
+        vanilla = theirs.from_config({k: v for k, v in config.items() if not k.startswith("_")})
+        if not torch.allclose(vanilla.betas.double(), torch.from_numpy(self._betas64), rtol=1e-6, atol=1e-9):
+            config["trained_betas"] = [float(b) for b in self._betas64]
+            config[_BETAS_FOR_DIFFUSERS_KEY] = True
+        return config
+
+    def save_config(self, save_directory: str | os.PathLike, push_to_hub: bool = False, **kwargs: Any) -> None:
+        """Write `scheduler_config.json` (see `to_diffusers_config`) atomically; diffusers' class loads it too.
+
+        Example:
+
+        ```py
+        >>> import tempfile
+        >>> from diffusers import DDPMScheduler
+        >>> from ddpm_ext import DDPMExtScheduler
+        >>> folder = tempfile.mkdtemp()
+        >>> DDPMExtScheduler(beta_schedule="cosine", cosine_s=0.02).save_pretrained(folder)
+        >>> bool((DDPMScheduler.from_pretrained(folder).betas == DDPMExtScheduler.from_pretrained(folder).betas).all())
+        True
+
+        ```
+        """
+        if push_to_hub:
+            raise ValueError("`push_to_hub` is not handled by `save_pretrained`; save, then upload the folder.")
+        if os.path.isfile(save_directory):
+            raise ValueError(f"`save_directory` {os.fspath(save_directory)!r} is a file, not a folder.")
+        text = json.dumps(self.to_diffusers_config(), indent=2, sort_keys=True) + "\n"
+        atomic_write_text(Path(save_directory) / self.config_name, text)
+
+    @classmethod
+    def from_config(cls, config: Any = None, return_unused_kwargs: bool = False, **kwargs: Any) -> Any:
+        """diffusers' `from_config`, after undoing the on-disk translation of `to_diffusers_config`."""
+        if config is not None:
+            config = from_saved_config(config)
+        return super().from_config(config, return_unused_kwargs=return_unused_kwargs, **kwargs)
 
     def _init_schedule(self) -> None:
         cfg = self.config
@@ -180,8 +295,7 @@ class ScheduleMixin(SchedulerMixin):
         check_positive("clip_sample_range", cfg.clip_sample_range)
         check_positive("sample_max_value", cfg.sample_max_value)
         check_positive("dynamic_thresholding_ratio", cfg.dynamic_thresholding_ratio, upper=1.0)
-        if isinstance(cfg.steps_offset, bool) or not isinstance(cfg.steps_offset, int) or cfg.steps_offset < 0:
-            raise ValueError(f"`steps_offset` must be an integer >= 0, got {cfg.steps_offset!r}.")
+        check_int("steps_offset", cfg.steps_offset, 0)
 
         betas = make_betas(
             cfg.num_train_timesteps,
@@ -192,11 +306,21 @@ class ScheduleMixin(SchedulerMixin):
             cfg.cosine_s,
             cfg.max_beta,
         )
-        if cfg.rescale_betas_zero_snr:
-            betas = rescale_zero_terminal_snr(betas)
         # Store diffusers' names so configs move to diffusers' schedulers with `from_config`.
         if canonical != cfg.beta_schedule:
             self.register_to_config(beta_schedule=canonical)
+        # diffusers' schedulers know neither `cosine_s` / `max_beta` nor (most of them) "sigmoid": for such a
+        # schedule the config also carries β as `trained_betas`, flagged as a stand-in, so that
+        # `AnyDiffusersScheduler.from_config(scheduler.config)` samples with this very schedule; ddpm_ext's
+        # `from_config` drops the stand-in and recomputes β from the options (which may have been changed).
+        if cfg.trained_betas is None and not _diffusers_computes(canonical, cfg.cosine_s, cfg.max_beta):
+            # (diffusers' `from_config` resets keys listed as defaults in `_use_default_values`: unlist β)
+            defaults = [k for k in cfg.get("_use_default_values", []) if k != "trained_betas"]
+            self.register_to_config(
+                trained_betas=[float(b) for b in betas], _use_default_values=defaults, **{_BETAS_FOR_DIFFUSERS_KEY: True}
+            )
+        if cfg.rescale_betas_zero_snr:
+            betas = rescale_zero_terminal_snr(betas)
         if cfg.trained_betas is not None and not isinstance(cfg.trained_betas, list):
             self.register_to_config(trained_betas=[float(b) for b in np.asarray(cfg.trained_betas).reshape(-1)])
         self.variance_kind = variance  # the lecture's choice behind diffusers' name
@@ -206,7 +330,6 @@ class ScheduleMixin(SchedulerMixin):
         self.betas = torch.from_numpy(betas).float()
         self.alphas = 1.0 - self.betas
         self.alphas_cumprod = torch.from_numpy(self._alphas_cumprod64).float()
-        self.one = torch.tensor(1.0)
         self._tables: dict[tuple[str, torch.device, torch.dtype], torch.Tensor] = {}
 
         self.num_inference_steps: int | None = None
@@ -265,12 +388,7 @@ class ScheduleMixin(SchedulerMixin):
             self.custom_timesteps = True
             self.num_inference_steps = len(grid)
         else:
-            if isinstance(num_inference_steps, bool) or not isinstance(num_inference_steps, (int, np.integer)):
-                raise ValueError(f"`num_inference_steps` must be an integer, got {num_inference_steps!r}.")
-            if not 1 <= num_inference_steps <= T:
-                raise ValueError(
-                    f"`num_inference_steps` must be in [1, {T}] (`num_train_timesteps`), got {num_inference_steps}."
-                )
+            check_int("num_inference_steps", num_inference_steps, 1, T)
             grid = self._spaced_timesteps(int(num_inference_steps))
             if grid[0] >= T or grid[-1] < 0 or (np.diff(grid) >= 0).any():
                 raise ValueError(
@@ -311,34 +429,28 @@ class ScheduleMixin(SchedulerMixin):
                 "call `set_timesteps` first or pass a timestep from `scheduler.timesteps`."
             ) from None
 
-    def previous_timestep(self, timestep: int | torch.Tensor) -> int:
-        """The timestep the step from `timestep` lands on (-1 means x_0)."""
-        return int(self._prev_timesteps[self._step_index(timestep)])
+    def previous_timestep(self, timestep: int | torch.Tensor) -> torch.Tensor:
+        """The timestep the step from `timestep` lands on, as a 0-dim tensor like diffusers' (-1 means x_0)."""
+        return torch.tensor(int(self._prev_timesteps[self._step_index(timestep)]))
 
     # ----------------------------------------------------------------------------------------------
     # Model output -> x̂_0, and the forward process
     # ----------------------------------------------------------------------------------------------
-    def _scalars(
-        self, key: tuple, like: torch.Tensor, values: Callable[[], tuple[float, ...]]
-    ) -> tuple[torch.Tensor | float, ...]:
-        """Per-step coefficients as 0-dim CPU tensors, made once per `set_timesteps` and kept per dtype.
+    def _as_scalars(self, key: tuple, floats: NamedTuple, like: torch.Tensor) -> NamedTuple:
+        """`floats` (one step's coefficients) with every float as a 0-dim CPU tensor of `like`'s dtype; cached.
 
         A Python number in `x * c` is wrapped into a new tensor on every call, which doubles the cost of a small
         elementwise op; a ready 0-dim CPU tensor of `like`'s dtype is passed to the kernel the same way (as a
         host-side scalar, also for CUDA tensors: no copy, no sync) and gives the same bits. That holds for
         float32 and float64; for other dtypes (float16, bfloat16: PyTorch computes them in float32, and a
         float32 0-dim tensor would be rounded to the sample's dtype on the CPU) the Python floats are kept.
-
-        Args:
-            key (`tuple`): identifies the coefficients (e.g. the step index); the cache is cleared by `set_timesteps`.
-            like (`torch.Tensor`): a tensor the coefficients will multiply.
-            values (`Callable`): returns the Python floats; called only on a cache miss.
+        Non-float fields (flags) are kept as they are. `key` names the step; `set_timesteps` clears the cache.
         """
         dtype = like.dtype
         hit = self._scalar_cache.get((key, dtype))
         if hit is None:
             exact = dtype in (torch.float32, torch.float64)
-            hit = tuple(torch.tensor(v, dtype=dtype) if exact else v for v in values())
+            hit = type(floats)(*(torch.tensor(v, dtype=dtype) if exact and type(v) is float else v for v in floats))
             self._scalar_cache[(key, dtype)] = hit
         return hit
 
@@ -356,7 +468,7 @@ class ScheduleMixin(SchedulerMixin):
         """x̂_0 and ε̂ from the model output at ᾱ_t = `ab_t` (Ho et al. eq. 15; Salimans & Ho for v).
 
         `ab_t` is a float for one sampling step, or a tensor broadcastable to `sample` for per-image timesteps.
-        `roots` are (√ᾱ_t, √(1 - ᾱ_t)) when the caller has them ready (see `_scalars`).
+        `roots` are (√ᾱ_t, √(1 - ᾱ_t)) when the caller has them ready (see `_as_scalars`).
         """
         pt = self.config.prediction_type
         sa, sb = roots if roots is not None else (ab_t**0.5, (1.0 - ab_t) ** 0.5)
@@ -395,13 +507,25 @@ class ScheduleMixin(SchedulerMixin):
             self._tables[key] = table
         return table
 
-    def _per_sample(self, name: str, values: np.ndarray, timesteps: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-        """`values[timesteps]` broadcast against `like` (B, ...)."""
-        table = self._table(name, values, like)
+    def _timestep_indices(self, timesteps: int | torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        """`timesteps` as a (B,) long tensor on `like`'s device, after checking that every t is in [0, T).
+
+        Indexing a table with t = -1 would silently read ᾱ_{T-1}; the check costs one host sync per call.
+        """
         t = torch.as_tensor(timesteps, device=like.device).long().reshape(-1)
+        T = self.config.num_train_timesteps
+        if t.numel() and (int(t.min()) < 0 or int(t.max()) >= T):
+            raise ValueError(
+                f"`timesteps` must lie in [0, {T - 1}] (`num_train_timesteps`={T}), got "
+                f"{t.tolist()[:8]}{'...' if t.numel() > 8 else ''}."
+            )
         if t.numel() == 1 and like.shape[0] != 1:
             t = t.expand(like.shape[0])
-        return broadcast_to(table[t], like.ndim)
+        return t
+
+    def _per_sample(self, name: str, values: np.ndarray, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        """`values[t]` broadcast against `like` (B, ...); `t` comes from `_timestep_indices`."""
+        return broadcast_to(self._table(name, values, like)[t], like.ndim)
 
     def add_noise(
         self, original_samples: torch.Tensor, noise: torch.Tensor, timesteps: torch.IntTensor
@@ -411,11 +535,15 @@ class ScheduleMixin(SchedulerMixin):
         Args:
             original_samples (`torch.Tensor`): x_0, shape (B, C, H, W).
             noise (`torch.Tensor`): ε ~ N(0, I), same shape.
-            timesteps (`torch.IntTensor`): t per sample, shape (B,) (or one value for all).
+            timesteps (`torch.IntTensor`): t per sample, shape (B,) (or one value for all), in [0, T).
+
+        Raises:
+            ValueError: for a timestep outside [0, `num_train_timesteps`) (t = -1 would wrap to T - 1).
         """
         ab = self._alphas_cumprod64
-        a = self._per_sample("sqrt_alphas_cumprod", np.sqrt(ab), timesteps, original_samples)
-        b = self._per_sample("sqrt_one_minus_alphas_cumprod", np.sqrt(1 - ab), timesteps, original_samples)
+        t = self._timestep_indices(timesteps, original_samples)
+        a = self._per_sample("sqrt_alphas_cumprod", np.sqrt(ab), t, original_samples)
+        b = self._per_sample("sqrt_one_minus_alphas_cumprod", np.sqrt(1 - ab), t, original_samples)
         return a * original_samples + b * noise
 
     def q_mean_variance(
@@ -431,16 +559,18 @@ class ScheduleMixin(SchedulerMixin):
             `(mean, variance, log_variance)`; the variances have shape (B, 1, ..., 1).
         """
         ab = self._alphas_cumprod64
-        mean = self._per_sample("sqrt_alphas_cumprod", np.sqrt(ab), timesteps, x_start) * x_start
-        var = self._per_sample("one_minus_alphas_cumprod", 1.0 - ab, timesteps, x_start)
-        log_var = self._per_sample("log_one_minus_alphas_cumprod", np.log(1.0 - ab), timesteps, x_start)
+        t = self._timestep_indices(timesteps, x_start)
+        mean = self._per_sample("sqrt_alphas_cumprod", np.sqrt(ab), t, x_start) * x_start
+        var = self._per_sample("one_minus_alphas_cumprod", 1.0 - ab, t, x_start)
+        log_var = self._per_sample("log_one_minus_alphas_cumprod", np.log(1.0 - ab), t, x_start)
         return mean, var, log_var
 
     def get_velocity(self, sample: torch.Tensor, noise: torch.Tensor, timesteps: torch.IntTensor) -> torch.Tensor:
         """The v-prediction target v = √ᾱ_t ε - √(1 - ᾱ_t) x_0 (Salimans & Ho 2022); `sample` is x_0."""
         ab = self._alphas_cumprod64
-        a = self._per_sample("sqrt_alphas_cumprod", np.sqrt(ab), timesteps, sample)
-        b = self._per_sample("sqrt_one_minus_alphas_cumprod", np.sqrt(1 - ab), timesteps, sample)
+        t = self._timestep_indices(timesteps, sample)
+        a = self._per_sample("sqrt_alphas_cumprod", np.sqrt(ab), t, sample)
+        b = self._per_sample("sqrt_one_minus_alphas_cumprod", np.sqrt(1 - ab), t, sample)
         return a * noise - b * sample
 
     def __len__(self) -> int:

@@ -14,13 +14,14 @@ from __future__ import annotations
 import math
 from collections import OrderedDict
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 import torch
 from diffusers.configuration_utils import ConfigMixin, register_to_config
-from diffusers.schedulers.scheduling_utils import KarrasDiffusionSchedulers
 from diffusers.utils import BaseOutput
 
+from ..validation import check_number, learns_variance
 from .scheduling_common import (
     BetaSchedule,
     PredictionType,
@@ -48,6 +49,18 @@ class DDIMExtSchedulerOutput(BaseOutput):
         for name, value in (("prev_sample", self.prev_sample), ("pred_original_sample", self.pred_original_sample)):
             if value is not None:
                 OrderedDict.__setitem__(self, name, value)
+
+
+class _Step(NamedTuple):
+    """The coefficients of one DDIM step x_t -> x_prev at one η (Song et al. eq. 12), made on first use."""
+
+    alpha_bar: float  # ᾱ_t
+    sqrt_alpha_bar: float  # √ᾱ_t
+    sqrt_one_minus_alpha_bar: float  # √(1 - ᾱ_t)
+    sqrt_alpha_bar_prev: float  # √ᾱ_prev
+    direction: float  # √(1 - ᾱ_prev - σ_t²), the weight of ε̂ ("direction pointing to x_t")
+    sigma: float  # σ_t(η)
+    noisy: bool  # σ_t > 0: noise is added
 
 
 class DDIMExtScheduler(ScheduleMixin, ConfigMixin):
@@ -80,10 +93,11 @@ class DDIMExtScheduler(ScheduleMixin, ConfigMixin):
     ...     x = ddim.step(torch.zeros_like(x), t, x, eta=0.0).prev_sample
     >>> ddim.config.beta_schedule
     'squaredcos_cap_v2'
+
     ```
     """
 
-    _compatibles = [e.name for e in KarrasDiffusionSchedulers]
+    _diffusers_class_name = "DDIMScheduler"
 
     @register_to_config
     def __init__(
@@ -109,13 +123,46 @@ class DDIMExtScheduler(ScheduleMixin, ConfigMixin):
     ):
         self._init_schedule()
 
+    def _set_grid(self, grid: np.ndarray, device: str | torch.device | None = None) -> None:
+        self._step_cache: dict[tuple[int, float], _Step] = {}
+        super()._set_grid(grid, device)
+
     def _final_alpha_cumprod(self) -> float:
         return 1.0 if self.config.set_alpha_to_one else float(self._alphas_cumprod64[0])
 
     def _step_coefficients(self, ab_t: np.ndarray, ab_prev: np.ndarray) -> None:
-        # σ_t(η)² / η², from the kept ᾱ values (Song et al. eq. 16)
+        # (ᾱ_t, ᾱ_prev, σ_t(η)² / η²) per step, from the kept ᾱ values (Song et al. eq. 16); the η-dependent
+        # coefficients are made by `_coefficients` on first use.
         base_var = (1 - ab_prev) / (1 - ab_t) * (1 - ab_t / ab_prev)
         self._steps = [(float(a), float(p), float(v)) for a, p, v in zip(ab_t, ab_prev, base_var)]
+
+    def _coefficients(self, i: int, eta: float) -> _Step:
+        """The coefficients of step `i` at η = `eta` (checked here, once per step and η value)."""
+        check_number("eta", eta, 0, 1)
+        ab_t, ab_prev, base_var = self._steps[i]
+        sigma = eta * math.sqrt(base_var)  # σ_t(η), eq. 16
+        return _Step(
+            alpha_bar=ab_t,
+            sqrt_alpha_bar=ab_t**0.5,
+            sqrt_one_minus_alpha_bar=(1.0 - ab_t) ** 0.5,
+            sqrt_alpha_bar_prev=math.sqrt(ab_prev),
+            direction=math.sqrt(max(1 - ab_prev - sigma**2, 0.0)),
+            sigma=sigma,
+            noisy=sigma > 0,
+        )
+
+    def _get_variance(self, timestep: int | torch.Tensor, prev_timestep: int | torch.Tensor) -> torch.Tensor:
+        """σ_t(1)² = (1 - ᾱ_prev)/(1 - ᾱ_t) · (1 - ᾱ_t/ᾱ_prev) between any two timesteps, as diffusers'
+        `DDIMScheduler._get_variance` (used by pipelines such as LEDITS++ and CycleDiffusion); `prev_timestep` < 0
+        means x_0 (ᾱ = 1, or ᾱ_0 with `set_alpha_to_one=False`). Accepts ints or tensors of timesteps."""
+        ab = torch.from_numpy(self._alphas_cumprod64)
+        t = torch.as_tensor(timestep).long().cpu()
+        prev = torch.as_tensor(prev_timestep).long().cpu()
+        ab_t = ab[t]
+        ab_prev = torch.where(prev >= 0, ab[prev.clamp(min=0)], torch.tensor(self._final_alpha_cumprod(), dtype=ab.dtype))
+        variance = (1 - ab_prev) / (1 - ab_t) * (1 - ab_t / ab_prev)
+        device = timestep.device if isinstance(timestep, torch.Tensor) else None
+        return variance.float().to(device)
 
     def step(
         self,
@@ -147,39 +194,34 @@ class DDIMExtScheduler(ScheduleMixin, ConfigMixin):
         Returns:
             [`DDIMExtSchedulerOutput`] or `(prev_sample, pred_original_sample)`.
         """
-        if not (isinstance(eta, (int, float)) and 0.0 <= eta <= 1.0):
-            raise ValueError(f"`eta` must be a number in [0, 1], got {eta!r}.")
         if variance_noise is not None and generator is not None:
             raise ValueError("Pass either `generator` or `variance_noise`, not both.")
         i = self._step_index(timestep)
-        ab_t, ab_prev, base_var = self._steps[i]
-        c = sample.shape[1]
-        if model_output.shape[1] == 2 * c and self.variance_kind in ("learned_range", "learned"):
-            model_output = model_output[:, :c]
-        elif model_output.shape[1] != c:
-            raise ValueError(f"`model_output` has {model_output.shape[1]} channels but `sample` has {c}.")
-        sigma = eta * math.sqrt(base_var)  # σ_t(η)
+        key = (i, eta)
+        s = self._step_cache.get(key)
+        if s is None:
+            s = self._step_cache[key] = self._coefficients(i, eta)  # Python floats
+        c = self._as_scalars(key, s, sample)  # the same as 0-dim tensors of the sample's dtype (same bits, faster)
+        channels = sample.shape[1]
+        if model_output.shape[1] == 2 * channels and learns_variance(self.variance_kind):
+            model_output = model_output[:, :channels]  # DDIM uses the mean channels only
+        elif model_output.shape[1] != channels:
+            raise ValueError(f"`model_output` has {model_output.shape[1]} channels but `sample` has {channels}.")
 
-        def coefficients() -> tuple[float, ...]:
-            direction = math.sqrt(max(1 - ab_prev - sigma**2, 0.0))
-            return ab_t**0.5, (1.0 - ab_t) ** 0.5, math.sqrt(ab_t), math.sqrt(1 - ab_t), math.sqrt(ab_prev), direction, sigma
-
-        sa, sb, sa_clip, sb_clip, sa_prev, c_dir, sigma_t = self._scalars((i, sigma), sample, coefficients)
-
-        # 1. x̂_0 and ε̂ from the model output, then clip or threshold x̂_0
-        x0, eps = self._pred_x0_eps(model_output, sample, ab_t, roots=(sa, sb))
+        # 1. x̂_0 and ε̂ from the model output ("predicted x_0" of eq. 12), then clip or threshold x̂_0
+        x0, eps = self._pred_x0_eps(model_output, sample, s.alpha_bar, roots=(c.sqrt_alpha_bar, c.sqrt_one_minus_alpha_bar))
         x0 = self._clip_x0(x0)
         if use_clipped_model_output:
-            eps = (sample - sa_clip * x0) / sb_clip
+            eps = (sample - c.sqrt_alpha_bar * x0) / c.sqrt_one_minus_alpha_bar
 
-        # 2. the direction pointing to x_t (eq. 12)
-        prev_sample = sa_prev * x0 + c_dir * eps
+        # 2. x_prev = √ᾱ_prev x̂_0 + √(1 - ᾱ_prev - σ_t²) ε̂ (eq. 12)
+        prev_sample = c.sqrt_alpha_bar_prev * x0 + c.direction * eps
 
-        # 3. + σ_t z
-        if sigma > 0 and stochastic:
+        # 3. + σ_t z, z ~ N(0, I) (eq. 12)
+        if s.noisy and stochastic:
             if variance_noise is None:
                 variance_noise = draw_noise(model_output, generator)
-            prev_sample = prev_sample + sigma_t * variance_noise
+            prev_sample = prev_sample + c.sigma * variance_noise
 
         if not return_dict:
             return (prev_sample, x0)

@@ -21,9 +21,9 @@ from typing import NamedTuple
 import numpy as np
 import torch
 from diffusers.configuration_utils import ConfigMixin, register_to_config
-from diffusers.schedulers.scheduling_utils import KarrasDiffusionSchedulers
 from diffusers.utils import BaseOutput
 
+from ..validation import learns_variance
 from .scheduling_common import (
     BetaSchedule,
     PredictionType,
@@ -89,20 +89,17 @@ def posterior_coefficients(ab_t: np.ndarray, ab_prev: np.ndarray) -> dict[str, n
 
 
 class _Step(NamedTuple):
-    """Python-float coefficients of one sampling step, computed once per `set_timesteps`.
+    """The coefficients of one sampling step x_t -> x_prev, computed once per `set_timesteps` (float64 -> float)."""
 
-    Python numbers go to the kernels as arguments: no tensor indexing, no host-device copy or sync in `step`.
-    """
-
-    alpha_bar: float
-    coef_x0: float
+    alpha_bar: float  # ᾱ_t
+    sqrt_alpha_bar: float  # √ᾱ_t
+    sqrt_one_minus_alpha_bar: float  # √(1 - ᾱ_t)
+    coef_x0: float  # μ̃ = coef_x0 · x̂_0 + coef_xt · x_t   (eq. 7)
     coef_xt: float
-    small_log_var: float  # log β̃ (clipped)
-    large_log_var: float  # log β (with the first-step value of improved DDPM)
-    small_var: float  # β̃ (unclipped: 0 at the step landing on x_0)
-    large_var: float  # β'
-    small_std: float  # σ_t = exp(log β̃ / 2) (clipped log)
-    large_std: float  # σ_t = exp(log β / 2)
+    std: float  # σ_t of the configured fixed variance (NaN when the variance is learned)
+    small_log_var: float  # log β̃_t (clipped at the last step, as improved DDPM)
+    large_log_var: float  # log β_t (β̃ of the second-to-last step at the last, as improved DDPM)
+    log_beta: float  # log β'_t, the upper end of `learned_range`
     last: bool  # lands on x_0: no noise is added
 
 
@@ -156,10 +153,11 @@ class DDPMExtScheduler(ScheduleMixin, ConfigMixin):
     ...     x = scheduler.step(eps, t, x, generator=torch.Generator().manual_seed(int(t))).prev_sample
     >>> x.shape
     torch.Size([1, 3, 8, 8])
+
     ```
     """
 
-    _compatibles = [e.name for e in KarrasDiffusionSchedulers]
+    _diffusers_class_name = "DDPMScheduler"
 
     @register_to_config
     def __init__(
@@ -195,7 +193,7 @@ class DDPMExtScheduler(ScheduleMixin, ConfigMixin):
     @property
     def learns_variance(self) -> bool:
         """Whether the model outputs 2C channels (C for the mean, C for the variance)."""
-        return self.variance_kind in ("learned_range", "learned")
+        return learns_variance(self.variance_kind)
 
     # ----------------------------------------------------------------------------------------------
     # Sampling
@@ -203,22 +201,23 @@ class DDPMExtScheduler(ScheduleMixin, ConfigMixin):
     def _step_coefficients(self, ab_t: np.ndarray, ab_prev: np.ndarray) -> None:
         # Coefficients are computed in chain order (first = lands on x_0), then stored in step order.
         c = posterior_coefficients(ab_t[::-1], ab_prev[::-1])
+        std_of = {"fixed_small": "posterior_log_variance_clipped", "fixed_large": "large_log_variance"}
         n = len(ab_t)
         self._steps = []
         for i in range(n):
             k = n - 1 - i
-            small_log, large_log = float(c["posterior_log_variance_clipped"][k]), float(c["large_log_variance"][k])
+            log_var = std_of.get(self.variance_kind)
             self._steps.append(
                 _Step(
                     alpha_bar=float(ab_t[i]),
+                    sqrt_alpha_bar=float(ab_t[i]) ** 0.5,
+                    sqrt_one_minus_alpha_bar=(1.0 - float(ab_t[i])) ** 0.5,
                     coef_x0=float(c["coef_x0"][k]),
                     coef_xt=float(c["coef_xt"][k]),
-                    small_log_var=small_log,
-                    large_log_var=large_log,
-                    small_var=float(c["posterior_variance"][k]),
-                    large_var=float(c["beta"][k]),
-                    small_std=float(np.exp(0.5 * small_log)),
-                    large_std=float(np.exp(0.5 * large_log)),
+                    std=float(np.exp(0.5 * float(c[log_var][k]))) if log_var else math.nan,
+                    small_log_var=float(c["posterior_log_variance_clipped"][k]),
+                    large_log_var=float(c["large_log_variance"][k]),
+                    log_beta=float(np.log(float(c["beta"][k]))),
                     last=i == n - 1,
                 )
             )
@@ -234,7 +233,7 @@ class DDPMExtScheduler(ScheduleMixin, ConfigMixin):
         """
         c = sample.shape[1]
         kind = self.variance_kind if variance_kind is None else variance_kind
-        if kind in ("learned_range", "learned"):
+        if learns_variance(kind):
             if model_output.shape[1] != 2 * c:
                 raise ValueError(
                     f"`variance_type`={variance_kind or self.config.variance_type!r} needs a model output with 2 x {c} = {2 * c} "
@@ -250,28 +249,13 @@ class DDPMExtScheduler(ScheduleMixin, ConfigMixin):
             )
         return model_output, None
 
-    def _std(self, s: _Step, var_output: torch.Tensor | None) -> float | torch.Tensor:
-        """σ_t of the step: a precomputed float for fixed variances, a tensor for learned ones (NaN without them)."""
-        kind = self.variance_kind
-        if kind == "fixed_small":
-            return s.small_std
-        if kind == "fixed_large":
-            return s.large_std
-        if var_output is None:
-            return math.nan  # a learned σ_t needs the model's variance channels
-        return torch.exp(0.5 * self._log_variance(s, var_output))
-
-    def _log_variance(self, s: _Step, var_output: torch.Tensor | None) -> float | torch.Tensor:
-        """log σ_t² of the step: a float for fixed variances, a tensor for learned ones."""
-        kind = self.variance_kind
-        if kind == "fixed_small":
-            return s.small_log_var
-        if kind == "fixed_large":
-            return s.large_log_var
-        if kind == "learned_range":
+    def _learned_log_variance(self, s: _Step, var_output: torch.Tensor) -> torch.Tensor:
+        """log σ_t² from the model's variance channels: `learned_range` interpolates log β̃_t and log β_t
+        (Nichol & Dhariwal eq. 15); `learned` takes the channels as σ_t² itself (diffusers)."""
+        if self.variance_kind == "learned_range":
             frac = (var_output + 1) / 2
-            return frac * float(np.log(s.large_var)) + (1 - frac) * s.small_log_var
-        return torch.log(var_output.clamp(min=1e-20))  # learned: the output is σ² (diffusers)
+            return frac * s.log_beta + (1 - frac) * s.small_log_var
+        return torch.log(var_output.clamp(min=1e-20))
 
     def step(
         self,
@@ -301,31 +285,59 @@ class DDPMExtScheduler(ScheduleMixin, ConfigMixin):
             [`DDPMExtSchedulerOutput`] or `(prev_sample, pred_original_sample)`.
         """
         i = self._step_index(timestep)
-        s = self._steps[i]
+        s = self._steps[i]  # this step's coefficients (Python floats)
+        c = self._as_scalars((i,), s, sample)  # the same as 0-dim tensors of the sample's dtype (same bits, faster)
         model_output, var_output = self._split_output(model_output, sample)
-        sa, sb, coef_x0, coef_xt, std = self._scalars(
-            (i,), sample, lambda: (s.alpha_bar**0.5, (1.0 - s.alpha_bar) ** 0.5, s.coef_x0, s.coef_xt, self._std(s, None))
-        )
 
-        # 1. x̂_0 from the model output (eq. 15 for ε), then clip or threshold it
-        x0, _ = self._pred_x0_eps(model_output, sample, s.alpha_bar, roots=(sa, sb))
+        # 1. x̂_0 from the model output (eq. 15 for ε: x̂_0 = (x_t - √(1-ᾱ_t) ε_θ) / √ᾱ_t), clipped or thresholded
+        x0, _ = self._pred_x0_eps(model_output, sample, s.alpha_bar, roots=(c.sqrt_alpha_bar, c.sqrt_one_minus_alpha_bar))
         x0 = self._clip_x0(x0)
 
-        # 2. μ_θ(x_t, t) = μ̃_t(x_t, x̂_0) (eq. 7); for ε-prediction without clipping this is Algorithm 2's
-        #    1/√α_t (x_t - β_t/√(1-ᾱ_t) ε_θ)
-        prev_sample = coef_x0 * x0 + coef_xt * sample
+        # 2. μ_θ(x_t, t) = μ̃_t(x_t, x̂_0) = coef_x0 · x̂_0 + coef_xt · x_t (eq. 7); for ε-prediction without clipping
+        #    this is Algorithm 2's 1/√α_t (x_t - β_t/√(1-ᾱ_t) ε_θ)
+        prev_sample = c.coef_x0 * x0 + c.coef_xt * sample
 
-        # 3. + σ_t z, except at the step that lands on x_0 (Algorithm 2: z = 0 if t = 1)
+        # 3. x_prev = μ_θ + σ_t z, z ~ N(0, I), except at the step that lands on x_0 (Algorithm 2: z = 0 if t = 1)
         if stochastic and not s.last:
             if variance_noise is None:
                 variance_noise = draw_noise(model_output, generator)
-            if var_output is not None:
-                std = self._std(s, var_output)
+            std = c.std if var_output is None else torch.exp(0.5 * self._learned_log_variance(s, var_output))
             prev_sample = prev_sample + std * variance_noise
 
         if not return_dict:
             return (prev_sample, x0)
         return DDPMExtSchedulerOutput(prev_sample=prev_sample, pred_original_sample=x0)
+
+    def _get_variance(
+        self,
+        t: int | torch.Tensor,
+        predicted_variance: torch.Tensor | None = None,
+        variance_type: str | None = None,
+    ) -> torch.Tensor:
+        """σ_t² of the sampling step from `t` (one of `self.timesteps`), as diffusers' `DDPMScheduler._get_variance`.
+
+        `fixed_small`: β̃_t (at least 1e-20); `fixed_large`: β'_t; `learned_range`: exp of the interpolated log
+        (needs `predicted_variance`, the model's variance channels); `learned`: `predicted_variance` itself. Unlike
+        diffusers, the `*_log` names give the same variance as their plain names (diffusers returns a standard
+        deviation for `fixed_small_log` and a log-variance for `fixed_large_log`).
+        """
+        kind = self.variance_kind if variance_type is None else canonical_variance_type(variance_type)
+        i = self._step_index(t)
+        ab_t = self._alphas_cumprod64[int(t)]
+        prev = int(self._prev_timesteps[i])
+        ab_prev = self._alphas_cumprod64[prev] if prev >= 0 else self._final_alpha_cumprod()
+        beta = 1.0 - ab_t / ab_prev
+        small = max((1.0 - ab_prev) / (1.0 - ab_t) * beta, 1e-20)
+        if kind == "fixed_small":
+            return torch.tensor(small, dtype=torch.float32)
+        if kind == "fixed_large":
+            return torch.tensor(beta, dtype=torch.float32)
+        if predicted_variance is None:
+            raise ValueError(f"`variance_type`={kind!r} needs `predicted_variance` (the model's variance channels).")
+        if kind == "learned":
+            return predicted_variance
+        frac = (predicted_variance + 1) / 2
+        return torch.exp(frac * math.log(beta) + (1 - frac) * math.log(small))
 
     # ----------------------------------------------------------------------------------------------
     # Distributions on the full training chain (for losses and the likelihood)
@@ -344,12 +356,13 @@ class DDPMExtScheduler(ScheduleMixin, ConfigMixin):
             `(mean, variance, log_variance_clipped)`, each broadcastable to (B, C, H, W).
         """
         c = self._chain
+        t = self._timestep_indices(timesteps, x_t)
         mean = (
-            self._per_sample("coef_x0", c["coef_x0"], timesteps, x_t) * x_start
-            + self._per_sample("coef_xt", c["coef_xt"], timesteps, x_t) * x_t
+            self._per_sample("coef_x0", c["coef_x0"], t, x_t) * x_start
+            + self._per_sample("coef_xt", c["coef_xt"], t, x_t) * x_t
         )
-        var = self._per_sample("posterior_variance", c["posterior_variance"], timesteps, x_t)
-        log_var = self._per_sample("posterior_log_variance_clipped", c["posterior_log_variance_clipped"], timesteps, x_t)
+        var = self._per_sample("posterior_variance", c["posterior_variance"], t, x_t)
+        log_var = self._per_sample("posterior_log_variance_clipped", c["posterior_log_variance_clipped"], t, x_t)
         return mean, var, log_var
 
     def p_mean_variance(
@@ -380,22 +393,23 @@ class DDPMExtScheduler(ScheduleMixin, ConfigMixin):
         """
         kind = self.variance_kind if variance_type is None else canonical_variance_type(variance_type)
         model_output, var_output = self._split_output(model_output, x_t, kind)
-        ab = self._per_sample("alphas_cumprod", self._alphas_cumprod64, timesteps, x_t)
+        t = self._timestep_indices(timesteps, x_t)
+        ab = self._per_sample("alphas_cumprod", self._alphas_cumprod64, t, x_t)
         x0, _ = self._pred_x0_eps(model_output, x_t, ab)
         if clip_denoised is None:
             x0 = self._clip_x0(x0)
         elif clip_denoised:
             x0 = x0.clamp(-1, 1)
         eps = (x_t - ab.sqrt() * x0) / (1 - ab).sqrt()
-        mean, _, small_log = self.q_posterior_mean_variance(x_start=x0, x_t=x_t, timesteps=timesteps)
+        mean, _, small_log = self.q_posterior_mean_variance(x_start=x0, x_t=x_t, timesteps=t)
 
         c = self._chain
         if kind == "fixed_small":
             log_var = small_log.expand_as(x_t)
         elif kind == "fixed_large":
-            log_var = self._per_sample("large_log_variance", c["large_log_variance"], timesteps, x_t).expand_as(x_t)
+            log_var = self._per_sample("large_log_variance", c["large_log_variance"], t, x_t).expand_as(x_t)
         elif kind == "learned_range":
-            max_log = self._per_sample("log_beta", np.log(self._betas64), timesteps, x_t)
+            max_log = self._per_sample("log_beta", np.log(self._betas64), t, x_t)
             frac = (var_output + 1) / 2
             log_var = frac * max_log + (1 - frac) * small_log
         else:

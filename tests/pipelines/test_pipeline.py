@@ -99,7 +99,7 @@ class TestSampling:
         seen = []
 
         def callback(p, i, t, tensors):
-            seen.append((i, t, tensors["sample"].shape))
+            seen.append((i, t, tensors["latents"].shape))
             return None
 
         out = pipe(batch_size=2, num_inference_steps=6, output_type="pt", return_trajectory=True,
@@ -111,10 +111,10 @@ class TestSampling:
         # x_T is N(0, I) noise; the last x̂_0 is the final sample (no noise at the last step)
         torch.testing.assert_close(out.pred_original_samples[-1], out.trajectory[-1])
 
-    def test_callback_can_replace_sample(self):
+    def test_callback_can_replace_latents(self):
         pipe = make_pipe()
         out = pipe(batch_size=1, num_inference_steps=3, output_type="pt",
-                   callback_on_step_end=lambda p, i, t, d: {"sample": torch.zeros_like(d["sample"])})
+                   callback_on_step_end=lambda p, i, t, d: {"latents": torch.zeros_like(d["latents"])})
         torch.testing.assert_close(out.images, torch.full_like(out.images, 0.5))
 
     def test_learned_range_pipeline(self):
@@ -223,7 +223,10 @@ def test_inexpressible_schedule_still_samples_the_same_in_diffusers(tmp_path):
     vanilla.set_progress_bar_config(disable=True)
     np.testing.assert_allclose(vanilla.scheduler.alphas_cumprod, pipe.scheduler.alphas_cumprod, rtol=1e-4, atol=1e-7)
     np.testing.assert_allclose(sample(vanilla), sample(pipe), atol=1e-4)
-    assert DDPMExtPipeline.from_pretrained(tmp_path).scheduler.config.trained_betas is None
+    # ddpm_ext recomputes β from `cosine_s` (the stored β are a flagged stand-in for diffusers)
+    loaded = DDPMExtPipeline.from_pretrained(tmp_path).scheduler
+    assert loaded.config._ddpm_ext_betas_for_diffusers and loaded.config.cosine_s == 0.02
+    assert not np.array_equal(DDPMExtScheduler.from_config(loaded.config, cosine_s=0.008)._betas64, loaded._betas64)
 
 
 def test_loads_diffusers_own_ddpm_pipeline(tmp_path):
@@ -281,7 +284,7 @@ def test_channel_mismatch_with_learned_range():
         ({"batch_size": -2}, r"`batch_size` must be an integer >= 1, got -2"),
         ({"num_inference_steps": 0}, r"`num_inference_steps` must be an integer in \[1, 1000\].*got 0"),
         ({"num_inference_steps": 1001}, r"`num_inference_steps` must be an integer in \[1, 1000\].*got 1001"),
-        ({"output_type": "jpeg"}, r"`output_type` must be one of \['pil', 'np', 'pt'\], got 'jpeg'"),
+        ({"output_type": "jpeg"}, r"`output_type` must be one of \['pil', 'np', 'pt', 'latent', 'numpy'\], got 'jpeg'"),
         ({"eta": 0.5}, r"`eta`=0.5 needs a DDIM scheduler"),
         ({"eta": 2.0}, r"`eta` must be a number in \[0, 1\], got 2.0"),
         ({"batch_size": 2, "generator": [torch.Generator()]}, r"list of 1 generators but `batch_size` is 2"),
@@ -294,7 +297,7 @@ def test_bad_call(kwargs, message):
 
 def test_without_z_needs_ddpm_ext_scheduler():
     pipe = make_pipe(DDPMScheduler())
-    with pytest.raises(ValueError, match=r"`stochastic=False` needs a ddpm_ext scheduler"):
+    with pytest.raises(ValueError, match=r"`stochastic`=False needs a ddpm_ext scheduler"):
         pipe(stochastic=False, num_inference_steps=2)
 
 

@@ -447,10 +447,10 @@ def test_bad_option_raises(cls, kwargs, message):
 @pytest.mark.parametrize(
     "kwargs, message",
     [
-        ({"num_inference_steps": 0}, r"`num_inference_steps` must be in \[1, 1000\].*got 0"),
-        ({"num_inference_steps": -5}, r"`num_inference_steps` must be in \[1, 1000\].*got -5"),
-        ({"num_inference_steps": 1001}, r"`num_inference_steps` must be in \[1, 1000\].*got 1001"),
-        ({"num_inference_steps": 2.5}, r"`num_inference_steps` must be an integer, got 2.5"),
+        ({"num_inference_steps": 0}, r"`num_inference_steps` must be an integer in \[1, 1000\], got 0"),
+        ({"num_inference_steps": -5}, r"`num_inference_steps` must be an integer in \[1, 1000\], got -5"),
+        ({"num_inference_steps": 1001}, r"`num_inference_steps` must be an integer in \[1, 1000\], got 1001"),
+        ({"num_inference_steps": 2.5}, r"`num_inference_steps` must be an integer in \[1, 1000\], got 2.5"),
         ({}, r"exactly one of `num_inference_steps` or `timesteps`"),
         ({"num_inference_steps": 10, "timesteps": [5, 1]}, r"exactly one of"),
         ({"timesteps": [5, 10]}, r"`timesteps` must be strictly descending, got \[5, 10\]"),

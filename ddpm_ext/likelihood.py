@@ -28,7 +28,7 @@ from .images import normalize
 from .losses import mean_flat, normal_kl, vlb_terms
 from .schedulers.scheduling_common import VARIANCE_TYPES, canonical_variance_type
 from .schedulers.scheduling_ddpm_ext import DDPMExtScheduler
-from .validation import check_int
+from .validation import check_int, learns_variance
 
 __all__ = ["BitsPerDimOutput", "bits_per_dim", "bits_per_dim_variances", "check_images_on_grid"]
 
@@ -198,7 +198,7 @@ def bits_per_dim_variances(
     x0_all = check_images_on_grid(images, channels=in_channels)
     n, c = x0_all.shape[:2]
     for name, kind in kinds.items():
-        if kind in ("learned_range", "learned") and out_channels is not None and out_channels != 2 * c:
+        if learns_variance(kind) and out_channels is not None and out_channels != 2 * c:
             raise ValueError(
                 f"`variance_type`={name!r} needs a model with out_channels = 2 x {c} = {2 * c} (mean and variance), "
                 f"but the model has out_channels={out_channels}; score it with 'fixed_small' or 'fixed_large'."

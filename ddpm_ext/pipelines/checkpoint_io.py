@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any
 
 import diffusers
-import torch
 from diffusers import UNet2DModel
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 

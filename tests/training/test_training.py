@@ -32,12 +32,12 @@ def run(args: list[str], *, env: dict | None = None, timeout: int = 600, launche
     return result
 
 
-def weights(folder: Path) -> dict[str, torch.Tensor]:
-    return load_file(folder / "unet" / "diffusion_pytorch_model.safetensors")
+def weights(folder: Path, sub: str = "unet") -> dict[str, torch.Tensor]:
+    return load_file(folder / sub / "diffusion_pytorch_model.safetensors")
 
 
-def assert_same_weights(a: Path, b: Path) -> None:
-    wa, wb = weights(a), weights(b)
+def assert_same_weights(a: Path, b: Path, sub: str = "unet") -> None:
+    wa, wb = weights(a, sub), weights(b, sub)
     assert wa.keys() == wb.keys()
     for k in wa:
         torch.testing.assert_close(wa[k], wb[k], rtol=0, atol=0, msg=f"{k} differs")
@@ -116,10 +116,8 @@ def test_resume_after_sigkill_equals_uninterrupted_run(tmp_path):
     assert not half.exists()
     assert_same_weights(tmp_path / "straight", killed)
     # EMA and optimizer state came back too: the checkpoints of both runs hold the same state
-    a = load_file(tmp_path / "straight" / "checkpoint-12" / "model.safetensors")
-    b = load_file(killed / "checkpoint-12" / "model.safetensors")
-    for k in a:
-        torch.testing.assert_close(a[k], b[k], rtol=0, atol=0)
+    for sub in ("unet", "unet_ema"):
+        assert_same_weights(tmp_path / "straight" / "checkpoint-12", killed / "checkpoint-12", sub)
 
 
 @pytest.mark.slow
@@ -171,13 +169,27 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
         "    loss = real(*a, **k)\n"
         "    return loss * float('nan') if len(calls) == 5 else loss\n"
         "train_ddpm.training_step = poisoned\n"
-        f"sys.exit(train_ddpm.main({TINY + ['--max_train_steps', '8', '--checkpointing_steps', '2', '--output_dir', str(out)]!r}))\n"
+        f"sys.exit(train_ddpm.main({TINY + ['--max_train_steps', '8', '--checkpointing_steps', '2', '--checkpoints_total_limit', '1', '--output_dir', str(out)]!r}))\n"
     )
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert result.returncode == 1, result.stderr[-3000:]
-    assert "the loss became nan at step 4" in result.stdout + result.stderr
-    assert [p.name for p in sorted(out.glob("checkpoint-*"))] == ["checkpoint-2", "checkpoint-4"]
+    text = result.stdout + result.stderr
+    assert "the loss became nan at step 4" in text
+    # checkpoint-4 holds the weights whose loss was NaN: set aside; checkpoint-2 (finite) is the one kept, even with
+    # --checkpoints_total_limit 1 (today: checkpoint-2 pruned, checkpoint-4 kept)
+    assert [p.name for p in sorted(out.glob("checkpoint-*"))] == ["checkpoint-2"]
+    assert [p.name for p in out.glob("superseded/*/checkpoint-*")] == ["checkpoint-4"]
+    assert f"The last checkpoint with finite weights and loss is {out / 'checkpoint-2'}" in text
     assert not (out / "model_index.json").exists()
+    # the advice works: resume from it with a lower learning rate, which is applied (not silently overridden)
+    resumed = run(TINY + ["--max_train_steps", "4", "--checkpointing_steps", "2", "--output_dir", str(out),
+                          "--resume_from_checkpoint", "latest", "--learning_rate", "1e-4"])
+    assert f"Resumed from {out / 'checkpoint-2'} at step 2" in resumed.stdout + resumed.stderr
+    assert "Learning rate changed on resume: peak 0.002 -> 0.0001" in resumed.stdout + resumed.stderr
+    sched = torch.load(out / "checkpoint-4" / "scheduler.bin", weights_only=True)
+    assert sched["base_lrs"] == [1e-4]
+    state = json.loads((out / "checkpoint-4" / "training_state.json").read_text())
+    assert state["changeable"]["learning_rate"] == 1e-4 and (out / "model_index.json").is_file()
 
 
 @pytest.mark.slow

@@ -253,8 +253,8 @@ def check_resolution(resolution: int, config: dict[str, Any]) -> None:
     """`resolution` must be divisible by the UNet's total downsampling, 2^(number of down blocks − 1)."""
     factor = 2 ** (len(config.get("down_block_types", ())) - 1)
     if resolution % factor:
-        raise ValueError(f"--resolution must be a multiple of {factor} (the UNet halves the image "
-                         f"{len(config['down_block_types']) - 1} times), got {resolution}")
+        raise ValueError(f"--resolution must be a multiple of {factor} (each of the UNet's "
+                         f"{len(config['down_block_types']) - 1} downsampling steps halves the image), got {resolution}")
 
 
 def check_output_dir(output_dir: str) -> None:

@@ -13,6 +13,7 @@ import pytest
 from hub_servers import free_loopback_port
 
 ROOT = Path(__file__).resolve().parents[2]
+pytestmark = pytest.mark.slow  # each test starts a Python process that imports torch and diffusers
 
 
 def push(folder: Path, repo_id: str, *, endpoint: str, token: str | None = None, env_token: str | None = None,

@@ -190,15 +190,15 @@ def check_args(args: argparse.Namespace) -> None:
     for name in ("lr_warmup_steps", "save_images_steps", "save_images_epochs", "save_model_epochs", "dataloader_num_workers"):
         if getattr(args, name) < 0:
             raise ValueError(f"--{name} must be >= 0, got {getattr(args, name)}")
-    _check_flag_number("learning_rate", args.learning_rate, 0, None, low_open=True, meaning="> 0 and finite")
-    _check_flag_number("adam_beta1", args.adam_beta1, 0, 1, high_open=True, meaning="in [0, 1)")
-    _check_flag_number("adam_beta2", args.adam_beta2, 0, 1, high_open=True, meaning="in [0, 1)")
-    _check_flag_number("adam_epsilon", args.adam_epsilon, 0, None, low_open=True, meaning="> 0 and finite")
-    _check_flag_number("adam_weight_decay", args.adam_weight_decay, 0, None, meaning=">= 0 and finite")
-    _check_flag_number("max_grad_norm", args.max_grad_norm, 0, None, meaning=">= 0 and finite (0 disables clipping)")
-    _check_flag_number("ema_max_decay", args.ema_max_decay, 0, 1, low_open=True, high_open=True, meaning="in (0, 1)")
-    _check_flag_number("ema_inv_gamma", args.ema_inv_gamma, 0, None, low_open=True, meaning="> 0 and finite")
-    _check_flag_number("ema_power", args.ema_power, 0, None, low_open=True, meaning="> 0 and finite")
+    _check_flag_number("learning_rate", args.learning_rate, 0, None, low_open=True)
+    _check_flag_number("adam_beta1", args.adam_beta1, 0, 1, high_open=True)
+    _check_flag_number("adam_beta2", args.adam_beta2, 0, 1, high_open=True)
+    _check_flag_number("adam_epsilon", args.adam_epsilon, 0, None, low_open=True)
+    _check_flag_number("adam_weight_decay", args.adam_weight_decay, 0, None)
+    _check_flag_number("max_grad_norm", args.max_grad_norm, 0, None)
+    _check_flag_number("ema_max_decay", args.ema_max_decay, 0, 1, low_open=True, high_open=True)
+    _check_flag_number("ema_inv_gamma", args.ema_inv_gamma, 0, None, low_open=True)
+    _check_flag_number("ema_power", args.ema_power, 0, None, low_open=True)
     if args.resolution is not None and args.resolution > MAX_RESOLUTION:
         raise ValueError(f"--resolution must be <= {MAX_RESOLUTION}, got {args.resolution} (one image alone would not fit in memory)")
     if args.dataset_name is not None and args.train_data_dir is not None:
@@ -235,12 +235,11 @@ def check_args(args: argparse.Namespace) -> None:
     args.resume = plan_resume(args)
 
 
-def _check_flag_number(name, value, low, high, *, low_open=False, high_open=False, meaning: str) -> None:
-    ok = math.isfinite(value) and (value > low if low_open else value >= low)
-    if high is not None:
-        ok = ok and (value < high if high_open else value <= high)
-    if not ok:
-        raise ValueError(f"--{name} must be {meaning}, got {value}")
+def _check_flag_number(name, value, low, high=None, *, low_open=False, high_open=False) -> None:
+    """A finite `--name` in its range (validation.check_number; an open upper end is checked here)."""
+    check_number(f"--{name}", value, low, None if high_open else high, low_open=low_open)
+    if high_open and value >= high:
+        raise ValueError(f"`--{name}` must be a number in {'(' if low_open else '['}{low}, {high}), got {value!r}.")
 
 
 def _importable(module: str) -> bool:

@@ -242,7 +242,7 @@ def test_failed_push_keeps_output_and_says_how_to_retry(tmp_path, upload_hub):
     "args, message",
     [
         (["--train_batch_size", "0"], "--train_batch_size must be >= 1, got 0"),
-        (["--learning_rate", "-1"], "--learning_rate must be > 0"),
+        (["--learning_rate", "-1"], "`--learning_rate` must be a number > 0, got -1.0."),
         (["--max_train_steps", "0"], "--max_train_steps must be >= 1, got 0"),
         (["--ddpm_beta_schedule", "exp"], "argument --ddpm_beta_schedule: invalid choice: 'exp'"),
         (["--variance_type", "other"], "argument --variance_type: invalid choice: 'other'"),

@@ -199,6 +199,8 @@ def save_checkpoint(accelerator, output_dir: str | os.PathLike, state: dict[str,
     Raises:
         CheckpointWriteError: writing failed (full disk, permissions); the partial folder is removed.
     """
+    from safetensors import SafetensorError
+
     step = state["global_step"]
     final = Path(output_dir) / f"checkpoint-{step}"
     tmp = Path(output_dir) / f"checkpoint-{step}.tmp"
@@ -211,9 +213,12 @@ def save_checkpoint(accelerator, output_dir: str | os.PathLike, state: dict[str,
         accelerator.save_state(str(tmp))
         if accelerator.is_main_process:
             atomic_write_text(tmp / STATE_FILE, json.dumps(state, indent=2))
-    except OSError as e:
-        error = e
-    accelerator.wait_for_everyone()
+    except (OSError, SafetensorError) as e:  # safetensors reports a full disk as its own error type
+        error = e if isinstance(e, OSError) else OSError(None, str(e))
+    # every rank learns whether any rank failed, so all stop together instead of one hanging in a collective
+    failed = accelerator.gather(torch.tensor([error is not None], dtype=torch.int32, device=accelerator.device))
+    if bool(failed.any()) and error is None:
+        error = OSError(None, "another process failed to write its part")
     if error is not None:
         if accelerator.is_main_process:
             shutil.rmtree(tmp, ignore_errors=True)

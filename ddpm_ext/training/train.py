@@ -673,6 +673,8 @@ class Trainer:
 
 def save_outputs(args, trainer: Trainer, num_train_images: int, resolution: int) -> int:
     """Write the pipeline (atomically), the sample grid, training_info.json and the card; push when asked."""
+    from safetensors import SafetensorError
+
     output_dir = Path(args.output_dir)
     accelerator = trainer.accelerator
     pipe = _pipeline(accelerator, trainer.unet, trainer.ema, trainer.scheduler)
@@ -692,8 +694,8 @@ def save_outputs(args, trainer: Trainer, num_train_images: int, resolution: int)
 
         write_model_card(output_dir, args=vars(args), info=info, grid_path=grid, train_data_dir=args.train_data_dir,
                          dataset_name=args.dataset_name or (None if args.train_data_dir else "mnist-5k"))
-    except OSError as e:
-        print(f"error: could not write the outputs to {output_dir} ({e.strerror or e}); the checkpoints and every "
+    except (OSError, SafetensorError) as e:  # safetensors reports a full disk as its own error type
+        print(f"error: could not write the outputs to {output_dir} ({getattr(e, 'strerror', None) or e}); the checkpoints and every "
               "earlier file there are intact (each is replaced only once its new version is complete).", file=sys.stderr)
         return 1
     if args.push_to_hub:

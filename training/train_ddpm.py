@@ -12,7 +12,7 @@ _ROOT = Path(__file__).resolve().parents[1]
 if (_ROOT / "ddpm_ext" / "__init__.py").is_file() and str(_ROOT) not in sys.path:
     sys.path.insert(0, str(_ROOT))
 
-from ddpm_ext.training.train import main  # noqa: E402
+from ddpm_ext.training.train import main
 
 if __name__ == "__main__":
     sys.exit(main())

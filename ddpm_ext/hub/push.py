@@ -88,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as e:
         print(f"error: {describe_error(e, args.token).split(': ', 1)[-1]}", file=sys.stderr)
         return 2
-    except Exception as e:  # HfHubHTTPError (refused token, 404...), OSError/httpx errors (offline, refused connection)
+    except Exception as e:  # noqa: BLE001 HfHubHTTPError (refused token, 404...), OSError/httpx errors (offline, refused connection)
         print(f"error: the push to {args.repo_id} failed ({describe_error(e, args.token)}).", file=sys.stderr)
         return 1
     print(url)

@@ -292,9 +292,9 @@ def validate_checkpoint(
         weights = ckpt / sub / WEIGHTS_NAME
         try:
             with safe_open(str(weights), framework="pt") as f:
-                for key in f.keys():
+                for key in f.keys():  # noqa: SIM118 (safe_open is not a dict)
                     f.get_slice(key).get_shape()
-        except Exception as e:  # safetensors raises its own error types for truncated or garbled files
+        except Exception as e:  # noqa: BLE001 (safetensors raises its own types for truncated or garbled files)
             raise CheckpointError(f"{weights} is missing or damaged ({type(e).__name__}: {e}).") from None
         if os.path.getsize(weights) < _expected_size(weights):
             raise CheckpointError(f"{weights} is truncated.")
@@ -302,10 +302,10 @@ def validate_checkpoint(
         path = ckpt / EMA_STATE_FILE
         try:
             scalars = json.loads(path.read_text())
-            if not isinstance(scalars, dict) or not isinstance(scalars.get("optimization_step"), int):
-                raise ValueError("no integer optimization_step")
         except (OSError, UnicodeDecodeError, ValueError) as e:
             raise CheckpointError(f"{path} is missing or damaged ({e}).") from None
+        if not isinstance(scalars, dict) or not isinstance(scalars.get("optimization_step"), int):
+            raise CheckpointError(f"{path} is damaged (no integer optimization_step).")
     names = ["optimizer.bin", "scheduler.bin"] + [f"random_states_{i}.pkl" for i in range(num_processes)]
     for name in names:
         path = ckpt / name
@@ -314,7 +314,7 @@ def validate_checkpoint(
         try:
             # weights_only=True: PyTorch's restricted unpickler (tensors, numbers, strings, containers; no code)
             accelerate_load(str(path), map_location="cpu", weights_only=True)
-        except Exception as e:
+        except Exception as e:  # noqa: BLE001 (any failure to read means a damaged file)
             first = str(e).strip().splitlines()[0] if str(e).strip() else ""
             raise CheckpointError(
                 f"{path} is damaged or holds objects other than tensors and plain data, and was not loaded "

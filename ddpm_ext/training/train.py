@@ -49,13 +49,23 @@ from typing import Any
 
 import torch
 
-from ..data import BUILTIN_DATASETS, build_transform, collate_fn, load_image_dataset, preprocess_dataset
+from ..data import (
+    BUILTIN_DATASETS,
+    build_transform,
+    collate_fn,
+    load_image_dataset,
+    preprocess_dataset,
+)
 from ..files import atomic_write_text, write_with
 from ..images import save_image_grid
 from ..losses import LOSS_TYPES, diffusion_loss
 from ..models.unet_presets import UNET_PRESETS, build_unet, unet_config
 from ..pipelines.pipeline_ddpm_ext import DDPMExtPipeline
-from ..schedulers.scheduling_common import BETA_SCHEDULES, PREDICTION_TYPES, VARIANCE_TYPES
+from ..schedulers.scheduling_common import (
+    BETA_SCHEDULES,
+    PREDICTION_TYPES,
+    VARIANCE_TYPES,
+)
 from ..schedulers.scheduling_ddpm_ext import DDPMExtScheduler
 from ..validation import check_number
 from .checkpoints import (
@@ -164,7 +174,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     a("--hub_license", default=None, help="License of the trained model for the model card (default: the built-in data set's, none for your own data).")
     a("--hub_token", default=None, help="Hub token. Prefer HF_TOKEN or `hf auth login`: a token on the command line is visible to other users and shown by `accelerate launch` when the script fails.")
     args = p.parse_args(argv)
-    env_rank = int(os.environ.get("LOCAL_RANK", -1))
+    env_rank = int(os.environ.get("LOCAL_RANK", "-1"))
     if env_rank != -1 and env_rank != args.local_rank:
         args.local_rank = env_rank
     try:
@@ -705,7 +715,7 @@ def save_outputs(args, trainer: Trainer, num_train_images: int, resolution: int)
         try:
             url = push_pipeline(output_dir, repo_id=repo_id, private=args.hub_private_repo, token=args.hub_token)
             accelerator.print(f"Pushed to {url}")
-        except Exception as e:  # the local output stays; say how to retry
+        except Exception as e:  # noqa: BLE001 (the local output stays; say how to retry)
             from ..hub.push import describe_error
 
             accelerator.print(

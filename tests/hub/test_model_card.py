@@ -64,14 +64,14 @@ def test_usage_snippet_runs_for_the_trained_model(folder):
     """The tiny pipeline has T = 20: today's hard-coded num_inference_steps=100 raises for it."""
     from diffusers import DDPMPipeline
 
-    from ddpm_ext import DDPMExtPipeline, DDIMExtScheduler
+    from ddpm_ext import DDIMExtScheduler, DDPMExtPipeline
 
     text, _ = card(folder, dataset_name="mnist-5k")
-    snippets = re.findall(r"```python\n(.*?)```", text, flags=re.S)
+    snippets = re.findall(r"```python\n(.*?)```", text, flags=re.DOTALL)
     assert len(snippets) == 2
     for code in snippets:
         code = code.replace(f'"{folder.name}"', repr(str(folder))).replace("batch_size=16", "batch_size=1")
         namespace = {"DDPMExtPipeline": DDPMExtPipeline, "DDIMExtScheduler": DDIMExtScheduler, "DDPMPipeline": DDPMPipeline}
-        exec(compile(code, "snippet", "exec"), namespace)  # the card's own code, on the saved pipeline
+        exec(compile(code, "snippet", "exec"), namespace)  # noqa: S102 the card's own code, on the saved pipeline
         assert len(namespace["images"]) == 1
     assert "num_inference_steps=20)" in text

@@ -28,7 +28,7 @@ TINY_FINETUNE = [a for i, a in enumerate(TINY) if a != "--ddpm_num_steps" and TI
 def run(args: list[str], *, env: dict | None = None, timeout: int = 600, launcher: list[str] | None = None,
         check: bool = True) -> subprocess.CompletedProcess:
     cmd = (launcher or [sys.executable]) + [str(SCRIPT)] + args
-    result = subprocess.run(cmd, cwd=ROOT, env={**os.environ, **(env or {})}, capture_output=True, text=True, timeout=timeout)
+    result = subprocess.run(cmd, check=False, cwd=ROOT, env={**os.environ, **(env or {})}, capture_output=True, text=True, timeout=timeout)
     if check and result.returncode != 0:
         raise AssertionError(f"{cmd} failed ({result.returncode}):\n{result.stderr[-4000:]}")
     return result
@@ -173,7 +173,7 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
         "train_ddpm.training_step = poisoned\n"
         f"sys.exit(train_ddpm.main({TINY + ['--max_train_steps', '8', '--checkpointing_steps', '2', '--checkpoints_total_limit', '1', '--output_dir', str(out)]!r}))\n"
     )
-    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    result = subprocess.run([sys.executable, "-c", code], check=False, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert result.returncode == 1, result.stderr[-3000:]
     text = result.stdout + result.stderr
     assert "the loss became nan at step 4" in text

@@ -20,6 +20,8 @@ Examples (from the repository root):
     # and resuming after an interruption
     accelerate launch --multi_gpu --num_processes 2 training/train_ddpm.py --output_dir outputs/ddp
     accelerate launch training/train_ddpm.py --output_dir outputs/mnist --resume_from_checkpoint latest
+    # after a NaN stop: resume from the last finite checkpoint with a lower peak learning rate (applied on resume)
+    accelerate launch training/train_ddpm.py --output_dir outputs/mnist --resume_from_checkpoint latest --learning_rate 5e-4
 
     # fine-tune a pipeline folder or Hub repo (ddpm_ext's or diffusers' DDPMPipeline layout) on an image folder
     accelerate launch training/train_ddpm.py --pretrained_model_name_or_path google/ddpm-cifar10-32 \

@@ -3,7 +3,7 @@
 from . import _moved_modules
 from .likelihood import BitsPerDimOutput, bits_per_dim, bits_per_dim_variances
 from .models import UNET_PRESETS, build_unet, unet_config
-from .pipelines import DDPMExtPipeline, DDPMExtPipelineOutput
+from .pipelines import DDPMExtInpaintPipeline, DDPMExtInpaintPipelineOutput, DDPMExtPipeline, DDPMExtPipelineOutput
 from .schedulers import (
     BETA_SCHEDULES,
     PREDICTION_TYPES,
@@ -38,6 +38,8 @@ __all__ = [
     "BitsPerDimOutput",
     "bits_per_dim",
     "bits_per_dim_variances",
+    "DDPMExtInpaintPipeline",
+    "DDPMExtInpaintPipelineOutput",
     "DDPMExtPipeline",
     "DDPMExtPipelineOutput",
     "UNET_PRESETS",

@@ -29,10 +29,13 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
-from .images import make_grid
+from .files import write_with
+from .images import from_unit, make_grid
 from .pipelines.pipeline_ddpm_ext import DDPMExtPipeline
 from .schedulers.scheduling_ddim_ext import DDIMExtScheduler
 from .schedulers.scheduling_ddpm_ext import DDPMExtScheduler
+from .seeding import image_generators, image_seed
+from .validation import check_int, check_number
 
 __all__ = [
     "LECTURE_SCHEDULES",
@@ -46,6 +49,8 @@ __all__ = [
     "reverse_trajectory_figure",
     "noise_comparison_figure",
     "ddpm_vs_ddim_figure",
+    "InpaintingFigure",
+    "inpainting_figure",
 ]
 
 LECTURE_SCHEDULES: tuple[str, ...] = ("linear", "quadratic", "cosine")
@@ -134,7 +139,8 @@ class NoiseComparisonFigure:
 
     Args:
         path (`Path`): the PNG.
-        seeds (`list[int]`): one seed per image (x_T and every z of image i come from `seeds[i]`).
+        seeds (`list[int]`): the torch seed of each image, [`ddpm_ext.seeding.image_seed`]`(seed, i)` (x_T and
+            every z of image i come from `torch.Generator().manual_seed(seeds[i])`).
         num_inference_steps (`int`): DDPM steps.
         with_noise (`torch.Tensor`): Algorithm 2, x_{t-1} = μ_θ(x_t, t) + σ_t z.
         without_noise (`torch.Tensor`): x_{t-1} = μ_θ(x_t, t), the same x_T.
@@ -155,7 +161,7 @@ class SamplerComparisonFigure:
 
     Args:
         path (`Path`): the PNG.
-        seeds (`list[int]`): one seed per image.
+        seeds (`list[int]`): the torch seed of each image, [`ddpm_ext.seeding.image_seed`]`(seed, i)`.
         step_counts (`list[int]`): the numbers of sampling steps.
         eta (`float`): DDIM's η.
         samples (`dict[tuple[str, int], torch.Tensor]`): `("ddpm" | "ddim", steps)` -> samples (N, C, H, W) in [-1, 1].
@@ -231,15 +237,8 @@ def _save_strips(rows: Sequence[_Row], title: str, subtitle: str, path: Path) ->
         for spine in ax.spines.values():
             spine.set_visible(False)
         y += gh + band + _GAP
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=_DPI, format="png")
+    write_with(path, lambda tmp: fig.savefig(tmp, dpi=_DPI, format="png"))
     return width, height
-
-
-def _check_int(name: str, value: object, low: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
-        raise ValueError(f"`{name}` must be an integer >= {low}, got {value!r}.")
-    return int(value)
 
 
 def _check_schedules(schedules: Sequence[str]) -> tuple[str, ...]:
@@ -298,7 +297,7 @@ def forward_process_figure(
 
     ```
     """
-    T = _check_int("num_train_timesteps", num_train_timesteps, 1)
+    T = check_int("num_train_timesteps", num_train_timesteps, 1)
     schedules = _check_schedules(schedules)
     x0 = image.detach().float().cpu()
     if x0.ndim == 3:
@@ -310,7 +309,7 @@ def forward_process_figure(
     ts = [int(t) for t in timesteps]
     if not ts or any(not 0 <= t < T for t in ts):
         raise ValueError(f"`timesteps` must be a non-empty list of code indices in [0, {T}), got {list(timesteps)}.")
-    noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(_check_int("seed", seed, 0)))
+    noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(check_int("seed", seed, 0)))
 
     images, abars, stds, rows = {}, {}, {}, []
     k = len(ts)
@@ -369,7 +368,7 @@ def schedule_figure(
     """
     from matplotlib.figure import Figure
 
-    T = _check_int("num_train_timesteps", num_train_timesteps, 2)
+    T = check_int("num_train_timesteps", num_train_timesteps, 2)
     schedules = _check_schedules(schedules)
     betas, abars, snrs, tildes = {}, {}, {}, {}
     for name in schedules:
@@ -408,8 +407,7 @@ def schedule_figure(
         ax.grid(alpha=0.3)
         ax.legend(fontsize=9, loc="best")
     path = Path(output_path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=_DPI, format="png")
+    write_with(path, lambda tmp: fig.savefig(tmp, dpi=_DPI, format="png"))
     return ScheduleFigure(path, betas, abars, snrs, tildes, (width, height))
 
 
@@ -425,31 +423,29 @@ def _with_scheduler(pipeline: DDPMExtPipeline, cls: type) -> DDPMExtPipeline:
     return pipe
 
 
-def _generators(seeds: Sequence[int]) -> list[torch.Generator]:
-    """One CPU generator per image, so image i depends on `seeds[i]` only (not on the batch)."""
-    return [torch.Generator().manual_seed(int(s)) for s in seeds]
-
-
 def _check_steps(pipeline: DDPMExtPipeline, name: str, steps: int) -> int:
     if not isinstance(pipeline, DDPMExtPipeline):
         raise ValueError(f"`pipeline` must be a DDPMExtPipeline, got {type(pipeline).__name__}.")
     T = pipeline.scheduler.config.num_train_timesteps
-    steps = _check_int(name, steps, 1)
+    steps = check_int(name, steps, 1)
     if steps > T:
         raise ValueError(f"`{name}` must be at most the pipeline's num_train_timesteps = {T}, got {steps}.")
     return steps
 
 
 def _seeds(seed: int, num_images: int) -> list[int]:
-    return list(range(_check_int("seed", seed, 0), seed + _check_int("num_images", num_images, 1)))
+    """The package's per-image seeds ([`ddpm_ext.seeding.image_seed`]) of images 0..num_images-1."""
+    check_int("seed", seed, 0)
+    return [image_seed(seed, i) for i in range(check_int("num_images", num_images, 1))]
 
 
-def _sample(pipe: DDPMExtPipeline, seeds: Sequence[int], steps: int, **kwargs) -> torch.Tensor:
-    """Samples (N, C, H, W) in [-1, 1] (pipeline output mapped back from [0, 1])."""
+def _sample(pipe: DDPMExtPipeline, seed: int, num_images: int, steps: int, **kwargs) -> torch.Tensor:
+    """Images 0..num_images-1 of `seed` (the package's seeding rule), (N, C, H, W) in [-1, 1]."""
     images = pipe(
-        batch_size=len(seeds), generator=_generators(seeds), num_inference_steps=steps, output_type="pt", **kwargs
-    ).images
-    return (images.cpu() * 2 - 1)
+        batch_size=num_images, generator=image_generators(seed, 0, num_images), num_inference_steps=steps,
+        output_type="pt", **kwargs
+    ).images  # (N, C, H, W) in [0, 1]
+    return from_unit(images.cpu())
 
 
 # --------------------------------------------------------------------------------------------------
@@ -469,7 +465,8 @@ def reverse_trajectory_figure(
 ) -> ReverseTrajectoryFigure:
     r"""x_t and the model's x̂_0 at `num_columns` steps of DDPM sampling, and optionally an animated GIF.
 
-    Sampling is the pipeline's DDPM (ancestral, respaced to `num_inference_steps`) with one seed per image.
+    Sampling is the pipeline's DDPM (ancestral, respaced to `num_inference_steps`) with one generator per image
+    ([`ddpm_ext.seeding.image_generators`], the rule of every command).
 
     Args:
         pipeline ([`DDPMExtPipeline`]): a trained pipeline; its scheduler config is used with a DDPM scheduler.
@@ -477,9 +474,9 @@ def reverse_trajectory_figure(
         gif_path (`str` or `Path`, *optional*): where to write the GIF (x_t above x̂_0, every step or every
             few steps, at most `max_frames` frames, the last one held).
         num_inference_steps (`int`, defaults to 100): sampling steps.
-        num_images (`int`, defaults to 4): images (seeds `seed`, `seed + 1`, ...).
+        num_images (`int`, defaults to 4): images 0, 1, ... of `seed`.
         num_columns (`int`, defaults to 8): shown steps, evenly spread from the first to the last.
-        seed (`int`, defaults to 0): the first seed.
+        seed (`int`, defaults to 0): the seed of the images (image i as in `ddpm-ext sample --seed`).
         scale (`int`, defaults to 3): nearest-neighbour enlargement.
         max_frames (`int`, defaults to 40): most frames in the GIF.
 
@@ -502,12 +499,12 @@ def reverse_trajectory_figure(
     ```
     """
     steps = _check_steps(pipeline, "num_inference_steps", num_inference_steps)
-    k = min(_check_int("num_columns", num_columns, 1), steps)
-    _check_int("max_frames", max_frames, 2)
+    k = min(check_int("num_columns", num_columns, 1), steps)
+    check_int("max_frames", max_frames, 2)
     seeds = _seeds(seed, num_images)
     pipe = _with_scheduler(pipeline, DDPMExtScheduler)
     out = pipe(
-        batch_size=len(seeds), generator=_generators(seeds), num_inference_steps=steps,
+        batch_size=len(seeds), generator=image_generators(seed, 0, len(seeds)), num_inference_steps=steps,
         output_type="pt", return_trajectory=True,
     )
     traj = torch.stack(out.trajectory, dim=1)  # (N, S + 1, C, H, W): x_T ... x_0
@@ -527,7 +524,7 @@ def reverse_trajectory_figure(
         rows,
         r"Reverse process: DDPM sampling from $x_T \sim \mathcal{N}(0, I)$",
         f"{steps} respaced steps of T = {pipeline.scheduler.config.num_train_timesteps}; "
-        f"{n} seeds (one per grid row); t as in the paper",
+        f"{n} images of seed {seed} (one per grid row); t as in the paper",
         path,
     )
 
@@ -563,8 +560,8 @@ def _save_gif(
         draw.text((4, 19), legend, fill=90, font=font)
         frames.append(frame)
     durations = [80] * (len(frames) - 1) + [2000]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    frames[0].save(path, save_all=True, append_images=frames[1:], duration=durations, loop=0, optimize=True)
+    write_with(path, lambda tmp: frames[0].save(tmp, format="GIF", save_all=True, append_images=frames[1:],
+                                                duration=durations, loop=0, optimize=True))
     return len(frames)
 
 
@@ -582,14 +579,15 @@ def noise_comparison_figure(
 ) -> NoiseComparisonFigure:
     r"""DDPM sampling with the added noise σ_t z (Algorithm 2) and without it (the mean μ_θ only), same seeds.
 
-    Image i starts from the same x_T in both rows (drawn from `seed + i`); without z the chain is deterministic.
+    Image i starts from the same x_T in both rows (its generator is [`ddpm_ext.seeding.image_generators`]`(seed,
+    i, 1)`, as in every command); without z the chain is deterministic.
 
     Args:
         pipeline ([`DDPMExtPipeline`]): a trained pipeline (sampled with a DDPM scheduler from its config).
         output_path (`str` or `Path`): the PNG.
         num_inference_steps (`int`, defaults to 100): DDPM steps.
         num_images (`int`, defaults to 8): images per row.
-        seed (`int`, defaults to 0): the first seed.
+        seed (`int`, defaults to 0): the seed of the images (image i as in `ddpm-ext sample --seed`).
         scale (`int`, defaults to 3): nearest-neighbour enlargement.
 
     Returns:
@@ -611,9 +609,9 @@ def noise_comparison_figure(
     steps = _check_steps(pipeline, "num_inference_steps", num_inference_steps)
     seeds = _seeds(seed, num_images)
     pipe = _with_scheduler(pipeline, DDPMExtScheduler)
-    with_z = _sample(pipe, seeds, steps)
-    without_z = _sample(pipe, seeds, steps, stochastic=False)
-    labels = [f"seed {s}" for s in seeds]
+    with_z = _sample(pipe, seed, len(seeds), steps)
+    without_z = _sample(pipe, seed, len(seeds), steps, stochastic=False)
+    labels = [f"image {i}" for i in range(len(seeds))]
     rows = [
         _row("with $z$\n(Algorithm 2)", with_z, len(seeds), labels, scale),
         _row("without $z$\n(mean $\\mu_\\theta$ only)", without_z, len(seeds), labels, scale),
@@ -651,7 +649,7 @@ def ddpm_vs_ddim_figure(
         output_path (`str` or `Path`): the PNG.
         step_counts (`Sequence[int]`, defaults to (10, 50, 100)): numbers of sampling steps.
         num_images (`int`, defaults to 8): images per row.
-        seed (`int`, defaults to 0): the first seed.
+        seed (`int`, defaults to 0): the seed of the images (image i as in `ddpm-ext sample --seed`).
         eta (`float`, defaults to 0.0): DDIM's η in [0, 1].
         scale (`int`, defaults to 3): nearest-neighbour enlargement.
 
@@ -674,23 +672,147 @@ def ddpm_vs_ddim_figure(
     counts = [_check_steps(pipeline, "step_counts", s) for s in step_counts]
     if not counts:
         raise ValueError("`step_counts` must hold at least one number of steps, got none.")
-    if isinstance(eta, bool) or not isinstance(eta, (int, float)) or not 0.0 <= eta <= 1.0:
-        raise ValueError(f"`eta` must be a number in [0, 1], got {eta!r}.")
+    eta = check_number("eta", eta, 0, 1)
     seeds = _seeds(seed, num_images)
     ddpm, ddim = _with_scheduler(pipeline, DDPMExtScheduler), _with_scheduler(pipeline, DDIMExtScheduler)
     result = SamplerComparisonFigure(Path(output_path), seeds, counts, float(eta))
-    labels = [f"seed {s}" for s in seeds]
+    labels = [f"image {i}" for i in range(len(seeds))]
     rows = []
     for name, pipe, kwargs in (("ddpm", ddpm, {}), ("ddim", ddim, {"eta": float(eta)})):
         for s in counts:
-            images = _sample(pipe, seeds, s, **kwargs)
+            images = _sample(pipe, seed, len(seeds), s, **kwargs)
             result.samples[(name, s)] = images
             rows.append(_row(f"{name.upper()}\n{s} steps", images, len(seeds), labels, scale))
     result.size = _save_strips(
         rows,
         "DDPM vs DDIM from the same trained model",
-        f"the same seed in each column; DDIM η = {eta:g}; both respaced from "
+        f"the same x_T in each column (seed {seed}); DDIM η = {eta:g}; both respaced from "
         f"T = {pipeline.scheduler.config.num_train_timesteps}",
         result.path,
     )
     return result
+
+
+# --------------------------------------------------------------------------------------------------
+# 6. Inpainting (RePaint)
+# --------------------------------------------------------------------------------------------------
+@dataclass
+class InpaintingFigure:
+    """What [`inpainting_figure`] drew: one row per mask.
+
+    Args:
+        path (`Path`): the PNG.
+        mask_kinds (`list[str]`): the masks, one per row (see `pipeline_ddpm_ext_inpaint.make_mask`).
+        image (`torch.Tensor`): the input, (1, C, H, W) in [-1, 1].
+        fill_masks (`torch.Tensor`): (M, 1, H, W) bool, True where the row's pixels were filled.
+        timesteps (`list[int]`): code timesteps of the shown trajectory columns (x at that point of the RePaint
+            schedule, jumps included; the first is x_T).
+        samples (`torch.Tensor`): x at those points, (M, K, C, H, W) in [-1, 1], not clipped.
+        completions (`torch.Tensor`): the outputs, (M, C, H, W) in [-1, 1]; kept pixels equal `image`.
+        num_inference_steps, jump_length, jump_n_sample (`int`): the sampler's settings.
+        size (`tuple[int, int]`): (width, height) of the PNG in pixels.
+    """
+
+    path: Path
+    mask_kinds: list[str]
+    image: torch.Tensor
+    fill_masks: torch.Tensor
+    timesteps: list[int]
+    samples: torch.Tensor
+    completions: torch.Tensor
+    num_inference_steps: int
+    jump_length: int
+    jump_n_sample: int
+    size: tuple[int, int]
+
+
+def inpainting_figure(
+    pipeline: DDPMExtPipeline,
+    image: torch.Tensor,
+    output_path: str | Path,
+    *,
+    mask_kinds: Sequence[str] = ("left_half", "centre_box", "strokes"),
+    num_inference_steps: int = 100,
+    jump_length: int = 10,
+    jump_n_sample: int = 5,
+    num_columns: int = 5,
+    seed: int = 0,
+    scale: int = 3,
+) -> InpaintingFigure:
+    r"""Inpainting one image with several masks: input, mask, a few points of the trajectory, the completion.
+
+    Sampling is RePaint ([`DDPMExtInpaintPipeline`]) with the pipeline's UNet and scheduler; every row starts from
+    the same x_T (one generator seeded `seed` per row).
+
+    Args:
+        pipeline ([`DDPMExtPipeline`]): a trained pipeline (any ddpm_ext scheduler).
+        image (`torch.Tensor`): (C, H, W) or (1, C, H, W) in [-1, 1], e.g. a data-set image.
+        output_path (`str` or `Path`): the PNG.
+        mask_kinds (`Sequence[str]`, defaults to left half, centre box, random strokes): one row each; any of
+            `"left_half"`, `"top_half"`, `"centre_box"`, `"strokes"` (strokes drawn from `seed`).
+        num_inference_steps (`int`, defaults to 100): steps of the respaced chain.
+        jump_length, jump_n_sample (`int`, default 10 and 5): RePaint's resampling.
+        num_columns (`int`, defaults to 5): trajectory points shown, evenly spread over the schedule (x_T first).
+        seed (`int`, defaults to 0): the seed of every row.
+        scale (`int`, defaults to 3): nearest-neighbour enlargement.
+
+    Returns:
+        [`InpaintingFigure`]
+
+    Example:
+
+    ```py
+    >>> import tempfile, os, torch
+    >>> from ddpm_ext import DDPMExtPipeline, DDPMExtScheduler, build_unet
+    >>> from ddpm_ext.figures import inpainting_figure
+    >>> pipe = DDPMExtPipeline(unet=build_unet("tiny"), scheduler=DDPMExtScheduler(num_train_timesteps=20))
+    >>> fig = inpainting_figure(pipe, torch.zeros(1, 8, 8), os.path.join(tempfile.mkdtemp(), "inpaint.png"),
+    ...                         num_inference_steps=10, jump_length=3, jump_n_sample=2, num_columns=4)
+    >>> fig.timesteps, tuple(fig.samples.shape), bool((fig.completions[~fig.fill_masks] == 0).all())
+    ([18, 12, 6, 0], (3, 4, 1, 8, 8), True)
+
+    ```
+    """
+    from .pipelines.pipeline_ddpm_ext_inpaint import DDPMExtInpaintPipeline, make_mask
+
+    steps = _check_steps(pipeline, "num_inference_steps", num_inference_steps)
+    k = check_int("num_columns", num_columns, 1)
+    seed = check_int("seed", seed, 0)
+    if not isinstance(image, torch.Tensor) or image.ndim not in (3, 4) or (image.ndim == 4 and image.shape[0] != 1):
+        raise ValueError(f"`image` must be a tensor (C, H, W) or (1, C, H, W) in [-1, 1], got {getattr(image, 'shape', image)!r}.")
+    x = (image if image.ndim == 4 else image[None]).detach().float().cpu()
+    kinds = list(mask_kinds)
+    if not kinds:
+        raise ValueError("`mask_kinds` must name at least one mask, got none.")
+    h, w = x.shape[-2:]
+    masks = torch.cat([make_mask(kind, h, w, seed=seed) for kind in kinds])  # (M, 1, H, W), 1 = fill
+    pipe = DDPMExtInpaintPipeline(unet=pipeline.unet, scheduler=pipeline.scheduler)
+    pipe.set_progress_bar_config(disable=True)
+    m = len(kinds)
+    out = pipe(
+        x.expand(m, -1, -1, -1), masks, num_inference_steps=steps, jump_length=jump_length,
+        jump_n_sample=jump_n_sample, generator=[g for _ in range(m) for g in image_generators(seed, 0, 1)], output_type="pt", return_trajectory=True,
+    )
+    traj = torch.stack(out.trajectory[:-1], dim=1)  # (M, L, C, H, W): x_T ... the last x before x_0
+    cols = np.unique(np.linspace(0, traj.shape[1] - 1, min(k, traj.shape[1])).round().astype(int)).tolist()
+    ts = [out.timesteps[i] for i in cols]
+    samples = traj[:, cols]
+    completions = from_unit(out.images.cpu())
+    shown_mask = from_unit(out.fill_mask.float()).expand(-1, x.shape[1], -1, -1)  # white = fill
+    labels = ["input", "mask\n(white: fill)", *[f"t={_paper_t(t)}" for t in ts], "completion"]
+    ncols = len(labels)
+    rows = []
+    for i, kind in enumerate(kinds):
+        row = torch.cat([x, shown_mask[i : i + 1], samples[i], completions[i : i + 1]])
+        rows.append(_row(kind.replace("_", " "), row, ncols, labels, scale))
+    path = Path(output_path)
+    size = _save_strips(
+        rows,
+        "Inpainting with an unconditional DDPM (RePaint)",
+        f"{steps} respaced steps of T = {pipeline.scheduler.config.num_train_timesteps}, jump length {jump_length}, "
+        f"{jump_n_sample} samples per stretch; x along the RePaint schedule (jumps included); t as in the paper",
+        path,
+    )
+    return InpaintingFigure(
+        path, kinds, x, out.fill_mask, ts, samples, completions, steps, jump_length, jump_n_sample, size
+    )

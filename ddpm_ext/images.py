@@ -1,17 +1,196 @@
-"""Image conventions shared by the whole package: uint8 / [0, 1] / [-1, 1] images as PIL, NumPy or tensors, and grids."""
+"""Image conventions shared by the whole package, in one place.
+
+Three value conventions, and the functions that move between them:
+
+    uint8 pixels  u ∈ {0, …, 255}     files, PIL images, feature extractors, grids
+    model space   x ∈ [-1, 1]         x = u / 127.5 - 1 (the data transform; the UNet and schedulers)
+    unit range    y ∈ [0, 1]          y = x / 2 + 0.5 (the pipeline's `output_type="pt"/"np"`, as diffusers)
+
+- [`to_8bit`] / [`convert_image`]: any PIL image -> 8-bit `"L"` / `"RGB"` (16-bit and float modes scaled, not
+  clipped; transparency composited on white). Every image the package reads goes through them.
+- [`normalize`] (u -> x), [`to_unit`] (x -> y), [`from_unit`] (y -> x), [`to_uint8`] (x or y -> u, rounded).
+- [`tensor_to_numpy`] / [`to_pil`]: `(B, C, H, W)` tensors -> `(B, H, W, C)` arrays -> PIL images.
+- [`images_to_uint8`], [`make_grid`], [`save_image_grid`]: any of the above -> one uint8 grid.
+
+Float -> uint8 is one rule everywhere: `round((clip(v, low, high) - low) * 255 / (high - low))`, computed in
+the input's precision (float32 unless it is float64), so `to_uint8(normalize(u)) == u` exactly and the
+pipeline's PIL output, `ddpm-ext sample`'s files and the evaluation's samples hold the same pixels.
+"""
 
 from __future__ import annotations
 
 import math
 import os
-from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 import torch
 from PIL import Image
 
-__all__ = ["images_to_uint8", "make_grid", "save_image_grid"]
+from .files import write_with
+from .validation import check_int
+
+__all__ = [
+    "GRAY_MODES",
+    "convert_image",
+    "from_unit",
+    "images_to_uint8",
+    "make_grid",
+    "normalize",
+    "save_image_grid",
+    "tensor_to_numpy",
+    "to_8bit",
+    "to_pil",
+    "to_uint8",
+    "to_unit",
+]
+
+# Pillow modes with one colour channel (with or without alpha); everything else counts as colour.
+GRAY_MODES = frozenset({"1", "L", "LA", "La", "I", "I;16", "I;16B", "I;16L", "I;16N", "F"})
+_INT16_MODES = frozenset({"I", "I;16", "I;16B", "I;16L", "I;16N"})
+_ALPHA_MODES = frozenset({"RGBA", "LA", "PA", "RGBa", "La"})
+
+Images = torch.Tensor | np.ndarray
+
+
+# ----------------------------------------------------------------------------------------------------------
+# PIL images of any bit depth -> 8 bits
+# ----------------------------------------------------------------------------------------------------------
+
+
+def to_8bit(image: Image.Image) -> Image.Image:
+    """A PIL image with more than 8 bits per sample -> mode `"L"`, scaled over the full range (not clipped).
+
+    Pillow's own `convert("L")` clips `"I;16"` / `"I"` values at 255 (a 16-bit image comes out almost all
+    white). Here:
+
+    - `"I;16"`, `"I;16B"`, `"I;16L"`, `"I;16N"` and `"I"` (how Pillow opens 16-bit grayscale PNG/TIFF) are read
+      as 16-bit samples `v` in 0..65535 (`"I"` is clipped to that range) and mapped to `v >> 8`, the high
+      byte: 0 -> 0, 65535 -> 255, and an 8-bit image stored as 16 bits (`v = 257 u`) gives back `u`. This is
+      what Pillow itself does when it opens 16-bit RGB(A) files as `"RGB"`, so grayscale and colour agree.
+    - `"F"` (32-bit float) is read as [0, 1] (the float convention of diffusers and this package),
+      clipped, and mapped to `round(255 v)`.
+
+    Every other mode is returned unchanged (8-bit modes need no scaling; see [`convert_image`]).
+
+    Example:
+
+    ```py
+    >>> import numpy as np
+    >>> from PIL import Image
+    >>> sixteen = Image.fromarray(np.array([[0, 257 * 128, 65535]], dtype=np.uint16))
+    >>> sixteen.mode, np.asarray(to_8bit(sixteen)).tolist()
+    ('I;16', [[0, 128, 255]])
+
+    ```
+    """
+    if image.mode in _INT16_MODES:
+        values = np.clip(np.asarray(image).astype(np.int64), 0, 65535)  # (H, W); "I;16B" arrives big-endian
+        return Image.fromarray((values >> 8).astype(np.uint8), mode="L")
+    if image.mode == "F":
+        values = np.asarray(image, dtype=np.float64)
+        if not np.isfinite(values).all():
+            raise ValueError("A float (mode 'F') image holds NaN or infinite values; allowed are values in [0, 1].")
+        return Image.fromarray(np.round(np.clip(values, 0.0, 1.0) * 255).astype(np.uint8), mode="L")
+    return image
+
+
+def convert_image(image: Image.Image, mode: str) -> Image.Image:
+    """Any PIL image -> 8-bit `mode` (`"L"` or `"RGB"`): high bit depths scaled ([`to_8bit`]), transparent
+    pixels composited on white (Pillow would use black), then Pillow's conversion.
+    """
+    if mode not in ("L", "RGB"):
+        raise ValueError(f"`mode` must be 'L' or 'RGB', got {mode!r}.")
+    image = to_8bit(image)
+    if image.mode == mode:
+        return image
+    if image.mode == "P" and "transparency" in image.info:
+        image = image.convert("RGBA")
+    if image.mode in _ALPHA_MODES:
+        rgba = image.convert("RGBA")
+        image = Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba)
+    return image.convert(mode)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Value conventions
+# ----------------------------------------------------------------------------------------------------------
+
+
+def normalize(pixels: Images, dtype: torch.dtype = torch.float32) -> Images:
+    """uint8 pixels `u` -> `x = u / 127.5 - 1` in [-1, 1] (torchvision's `ToTensor` + `Normalize([0.5], [0.5])`).
+
+    Tensors come back as `dtype` (float32 by default), NumPy arrays as float32; the layout is unchanged.
+    """
+    if isinstance(pixels, np.ndarray):
+        return pixels.astype(np.float32) / np.float32(127.5) - np.float32(1.0)
+    return pixels.to(dtype).div_(127.5).sub_(1.0)
+
+
+def to_unit(images: Images) -> Images:
+    """Model space [-1, 1] -> [0, 1], clipped: `y = x / 2 + 0.5` (diffusers' pipeline postprocessing)."""
+    if isinstance(images, np.ndarray):
+        return np.clip(images / 2 + 0.5, 0, 1)
+    return (images / 2 + 0.5).clamp(0, 1)
+
+
+def from_unit(images: Images) -> Images:
+    """[0, 1] -> model space [-1, 1]: `x = 2 y - 1` (not clipped)."""
+    return images * 2 - 1
+
+
+def _check_range(value_range: Any) -> tuple[float, float]:
+    ok = isinstance(value_range, (tuple, list)) and len(value_range) == 2
+    ok = ok and all(isinstance(v, (int, float)) and math.isfinite(v) for v in value_range)
+    if not ok or not value_range[1] > value_range[0]:
+        raise ValueError(f"`value_range` must be (low, high) with high > low, got {value_range!r}.")
+    return float(value_range[0]), float(value_range[1])
+
+
+def to_uint8(images: Images, value_range: tuple[float, float] = (-1.0, 1.0)) -> Images:
+    """Float images in `value_range` -> uint8 pixels, same layout and container (tensor or NumPy array).
+
+    `u = round((clip(v, low, high) - low) * 255 / (high - low))`, in float64 for float64 input, else float32;
+    uint8 input is returned as is.
+
+    Example:
+
+    ```py
+    >>> import torch
+    >>> u = torch.arange(256, dtype=torch.uint8)
+    >>> bool((to_uint8(normalize(u)) == u).all()), bool((to_uint8(to_unit(normalize(u)), (0, 1)) == u).all())
+    (True, True)
+
+    ```
+    """
+    low, high = _check_range(value_range)
+    scale = 255.0 / (high - low)
+    if isinstance(images, np.ndarray):
+        if images.dtype == np.uint8:
+            return images
+        if not np.issubdtype(images.dtype, np.floating):
+            raise ValueError(f"`images` must be uint8 or floating point, got dtype {images.dtype}.")
+        x = images if images.dtype == np.float64 else images.astype(np.float32)
+        return np.round((np.clip(x, low, high) - x.dtype.type(low)) * x.dtype.type(scale)).astype(np.uint8)
+    if images.dtype == torch.uint8:
+        return images
+    if not images.is_floating_point():
+        raise ValueError(f"`images` must be uint8 or floating point, got dtype {images.dtype}.")
+    x = images.detach()
+    x = x if x.dtype == torch.float64 else x.float()
+    return ((x.clamp(low, high) - low) * scale).round_().to(torch.uint8)
+
+
+def tensor_to_numpy(images: torch.Tensor) -> np.ndarray:
+    """`(B, C, H, W)` tensor -> `(B, H, W, C)` float32 NumPy array on the CPU (diffusers' `output_type="np"`)."""
+    return images.detach().cpu().permute(0, 2, 3, 1).float().numpy()
+
+
+def to_pil(images: torch.Tensor | np.ndarray, value_range: tuple[float, float] | None = None) -> list[Image.Image]:
+    """Images -> one PIL image each (`"L"` for one channel, `"RGB"` for three); see [`images_to_uint8`] for the
+    accepted layouts and default ranges (a `(B, H, W, C)` float array in [0, 1] as diffusers' `numpy_to_pil`)."""
+    arr = images_to_uint8(images, value_range)
+    return [Image.fromarray(a[..., 0], mode="L") if a.shape[-1] == 1 else Image.fromarray(a, mode="RGB") for a in arr]
 
 
 def images_to_uint8(
@@ -27,7 +206,8 @@ def images_to_uint8(
       (diffusers' `output_type="np"`), or uint8 taken as is;
     - a list of PIL images (converted to RGB when any is not grayscale, else to `"L"`; all the same size).
 
-    Values are clipped to `value_range`, scaled to 0..255 and rounded (as diffusers' `numpy_to_pil`).
+    Float values go through [`to_uint8`] (clipped to `value_range`, scaled to 0..255, rounded, as diffusers'
+    `numpy_to_pil`); PIL images through [`convert_image`] (16-bit and float modes scaled to 8 bits).
 
     Args:
         images: The images.
@@ -47,15 +227,15 @@ def images_to_uint8(
         sizes = {im.size for im in images}
         if len(sizes) > 1:
             raise ValueError(f"All `images` must have the same size, got sizes {sorted(sizes)}.")
-        mode = "L" if all(im.mode in ("1", "L") for im in images) else "RGB"
-        arr = np.stack([np.asarray(im.convert(mode), dtype=np.uint8) for im in images])
+        mode = "L" if all(im.mode in GRAY_MODES for im in images) else "RGB"
+        arr = np.stack([np.asarray(convert_image(im, mode), dtype=np.uint8) for im in images])
         return arr[..., None] if arr.ndim == 3 else arr
 
     if isinstance(images, torch.Tensor):
         t = images.detach().to("cpu")
         if t.ndim != 4:
             raise ValueError(f"A tensor of `images` must have shape (B, C, H, W), got {tuple(images.shape)}.")
-        arr = t.permute(0, 2, 3, 1).numpy() if t.dtype == torch.uint8 else t.float().permute(0, 2, 3, 1).numpy()
+        arr = t.permute(0, 2, 3, 1).numpy()  # (B, H, W, C)
         default_range = (-1.0, 1.0)
     elif isinstance(images, np.ndarray):
         arr = images
@@ -73,14 +253,7 @@ def images_to_uint8(
         raise ValueError("`images` is empty; there is nothing to put in a grid.")
     if arr.shape[-1] not in (1, 3, 4):
         raise ValueError(f"`images` must have 1, 3 or 4 channels, got {arr.shape[-1]} (shape {tuple(arr.shape)}).")
-    arr = arr[..., :3]
-    if arr.dtype == np.uint8:
-        return np.ascontiguousarray(arr)
-    low, high = value_range if value_range is not None else default_range
-    if not high > low:
-        raise ValueError(f"`value_range` must be (low, high) with high > low, got {value_range!r}.")
-    scaled = (np.clip(arr.astype(np.float64), low, high) - low) / (high - low)
-    return np.round(scaled * 255).astype(np.uint8)
+    return np.ascontiguousarray(to_uint8(arr[..., :3], value_range if value_range is not None else default_range))
 
 
 def make_grid(
@@ -121,21 +294,17 @@ def make_grid(
 
     ```
     """
-    if isinstance(scale, bool) or not isinstance(scale, (int, np.integer)) or scale < 1:
-        raise ValueError(f"`scale` must be an integer >= 1 (nearest-neighbour enlargement), got {scale!r}.")
+    scale = check_int("scale", scale, 1)
+    padding = check_int("padding", padding, 0)
+    pad_value = check_int("pad_value", pad_value, 0, 255)
     arr = images_to_uint8(images, value_range)
     if scale > 1:
-        arr = arr.repeat(int(scale), axis=1).repeat(int(scale), axis=2)  # (B, scale*H, scale*W, C)
+        arr = arr.repeat(scale, axis=1).repeat(scale, axis=2)  # (B, scale*H, scale*W, C)
     b, h, w, c = arr.shape
     if nrow is None:
         nrow = math.ceil(math.sqrt(b))
-    if isinstance(nrow, bool) or not isinstance(nrow, (int, np.integer)) or nrow < 1:
-        raise ValueError(f"`nrow` must be an integer >= 1 (images per row), got {nrow!r}.")
-    if isinstance(padding, bool) or not isinstance(padding, (int, np.integer)) or padding < 0:
-        raise ValueError(f"`padding` must be an integer >= 0, got {padding!r}.")
-    if not 0 <= pad_value <= 255:
-        raise ValueError(f"`pad_value` must be a gray level in 0..255, got {pad_value!r}.")
-    ncol, nrows = min(int(nrow), b), math.ceil(b / nrow)
+    nrow = check_int("nrow", nrow, 1)
+    ncol, nrows = min(nrow, b), math.ceil(b / nrow)
     grid = np.full((nrows * (h + padding) + padding, ncol * (w + padding) + padding, c), pad_value, np.uint8)
     for i in range(b):
         r, q = divmod(i, ncol)
@@ -150,13 +319,11 @@ def save_image_grid(
     nrow: int | None = None,
     **kwargs: Any,
 ) -> Image.Image:
-    """[`make_grid`] and save it to `path` (format from the extension; parent folders are created).
+    """[`make_grid`] and save it to `path` atomically (format from the extension; parent folders are created).
 
     Returns:
         `PIL.Image.Image`: The grid.
     """
     grid = make_grid(images, nrow, **kwargs)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    grid.save(path)
+    write_with(path, grid.save)
     return grid

@@ -20,14 +20,15 @@ import math
 from dataclasses import dataclass
 from typing import Any, Sequence
 
-import numpy as np
 import torch
 from diffusers.utils import BaseOutput
 from diffusers.utils.torch_utils import randn_tensor
 
+from .images import normalize
 from .losses import mean_flat, normal_kl, vlb_terms
 from .schedulers.scheduling_common import VARIANCE_TYPES, canonical_variance_type
 from .schedulers.scheduling_ddpm_ext import DDPMExtScheduler
+from .validation import check_int
 
 __all__ = ["BitsPerDimOutput", "bits_per_dim", "bits_per_dim_variances", "check_images_on_grid"]
 
@@ -95,7 +96,8 @@ def check_images_on_grid(images: Any, *, name: str = "images", channels: int | N
             f"`{name}` must lie on the 8-bit grid x = u / 127.5 - 1 (u integer in 0..255): a value is {off:.3g} of a "
             f"bin away from it (allowed {GRID_TOLERANCE}). Quantize first: `((x + 1) * 127.5).round() / 127.5 - 1`."
         )
-    return (u.round().clamp(0, 255) / 127.5 - 1).to(images.dtype if images.dtype == torch.float64 else torch.float32)
+    # snapped in float64, then stored as float32 (or float64): the values every earlier bits/dim was computed on
+    return normalize(u.round().clamp(0, 255), torch.float64).to(images.dtype if images.dtype == torch.float64 else torch.float32)
 
 
 def _as_ddpm_scheduler(scheduler: Any) -> DDPMExtScheduler:
@@ -203,8 +205,7 @@ def bits_per_dim_variances(
             )
     if batch_size is None:
         batch_size = n
-    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
-        raise ValueError(f"`batch_size` must be an integer >= 1 (image-timestep pairs per model call), got {batch_size!r}.")
+    batch_size = check_int("batch_size", batch_size, 1)  # image-timestep pairs per model call
     if isinstance(generator, list) and len(generator) != n:
         raise ValueError(f"`generator` is a list of {len(generator)} generators but there are {n} images.")
 

@@ -13,13 +13,16 @@ Every function returns values per image, in nats unless it says bits/dim.
 from __future__ import annotations
 
 import math
-from typing import Literal
+from typing import Literal, get_args
 
 import torch
 import torch.nn.functional as F
 
+from .validation import check_choice
+
+# The one definition of the loss options: the signature's type, the check and the training script's `choices=`.
 LossType = Literal["simple", "hybrid"]
-LOSS_TYPES = ("simple", "hybrid")
+LOSS_TYPES: tuple[str, ...] = get_args(LossType)
 
 
 def normal_kl(*, mean1: torch.Tensor, logvar1: torch.Tensor, mean2: torch.Tensor, logvar2: torch.Tensor) -> torch.Tensor:
@@ -114,8 +117,7 @@ def diffusion_loss(
     Returns:
         `torch.Tensor` of shape (B,).
     """
-    if loss_type not in LOSS_TYPES:
-        raise ValueError(f"`loss_type` must be one of {list(LOSS_TYPES)}, got {loss_type!r}.")
+    check_choice("loss_type", loss_type, LOSS_TYPES)
     c = x_start.shape[1]
     learned = model_output.shape[1] == 2 * c
     if loss_type == "hybrid" and not learned:

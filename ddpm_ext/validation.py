@@ -8,11 +8,14 @@ arguments once per call); the command line turns these errors into `error: ...` 
 from __future__ import annotations
 
 import math
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
-__all__ = ["check_choice", "check_int", "check_number", "check_positive", "learns_variance"]
+if TYPE_CHECKING:
+    import torch
+
+__all__ = ["check_choice", "check_int", "check_number", "check_positive", "learns_variance", "resolve_device"]
 
 LEARNED_VARIANCE_TYPES = ("learned_range", "learned")
 
@@ -87,3 +90,22 @@ def check_choice(name: str, value: Any, allowed: Sequence[Any]) -> Any:
 def learns_variance(variance_type: str | None) -> bool:
     """Whether a scheduler `variance_type` makes the model predict its variance (2C output channels)."""
     return variance_type in LEARNED_VARIANCE_TYPES
+
+
+def resolve_device(name: Any = None, option: str = "--device") -> "torch.device":
+    """A torch device from a user's choice: `None` or `"auto"` is CUDA when available, else the CPU.
+
+    Raises:
+        `ValueError`: naming `option`, for a string torch does not parse, or a CUDA device where CUDA is missing.
+    """
+    import torch
+
+    if name is None or name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError) as err:
+        raise ValueError(f"`{option}` {name!r} is not a torch device ('auto', 'cpu', 'cuda', 'cuda:0', ...).") from err
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"`{option}` {name!r}: CUDA is not available here; use 'cpu' or 'auto'.")
+    return device

@@ -8,6 +8,8 @@ import math
 import numpy as np
 import pytest
 import torch
+
+from ddpm_ext.seeding import image_seed
 from diffusers.utils.torch_utils import randn_tensor
 from PIL import Image
 from tiny_pipeline import TINY_SIZE, TINY_T, make_tiny_pipeline
@@ -46,6 +48,7 @@ def pipe() -> DDPMExtPipeline:
 
 
 def manual_generators(seeds):
+    """Generators of the package's seeding rule: seeds[i] = image_seed(seed, i)."""
     return [torch.Generator().manual_seed(s) for s in seeds]
 
 
@@ -107,7 +110,7 @@ def test_schedule_curves_equal_closed_forms(tmp_path):
 # Figures from a model
 # --------------------------------------------------------------------------------------------------
 def test_reverse_trajectory_is_the_sampling_loop(pipe, tmp_path):
-    steps, seeds = 10, [3, 4]
+    steps, seeds = 10, [image_seed(3, 0), image_seed(3, 1)]
     fig = reverse_trajectory_figure(
         pipe, tmp_path / "rev.png", gif_path=tmp_path / "rev.gif",
         num_inference_steps=steps, num_images=2, num_columns=4, seed=3,
@@ -139,7 +142,7 @@ def test_reverse_trajectory_is_the_sampling_loop(pipe, tmp_path):
 
 
 def test_noise_comparison_without_z_is_the_mean_only_chain(pipe, tmp_path):
-    steps, seeds = 8, [5, 6, 7]
+    steps, seeds = 8, [image_seed(5, i) for i in range(3)]
     fig = noise_comparison_figure(pipe, tmp_path / "z.png", num_inference_steps=steps, num_images=3, seed=5)
     assert fig.seeds == seeds
 
@@ -167,7 +170,7 @@ def test_noise_comparison_without_z_is_the_mean_only_chain(pipe, tmp_path):
 
 
 def test_ddpm_vs_ddim_panels_equal_their_loops(pipe, tmp_path):
-    seeds = [0, 1]
+    seeds = [image_seed(0, 0), image_seed(0, 1)]
     fig = ddpm_vs_ddim_figure(pipe, tmp_path / "s.png", step_counts=(3, 6), num_images=2, seed=0)
     assert sorted(fig.samples) == [("ddim", 3), ("ddim", 6), ("ddpm", 3), ("ddpm", 6)]
 

@@ -24,13 +24,14 @@ import sys
 from pathlib import Path
 from typing import Callable, Sequence
 
-__all__ = ["COMMANDS", "main", "build_parser", "int_at_least", "positive_int", "nonnegative_int", "check_output_dir", "pick_device"]
+__all__ = ["COMMANDS", "main", "build_parser", "int_at_least", "positive_int", "nonnegative_int", "check_output_dir"]
 
 # name -> (help, module exposing add_arguments(parser) and run(args) -> int)
 COMMANDS: dict[str, tuple[str, str]] = {
     "sample": ("Sample images from a trained pipeline into a PNG grid.", "ddpm_ext.commands.sample"),
     "figures": ("Write the lecture's figures (forward process, schedules, reverse process, samplers).", "ddpm_ext.commands.figures"),
     "evaluate": ("Score a pipeline: bits/dim on held-out images, FID/KID of samples per sampler.", "ddpm_ext.commands.evaluate"),
+    "inpaint": ("Fill the masked part of an image with a trained pipeline (RePaint).", "ddpm_ext.commands.inpaint"),
 }
 
 
@@ -61,19 +62,6 @@ def check_output_dir(path: str | os.PathLike, option: str) -> Path:
         if p.exists() and not p.is_dir():
             raise ValueError(f"`{option}` {str(out)!r} cannot be a folder: {str(p)!r} exists and is not a folder.")
     return out
-
-
-def pick_device(device: str | None) -> str:
-    """`device` as given, else "cuda" when available, else "cpu"."""
-    import torch
-
-    if device is not None:
-        try:
-            torch.device(device)
-        except RuntimeError as e:
-            raise ValueError(f"`--device` {device!r} is not a torch device: {e}") from None
-        return device
-    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def build_parser(command: str | None = None) -> tuple[argparse.ArgumentParser, object]:

@@ -6,7 +6,7 @@ import argparse
 import sys
 from typing import Sequence
 
-from ..evaluation.evaluate import _SAMPLER_GRAMMAR, SamplerSpec, evaluate, parse_sampler
+from ..evaluation.evaluate import _SAMPLER_GRAMMAR, EvaluationConfig, SamplerSpec, evaluate, parse_sampler
 from .cli import int_at_least
 
 __all__ = ["add_arguments", "run", "main"]
@@ -25,48 +25,55 @@ def _argparse_sampler(spec: str) -> SamplerSpec:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """Add the evaluation options to `parser` (`ddpm-ext evaluate`)."""
+    """Add the evaluation options to `parser` (`ddpm-ext evaluate`); the defaults are [`EvaluationConfig`]'s."""
+    from ..evaluation.evaluate import CLIP_DENOISED_CHOICES
     from ..evaluation.metrics import FEATURE_EXTRACTORS
     from ..schedulers.scheduling_common import VARIANCE_TYPES
 
-    a = parser.add_argument
+    d = EvaluationConfig.defaults()
+
+    def a(*names, **kwargs):
+        if "default" not in kwargs and names[0].startswith("--") and kwargs.get("action") != "store_true":
+            kwargs["default"] = d[names[0][2:]]
+        return parser.add_argument(*names, **kwargs)
+
     a("pipeline", help="A pipeline folder (DDPMExtPipeline / diffusers DDPMPipeline layout) or a Hub repo id 'org/name'.")
-    a("--revision", default=None, help="Hub revision of the pipeline (branch, tag or commit); default 'main'.")
-    a("--dataset", default="mnist-5k",
+    a("--revision", help="Hub revision of the pipeline (branch, tag or commit); default 'main'.")
+    a("--dataset",
       help="Real images: a built-in data set (mnist-5k, openmoji-32), a folder of images, or a Hub data set 'owner/name'.")
-    a("--split", default=None,
+    a("--split",
       help="Split of --dataset; default 'test' for built-in data sets that have one (mnist-5k: 500 held-out digits), else 'train'.")
-    a("--image_column", default=None, help="Image column of a Hub data set (found automatically by default).")
-    a("--max_real_images", type=int_at_least(2), default=None,
+    a("--image_column", help="Image column of a Hub data set (found automatically by default).")
+    a("--max_real_images", type=int_at_least(2),
       help="Use at most this many real images for the reference statistics (a seeded random subset); default all.")
-    a("--num_bpd_images", type=int_at_least(0), default=100,
+    a("--num_bpd_images", type=int_at_least(0),
       help="Held-out images for bits/dim (a seeded random subset of the split); 0 skips bits/dim.")
-    a("--variance_types", nargs="+", default=None, choices=list(VARIANCE_TYPES), metavar="VARIANCE",
+    a("--variance_types", nargs="+", choices=list(VARIANCE_TYPES), metavar="VARIANCE",
       help="σ² choices for bits/dim, from " + ", ".join(VARIANCE_TYPES) + "; default fixed_small fixed_large "
       "(plus learned_range first for a model that learns its variance).")
-    a("--clip_denoised", choices=("auto", "true", "false"), default="auto",
+    a("--clip_denoised", choices=CLIP_DENOISED_CHOICES,
       help="Clip x̂_0 to [-1, 1] in the mean of p_θ for bits/dim; auto (default) follows the scheduler's clip_sample, "
            "i.e. scores p_θ as the sampler draws from it (improved DDPM's image_nll.py clips).")
-    a("--num_samples", type=int_at_least(0), default=500, help="Samples per sampler for FID/KID; 0 skips them.")
-    a("--samplers", nargs="+", type=_argparse_sampler, default=[parse_sampler("ddim:50:0")], metavar="SPEC",
+    a("--num_samples", type=int_at_least(0), help="Samples per sampler for FID/KID; 0 skips them.")
+    a("--samplers", nargs="+", type=_argparse_sampler, metavar="SPEC",
       help=f"Samplers to evaluate: {_SAMPLER_GRAMMAR}. Default ddim:50:0.")
-    a("--kid_subset_size", type=int_at_least(2), default=100,
+    a("--kid_subset_size", type=int_at_least(2),
       help="Images per KID subset; at most --num_samples and the number of real images.")
-    a("--kid_subsets", type=int_at_least(1), default=100, help="Number of KID subsets.")
-    a("--feature_extractor", default="efficientnet-lite0", choices=list(FEATURE_EXTRACTORS),
+    a("--kid_subsets", type=int_at_least(1), help="Number of KID subsets.")
+    a("--feature_extractor", choices=list(FEATURE_EXTRACTORS),
       help="Features for FID/KID: efficientnet-lite0 (offline; NOT comparable to published FIDs) or inception "
       "(standard FID; needs torch-fidelity and its weights).")
-    a("--inception_weights", default=None,
+    a("--inception_weights",
       help="Local file of the Inception weights (pt_inception-2015-12-05-6726825d.pth) for --feature_extractor inception.")
-    a("--stats_cache_dir", default=None,
+    a("--stats_cache_dir",
       help="Cache of real-image features; default $DDPM_EXT_FID_STATS_DIR, else ~/.cache/ddpm_ext/fid_stats.")
     a("--no_stats_cache", action="store_true", help="Neither read nor write cached real-image features.")
-    a("--batch_size", type=int_at_least(1), default=100,
+    a("--batch_size", type=int_at_least(1),
       help="Images per sampling call; (image, timestep) pairs per UNet call for bits/dim; images per feature batch.")
-    a("--seed", type=int_at_least(0), default=0, help="Seed of the data subsets, the bits/dim noise, the samples and KID.")
-    a("--num_grid_images", type=int_at_least(0), default=64, help="Samples shown in each sampler's grid.")
-    a("--device", default="auto", help="'auto' (CUDA when available, else CPU), 'cpu', 'cuda', 'cuda:1', ...")
-    a("--output_dir", default=None,
+    a("--seed", type=int_at_least(0), help="Seed of the data subsets, the bits/dim noise, the samples and KID.")
+    a("--num_grid_images", type=int_at_least(0), help="Samples shown in each sampler's grid.")
+    a("--device", help="'auto' (CUDA when available, else CPU), 'cpu', 'cuda', 'cuda:1', ...")
+    a("--output_dir",
       help="Write results.json, results.md and samples_<sampler>.png here (created); default: print only.")
     a("--no_progress", action="store_true", help="Hide the progress bars.")
     return parser
@@ -82,7 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     """The `ddpm-ext evaluate` command: [`evaluate`], then print the markdown table; return the exit status."""
-    print(evaluate(args)["markdown"])
+    print(evaluate(EvaluationConfig.from_namespace(args))["markdown"])
     return 0
 
 

@@ -8,17 +8,18 @@ import torch
 
 from ..figures import _check_steps, ddpm_vs_ddim_figure, forward_process_figure, noise_comparison_figure, reverse_trajectory_figure, schedule_figure
 from ..pipelines.pipeline_ddpm_ext import DDPMExtPipeline
-from .cli import check_output_dir, nonnegative_int, pick_device, positive_int
+from ..validation import resolve_device
+from .cli import check_output_dir, nonnegative_int, positive_int
 
 __all__ = ["add_arguments", "run"]
 
 
 def _step_list(text: str) -> list[int]:
     try:
-        values = [int(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be comma-separated integers >= 1, got {text!r}") from None
-    if not values or min(values) < 1:
+        values = [positive_int(v) for v in text.split(",") if v.strip()]
+    except argparse.ArgumentTypeError:
+        values = []
+    if not values:
         raise argparse.ArgumentTypeError(f"must be comma-separated integers >= 1, got {text!r}")
     return values
 
@@ -31,7 +32,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "figures; without it only the forward-process and schedule figures are written.",
     )
     parser.add_argument("--output_dir", default="figures", help="Folder for the PNGs and the GIF (default: figures).")
-    parser.add_argument("--seed", type=nonnegative_int, default=0, help="First seed; image i uses seed + i (default: 0).")
+    parser.add_argument("--seed", type=nonnegative_int, default=0, help="Seed of the sampled images (image i as in `ddpm-ext sample --seed`) and of the forward "
+                        "process's noise (default: 0).")
     parser.add_argument(
         "--dataset", default="mnist-5k",
         help="Data set of the forward-process image: a built-in name, a Hub data set or use --train_data_dir "
@@ -70,7 +72,7 @@ def run(args: argparse.Namespace) -> int:
     out = check_output_dir(args.output_dir, "--output_dir")
     pipe = None
     if args.pipeline is not None:
-        pipe = DDPMExtPipeline.from_pretrained(args.pipeline).to(pick_device(args.device))
+        pipe = DDPMExtPipeline.from_pretrained(args.pipeline).to(resolve_device(args.device))
         for s in [args.steps, *args.step_counts]:
             _check_steps(pipe, "--steps / --step_counts", s)
     T = args.num_train_timesteps or (pipe.scheduler.config.num_train_timesteps if pipe is not None else 1000)

@@ -1,7 +1,8 @@
 """`ddpm-ext sample`: images from a trained pipeline, as a PNG grid and optionally one file per image.
 
-Image i is drawn with its own generator seeded `--seed + i`, so a given image does not depend on
-`--batch_size` or `--num_images`. Every option is checked, and the pipeline loaded, before anything is written.
+Image i is drawn with its own generator, [`ddpm_ext.seeding.image_generators`]`(--seed, i, 1)` (the rule
+`ddpm-ext evaluate`, the figures and the pipeline share), so a given image does not depend on `--batch_size` or
+`--num_images`. Every option is checked, and the pipeline loaded, before anything is written.
 
 ```bash
 ddpm-ext sample outputs/mnist --num_images 64 --steps 100 --output samples.png
@@ -17,15 +18,17 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
-from .cli import check_output_dir, nonnegative_int, pick_device, positive_int
-from ..images import save_image_grid
+from ..files import write_with
+from ..images import save_image_grid, to_pil
 from ..pipelines.pipeline_ddpm_ext import DDPMExtPipeline
 from ..schedulers.scheduling_ddim_ext import DDIMExtScheduler
 from ..schedulers.scheduling_ddpm_ext import DDPMExtScheduler
+from ..seeding import image_generators
+from ..validation import check_number, resolve_device
+from .cli import check_output_dir, nonnegative_int, positive_int
 
 __all__ = ["SCHEDULERS", "add_arguments", "run", "check_output_file"]
 
@@ -54,7 +57,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--no-noise", dest="no_noise", action="store_true",
         help="Sample without the added noise z: every step returns the mean μ_θ (the lecture's comparison).",
     )
-    parser.add_argument("--seed", type=nonnegative_int, default=0, help="Image i uses seed + i (default: 0).")
+    parser.add_argument("--seed", type=nonnegative_int, default=0, help="Seed of the images: image i has its own generator from (seed, i), as in `ddpm-ext evaluate` "
+                        "and the figures (default: 0).")
     parser.add_argument("--output", default="samples.png", help="The grid image to write (default: samples.png).")
     parser.add_argument("--nrow", type=positive_int, default=None, help="Images per grid row (default: ceil(sqrt(N))).")
     parser.add_argument("--images_dir", default=None, help="Also write each image as 00000.png, 00001.png, ... here.")
@@ -87,11 +91,10 @@ def run(args: argparse.Namespace) -> int:
             raise ValueError(
                 f"`--eta` {args.eta} is DDIM's η; it cannot be used with `--scheduler ddpm` (use `--scheduler ddim`)."
             )
-        if not 0.0 <= args.eta <= 1.0:
-            raise ValueError(f"`--eta` must be in [0, 1], got {args.eta}.")
+        check_number("--eta", args.eta, 0, 1)
     output = check_output_file(args.output, "--output")
     images_dir = check_output_dir(args.images_dir, "--images_dir") if args.images_dir is not None else None
-    device = pick_device(args.device)
+    device = resolve_device(args.device)
 
     # 2. The pipeline, and the options that depend on it
     pipe = DDPMExtPipeline.from_pretrained(args.pipeline)
@@ -117,18 +120,18 @@ def run(args: argparse.Namespace) -> int:
 
     # 3. Sample, batch by batch, one generator per image
     kwargs = {"eta": float(args.eta or 0.0)} if is_ddim else {}
-    seeds = list(range(args.seed, args.seed + args.num_images))
-    batches = [seeds[i : i + args.batch_size] for i in range(0, len(seeds), args.batch_size)]
+    starts = range(0, args.num_images, args.batch_size)
     chunks = []
 
     def advance(*_) -> None:  # pipeline callback: one tick per denoising step; returns None (changes nothing)
         bar.update(1)
 
-    with tqdm(total=len(batches) * steps, desc=f"sampling {len(seeds)} images", unit="step", file=sys.stderr) as bar:
-        for batch in batches:
+    with tqdm(total=len(starts) * steps, desc=f"sampling {args.num_images} images", unit="step", file=sys.stderr) as bar:
+        for start in starts:
+            count = min(args.batch_size, args.num_images - start)
             out = pipe(
-                batch_size=len(batch),
-                generator=[torch.Generator().manual_seed(s) for s in batch],
+                batch_size=count,
+                generator=image_generators(args.seed, start, count),
                 num_inference_steps=steps,
                 stochastic=not args.no_noise,
                 output_type="np",
@@ -142,8 +145,7 @@ def run(args: argparse.Namespace) -> int:
     save_image_grid(images, output, args.nrow)
     print(output)
     if images_dir is not None:
-        images_dir.mkdir(parents=True, exist_ok=True)
-        for i, im in enumerate(pipe.numpy_to_pil(images)):
-            im.save(images_dir / f"{i:05d}.png")
+        for i, im in enumerate(to_pil(images)):
+            write_with(images_dir / f"{i:05d}.png", im.save)
         print(f"{len(images)} images in {images_dir}")
     return 0

@@ -19,7 +19,6 @@ import datasets
 import numpy as np
 from PIL import Image
 
-
 DEFAULT_DATASET = "mnist-5k"
 
 _OPENMOJI_RENDER_VERSION = 1  # bump when the rendering below changes: it is part of the cache key

@@ -5,9 +5,9 @@ import os
 from pathlib import Path
 
 import datasets
-import numpy as np
 from PIL import Image
 
+from ..validation import check_int
 from .builtin import BUILTIN_DATASETS, DEFAULT_DATASET, _builtin_lookalike, list_builtin_datasets, load_builtin_dataset
 
 
@@ -170,12 +170,11 @@ def load_image_dataset(
             f"Give either `dataset_name` or `train_data_dir`, not both (got dataset_name={dataset_name!r} and "
             f"train_data_dir={str(train_data_dir)!r})."
         )
-    if max_train_samples is not None and (
-        isinstance(max_train_samples, bool)
-        or not isinstance(max_train_samples, (int, np.integer))
-        or max_train_samples < 1
-    ):
-        raise ValueError(f"`max_train_samples` must be an integer >= 1 or None, got {max_train_samples!r}.")
+    if max_train_samples is not None:
+        try:
+            check_int("max_train_samples", max_train_samples, 1)
+        except ValueError:
+            raise ValueError(f"`max_train_samples` must be an integer >= 1 or None, got {max_train_samples!r}.") from None
     if dataset_name is not None and (not isinstance(dataset_name, str) or not dataset_name.strip()):
         raise ValueError(f"`dataset_name` must be a non-empty string, got {dataset_name!r}.")
     if dataset_name is None and train_data_dir is None:

@@ -8,8 +8,12 @@ import numpy as np
 import torch
 from PIL import Image
 
+from ..images import GRAY_MODES, convert_image, normalize
+from ..validation import check_int
 from .loading import find_image_column
 
+# Kept for code that imported the former private helper (pipelines/pipeline_ddpm_ext_inpaint.py); use
+# `ddpm_ext.images.convert_image`.
 
 # Column added by `preprocess_dataset` when the transform is random: the row index that keys augmentation.
 INDEX_COLUMN = "__ddpm_ext_index__"
@@ -17,36 +21,18 @@ INDEX_COLUMN = "__ddpm_ext_index__"
 # Domain-separation tag of the augmentation stream in `SeedSequence(seed, spawn_key=(tag, epoch, index))`,
 # so that other users of the same seed (weights init, noise, data order) never draw correlated numbers.
 _AUGMENTATION_STREAM = 0xA11C
-_GRAY_MODES = frozenset({"1", "L", "LA", "La", "I", "I;16", "I;16B", "I;16L", "I;16N", "F"})
 
 # ----------------------------------------------------------------------------------------------------------
 # Preprocessing
 # ----------------------------------------------------------------------------------------------------------
 
 
-def _to_mode(image: Image.Image, mode: str) -> Image.Image:
-    """Convert to "L" or "RGB"; transparent pixels are composited on white (not Pillow's black)."""
-    if image.mode == mode:
-        return image
-    if image.mode == "P" and "transparency" in image.info:
-        image = image.convert("RGBA")
-    if image.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
-        rgba = image.convert("RGBA")
-        image = Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba)
-    return image.convert(mode)
-
-
-def _check_seed(seed: Any, name: str = "seed") -> int:
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise ValueError(f"`{name}` must be an integer >= 0, got {seed!r}.")
-    return int(seed)
-
-
 class ImageTransform:
     r"""PIL image -> float32 tensor `(C, H, W)` in [-1, 1]: torchvision's training transform of diffusers'
     `train_unconditional.py`, without torchvision.
 
-    Steps: convert to mode `"L"` (`channels=1`) or `"RGB"` (`channels=3`; transparency composited on
+    Steps: convert to 8-bit mode `"L"` (`channels=1`) or `"RGB"` (`channels=3`) with
+    [`ddpm_ext.images.convert_image`] (16-bit and float images scaled to 8 bits, transparency composited on
     white); resize the shorter side to `resolution` (Pillow bilinear with antialiasing, which is what
     `torchvision.transforms.Resize` does to PIL images; skipped when it already has that size); crop
     `resolution x resolution` at the centre (`center_crop=True`, torchvision's rounding) or at a random
@@ -88,15 +74,14 @@ class ImageTransform:
         channels: int = 3,
         seed: int = 0,
     ) -> None:
-        if isinstance(resolution, bool) or not isinstance(resolution, (int, np.integer)) or resolution < 1:
-            raise ValueError(f"`resolution` must be an integer >= 1, got {resolution!r}.")
+        resolution = check_int("resolution", resolution, 1)
         if channels not in (1, 3) or isinstance(channels, bool):
             raise ValueError(f"`channels` must be 1 (grayscale, mode 'L') or 3 (RGB), got {channels!r}.")
         self.resolution = int(resolution)
         self.center_crop = bool(center_crop)
         self.random_flip = bool(random_flip)
         self.channels = int(channels)
-        self.seed = _check_seed(seed)
+        self.seed = check_int("seed", seed, 0)
         self.epoch = 0
 
     def __repr__(self) -> str:
@@ -117,7 +102,7 @@ class ImageTransform:
 
     def set_epoch(self, epoch: int) -> None:
         """Set the epoch that keys the augmentation of indexed examples; call it at the start of every epoch."""
-        self.epoch = _check_seed(epoch, "epoch")
+        self.epoch = check_int("epoch", epoch, 0)
 
     def resized_size(self, width: int, height: int) -> tuple[int, int]:
         """`(width, height)` after resizing the shorter side to `resolution` (torchvision's arithmetic)."""
@@ -135,7 +120,7 @@ class ImageTransform:
         """
         r = self.resolution
         if index is not None:
-            index = _check_seed(index, "index")
+            index = check_int("index", index, 0)
             words = np.random.SeedSequence(self.seed, spawn_key=(_AUGMENTATION_STREAM, self.epoch, index))
             w_flip, w_top, w_left = (int(v) for v in words.generate_state(3, dtype=np.uint64))
             draw_top = lambda n: w_top % n  # noqa: E731 - n <= image size; 2**64 modulo bias is negligible
@@ -157,7 +142,7 @@ class ImageTransform:
         """Every step but the scaling: a uint8 tensor `(C, resolution, resolution)`."""
         if not isinstance(image, Image.Image):
             raise ValueError(f"`image` must be a PIL.Image.Image, got {type(image).__name__}.")
-        image = _to_mode(image, self.mode)
+        image = convert_image(image, self.mode)  # 8-bit "L" / "RGB"; 16-bit and float images scaled, not clipped
         size = self.resized_size(*image.size)
         if size != image.size:
             image = image.resize(size, resample=Image.Resampling.BILINEAR)
@@ -170,10 +155,8 @@ class ImageTransform:
         arr = arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
         return torch.from_numpy(np.ascontiguousarray(arr))
 
-    @staticmethod
-    def normalize(pixels: torch.Tensor) -> torch.Tensor:
-        """uint8 pixels `u` -> float32 `u / 127.5 - 1` in [-1, 1] (`ToTensor` then `Normalize([0.5], [0.5])`)."""
-        return pixels.to(torch.float32).div_(127.5).sub_(1.0)
+    # uint8 pixels `u` -> float32 `u / 127.5 - 1` in [-1, 1]: [`ddpm_ext.images.normalize`]
+    normalize = staticmethod(normalize)
 
     def __call__(
         self, image: Image.Image, index: int | None = None, *, generator: torch.Generator | None = None
@@ -240,7 +223,7 @@ def infer_channels(dataset: datasets.Dataset, image_column: str | None = None) -
                 f"Column {column!r} does not hold PIL images (got {type(first).__name__}); pass `image_column`."
             )
         mode = first.mode
-    return 1 if mode in _GRAY_MODES else 3
+    return 1 if mode in GRAY_MODES else 3
 
 
 class _BatchTransform:

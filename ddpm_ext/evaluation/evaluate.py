@@ -1,6 +1,10 @@
 """Evaluate a trained pipeline: bits/dim on held-out images and FID/KID of samples for chosen samplers.
 
-Run it as `ddpm-ext evaluate` (the command line is in `ddpm_ext/commands/evaluate.py`), or call [`evaluate`]:
+Run it as `ddpm-ext evaluate` (the command line is in `ddpm_ext/commands/evaluate.py`), or from Python with an
+[`EvaluationConfig`]: `evaluate(EvaluationConfig("outputs/mnist", num_samples=100))`. [`evaluate`] is five
+named steps that can also be called one by one: [`load_evaluation`] (pipeline, data and every check, before
+any long work), [`score_likelihood`] (bits/dim), [`sample_images`] and [`score_samples`] (FID/KID per sampler),
+[`write_results`] (results.json, results.md, one grid per sampler).
 
 ```bash
 # bits/dim under σ² = β̃ and β on 100 held-out digits; FID/KID of 500 samples of DDIM-50 (η = 0) and of
@@ -19,7 +23,8 @@ Sampler specs: `ddpm:STEPS[:VARIANCE]` (ancestral DDPM, σ² of the pipeline or 
 fixed_large / learned_range), `ddpm-noz:STEPS` (DDPM's mean only, without the added noise z), `ddim:STEPS[:ETA]`
 (DDIM with η in [0, 1], default 0). Every sampler is built from the pipeline's scheduler config
 ([`DDPMExtScheduler`] / [`DDIMExtScheduler`]`.from_config`) and starts from the same x_T per image (image i
-has its own generator seeded from `(seed, i)`), so rows differ only by the sampler.
+has its own generator, [`ddpm_ext.seeding.image_generators`], the rule of every command), so rows differ only
+by the sampler.
 
 FID and KID use [`ddpm_ext.metrics`]: EfficientNet-Lite0 features by default (offline; **not comparable to
 published Inception FIDs**, and labelled so everywhere), or Inception-v3 with `--feature_extractor inception`
@@ -36,19 +41,37 @@ import math
 import os
 import platform
 import time
-from dataclasses import dataclass
+from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from ..files import atomic_write_text
+from ..images import normalize, save_image_grid, to_uint8
+from ..seeding import image_generators
+from ..validation import check_choice, check_int, learns_variance, resolve_device
 
-__all__ = ["SAMPLER_KINDS", "SamplerSpec", "evaluate", "parse_sampler", "results_markdown"]
+__all__ = [
+    "SAMPLER_KINDS",
+    "EvaluationConfig",
+    "EvaluationRun",
+    "SampledImages",
+    "SamplerSpec",
+    "evaluate",
+    "load_evaluation",
+    "parse_sampler",
+    "reference_features",
+    "results_markdown",
+    "sample_images",
+    "score_likelihood",
+    "score_samples",
+    "write_results",
+]
 
 SAMPLER_KINDS = ("ddpm", "ddpm-noz", "ddim")
 _SAMPLER_GRAMMAR = "ddpm:STEPS[:VARIANCE], ddpm-noz:STEPS or ddim:STEPS[:ETA] (e.g. ddpm:1000, ddpm-noz:100, ddim:50:0)"
-_SAMPLE_STREAM = 0x5A3D1E  # domain tag of the per-image sampling seeds (distinct from other users of `seed`)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -136,51 +159,118 @@ def parse_sampler(spec: str | SamplerSpec) -> SamplerSpec:
 
 
 # ----------------------------------------------------------------------------------------------------------
-# The evaluation
+# The configuration
+# ----------------------------------------------------------------------------------------------------------
+
+CLIP_DENOISED_CHOICES = ("auto", "true", "false")
+
+
+@dataclass
+class EvaluationConfig:
+    """What [`evaluate`] does; `ddpm-ext evaluate` builds one from its options (same names, `--name`).
+
+    Cheap checks run here, on construction (types, ranges, sampler specs); checks that need the pipeline or the
+    data run in [`load_evaluation`], still before any long computation.
+
+    Example:
+
+    ```py
+    >>> EvaluationConfig("outputs/mnist", num_samples=50, samplers=["ddim:10:0"]).samplers
+    [SamplerSpec(kind='ddim', steps=10, eta=0.0, variance_type=None)]
+    >>> EvaluationConfig("outputs/mnist", num_bpd_images=-1)
+    Traceback (most recent call last):
+    ...
+    ValueError: `num_bpd_images` must be an integer >= 0, got -1.
+
+    ```
+    """
+
+    pipeline: str | os.PathLike  # a pipeline folder or a Hub repo id: what is evaluated
+    revision: str | None = None  # Hub revision; None is "main" (a folder has none)
+    dataset: str = "mnist-5k"  # real images: mnist-5k ships offline and has a held-out test split
+    split: str | None = None  # None: "test" where the built-in data set has one (held out), else "train"
+    image_column: str | None = None  # found automatically in a Hub data set
+    max_real_images: int | None = None  # None: every real image of the split (the reference is cached once)
+    num_bpd_images: int = 100  # enough for a ±0.05 bits/dim standard error on mnist-5k in minutes on a CPU
+    variance_types: list[str] | None = None  # None: fixed_small, fixed_large (+ learned_range when learned)
+    clip_denoised: str = "auto"  # "auto" scores p_θ as the sampler draws from it (the scheduler's clip_sample)
+    num_samples: int = 500  # the size of mnist-5k's test split: FID against it is not starved on one side
+    samplers: list[SamplerSpec | str] = field(default_factory=lambda: ["ddim:50:0"])  # fast and deterministic
+    kid_subset_size: int = 100  # torchmetrics' usual subset size; must fit num_samples and the real images
+    kid_subsets: int = 100  # enough subsets for a stable mean and a meaningful spread
+    feature_extractor: str = "efficientnet-lite0"  # the extractor that works offline (not comparable to papers)
+    inception_weights: str | None = None  # local Inception weights for feature_extractor="inception"
+    stats_cache_dir: str | None = None  # None: $DDPM_EXT_FID_STATS_DIR, else ~/.cache/ddpm_ext/fid_stats
+    no_stats_cache: bool = False  # the cache is keyed by data, split, size and extractor: safe to reuse
+    batch_size: int = 100  # images per sampling call: fits a CPU's memory for 32x32 models
+    seed: int = 0  # data subsets, bits/dim noise, samples (image i as `ddpm-ext sample --seed`) and KID
+    num_grid_images: int = 64  # an 8x8 grid per sampler
+    device: str = "auto"  # CUDA when available, else the CPU
+    output_dir: str | os.PathLike | None = None  # None: return (and print) the results only
+    no_progress: bool = False  # progress bars on by default: sampling takes minutes
+
+    def __post_init__(self) -> None:
+        from ..schedulers.scheduling_common import VARIANCE_TYPES
+        from .metrics import FEATURE_EXTRACTORS
+
+        if not isinstance(self.pipeline, (str, os.PathLike)) or not str(self.pipeline).strip():
+            raise ValueError(f"`pipeline` must be a folder or a Hub repo id, got {self.pipeline!r}.")
+        if self.max_real_images is not None:
+            check_int("max_real_images", self.max_real_images, 2)
+        for name, low in (("num_bpd_images", 0), ("num_samples", 0), ("kid_subset_size", 2), ("kid_subsets", 1),
+                          ("batch_size", 1), ("seed", 0), ("num_grid_images", 0)):
+            setattr(self, name, check_int(name, getattr(self, name), low))
+        if self.variance_types is not None:
+            self.variance_types = [check_choice("variance_types", v, VARIANCE_TYPES) for v in self.variance_types]
+        if isinstance(self.clip_denoised, bool):
+            self.clip_denoised = str(self.clip_denoised).lower()
+        check_choice("clip_denoised", self.clip_denoised, CLIP_DENOISED_CHOICES)
+        check_choice("feature_extractor", self.feature_extractor, FEATURE_EXTRACTORS)
+        self.samplers = [parse_sampler(s) for s in (self.samplers or [])]
+        if len({s.spec for s in self.samplers}) != len(self.samplers):
+            raise ValueError(f"`--samplers` lists a sampler twice: {[s.spec for s in self.samplers]}.")
+
+    @classmethod
+    def from_namespace(cls, args: argparse.Namespace) -> "EvaluationConfig":
+        """The config of `ddpm-ext evaluate`'s parsed options (other attributes, e.g. `command`, are ignored)."""
+        return cls(**{f.name: getattr(args, f.name) for f in fields(cls) if hasattr(args, f.name)})
+
+    @classmethod
+    def defaults(cls) -> dict[str, Any]:
+        """Every option's default (the command line takes its defaults from here)."""
+        return {f.name: f.default_factory() if f.default is MISSING else f.default for f in fields(cls)
+                if f.default is not MISSING or f.default_factory is not MISSING}
+
+    @property
+    def do_samples(self) -> bool:
+        """Whether FID/KID are computed (some sampler and `num_samples` > 0)."""
+        return bool(self.samplers) and self.num_samples > 0
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The steps: load, score likelihood, sample, score samples, write
 # ----------------------------------------------------------------------------------------------------------
 
 
-def _resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except (RuntimeError, TypeError) as err:
-        raise ValueError(f"`--device` {name!r} is not a torch device ('auto', 'cpu', 'cuda', 'cuda:0', ...).") from err
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"`--device` {name!r}: CUDA is not available here; use 'cpu' or 'auto'.")
-    return device
-
-
-def _load_data(args: argparse.Namespace):
+def _load_data(config: EvaluationConfig):
     """(data set, its identity for the cache key, split)."""
     from ..data import BUILTIN_DATASETS, load_image_dataset, validate_image_folder
 
-    name = str(args.dataset)
+    name = str(config.dataset)
     is_folder = os.path.isdir(os.path.expanduser(name)) or name.startswith(("/", ".", "~"))
     if is_folder:
-        split = args.split or "train"
+        split = config.split or "train"
         files = validate_image_folder(name)  # raises for a missing folder, no images, unreadable files
         root = Path(name).expanduser().resolve()
         listing = "\n".join(f"{p.relative_to(root)}\t{p.stat().st_size}\t{p.stat().st_mtime_ns}" for p in files)
         identity = f"folder:{root}:{hashlib.sha256(listing.encode()).hexdigest()[:16]}"
-        ds = load_image_dataset(train_data_dir=root, split=split, image_column=args.image_column)
+        ds = load_image_dataset(train_data_dir=root, split=split, image_column=config.image_column)
     else:
         builtin = BUILTIN_DATASETS.get(name)
-        split = args.split or ("test" if builtin is not None and "test" in builtin.splits else "train")
-        ds = load_image_dataset(name, split=split, image_column=args.image_column)
+        split = config.split or ("test" if builtin is not None and "test" in builtin.splits else "train")
+        ds = load_image_dataset(name, split=split, image_column=config.image_column)
         identity = name if builtin is not None else f"hub:{name}:{getattr(ds, '_fingerprint', '')}"
     return ds, identity, split
-
-
-def _per_image_generators(seed: int, start: int, count: int) -> list[torch.Generator]:
-    """Image i's own generator, seeded from (seed, i): samples do not depend on the batch size."""
-    return [
-        torch.Generator().manual_seed(
-            int(np.random.SeedSequence(seed, spawn_key=(_SAMPLE_STREAM, i)).generate_state(1, np.uint64)[0] >> 1)
-        )
-        for i in range(start, start + count)
-    ]
 
 
 def _mean_sem(values: torch.Tensor) -> tuple[float, float]:
@@ -189,52 +279,89 @@ def _mean_sem(values: torch.Tensor) -> tuple[float, float]:
     return float(v.mean()), sem
 
 
-def evaluate(args: argparse.Namespace) -> dict[str, Any]:
-    """Evaluate the pipeline as the arguments say (see [`add_arguments`]); return the results.
+@dataclass
+class EvaluationRun:
+    """What [`load_evaluation`] prepared: the pipeline, the checked samplers, the real data and the extractor.
 
-    Returns:
-        `dict`: `bits_per_dim` (one row per variance type), `samples` (one row per sampler, FID/KID with the
-        extractor's label), `reference` (the cached real-image statistics), `config`, `environment`,
-        `markdown` (the table), and `files` (what was written to `--output_dir`).
+    Attributes:
+        config ([`EvaluationConfig`]): The configuration.
+        pipe ([`DDPMExtPipeline`]): The pipeline, on `device`, with its own scheduler.
+        schedulers (`dict[str, SchedulerMixin]`): One scheduler per sampler spec.
+        variance_types (`list[str]`): σ² choices scored for bits/dim.
+        dataset (`datasets.Dataset`), column (`str`), split (`str`), data_identity (`str`): The real images.
+        num_real (`int`): Real images in the reference statistics.
+        order (`np.ndarray`): The seeded permutation of the data set's rows (bits/dim images first).
+        transform ([`ImageTransform`]): Real image -> uint8 `(C, size, size)`, as in training (centre crop).
+        extractor ([`FeatureExtractor`], *optional*): The FID/KID features (when samples are scored).
+        device (`torch.device`), started (`float`): Where it runs, and when the evaluation began.
+    """
+
+    config: EvaluationConfig
+    pipe: Any
+    schedulers: dict[str, Any]
+    variance_types: list[str]
+    dataset: Any
+    column: str
+    split: str
+    data_identity: str
+    num_real: int
+    order: np.ndarray
+    transform: Any
+    extractor: Any
+    device: torch.device
+    started: float
+
+    @property
+    def image_size(self) -> int:
+        return self.transform.resolution
+
+    @property
+    def channels(self) -> int:
+        return self.transform.channels
+
+    @property
+    def num_train_timesteps(self) -> int:
+        return int(self.pipe.scheduler.config.num_train_timesteps)
+
+    def pixels(self, rows: np.ndarray) -> torch.Tensor:
+        """uint8 `(N, C, size, size)` real images of the data set's `rows`."""
+        return torch.stack([self.transform.to_uint8(self.dataset[int(r)][self.column]) for r in rows])
+
+
+def load_evaluation(config: EvaluationConfig) -> EvaluationRun:
+    """Step 1: load the pipeline and the real data, and check everything that needs them, before any long work.
 
     Raises:
         `ValueError`: For a pipeline that cannot be loaded, an unknown data set or split, a channel mismatch
-            between the data and the model, a sampler spec that does not fit the model (steps > T, a
-            variance the UNet cannot give), too few images for KID's subset size or for bits/dim, or a feature
-            extractor that cannot be built; the argument, the value and what is allowed are named.
+            between the data and the model, a sampler that does not fit the model (steps > T, a variance the UNet
+            cannot give), too few images for KID's subset size or for bits/dim, or a feature extractor that
+            cannot be built.
     """
-    from ..data import ImageTransform, infer_channels
-    from ..likelihood import bits_per_dim_variances
-    from .metrics import build_feature_extractor, extract_features, reference_statistics, sample_quality
+    from ..data import ImageTransform, find_image_column, infer_channels
     from ..pipelines.checkpoint_io import check_components, square_sample_size
     from ..pipelines.pipeline_ddpm_ext import DDPMExtPipeline
-    from ..images import save_image_grid
+    from .metrics import build_feature_extractor
 
     started = time.perf_counter()
-    progress = not getattr(args, "no_progress", False)
-    samplers = [parse_sampler(s) for s in (args.samplers or [])]
-    if len({s.spec for s in samplers}) != len(samplers):
-        raise ValueError(f"`--samplers` lists a sampler twice: {[s.spec for s in samplers]}.")
-    device = _resolve_device(args.device)
+    device = resolve_device(config.device)
 
-    # 1. the pipeline and the checks that need it (before any long computation)
-    pipe = DDPMExtPipeline.from_pretrained(args.pipeline, revision=args.revision)
+    # the pipeline and the checks that need it
+    pipe = DDPMExtPipeline.from_pretrained(config.pipeline, revision=config.revision)
     unet, base_scheduler = pipe.unet, pipe.scheduler
     T = int(base_scheduler.config.num_train_timesteps)
     size = square_sample_size(unet, "Evaluation's images")
     channels = int(unet.config.in_channels)
-    learns_variance = int(unet.config.out_channels) == 2 * channels
-    variance_types = list(args.variance_types) if args.variance_types else (
-        ["learned_range", "fixed_small", "fixed_large"] if learns_variance else ["fixed_small", "fixed_large"]
+    learned = int(unet.config.out_channels) == 2 * channels
+    variance_types = list(config.variance_types) if config.variance_types else (
+        ["learned_range", "fixed_small", "fixed_large"] if learned else ["fixed_small", "fixed_large"]
     )
-    if not learns_variance and any(v in ("learned_range", "learned") for v in variance_types):
+    if not learned and any(learns_variance(v) for v in variance_types):
         raise ValueError(
             f"`--variance_types` {variance_types} includes a learned variance, but the UNet has out_channels="
             f"{unet.config.out_channels} = in_channels (it does not learn σ²); allowed: fixed_small, fixed_large."
         )
-    do_samples = bool(samplers) and args.num_samples > 0
     schedulers = {}
-    for s in samplers if do_samples else []:
+    for s in config.samplers if config.do_samples else []:
         if s.steps > T:
             raise ValueError(
                 f"`--samplers` {s.spec!r}: {s.steps} steps is more than the pipeline's num_train_timesteps={T}; "
@@ -246,172 +373,259 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
         except ValueError as err:
             raise ValueError(f"`--samplers` {s.spec!r} does not fit this pipeline: {err}") from err
 
-    # 2. the real images, at the model's size and channels
-    ds, data_identity, split = _load_data(args)
-    from ..data import find_image_column
-
-    column = find_image_column(ds, args.image_column)
+    # the real images, at the model's size and channels
+    ds, data_identity, split = _load_data(config)
+    column = find_image_column(ds, config.image_column)
     data_channels = infer_channels(ds, column)
     if data_channels != channels:
         kinds = {1: "grayscale", 3: "RGB"}
         raise ValueError(
-            f"Channel mismatch: `--dataset` {args.dataset!r} has {kinds[data_channels]} images ({data_channels} "
-            f"channel(s)) but the model {args.pipeline!r} takes {channels} channel(s); evaluate it on a "
+            f"Channel mismatch: `--dataset` {config.dataset!r} has {kinds[data_channels]} images ({data_channels} "
+            f"channel(s)) but the model {str(config.pipeline)!r} takes {channels} channel(s); evaluate it on a "
             f"{kinds.get(channels, str(channels) + '-channel')} data set."
         )
     n_data = len(ds)
-    n_real = n_data if args.max_real_images is None else min(args.max_real_images, n_data)
-    if do_samples:
+    n_real = n_data if config.max_real_images is None else min(config.max_real_images, n_data)
+    if config.do_samples:
         if n_real < 2:
-            raise ValueError(f"`--dataset` {args.dataset!r} (split {split!r}) has {n_data} image(s); FID needs >= 2.")
-        if args.kid_subset_size > min(args.num_samples, n_real):
+            raise ValueError(f"`--dataset` {config.dataset!r} (split {split!r}) has {n_data} image(s); FID needs >= 2.")
+        if config.kid_subset_size > min(config.num_samples, n_real):
             raise ValueError(
-                f"`--kid_subset_size` {args.kid_subset_size} is larger than the number of images: --num_samples "
-                f"{args.num_samples} and {n_real} real images ({args.dataset!r}, split {split!r}); allowed: "
-                f"2..{min(args.num_samples, n_real)}, or raise --num_samples."
+                f"`--kid_subset_size` {config.kid_subset_size} is larger than the number of images: --num_samples "
+                f"{config.num_samples} and {n_real} real images ({config.dataset!r}, split {split!r}); allowed: "
+                f"2..{min(config.num_samples, n_real)}, or raise --num_samples."
             )
-    if args.num_bpd_images > n_data:
+    if config.num_bpd_images > n_data:
         raise ValueError(
-            f"`--num_bpd_images` {args.num_bpd_images} is more than the {n_data} images of {args.dataset!r} "
+            f"`--num_bpd_images` {config.num_bpd_images} is more than the {n_data} images of {config.dataset!r} "
             f"(split {split!r}); allowed: 0..{n_data}."
         )
     extractor = None
-    if do_samples:  # built before any long computation: a missing backend fails fast
-        extractor = build_feature_extractor(args.feature_extractor, inception_weights=args.inception_weights,
+    if config.do_samples:  # built before any long computation: a missing backend fails fast
+        extractor = build_feature_extractor(config.feature_extractor, inception_weights=config.inception_weights,
                                             device=device)
-    order = np.random.default_rng(args.seed).permutation(n_data)
-    transform = ImageTransform(size, center_crop=True, channels=channels)
-
-    def pixels(rows: np.ndarray) -> torch.Tensor:  # uint8 (N, C, size, size)
-        return torch.stack([transform.to_uint8(ds[int(r)][column]) for r in rows])
-
     pipe.to(device)
-    pipe.set_progress_bar_config(disable=not progress, leave=False)
+    pipe.set_progress_bar_config(disable=config.no_progress, leave=False)
+    return EvaluationRun(
+        config=config, pipe=pipe, schedulers=schedulers, variance_types=variance_types, dataset=ds, column=column,
+        split=split, data_identity=data_identity, num_real=n_real,
+        order=np.random.default_rng(config.seed).permutation(n_data),
+        transform=ImageTransform(size, center_crop=True, channels=channels), extractor=extractor, device=device,
+        started=started,
+    )
+
+
+def score_likelihood(run: EvaluationRun) -> list[dict[str, Any]]:
+    """Step 2: bits/dim of `num_bpd_images` held-out images, every σ² choice from one set of UNet calls.
+
+    Returns:
+        `list[dict]`: One row per variance type (`bits_per_dim`, `sem`, `prior`, `decoder`, ...); empty when
+        `num_bpd_images` is 0.
+    """
+    from ..likelihood import bits_per_dim_variances
+
+    config, scheduler = run.config, run.pipe.scheduler
+    if config.num_bpd_images == 0:
+        return []
+    x0 = normalize(run.pixels(run.order[: config.num_bpd_images]))
+    t0 = time.perf_counter()
+    clip = {"auto": bool(scheduler.config.clip_sample), "true": True, "false": False}[config.clip_denoised]
+    outs = bits_per_dim_variances(
+        run.pipe.unet, scheduler, x0.to(run.device), run.variance_types,
+        generator=torch.Generator().manual_seed(config.seed), batch_size=config.batch_size,
+        progress=not config.no_progress, clip_denoised=clip,
+    )
+    seconds = time.perf_counter() - t0
+    rows = []
+    for name, out in outs.items():
+        mean, sem = _mean_sem(out.total)
+        rows.append({
+            "variance_type": name,
+            "bits_per_dim": mean,
+            "sem": sem,
+            "prior": float(out.prior.mean()),
+            "decoder": float(out.decoder.mean()),
+            "num_images": int(out.total.numel()),
+            "clip_denoised": clip,
+            "wall_time_s": seconds,
+            "wall_time_shared_by": list(outs),
+        })
+    return rows
+
+
+@dataclass
+class SampledImages:
+    """What [`sample_images`] returns: `images` uint8 `(N, C, H, W)` (as a PNG would store them), `seconds`."""
+
+    spec: SamplerSpec
+    images: torch.Tensor
+    seconds: float
+
+
+def sample_images(run: EvaluationRun, spec: SamplerSpec | str) -> SampledImages:
+    """Step 3: `num_samples` images of one sampler, image i from [`ddpm_ext.seeding.image_generators`]`(seed, i, 1)`
+    (the same x_T for every sampler, and the image `ddpm-ext sample --seed` gives), in batches of `batch_size`."""
+    config, spec = run.config, parse_sampler(spec)
+    if spec.spec not in run.schedulers:
+        raise ValueError(f"`spec` {spec.spec!r} is not one of the configured samplers {list(run.schedulers)}.")
+    pipe, base_scheduler = run.pipe, run.pipe.scheduler
+    pipe.scheduler = run.schedulers[spec.spec]
+    batches = range(0, config.num_samples, config.batch_size)
+    if not config.no_progress:
+        from tqdm.auto import tqdm
+
+        batches = tqdm(batches, desc=f"samples {spec.spec}", unit="batch")
+    chunks, t0 = [], time.perf_counter()
+    try:
+        for start in batches:
+            count = min(config.batch_size, config.num_samples - start)
+            images = pipe(batch_size=count, generator=image_generators(config.seed, start, count),
+                          output_type="pt", **spec.call_kwargs()).images  # (B, C, H, W) in [0, 1]
+            chunks.append(to_uint8(images, (0, 1)).cpu())
+    finally:
+        pipe.scheduler = base_scheduler
+    return SampledImages(spec, torch.cat(chunks), time.perf_counter() - t0)
+
+
+def reference_features(run: EvaluationRun):
+    """The real images' features and statistics ([`ddpm_ext.evaluation.metrics.reference_statistics`]), cached
+    per data set, split, size, subset and extractor; the images are read only on a cache miss."""
+    from .metrics import reference_statistics
+
+    config, n_data = run.config, len(run.dataset)
+    real_rows = np.sort(run.order[: run.num_real]) if run.num_real < n_data else np.arange(n_data)
+    key = {
+        "dataset": run.data_identity, "split": run.split, "image_size": run.image_size, "channels": run.channels,
+        "num_images": int(run.num_real), "subset_seed": config.seed if run.num_real < n_data else None,
+        "transform": "resize-shorter-bilinear+center-crop",
+    }
+
+    class RealBatches:  # loaded lazily, and only on a cache miss; sized, for the progress bar
+        def __len__(self) -> int:
+            return -(-len(real_rows) // config.batch_size)
+
+        def __iter__(self):
+            for i in range(0, len(real_rows), config.batch_size):
+                yield run.pixels(real_rows[i : i + config.batch_size])
+
+    return reference_statistics(
+        RealBatches, run.extractor, key=key, cache_dir=config.stats_cache_dir, use_cache=not config.no_stats_cache,
+        batch_size=config.batch_size, progress=not config.no_progress,
+    )
+
+
+def score_samples(run: EvaluationRun, samples: SampledImages, reference) -> dict[str, Any]:
+    """Step 4: FID and KID of one sampler's images against the reference statistics; one results row."""
+    from .metrics import extract_features, sample_quality
+
+    config, spec = run.config, samples.spec
+    t0 = time.perf_counter()
+    feats = extract_features(run.extractor, samples.images, batch_size=config.batch_size)
+    row = {"sampler": spec.spec, "kind": spec.kind, "steps": spec.steps,
+           "eta": spec.eta if spec.kind == "ddim" else None,
+           "adds_noise": spec.kind == "ddpm" or (spec.kind == "ddim" and spec.eta > 0),
+           "variance_type": None if spec.kind == "ddim" else run.schedulers[spec.spec].config.variance_type}
+    row.update(sample_quality(feats, reference, run.extractor, kid_subset_size=config.kid_subset_size,
+                              kid_subsets=config.kid_subsets, generator=torch.Generator().manual_seed(config.seed)))
+    t_feat = time.perf_counter() - t0
+    row.update({"sampling_time_s": samples.seconds, "feature_time_s": t_feat, "wall_time_s": samples.seconds + t_feat})
+    return row
+
+
+def write_results(results: dict[str, Any], grids: dict[str, torch.Tensor], output_dir: str | os.PathLike) -> dict:
+    """Step 5: one sample grid per sampler, `results.md` and `results.json` in `output_dir`, each written
+    atomically; the rows get their grid's file name and `results` its `markdown` and `files`."""
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    for row in results["samples"]:
+        slug = parse_sampler(row["sampler"]).slug
+        if slug in grids:
+            path = out / f"samples_{slug}.png"
+            save_image_grid(grids[slug], path, nrow=math.ceil(math.sqrt(len(grids[slug]))))
+            row["grid"] = path.name
+    results["markdown"] = results_markdown(results)
+    atomic_write_text(out / "results.md", results["markdown"])
+    results["files"] = {"json": str(out / "results.json"), "markdown": str(out / "results.md"),
+                        "grids": [str(out / r["grid"]) for r in results["samples"] if "grid" in r]}
+    saved = {k: v for k, v in results.items() if k != "markdown"}
+    atomic_write_text(out / "results.json", json.dumps(saved, indent=2, default=_json_default) + "\n")
+    return results["files"]
+
+
+def evaluate(config: EvaluationConfig | argparse.Namespace) -> dict[str, Any]:
+    """Evaluate a pipeline as `config` says: [`load_evaluation`], [`score_likelihood`], then per sampler
+    [`sample_images`] and [`score_samples`], then [`write_results`] when `output_dir` is set.
+
+    Args:
+        config ([`EvaluationConfig`]): What to evaluate (an `argparse.Namespace` of `ddpm-ext evaluate`'s options
+            is accepted too).
+
+    Returns:
+        `dict`: `bits_per_dim` (one row per variance type), `samples` (one row per sampler, FID/KID with the
+        extractor's label), `reference` (the cached real-image statistics), `config`, `environment`,
+        `markdown` (the table), and `files` (what was written to `output_dir`).
+
+    Raises:
+        `ValueError`: For a bad option ([`EvaluationConfig`]) or one that does not fit the pipeline or the data
+            ([`load_evaluation`]), before any long computation; the argument, the value and what is allowed are
+            named.
+
+    Example:
+
+    ```py
+    >>> from ddpm_ext.evaluation.evaluate import EvaluationConfig, evaluate
+    >>> results = evaluate(EvaluationConfig("outputs/mnist", num_bpd_images=4, num_samples=0))  # doctest: +SKIP
+    >>> results["bits_per_dim"][0]["bits_per_dim"]  # doctest: +SKIP
+    1.9
+
+    ```
+    """
+    if isinstance(config, argparse.Namespace):
+        config = EvaluationConfig.from_namespace(config)
+    if not isinstance(config, EvaluationConfig):
+        raise ValueError(f"`config` must be an EvaluationConfig, got {type(config).__name__}.")
+    run = load_evaluation(config)
     results: dict[str, Any] = {
-        "pipeline": str(args.pipeline),
-        "dataset": str(args.dataset),
-        "split": split,
-        "image_size": size,
-        "channels": channels,
-        "num_train_timesteps": T,
-        "bits_per_dim": [],
+        "pipeline": str(config.pipeline),
+        "dataset": str(config.dataset),
+        "split": run.split,
+        "image_size": run.image_size,
+        "channels": run.channels,
+        "num_train_timesteps": run.num_train_timesteps,
+        "bits_per_dim": score_likelihood(run),
         "samples": [],
         "reference": None,
     }
-
-    # 3. bits/dim on held-out images, every σ² choice from one set of UNet calls
-    if args.num_bpd_images > 0:
-        x0 = ImageTransform.normalize(pixels(order[: args.num_bpd_images]))
-        t0 = time.perf_counter()
-        clip = {"auto": bool(base_scheduler.config.clip_sample), "true": True, "false": False}[args.clip_denoised]
-        outs = bits_per_dim_variances(
-            unet, base_scheduler, x0.to(device), variance_types, generator=torch.Generator().manual_seed(args.seed),
-            batch_size=args.batch_size, progress=progress, clip_denoised=clip,
-        )
-        seconds = time.perf_counter() - t0
-        for name, out in outs.items():
-            mean, sem = _mean_sem(out.total)
-            results["bits_per_dim"].append({
-                "variance_type": name,
-                "bits_per_dim": mean,
-                "sem": sem,
-                "prior": float(out.prior.mean()),
-                "decoder": float(out.decoder.mean()),
-                "num_images": int(out.total.numel()),
-                "clip_denoised": clip,
-                "wall_time_s": seconds,
-                "wall_time_shared_by": list(outs),
-            })
-
-    # 4. FID / KID of each sampler against the cached reference statistics
     grids: dict[str, torch.Tensor] = {}
-    if do_samples:
-        real_rows = np.sort(order[:n_real]) if n_real < n_data else np.arange(n_data)
-        key = {
-            "dataset": data_identity, "split": split, "image_size": size, "channels": channels,
-            "num_images": int(n_real), "subset_seed": args.seed if n_real < n_data else None,
-            "transform": "resize-shorter-bilinear+center-crop",
-        }
-
-        class RealBatches:  # loaded lazily, and only on a cache miss; sized, for the progress bar
-            def __len__(self) -> int:
-                return -(-len(real_rows) // args.batch_size)
-
-            def __iter__(self):
-                for i in range(0, len(real_rows), args.batch_size):
-                    yield pixels(real_rows[i : i + args.batch_size])
-
-        reference = reference_statistics(
-            RealBatches, extractor, key=key, cache_dir=args.stats_cache_dir,
-            use_cache=not getattr(args, "no_stats_cache", False), batch_size=args.batch_size, progress=progress,
-        )
+    if config.do_samples:
+        reference = reference_features(run)
         results["reference"] = {
             "num_images": reference.num_images, "cache_hit": reference.cache_hit,
             "cache_file": None if reference.path is None else str(reference.path), "seconds": reference.seconds,
             "key": reference.key,
         }
-        for spec in samplers:
-            pipe.scheduler = schedulers[spec.spec]
-            feats, shown, t_sample, t_feat = [], [], 0.0, 0.0
-            batches = range(0, args.num_samples, args.batch_size)
-            if progress:
-                from tqdm.auto import tqdm
-
-                batches = tqdm(batches, desc=f"samples {spec.spec}", unit="batch")
-            for start in batches:
-                count = min(args.batch_size, args.num_samples - start)
-                t0 = time.perf_counter()
-                images = pipe(batch_size=count, generator=_per_image_generators(args.seed, start, count),
-                              output_type="pt", **spec.call_kwargs()).images  # (B, C, H, W) in [0, 1]
-                u8 = (images.float() * 255).round().clamp(0, 255).to(torch.uint8).cpu()  # as a PNG would store it
-                t1 = time.perf_counter()
-                feats.append(extract_features(extractor, u8, batch_size=args.batch_size))
-                t_sample, t_feat = t_sample + t1 - t0, t_feat + time.perf_counter() - t1
-                if sum(len(s) for s in shown) < args.num_grid_images:
-                    shown.append(u8[: args.num_grid_images - sum(len(s) for s in shown)])
-            row = {"sampler": spec.spec, "kind": spec.kind, "steps": spec.steps,
-                   "eta": spec.eta if spec.kind == "ddim" else None,
-                   "adds_noise": spec.kind == "ddpm" or (spec.kind == "ddim" and spec.eta > 0),
-                   "variance_type": None if spec.kind == "ddim" else pipe.scheduler.config.variance_type}
-            row.update(sample_quality(torch.cat(feats), reference, extractor, kid_subset_size=args.kid_subset_size,
-                                      kid_subsets=args.kid_subsets,
-                                      generator=torch.Generator().manual_seed(args.seed)))
-            row.update({"sampling_time_s": t_sample, "feature_time_s": t_feat, "wall_time_s": t_sample + t_feat})
-            results["samples"].append(row)
-            if shown:
-                grids[spec.slug] = torch.cat(shown)
-        pipe.scheduler = base_scheduler
+        for spec in config.samplers:
+            samples = sample_images(run, spec)
+            results["samples"].append(score_samples(run, samples, reference))
+            if config.num_grid_images > 0:
+                grids[spec.slug] = samples.images[: config.num_grid_images]
+        extractor = run.extractor
         results["feature_extractor"] = {"name": extractor.name, "identity": extractor.identity,
                                         "comparable_to_published": extractor.comparable_to_published,
                                         "label": extractor.label}
 
-    results["config"] = {k: ([s.spec for s in v] if k == "samplers" else v) for k, v in vars(args).items()}
-    results["config"]["variance_types"] = variance_types
+    results["config"] = {k: ([s.spec for s in v] if k == "samplers" else v) for k, v in vars(config).items()}
+    results["config"]["variance_types"] = run.variance_types
     results["environment"] = {
-        "device": str(device), "torch": torch.__version__, "python": platform.python_version(),
+        "device": str(run.device), "torch": torch.__version__, "python": platform.python_version(),
         "machine": platform.machine(), "cpu_threads": torch.get_num_threads(),
-        "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
+        "gpu": torch.cuda.get_device_name(run.device) if run.device.type == "cuda" else None,
     }
-    results["total_time_s"] = time.perf_counter() - started
+    results["total_time_s"] = time.perf_counter() - run.started
     results["markdown"] = results_markdown(results)
-
-    # 5. files
     results["files"] = {}
-    if args.output_dir is not None:
-        out = Path(args.output_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        for row in results["samples"]:
-            slug = parse_sampler(row["sampler"]).slug
-            if slug in grids:
-                path = out / f"samples_{slug}.png"
-                save_image_grid(grids[slug], path, nrow=math.ceil(math.sqrt(len(grids[slug]))))
-                row["grid"] = path.name
-        results["markdown"] = results_markdown(results)
-        (out / "results.md").write_text(results["markdown"])
-        results["files"] = {"json": str(out / "results.json"), "markdown": str(out / "results.md"),
-                            "grids": [str(out / r["grid"]) for r in results["samples"] if "grid" in r]}
-        saved = {k: v for k, v in results.items() if k != "markdown"}
-        (out / "results.json").write_text(json.dumps(saved, indent=2, default=_json_default) + "\n")
+    if config.output_dir is not None:
+        write_results(results, grids, config.output_dir)
     return results
 
 

@@ -29,6 +29,7 @@ import hashlib
 import json
 import os
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Literal
@@ -36,6 +37,10 @@ from typing import Any, Callable, Iterable, Literal
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from ..files import atomic_path
+from ..images import to_uint8
+from ..validation import check_int
 
 __all__ = [
     "FEATURE_EXTRACTORS",
@@ -55,6 +60,7 @@ __all__ = [
     "sample_quality",
     "stats_cache_key",
     "to_uint8_rgb",
+    "warn_if_few_images",
 ]
 
 FeatureExtractorName = Literal["efficientnet-lite0", "inception"]
@@ -72,7 +78,7 @@ _FEATURES_VERSION = 1
 def to_uint8_rgb(images: torch.Tensor) -> torch.Tensor:
     """Images `(N, C, H, W)` as uint8 0..255 or floats in [-1, 1], C = 1 or 3 -> uint8 `(N, 3, H, W)`.
 
-    Floats are mapped with `round((x + 1) * 127.5)`, the inverse of the pipeline's preprocessing
+    Floats are mapped with [`ddpm_ext.images.to_uint8`] (`round((x + 1) * 127.5)`), the inverse of the pipeline's preprocessing
     `x = u / 127.5 - 1`, so images on the 8-bit grid come back exactly. Grayscale is repeated to 3 channels.
 
     Raises:
@@ -97,7 +103,7 @@ def to_uint8_rgb(images: torch.Tensor) -> torch.Tensor:
                 f"Float `images` must lie in [-1, 1] (the pipeline's range), got values in [{low:.4g}, {high:.4g}]; "
                 "pass uint8 pixels 0..255 instead if that is what you have."
             )
-        pixels = torch.round((images.double() + 1.0) * 127.5).to(torch.uint8)
+        pixels = to_uint8(images, (-1.0, 1.0))
     else:
         raise ValueError(f"`images` must be uint8 (0..255) or floating point in [-1, 1], got dtype {images.dtype}.")
     return pixels.expand(-1, 3, -1, -1) if pixels.shape[1] == 1 else pixels
@@ -331,8 +337,7 @@ def extract_features(
     desc: str = "features",
 ) -> torch.Tensor:
     """Features of many images, in batches: a tensor `(N, C, H, W)` or an iterable of such batches -> `(N, F)` float64."""
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"`batch_size` must be an integer >= 1, got {batch_size!r}.")
+    batch_size = check_int("batch_size", batch_size, 1)
     if isinstance(images, torch.Tensor):
         batches: Iterable[torch.Tensor] = images.split(batch_size)
         total = -(-images.shape[0] // batch_size)
@@ -364,6 +369,33 @@ def _check_features(features: torch.Tensor, name: str, min_rows: int = 2) -> tor
     return features.to(torch.float64)
 
 
+def _check_pair(real: torch.Tensor, fake: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    real, fake = _check_features(real, "real"), _check_features(fake, "fake")
+    if real.shape[1] != fake.shape[1]:
+        raise ValueError(f"`real` has {real.shape[1]} features per image but `fake` has {fake.shape[1]}.")
+    return real, fake
+
+
+def warn_if_few_images(num_real: int, num_fake: int, num_features: int) -> str | None:
+    """Warn (`UserWarning`) when a FID comes from fewer images than features on either side; return the message.
+
+    With N < F images the covariance of the F features has rank N − 1 < F, so FID is dominated by its bias
+    (it falls as the number of images grows, e.g. from hundreds at 2 + 2 images): such a FID only ranks models
+    scored with the same numbers of images, and must not be read as a quality level.
+    """
+    if min(num_real, num_fake) >= num_features:
+        return None
+    message = (
+        f"FID from {num_real} real and {num_fake} generated images is not a meaningful number: with fewer images "
+        f"than the {num_features} features the covariances are singular and FID is strongly biased upwards (the "
+        f"fewer the images, the larger). Use at least {num_features} images on each side for a full-rank estimate "
+        f"(published FIDs use 10,000-50,000); below that, compare only runs with the same numbers of images, and "
+        f"prefer KID (unbiased; see its spread kid_std)."
+    )
+    warnings.warn(message, UserWarning, stacklevel=3)
+    return message
+
+
 def feature_statistics(features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """μ `(F,)` and the unbiased covariance Σ `(F, F)` (divided by N − 1, as torchmetrics), in float64."""
     f = _check_features(features, "features")
@@ -392,9 +424,8 @@ def frechet_distance(mu1: torch.Tensor, sigma1: torch.Tensor, mu2: torch.Tensor,
 
 def fid_from_features(real: torch.Tensor, fake: torch.Tensor) -> float:
     """FID between two feature sets `(N, F)`, `(M, F)` (N, M ≥ 2)."""
-    real, fake = _check_features(real, "real"), _check_features(fake, "fake")
-    if real.shape[1] != fake.shape[1]:
-        raise ValueError(f"`real` has {real.shape[1]} features per image but `fake` has {fake.shape[1]}.")
+    real, fake = _check_pair(real, fake)
+    warn_if_few_images(real.shape[0], fake.shape[0], real.shape[1])
     return frechet_distance(*feature_statistics(real), *feature_statistics(fake))
 
 
@@ -422,12 +453,9 @@ def kid_from_features(
     """
     from torchmetrics.image.kid import poly_mmd
 
-    real, fake = _check_features(real, "real"), _check_features(fake, "fake")
-    if real.shape[1] != fake.shape[1]:
-        raise ValueError(f"`real` has {real.shape[1]} features per image but `fake` has {fake.shape[1]}.")
-    for arg, value in (("subset_size", subset_size), ("num_subsets", num_subsets), ("degree", degree)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < (2 if arg == "subset_size" else 1):
-            raise ValueError(f"`{arg}` must be an integer >= {2 if arg == 'subset_size' else 1}, got {value!r}.")
+    real, fake = _check_pair(real, fake)
+    subset_size = check_int("subset_size", subset_size, 2)
+    num_subsets, degree = check_int("num_subsets", num_subsets, 1), check_int("degree", degree, 1)
     if subset_size > min(real.shape[0], fake.shape[0]):
         raise ValueError(
             f"KID's `subset_size`={subset_size} is larger than the number of images: {real.shape[0]} real and "
@@ -556,11 +584,9 @@ def reference_statistics(
     feats = extract_features(extractor, images(), batch_size=batch_size, progress=progress, desc="reference features")
     mean, cov = feature_statistics(feats)
     if use_cache:
-        folder.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        save_file({"features": feats.contiguous(), "mean": mean.contiguous(), "cov": cov.contiguous()}, str(tmp),
-                  metadata={"key": json.dumps(full_key, sort_keys=True)})
-        os.replace(tmp, path)  # atomic: a concurrent reader sees the old file or the new one
+        with atomic_path(path) as tmp:  # a concurrent reader sees the old file or the new one
+            save_file({"features": feats.contiguous(), "mean": mean.contiguous(), "cov": cov.contiguous()}, str(tmp),
+                      metadata={"key": json.dumps(full_key, sort_keys=True)})
     return ReferenceStatistics(feats, mean, cov, full_key, path if use_cache else None, False,
                                time.perf_counter() - start)
 
@@ -580,6 +606,7 @@ def sample_quality(
         `dict`: `fid`, `kid_mean`, `kid_std`, `kid_subset_size`, `kid_subsets`, `num_real`, `num_fake`,
         `feature_extractor`, `comparable_to_published`, `label`.
     """
+    warn_if_few_images(reference.num_images, int(fake_features.shape[0]), int(reference.features.shape[1]))
     mean, cov = feature_statistics(fake_features)
     fid = frechet_distance(reference.mean, reference.cov, mean, cov)
     kid_mean, kid_std = kid_from_features(reference.features, fake_features, subset_size=kid_subset_size,

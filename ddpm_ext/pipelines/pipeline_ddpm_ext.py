@@ -322,20 +322,19 @@ class DDPMExtPipeline(DiffusionPipeline):
         to the UNet's `sample_size` and its number of channels).
         """
         from ..data import ImageTransform  # imports `datasets`; only needed here
+        from ..images import normalize
 
         if isinstance(images, torch.Tensor):
-            if images.dtype == torch.uint8:
-                return ImageTransform.normalize(images)
-            return images
+            return normalize(images) if images.dtype == torch.uint8 else images
         if isinstance(images, np.ndarray):
             if images.dtype != np.uint8:
                 raise ValueError(
                     f"A NumPy array of `images` must hold uint8 pixels (N, H, W, C) or (N, H, W), got dtype {images.dtype}; "
                     "pass floats as a torch tensor (N, C, H, W) in [-1, 1]."
                 )
-            pixels = torch.from_numpy(images_to_uint8(images)).permute(0, 3, 1, 2)
-            return ImageTransform.normalize(pixels)
+            return normalize(torch.from_numpy(images_to_uint8(images)).permute(0, 3, 1, 2))
         if isinstance(images, (list, tuple)) and images and all(isinstance(im, PIL.Image.Image) for im in images):
+            # the training transform: 16-bit / float images scaled to 8 bits, resized, centre-cropped, normalized
             size = square_sample_size(self.unet, "PIL `images`")
             transform = ImageTransform(size, center_crop=True, channels=self.unet.config.in_channels)
             return torch.stack([transform(im) for im in images])
@@ -346,11 +345,13 @@ class DDPMExtPipeline(DiffusionPipeline):
 
     def postprocess(self, sample: torch.Tensor, output_type: OutputType = "pil"):
         """(B, C, H, W) in [-1, 1] -> images in [0, 1] as PIL, NumPy (B, H, W, C) or torch (B, C, H, W)."""
-        image = (sample / 2 + 0.5).clamp(0, 1)
+        from ..images import tensor_to_numpy, to_pil, to_unit
+
+        image = to_unit(sample)  # (B, C, H, W) in [0, 1]
         if output_type == "pt":
             return image
-        image = image.cpu().permute(0, 2, 3, 1).float().numpy()
-        return self.numpy_to_pil(image) if output_type == "pil" else image
+        image = tensor_to_numpy(image)  # (B, H, W, C)
+        return to_pil(image) if output_type == "pil" else image
 
     def _check_call(self, batch_size, generator, num_inference_steps, eta, stochastic, output_type) -> dict:
         """Validate the call's arguments; return the extra keyword arguments for `scheduler.step`."""

@@ -12,25 +12,25 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 from tiny_pipeline import TINY_SIZE, TINY_T
 
 from ddpm_ext import DDIMExtScheduler, DDPMExtPipeline
 from ddpm_ext.commands import cli
 from ddpm_ext.commands.cli import main
+from ddpm_ext.seeding import image_generators
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def pipeline_images(folder, seeds, steps, scheduler=None, **kwargs) -> np.ndarray:
-    """uint8 (N, H, W, 1) images the pipeline gives for `seeds`, one generator per image."""
+def pipeline_images(folder, seed, count, steps, scheduler=None, **kwargs) -> np.ndarray:
+    """uint8 (N, H, W, 1) images 0..count-1 the pipeline gives for `seed`, one generator per image."""
     pipe = DDPMExtPipeline.from_pretrained(folder)
     if scheduler is not None:
         pipe.scheduler = scheduler.from_config(pipe.scheduler.config)
     pipe.set_progress_bar_config(disable=True)
     images = pipe(
-        batch_size=len(seeds), generator=[torch.Generator().manual_seed(s) for s in seeds],
+        batch_size=count, generator=image_generators(seed, 0, count),
         num_inference_steps=steps, output_type="np", **kwargs,
     ).images
     return np.round(images * 255).astype(np.uint8)
@@ -51,10 +51,10 @@ def test_sample_grid_single_images_and_seeds(tiny_pipeline_dir, tmp_path, capsys
     assert [f.name for f in files] == [f"{i:05d}.png" for i in range(5)]
     assert all(Image.open(f).size == (TINY_SIZE, TINY_SIZE) for f in files)
 
-    # image i is the pipeline's sample from seed 7 + i, whatever the batch size
-    expected = pipeline_images(tiny_pipeline_dir, [7, 8, 9, 10, 11], 4)
+    # image i is the pipeline's sample from image_generators(7, i, 1), whatever the batch size, pixel for pixel
+    expected = pipeline_images(tiny_pipeline_dir, 7, 5, 4)
     got = np.stack([read(f) for f in files])
-    assert np.abs(got - expected[..., 0]).max() <= 1
+    assert np.array_equal(got, expected[..., 0])
     tiles = read(grid)[2 : 2 + TINY_SIZE]  # the grid's row holds the same images
     assert np.abs(tiles[:, 2 : 2 + TINY_SIZE] - got[0]).max() == 0
 
@@ -73,13 +73,13 @@ def test_sample_ddim_and_without_noise(tiny_pipeline_dir, tmp_path):
     ddim = tmp_path / "ddim.png"
     assert main(["sample", str(tiny_pipeline_dir), "--num_images", "2", "--steps", "5", "--scheduler", "ddim",
                  "--eta", "0", "--output", str(ddim), "--nrow", "2", "--seed", "3"]) == 0
-    expected = pipeline_images(tiny_pipeline_dir, [3, 4], 5, scheduler=DDIMExtScheduler, eta=0.0)
+    expected = pipeline_images(tiny_pipeline_dir, 3, 2, 5, scheduler=DDIMExtScheduler, eta=0.0)
     assert np.abs(read(ddim)[2 : 2 + TINY_SIZE, 2 : 2 + TINY_SIZE] - expected[0, ..., 0]).max() <= 1
 
     mean_only = tmp_path / "no_z.png"
     assert main(["sample", str(tiny_pipeline_dir), "--num_images", "2", "--steps", "5", "--no-noise",
                  "--output", str(mean_only), "--nrow", "2", "--seed", "3"]) == 0
-    expected = pipeline_images(tiny_pipeline_dir, [3, 4], 5, stochastic=False)
+    expected = pipeline_images(tiny_pipeline_dir, 3, 2, 5, stochastic=False)
     assert np.abs(read(mean_only)[2 : 2 + TINY_SIZE, 2 + TINY_SIZE + 2 : 2 + 2 * TINY_SIZE + 2] - expected[1, ..., 0]).max() <= 1
 
 
@@ -88,7 +88,7 @@ def test_sample_ddim_and_without_noise(tiny_pipeline_dir, tmp_path):
     [
         (["--scheduler", "ddpm", "--eta", "0.5"], "`--eta` 0.5 is DDIM's η"),
         (["--eta", "0.5"], "needs a DDIM scheduler"),  # the saved scheduler is DDPM
-        (["--scheduler", "ddim", "--eta", "2"], "`--eta` must be in [0, 1], got 2.0"),
+        (["--scheduler", "ddim", "--eta", "2"], "`--eta` must be a number in [0, 1], got 2.0"),
         (["--num_images", "-3"], "argument --num_images: must be an integer >= 1, got -3"),
         (["--batch_size", "0"], "argument --batch_size: must be an integer >= 1"),
         (["--steps", str(TINY_T + 1)], f"`--steps` must be at most the pipeline's num_train_timesteps = {TINY_T}"),

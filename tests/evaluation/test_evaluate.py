@@ -14,7 +14,8 @@ from PIL import Image
 
 from ddpm_ext import DDPMExtPipeline, DDPMExtScheduler, build_unet
 from ddpm_ext.commands.evaluate import build_parser, main
-from ddpm_ext.evaluation.evaluate import SamplerSpec, _per_image_generators, evaluate, parse_sampler
+from ddpm_ext.evaluation.evaluate import SamplerSpec, evaluate, parse_sampler
+from ddpm_ext.seeding import image_generators
 from ddpm_ext.images import make_grid
 
 
@@ -79,7 +80,7 @@ def test_evaluate_end_to_end(tiny_pipeline, tmp_path, capsys):
     pipe = DDPMExtPipeline.from_pretrained(tiny_pipeline)
     pipe.set_progress_bar_config(disable=True)
     pipe.scheduler = parse_sampler("ddim:5:0").build(pipe.scheduler.config)
-    direct = pipe(batch_size=12, generator=_per_image_generators(0, 0, 12), num_inference_steps=5, eta=0.0,
+    direct = pipe(batch_size=12, generator=image_generators(0, 0, 12), num_inference_steps=5, eta=0.0,
                   output_type="pt").images
     expected = make_grid((direct * 255).round().to(torch.uint8), nrow=4)
     assert np.array_equal(np.asarray(Image.open(out / rows["ddim:5:0"]["grid"])), np.asarray(expected))
@@ -188,3 +189,71 @@ def test_clip_denoised_option(tiny_pipeline, tmp_path):
     assert [r["clip_denoised"] for r in off["bits_per_dim"]] == [False, False]
     assert "x̂₀ clipped" in auto["markdown"] and "x̂₀ not clipped" in off["markdown"]
     assert auto["bits_per_dim"][0]["bits_per_dim"] != off["bits_per_dim"][0]["bits_per_dim"]
+
+
+def test_evaluate_from_python_config_equals_the_command(tiny_pipeline, tmp_path):
+    """`evaluate(EvaluationConfig(...))` needs no argparse and gives the command's numbers."""
+    from ddpm_ext.evaluation.evaluate import EvaluationConfig
+
+    stats = str(tmp_path / "stats")
+    config = EvaluationConfig(tiny_pipeline, num_bpd_images=2, num_samples=6, kid_subset_size=3, kid_subsets=4,
+                              max_real_images=8, samplers=["ddim:5:0"], stats_cache_dir=stats, no_progress=True)
+    assert config.samplers == [SamplerSpec("ddim", 5, eta=0.0)]
+    with pytest.warns(UserWarning, match=r"FID from 8 real and 6 generated images is not a meaningful number.*at least 1280 images"):
+        direct = evaluate(config)
+    with pytest.warns(UserWarning, match="not a meaningful number"):
+        command = quick_eval(tiny_pipeline, tmp_path, "--num_bpd_images", "2", "--num_samples", "6", "--kid_subset_size",
+                             "3", "--kid_subsets", "4", "--max_real_images", "8")
+    assert direct["samples"][0]["fid"] == pytest.approx(command["samples"][0]["fid"], rel=1e-9)
+    assert direct["bits_per_dim"][0]["bits_per_dim"] == pytest.approx(command["bits_per_dim"][0]["bits_per_dim"], rel=1e-9)
+    assert direct["config"]["samplers"] == ["ddim:5:0"] and direct["config"]["num_samples"] == 6
+    # the command line takes its defaults from the config: one place
+    defaults = EvaluationConfig.defaults()
+    parsed = vars(build_parser().parse_args([str(tiny_pipeline)]))
+    assert all(parsed[k] == v for k, v in defaults.items() if k != "samplers") and parsed["samplers"] == ["ddim:50:0"]
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"num_bpd_images": -1}, r"`num_bpd_images` must be an integer >= 0, got -1"),
+        ({"batch_size": 0}, r"`batch_size` must be an integer >= 1, got 0"),
+        ({"kid_subset_size": 1}, r"`kid_subset_size` must be an integer >= 2, got 1"),
+        ({"num_samples": 2.5}, r"`num_samples` must be an integer >= 0, got 2.5"),
+        ({"max_real_images": 1}, r"`max_real_images` must be an integer >= 2, got 1"),
+        ({"clip_denoised": "maybe"}, r"`clip_denoised` must be one of \['auto', 'true', 'false'\], got 'maybe'"),
+        ({"variance_types": ["other"]}, r"`variance_types` must be one of \['fixed_small'"),
+        ({"feature_extractor": "clip"}, r"`feature_extractor` must be one of \['efficientnet-lite0', 'inception'\]"),
+        ({"samplers": ["ddim:0"]}, r"STEPS must be an integer >= 1, got 0"),
+        ({"pipeline": ""}, r"`pipeline` must be a folder or a Hub repo id"),
+    ],
+)
+def test_config_rejects_bad_values_on_construction(kwargs, message):
+    from ddpm_ext.evaluation.evaluate import EvaluationConfig
+
+    with pytest.raises(ValueError, match=message):
+        EvaluationConfig(**{"pipeline": "outputs/mnist", **kwargs})
+
+
+def test_evaluation_reads_16bit_images_at_8_bits(tiny_pipeline, tmp_path):
+    """A folder of full-range 16-bit PNGs is scaled to 8 bits (Pillow alone would clip it to white)."""
+    from ddpm_ext.evaluation.evaluate import EvaluationConfig, load_evaluation
+
+    folder = tmp_path / "gray16"
+    folder.mkdir()
+    values = np.round(np.linspace(0, 65535, 64)).astype(np.uint16).reshape(8, 8)
+    for i in range(3):
+        Image.fromarray(values if i == 0 else 65535 - values).save(folder / f"{i}.png")
+    run = load_evaluation(EvaluationConfig(tiny_pipeline, dataset=str(folder), num_bpd_images=3, num_samples=0))
+    pixels = run.pixels(np.arange(3))  # uint8 (3, 1, 8, 8), files in sorted order
+    assert np.array_equal(pixels[0, 0].numpy(), values >> 8)
+    assert np.array_equal(pixels[1, 0].numpy(), (65535 - values) >> 8)
+
+
+def test_docstring_examples():
+    import doctest
+
+    import ddpm_ext.evaluation.evaluate as evaluate_mod
+
+    result = doctest.testmod(evaluate_mod, optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
+    assert result.failed == 0 and result.attempted > 0

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -297,3 +299,18 @@ def test_sample_quality_reports_label_and_values():
     assert abs(same["fid"]) < 1e-7 and dark["fid"] > 0.1 and dark["kid_mean"] > same["kid_mean"]
     assert same["label"] == "projection FID — NOT comparable to published (Inception) FIDs"
     assert same["num_real"] == 12 and same["num_fake"] == 12 and same["comparable_to_published"] is False
+
+
+def test_fid_from_very_few_images_warns_with_the_number_needed():
+    """2 + 2 images of 8 features: FID is computed but a warning says it is not meaningful and what is needed."""
+    g = torch.Generator().manual_seed(0)
+    real, fake = torch.randn(2, 8, generator=g, dtype=torch.float64), torch.randn(2, 8, generator=g, dtype=torch.float64)
+    with pytest.warns(UserWarning, match=r"FID from 2 real and 2 generated images is not a meaningful number.*"
+                                         r"fewer images than the 8 features.*at least 8 images on each side"):
+        fid = fid_from_features(real, fake)
+    assert math.isfinite(fid) and fid > 0
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # enough images: no warning
+        fid_from_features(torch.randn(20, 8, generator=g, dtype=torch.float64), torch.randn(20, 8, generator=g, dtype=torch.float64))

@@ -687,6 +687,8 @@ class _UploadHandler(BaseHTTPRequestHandler):
                     return self._commit(repo_type, repo_id, revision, body)
                 if method in ("GET", "HEAD") and (not rest or rest[0] == "revision"):
                     return self._repo_info(repo_type, repo_id, "/".join(rest[1:]) or "main")
+                if method == "GET" and len(rest) >= 2 and rest[0] == "tree":
+                    return self._tree(repo_type, repo_id, rest[1], "/".join(rest[2:]))
         else:
             # /{org}/{name}/resolve/{rev}/{path} or /datasets/{org}/{name}/resolve/...
             repo_type = "dataset" if parts[:1] == ["datasets"] else "model"
@@ -813,6 +815,18 @@ class _UploadHandler(BaseHTTPRequestHandler):
             "tags": [], "downloads": 0, "likes": 0,
             "siblings": [{"rfilename": p} for p in mirror.list_files()],
         })
+
+    def _tree(self, repo_type: str, repo_id: str, revision: str, path: str) -> None:
+        """The recursive file listing (`list_repo_files`, used by `upload_folder(delete_patterns=...)`); one page."""
+        mirror = self._readable_mirror(repo_type, repo_id)
+        _check_main(revision)
+        prefix = _safe_repo_path(path) + "/" if path else ""
+        entries = []
+        for p in mirror.list_files():
+            if p.startswith(prefix):
+                data = mirror.read(p) or b""
+                entries.append({"type": "file", "path": p, "size": len(data), "oid": git_blob_sha1(data)})
+        self._send_json(200, entries)
 
     def _resolve(self, repo_type: str, repo_id: str, revision: str, path: str) -> None:
         mirror = self._readable_mirror(repo_type, repo_id)

@@ -8,20 +8,42 @@ import os
 from pathlib import Path
 from typing import Any
 
-__all__ = ["TEMPLATE", "write_model_card"]
+from ..files import atomic_write_text
+
+__all__ = ["TEMPLATE", "data_description", "write_model_card"]
 
 TEMPLATE = Path(__file__).resolve().parent / "model_card_template.md"
 _SECRET_KEYS = {"hub_token", "token"}
 
 
-def _dataset_info(dataset_name: str) -> dict[str, str]:
-    """License id (Hub spelling) and attribution of a built-in data set; empty for other data."""
+def _dataset_info(dataset_name: str | None) -> dict[str, str]:
+    """License id (Hub spelling), attribution and description of a built-in data set; empty for other data."""
     from ..data import BUILTIN_DATASETS
 
-    info = BUILTIN_DATASETS.get(dataset_name)
+    info = BUILTIN_DATASETS.get(dataset_name) if dataset_name else None
     if info is None:
         return {}
-    return {"license_id": info.license.lower().replace(" ", "-"), "attribution": info.attribution}
+    return {"license_id": info.license.lower().replace(" ", "-"), "attribution": info.attribution,
+            "description": info.description}
+
+
+def _is_hub_id(name: str | None) -> bool:
+    """Whether `name` looks like a Hub repo id ('name' or 'org/name') rather than a local path."""
+    if not name or os.path.exists(name) or name.startswith((".", "/", "~")) or "\\" in name:
+        return False
+    return name.count("/") <= 1 and all(part and part not in (".", "..") for part in name.split("/"))
+
+
+def data_description(dataset_name: str | None, train_data_dir: str | None = None) -> tuple[str, list[str] | None]:
+    """The card's text for where the data came from, and the `datasets:` metadata (real Hub ids only)."""
+    builtin = _dataset_info(dataset_name)
+    if train_data_dir:
+        return "a local image folder (not published)", None
+    if builtin:
+        return f"{dataset_name}, built into ddpm_ext: {builtin['description']}", None
+    if _is_hub_id(dataset_name):
+        return f"the Hub data set [{dataset_name}](https://huggingface.co/datasets/{dataset_name})", [dataset_name]
+    return "a local data set (not published)", None
 
 
 def write_model_card(
@@ -29,19 +51,34 @@ def write_model_card(
     *,
     args: dict[str, Any],
     info: dict[str, Any],
-    dataset_name: str,
+    dataset_name: str | None,
+    train_data_dir: str | None = None,
     grid_path: str | os.PathLike | None = None,
     template_path: str | os.PathLike = TEMPLATE,
 ) -> Path:
     """Render the model-card template (`ddpm_ext/hub/model_card_template.md`) into `output_dir/README.md` and return its path.
 
+    The card's metadata follows the Hub's rules: `datasets:` lists only real Hub data set ids (a built-in or local
+    data set is described in the text instead), `base_model:` names the pretrained pipeline when fine-tuning from a
+    Hub repo, and `license:` is `args["hub_license"]` when given, else the built-in data set's license, else absent
+    (no license is asserted for your own data). The file is written atomically.
+
     Args:
         output_dir: the saved pipeline folder (its `scheduler/` and `unet/` configs are read).
         args: the training flags (tokens are never read from it).
-        info: training facts (global_step, num_processes, num_train_images, resolution, ...).
-        dataset_name: the data set trained on; built-in ones contribute license and attribution.
+        info: training facts (global_step, final_loss, num_processes, num_train_images, resolution, ...).
+        dataset_name: the data set trained on (a built-in name or a Hub id); None with `train_data_dir`.
+        train_data_dir: the local image folder trained on, if any.
         grid_path: the sample grid (copied to `samples.png` beside the card by the training script).
         template_path: a Jinja template with a `{{ card_data }}` front matter.
+
+    Example:
+
+    ```py
+    >>> from ddpm_ext.hub import write_model_card
+    >>> write_model_card("outputs/mnist", args={"seed": 0}, info={"global_step": 10}, dataset_name="mnist-5k")  # doctest: +SKIP
+    PosixPath('outputs/mnist/README.md')
+    ```
     """
     from huggingface_hub import ModelCard, ModelCardData
 
@@ -50,22 +87,28 @@ def write_model_card(
         raise ValueError(f"`template_path` {template_path} does not exist.")
     scheduler = json.loads((out / "scheduler" / "scheduler_config.json").read_text())
     unet_config = json.loads((out / "unet" / "config.json").read_text())
-    data = _dataset_info(dataset_name)
+    data = _dataset_info(None if train_data_dir else dataset_name)
+    data_text, hub_datasets = data_description(dataset_name, train_data_dir)
     metrics_file = out / "metrics.json"
-    metrics = "No evaluation has been run yet."
+    metrics = "No evaluation has been run yet (`ddpm-ext evaluate` writes its results here)."
     if metrics_file.is_file():
         rows = json.loads(metrics_file.read_text())
         metrics = "| metric | value |\n|---|---|\n" + "\n".join(f"| {k} | {v} |" for k, v in rows.items())
+    safe_args = {k: v for k, v in args.items() if k not in _SECRET_KEYS}
+    pretrained = safe_args.get("pretrained_model_name_or_path")
+    license_id = safe_args.get("hub_license") or data.get("license_id")
     card_data = ModelCardData(
         library_name="diffusers",
         pipeline_tag="unconditional-image-generation",
-        license=data.get("license_id", "apache-2.0"),
-        datasets=[dataset_name] if dataset_name else None,
+        license=license_id,
+        datasets=hub_datasets,
+        base_model=pretrained if _is_hub_id(pretrained) else None,
         tags=["ddpm_ext", "diffusers", "ddpm", "unconditional-image-generation", f"beta-{scheduler['beta_schedule']}"],
     )
-    safe_args = {k: v for k, v in args.items() if k not in _SECRET_KEYS}
     repo_id = safe_args.get("hub_model_id") or out.name
     n_params = _count_parameters(out / "unet")
+    T = scheduler["num_train_timesteps"]
+    final_loss = info.get("final_loss")
     card = ModelCard.from_template(
         card_data,
         template_path=str(template_path),
@@ -73,18 +116,21 @@ def write_model_card(
         repo_id=repo_id,
         num_samples=safe_args.get("eval_batch_size", ""),
         sample_steps=safe_args.get("ddpm_num_inference_steps", ""),
+        inference_steps=min(int(safe_args.get("ddpm_num_inference_steps") or 100), T),
+        ddim_steps=min(50, T),
         seed=safe_args.get("seed", ""),
-        num_train_timesteps=scheduler["num_train_timesteps"],
+        num_train_timesteps=T,
         beta_schedule=_schedule_text(scheduler),
         variance_type=scheduler.get("variance_type", "fixed_small"),
         prediction_type=scheduler.get("prediction_type", "epsilon"),
         loss_type={"simple": "L_simple (Algorithm 1)", "hybrid": "L_hybrid = L_simple + 0.001 L_vlb"}.get(safe_args.get("loss_type"), "L_simple"),
-        dataset=dataset_name,
+        dataset=data_text,
         num_train_images=info.get("num_train_images", ""),
         resolution=info.get("resolution", unet_config.get("sample_size")),
-        model_config=safe_args.get("pretrained_model_name_or_path") or safe_args.get("model_config", ""),
+        model_config=(f"fine-tuned from {pretrained}" if pretrained else safe_args.get("model_config", "")),
         num_parameters=f"{n_params / 1e6:.2f} M",
         global_step=info.get("global_step", ""),
+        final_loss=f"{final_loss:.4f}" if isinstance(final_loss, (int, float)) and math.isfinite(final_loss) else "not recorded",
         train_batch_size=safe_args.get("train_batch_size", ""),
         num_processes=info.get("num_processes", 1),
         gradient_accumulation_steps=safe_args.get("gradient_accumulation_steps", 1),
@@ -94,11 +140,10 @@ def write_model_card(
         ema=f"max decay {safe_args.get('ema_max_decay')}" if safe_args.get("use_ema") else "off",
         mixed_precision=safe_args.get("mixed_precision", "no"),
         metrics=metrics,
+        license_text=(f"`{license_id}`" if license_id else "none stated (the data are the trainer's own; ask them)"),
         attribution=data.get("attribution", ""),
     )
-    path = out / "README.md"
-    card.save(path)
-    return path
+    return atomic_write_text(out / "README.md", str(card))
 
 
 def _schedule_text(scheduler: dict[str, Any]) -> str:

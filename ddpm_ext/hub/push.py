@@ -2,8 +2,10 @@
 
 Only the pipeline (`model_index.json`, `unet/`, `scheduler/`), the model card and the sample grid are uploaded:
 never checkpoints, logs or anything holding a token. The token is handed to `huggingface_hub` and nowhere else.
+A re-push makes the repo hold exactly these files: files of an earlier push that are no longer part of the output
+are deleted in the same commit (`.gitattributes` is kept).
 
-    python -m ddpm_ext.hub push outputs/mnist --repo_id me/ddpm-mnist [--private]
+    python -m ddpm_ext.hub push outputs/mnist --repo_id me/ddpm-mnist [--private] [--token hf_...]
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import os
 import sys
 from pathlib import Path
 
-__all__ = ["UPLOAD_PATTERNS", "main", "push_pipeline"]
+__all__ = ["UPLOAD_PATTERNS", "describe_error", "main", "push_pipeline"]
 
 UPLOAD_PATTERNS = ["model_index.json", "unet/config.json", "unet/*.safetensors", "scheduler/scheduler_config.json",
                    "README.md", "samples.png"]
@@ -29,11 +31,22 @@ def push_pipeline(
 ) -> str:
     """Create `repo_id` (if needed) and upload the pipeline, model card and sample grid of `folder`.
 
+    Every other file of the repo (e.g. an earlier push's weights under another name) is deleted in the same commit.
+
     Returns:
         `str`: the URL of the repo.
 
     Raises:
         ValueError: if `folder` is not a saved pipeline.
+        huggingface_hub.errors.HfHubHTTPError, OSError: the Hub refused the push or could not be reached.
+
+    Example:
+
+    ```py
+    >>> from ddpm_ext.hub import push_pipeline
+    >>> push_pipeline("outputs/mnist", repo_id="me/ddpm-mnist")  # doctest: +SKIP
+    'https://huggingface.co/me/ddpm-mnist'
+    ```
     """
     from huggingface_hub import HfApi
 
@@ -44,24 +57,40 @@ def push_pipeline(
     repo = api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
     api.upload_folder(
         folder_path=str(path), repo_id=repo.repo_id, repo_type="model", allow_patterns=UPLOAD_PATTERNS,
-        commit_message=commit_message,
+        delete_patterns="*", commit_message=commit_message,
     )
     return str(repo)
 
 
+def describe_error(error: BaseException, token: str | None = None) -> str:
+    """One line for a failed push: the error's type and first line, with any token masked."""
+    lines = str(error).strip().splitlines()
+    text = f"{type(error).__name__}: {lines[0] if lines else ''}".strip().rstrip(":")
+    for secret in {token, os.environ.get("HF_TOKEN"), os.environ.get("HUGGING_FACE_HUB_TOKEN")}:
+        if secret:
+            text = text.replace(secret, "***")
+    return text
+
+
 def main(argv: list[str] | None = None) -> int:
+    """`python -m ddpm_ext.hub push FOLDER --repo_id ID`: 0 on success, 2 for a bad folder, 1 when the Hub fails."""
     p = argparse.ArgumentParser(prog="python -m ddpm_ext.hub", description="Push a pipeline folder to the Hub.")
     sub = p.add_subparsers(dest="command", required=True)
     push = sub.add_parser("push", help="Upload a saved pipeline folder with its model card and samples.")
     push.add_argument("folder", help="The pipeline folder (the training script's --output_dir).")
     push.add_argument("--repo_id", required=True, help="The Hub repo id, 'name' or 'org/name'.")
     push.add_argument("--private", action="store_true", help="Create the repo as private.")
+    push.add_argument("--token", default=None, help="Hub token (default: HF_TOKEN or the stored `hf auth login`; a token "
+                                                    "on the command line is visible to other users).")
     args = p.parse_args(argv)
     try:
-        url = push_pipeline(args.folder, repo_id=args.repo_id, private=args.private)
+        url = push_pipeline(args.folder, repo_id=args.repo_id, private=args.private, token=args.token)
     except ValueError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {describe_error(e, args.token).split(': ', 1)[-1]}", file=sys.stderr)
         return 2
+    except Exception as e:  # noqa: BLE001 HfHubHTTPError (refused token, 404...), OSError/httpx errors (offline, refused connection)
+        print(f"error: the push to {args.repo_id} failed ({describe_error(e, args.token)}).", file=sys.stderr)
+        return 1
     print(url)
     return 0
 

@@ -21,23 +21,25 @@ SCRIPT = ROOT / "training" / "train_ddpm.py"
 # A tiny UNet on 8x8 MNIST crops: each run takes seconds.
 TINY = ["--model_config", "tiny", "--resolution", "8", "--train_batch_size", "8", "--max_train_samples", "48",
         "--eval_batch_size", "4", "--ddpm_num_inference_steps", "4", "--ddpm_num_steps", "100", "--lr_warmup_steps", "2"]
+# fine-tuning keeps the pretrained scheduler: its flags are refused with --pretrained_model_name_or_path
+TINY_FINETUNE = [a for i, a in enumerate(TINY) if a != "--ddpm_num_steps" and TINY[i - 1] != "--ddpm_num_steps"]
 
 
 def run(args: list[str], *, env: dict | None = None, timeout: int = 600, launcher: list[str] | None = None,
         check: bool = True) -> subprocess.CompletedProcess:
     cmd = (launcher or [sys.executable]) + [str(SCRIPT)] + args
-    result = subprocess.run(cmd, cwd=ROOT, env={**os.environ, **(env or {})}, capture_output=True, text=True, timeout=timeout)
+    result = subprocess.run(cmd, check=False, cwd=ROOT, env={**os.environ, **(env or {})}, capture_output=True, text=True, timeout=timeout)
     if check and result.returncode != 0:
         raise AssertionError(f"{cmd} failed ({result.returncode}):\n{result.stderr[-4000:]}")
     return result
 
 
-def weights(folder: Path) -> dict[str, torch.Tensor]:
-    return load_file(folder / "unet" / "diffusion_pytorch_model.safetensors")
+def weights(folder: Path, sub: str = "unet") -> dict[str, torch.Tensor]:
+    return load_file(folder / sub / "diffusion_pytorch_model.safetensors")
 
 
-def assert_same_weights(a: Path, b: Path) -> None:
-    wa, wb = weights(a), weights(b)
+def assert_same_weights(a: Path, b: Path, sub: str = "unet") -> None:
+    wa, wb = weights(a, sub), weights(b, sub)
     assert wa.keys() == wb.keys()
     for k in wa:
         torch.testing.assert_close(wa[k], wb[k], rtol=0, atol=0, msg=f"{k} differs")
@@ -116,10 +118,8 @@ def test_resume_after_sigkill_equals_uninterrupted_run(tmp_path):
     assert not half.exists()
     assert_same_weights(tmp_path / "straight", killed)
     # EMA and optimizer state came back too: the checkpoints of both runs hold the same state
-    a = load_file(tmp_path / "straight" / "checkpoint-12" / "model.safetensors")
-    b = load_file(killed / "checkpoint-12" / "model.safetensors")
-    for k in a:
-        torch.testing.assert_close(a[k], b[k], rtol=0, atol=0)
+    for sub in ("unet", "unet_ema"):
+        assert_same_weights(tmp_path / "straight" / "checkpoint-12", killed / "checkpoint-12", sub)
 
 
 @pytest.mark.slow
@@ -136,7 +136,7 @@ def test_fine_tune_from_ddpm_ext_and_diffusers_pipelines(tmp_path):
         tmp_path / "ext")
     for source, T, schedule in (("diffusers", 50, "squaredcos_cap_v2"), ("ext", 60, "scaled_linear")):
         out = tmp_path / f"ft-{source}"
-        run(TINY + ["--max_train_steps", "2", "--pretrained_model_name_or_path", str(tmp_path / source),
+        run(TINY_FINETUNE + ["--max_train_steps", "2", "--pretrained_model_name_or_path", str(tmp_path / source),
                     "--output_dir", str(out), "--ddpm_num_inference_steps", "5"])
         loaded = DDPMExtPipeline.from_pretrained(out)
         assert loaded.scheduler.config.num_train_timesteps == T and loaded.scheduler.config.beta_schedule == schedule
@@ -171,13 +171,27 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
         "    loss = real(*a, **k)\n"
         "    return loss * float('nan') if len(calls) == 5 else loss\n"
         "train_ddpm.training_step = poisoned\n"
-        f"sys.exit(train_ddpm.main({TINY + ['--max_train_steps', '8', '--checkpointing_steps', '2', '--output_dir', str(out)]!r}))\n"
+        f"sys.exit(train_ddpm.main({TINY + ['--max_train_steps', '8', '--checkpointing_steps', '2', '--checkpoints_total_limit', '1', '--output_dir', str(out)]!r}))\n"
     )
-    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    result = subprocess.run([sys.executable, "-c", code], check=False, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert result.returncode == 1, result.stderr[-3000:]
-    assert "the loss became nan at step 4" in result.stdout + result.stderr
-    assert [p.name for p in sorted(out.glob("checkpoint-*"))] == ["checkpoint-2", "checkpoint-4"]
+    text = result.stdout + result.stderr
+    assert "the loss became nan at step 4" in text
+    # checkpoint-4 holds the weights whose loss was NaN: set aside; checkpoint-2 (finite) is the one kept, even with
+    # --checkpoints_total_limit 1 (today: checkpoint-2 pruned, checkpoint-4 kept)
+    assert [p.name for p in sorted(out.glob("checkpoint-*"))] == ["checkpoint-2"]
+    assert [p.name for p in out.glob("superseded/*/checkpoint-*")] == ["checkpoint-4"]
+    assert f"The last checkpoint with finite weights and loss is {out / 'checkpoint-2'}" in text
     assert not (out / "model_index.json").exists()
+    # the advice works: resume from it with a lower learning rate, which is applied (not silently overridden)
+    resumed = run(TINY + ["--max_train_steps", "4", "--checkpointing_steps", "2", "--output_dir", str(out),
+                          "--resume_from_checkpoint", "latest", "--learning_rate", "1e-4"])
+    assert f"Resumed from {out / 'checkpoint-2'} at step 2" in resumed.stdout + resumed.stderr
+    assert "Learning rate changed on resume: peak 0.002 -> 0.0001" in resumed.stdout + resumed.stderr
+    sched = torch.load(out / "checkpoint-4" / "scheduler.bin", weights_only=True)
+    assert sched["base_lrs"] == [1e-4]
+    state = json.loads((out / "checkpoint-4" / "training_state.json").read_text())
+    assert state["changeable"]["learning_rate"] == 1e-4 and (out / "model_index.json").is_file()
 
 
 @pytest.mark.slow
@@ -228,7 +242,7 @@ def test_failed_push_keeps_output_and_says_how_to_retry(tmp_path, upload_hub):
     "args, message",
     [
         (["--train_batch_size", "0"], "--train_batch_size must be >= 1, got 0"),
-        (["--learning_rate", "-1"], "--learning_rate must be > 0"),
+        (["--learning_rate", "-1"], "`--learning_rate` must be a number > 0, got -1.0."),
         (["--max_train_steps", "0"], "--max_train_steps must be >= 1, got 0"),
         (["--ddpm_beta_schedule", "exp"], "argument --ddpm_beta_schedule: invalid choice: 'exp'"),
         (["--variance_type", "other"], "argument --variance_type: invalid choice: 'other'"),
@@ -281,7 +295,8 @@ def test_bad_data(case, message, tmp_path):
         args = ["--train_data_dir", str(make_folder(tmp_path)), "--image_column", "pixels"]
     else:
         args = ["--pretrained_model_name_or_path", str(tmp_path / "no" / "such" / "pipeline")]
-    result = run(TINY + args + ["--output_dir", str(tmp_path / "o")], check=False, timeout=300)
+    base = TINY_FINETUNE if case == "pretrained" else TINY
+    result = run(base + args + ["--output_dir", str(tmp_path / "o")], check=False, timeout=300)
     assert result.returncode == 2, result.stderr[-2000:]
     assert "error:" in result.stderr and message in result.stderr
     assert not (tmp_path / "o" / "model_index.json").exists()

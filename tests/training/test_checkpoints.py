@@ -1,0 +1,350 @@
+"""Checkpoints that belong to their run, load without unpickling, fail clearly; flags checked before any loading.
+
+One tiny training run (module fixture, seconds) provides real checkpoints; damaged copies of them must be refused
+by `validate_checkpoint` naming the file, and the scenarios of issue 18 run the script end to end.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from test_training import ROOT, TINY, assert_same_weights, run, weights
+
+from ddpm_ext.training import train as train_ddpm
+from ddpm_ext.training.checkpoints import (
+    CheckpointError,
+    read_training_state,
+    validate_checkpoint,
+)
+
+STEPS = ["--max_train_steps", "6", "--checkpointing_steps", "2"]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> Path:
+    """An uninterrupted 6-step run keeping checkpoint-2, -4 and -6, and its final pipeline."""
+    out = tmp_path_factory.mktemp("trained") / "out"
+    run(TINY + STEPS + ["--checkpoints_total_limit", "3", "--output_dir", str(out)])
+    return out
+
+
+def checkpoint_copy(trained: Path, tmp_path: Path, step: int = 6) -> Path:
+    dest = tmp_path / f"checkpoint-{step}"
+    shutil.copytree(trained / f"checkpoint-{step}", dest)
+    return dest
+
+
+def validate(ckpt: Path):
+    state = read_training_state(ckpt)
+    unet_config = json.loads((ckpt / "unet" / "config.json").read_text())
+    return validate_checkpoint(ckpt, config=state["config"], unet_config=unet_config, use_ema=True, num_processes=1)
+
+
+# --------------------------------------------------------------------------------------------------
+# Layout: diffusers folders, no pickle
+# --------------------------------------------------------------------------------------------------
+@pytest.mark.slow
+def test_checkpoint_holds_diffusers_unets_and_no_pickle(trained):
+    from diffusers import UNet2DModel
+
+    ckpt = trained / "checkpoint-6"
+    assert [p.name for p in sorted(trained.glob("checkpoint-*"))] == ["checkpoint-2", "checkpoint-4", "checkpoint-6"]
+    assert not (ckpt / "custom_checkpoint_0.pkl").exists() and not (ckpt / "model.safetensors").exists()
+    ema = UNet2DModel.from_pretrained(ckpt, subfolder="unet_ema")
+    raw = UNet2DModel.from_pretrained(ckpt, subfolder="unet")
+    # the final pipeline is the EMA of step 6; the raw weights differ from it
+    for k, v in weights(trained).items():
+        torch.testing.assert_close(ema.state_dict()[k], v, rtol=0, atol=0)
+    assert any((raw.state_dict()[k] != v).any() for k, v in weights(trained).items())
+    scalars = json.loads((ckpt / "ema_state.json").read_text())
+    assert scalars["optimization_step"] == 6 and scalars["decay"] == 0.999
+    assert validate(ckpt)["global_step"] == 6
+
+
+def _crafted_pickle(path: Path, marker: Path) -> None:
+    """A pickle that, when fully unpickled, creates `marker` (what a crafted checkpoint could do)."""
+    import pickle
+
+    class Exploit:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    path.write_bytes(pickle.dumps({"state": Exploit()}))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "damage, named",
+    [
+        ("truncated_unet", "unet/diffusion_pytorch_model.safetensors"),
+        ("truncated_ema", "unet_ema/diffusion_pytorch_model.safetensors"),
+        ("truncated_optimizer", "optimizer.bin"),
+        ("bad_state_json", "training_state.json"),
+        ("bad_ema_json", "ema_state.json"),
+        ("missing_rng", "random_states_0.pkl"),
+        ("other_unet_config", "unet/config.json"),
+        ("other_flags", "--ddpm_num_steps is 100 here but 50 in the checkpoint"),
+        ("crafted_pickle", "optimizer.bin"),
+        ("legacy_pickle_ema", "custom_checkpoint_0.pkl"),
+    ],
+)
+def test_damaged_or_foreign_checkpoint_is_refused_naming_the_file(trained, tmp_path, damage, named):
+    ckpt = checkpoint_copy(trained, tmp_path)
+    marker = tmp_path / "code-ran"
+    if damage.startswith("truncated_"):
+        f = {"unet": ckpt / "unet" / "diffusion_pytorch_model.safetensors",
+             "ema": ckpt / "unet_ema" / "diffusion_pytorch_model.safetensors",
+             "optimizer": ckpt / "optimizer.bin"}[damage.split("_", 1)[1]]
+        f.write_bytes(f.read_bytes()[: f.stat().st_size // 2])
+    elif damage == "bad_state_json":
+        (ckpt / "training_state.json").write_text('{"global_step": 6, "run_id"')
+    elif damage == "bad_ema_json":
+        (ckpt / "ema_state.json").write_text("[]")
+    elif damage == "missing_rng":
+        (ckpt / "random_states_0.pkl").unlink()
+    elif damage == "other_unet_config":
+        cfg = json.loads((ckpt / "unet" / "config.json").read_text())
+        cfg["block_out_channels"] = [8, 8]
+        (ckpt / "unet" / "config.json").write_text(json.dumps(cfg))
+    elif damage == "other_flags":
+        state = json.loads((ckpt / "training_state.json").read_text())
+        state["config"]["ddpm_num_steps"] = 50
+        (ckpt / "training_state.json").write_text(json.dumps(state))
+    elif damage == "crafted_pickle":
+        _crafted_pickle(ckpt / "optimizer.bin", marker)
+    else:
+        _crafted_pickle(ckpt / "custom_checkpoint_0.pkl", marker)
+    state = json.loads((trained / "checkpoint-6" / "training_state.json").read_text())
+    unet_config = json.loads((trained / "checkpoint-6" / "unet" / "config.json").read_text())
+    with pytest.raises(CheckpointError, match="ddpm_num_steps" if damage == "other_flags" else str(ckpt)):
+        validate_checkpoint(ckpt, config=state["config"], unet_config=unet_config, use_ema=True, num_processes=1)
+    try:
+        validate_checkpoint(ckpt, config=state["config"], unet_config=unet_config, use_ema=True, num_processes=1)
+    except CheckpointError as e:
+        assert named in str(e)
+    assert not marker.exists(), "a pickle was unpickled"
+
+
+@pytest.mark.slow
+def test_crafted_checkpoint_is_refused_by_the_script_before_training(trained, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    ckpt = checkpoint_copy(trained, out, step=4)
+    marker = tmp_path / "code-ran"
+    _crafted_pickle(ckpt / "scheduler.bin", marker)
+    result = run(TINY + STEPS + ["--output_dir", str(out), "--resume_from_checkpoint", "latest"], check=False)
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert f"error: {ckpt / 'scheduler.bin'} is damaged or holds objects other than tensors" in result.stderr
+    assert "Traceback" not in result.stderr and "Resumed" not in result.stdout + result.stderr
+    assert not marker.exists() and not (out / "checkpoint-6").exists() and not (out / "model_index.json").exists()
+
+
+# --------------------------------------------------------------------------------------------------
+# Ownership: other runs' checkpoints and newer ones
+# --------------------------------------------------------------------------------------------------
+@pytest.mark.slow
+def test_new_run_never_prunes_or_resumes_another_runs_checkpoints(trained, tmp_path):
+    out = tmp_path / "second"
+    out.mkdir()
+    shutil.copytree(trained / "checkpoint-6", out / "checkpoint-6")  # an earlier run's checkpoint
+    refused = run(TINY + ["--max_train_steps", "2", "--output_dir", str(out)], check=False, timeout=120)
+    assert refused.returncode == 2
+    assert "holds checkpoints of another run (checkpoint-6)" in refused.stderr and "--overwrite_output_dir" in refused.stderr
+
+    # told to start anew: the old checkpoint is moved aside (not deleted), the new run keeps its own checkpoint-2
+    result = run(TINY + ["--max_train_steps", "2", "--checkpointing_steps", "2", "--checkpoints_total_limit", "1",
+                         "--learning_rate", "1e-3", "--output_dir", str(out), "--overwrite_output_dir"])
+    assert "Moved checkpoint-6 to" in result.stdout + result.stderr
+    assert [p.name for p in out.glob("checkpoint-*")] == ["checkpoint-2"]
+    [aside] = out.glob("superseded/*/checkpoint-6")
+    assert_same_weights(aside, trained / "checkpoint-6", "unet_ema")
+    # latest resumes this run, not the old one
+    resumed = run(TINY + ["--max_train_steps", "3", "--checkpointing_steps", "2", "--checkpoints_total_limit", "1",
+                          "--learning_rate", "1e-3", "--output_dir", str(out), "--resume_from_checkpoint", "latest"])
+    assert f"Resumed from {out / 'checkpoint-2'} at step 2" in resumed.stdout + resumed.stderr
+
+
+@pytest.mark.slow
+def test_resume_from_older_checkpoint_sets_newer_ones_aside_and_is_exact(trained, tmp_path):
+    out = tmp_path / "older"
+    shutil.copytree(trained, out)
+    result = run(TINY + STEPS + ["--checkpoints_total_limit", "3", "--output_dir", str(out),
+                                 "--resume_from_checkpoint", str(out / "checkpoint-2")])
+    text = result.stdout + result.stderr
+    assert "Moved checkpoint-4, checkpoint-6 to" in text and "Resumed from" in text
+    assert sorted(p.name for p in out.glob("superseded/*/checkpoint-*")) == ["checkpoint-4", "checkpoint-6"]
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-4", "checkpoint-6"]
+    # the replayed steps 3..6 equal the uninterrupted run's, to the bit
+    assert_same_weights(out, trained)
+    for sub in ("unet", "unet_ema"):
+        assert_same_weights(out / "checkpoint-6", trained / "checkpoint-6", sub)
+
+
+# --------------------------------------------------------------------------------------------------
+# Fault injection: writes fail with ENOSPC during a checkpoint and during the final save
+# --------------------------------------------------------------------------------------------------
+_FULL_DISK = """
+import builtins, errno, os, sys
+import safetensors.torch
+import ddpm_ext.training.train as train_ddpm
+FAIL_UNDER = {fail_under!r}
+real_open, real_save_file = builtins.open, safetensors.torch.save_file
+
+def full(path):
+    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+
+def failing_open(file, mode="r", *a, **k):
+    if any(c in mode for c in "wax+") and FAIL_UNDER in os.fspath(file):
+        full(file)
+    return real_open(file, mode, *a, **k)
+
+def failing_save_file(tensors, filename, *a, **k):
+    if FAIL_UNDER in os.fspath(filename):
+        full(filename)
+    return real_save_file(tensors, filename, *a, **k)
+
+builtins.open, safetensors.torch.save_file = failing_open, failing_save_file
+sys.exit(train_ddpm.main({argv!r}))
+"""
+
+
+def run_with_full_disk(fail_under: str, argv: list[str]) -> subprocess.CompletedProcess:
+    code = _FULL_DISK.format(fail_under=fail_under, argv=argv)
+    return subprocess.run([sys.executable, "-c", code], check=False, cwd=ROOT, capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+
+
+@pytest.mark.slow
+def test_full_disk_during_a_checkpoint_save_loses_nothing(trained, tmp_path):
+    out = tmp_path / "full"
+    result = run_with_full_disk("checkpoint-4.tmp", TINY + STEPS + ["--output_dir", str(out)])
+    assert result.returncode == 1, result.stderr[-3000:]
+    text = result.stdout + result.stderr
+    assert "error: could not write checkpoint-4 (No space left on device)" in text and "Traceback" not in text
+    assert [p.name for p in out.glob("checkpoint-*")] == ["checkpoint-2"]  # no partial folder left
+    validate(out / "checkpoint-2")
+    for sub in ("unet", "unet_ema"):  # intact: the same bits as the uninterrupted run's checkpoint-2
+        assert_same_weights(out / "checkpoint-2", trained / "checkpoint-2", sub)
+
+
+@pytest.mark.slow
+def test_full_disk_during_the_final_save_keeps_the_earlier_pipeline(trained, tmp_path):
+    out = tmp_path / "final"
+    shutil.copytree(trained, out)
+    before = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file() and "checkpoint" not in str(p)}
+    result = run_with_full_disk(".pipeline-", TINY + ["--max_train_steps", "2", "--seed", "1", "--output_dir", str(out),
+                                                      "--overwrite_output_dir"])
+    assert result.returncode == 1, result.stderr[-3000:]
+    text = result.stdout + result.stderr
+    assert "error: could not write the outputs to" in text and "Traceback" not in text
+    for rel, data in before.items():
+        if rel.parts[0] not in ("superseded",):
+            assert (out / rel).read_bytes() == data, f"{rel} changed"
+    assert not list(out.glob(".pipeline-*"))
+
+
+# --------------------------------------------------------------------------------------------------
+# Flags: checked in parse_args, before any model or data is loaded
+# --------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--resolution", "7"], "--resolution must be a multiple of 2 (each of the UNet's 1 downsampling steps halves the image), got 7"),
+        (["--resolution", "100000"], "--resolution must be <= 4096, got 100000"),
+        (["--learning_rate", "inf"], "`--learning_rate` must be a number > 0, got inf."),
+        (["--learning_rate", "nan"], "`--learning_rate` must be a number > 0, got nan."),
+        (["--ema_inv_gamma", "0"], "`--ema_inv_gamma` must be a number > 0, got 0.0."),
+        (["--ema_power", "-1"], "`--ema_power` must be a number > 0, got -1.0."),
+        (["--max_grad_norm", "-1"], "`--max_grad_norm` must be a number >= 0, got -1.0."),
+        (["--adam_beta1", "1"], "`--adam_beta1` must be a number in [0, 1), got 1.0."),
+        (["--adam_epsilon", "0"], "`--adam_epsilon` must be a number > 0, got 0.0."),
+        (["--pretrained_model_name_or_path", "x", "--ddpm_beta_schedule", "cosine", "--ddpm_num_steps", "50"],
+         "--ddpm_num_steps, --ddpm_beta_schedule cannot apply to --pretrained_model_name_or_path"),
+        (["--enable_xformers_memory_efficient_attention"], "--enable_xformers_memory_efficient_attention needs xformers"),
+        (["--logger", "wandb"], "--logger wandb needs the wandb package"),
+    ],
+)
+def test_bad_flags_are_refused_before_loading(flags, message, tmp_path, capsys):
+    if "xformers" in message and train_ddpm._importable("xformers"):
+        pytest.skip("xformers is installed")
+    if "wandb" in message and train_ddpm._importable("wandb"):
+        pytest.skip("wandb is installed")
+    with pytest.raises(SystemExit) as e:
+        train_ddpm.parse_args(["--model_config", "tiny", "--output_dir", str(tmp_path / "o"), *flags])
+    assert e.value.code == 2
+    assert f"error: {message}" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
+def test_unwritable_output_and_foreign_or_damaged_checkpoints_are_refused_in_parse_args(tmp_path, capsys):
+    def error(*flags):
+        with pytest.raises(SystemExit):
+            train_ddpm.parse_args(["--model_config", "tiny", *flags])
+        return capsys.readouterr().err
+
+    (tmp_path / "file").write_text("x")
+    assert f"--output_dir {tmp_path / 'file'} is a file, not a folder" in error("--output_dir", str(tmp_path / "file"))
+    out = tmp_path / "out"
+    (out / "checkpoint-6").mkdir(parents=True)
+    assert "holds checkpoints of another run (checkpoint-6)" in error("--output_dir", str(out))
+    (out / "checkpoint-6" / "training_state.json").write_text("{not json")
+    msg = error("--output_dir", str(out), "--resume_from_checkpoint", "latest")
+    assert f"{out / 'checkpoint-6' / 'training_state.json'} is damaged" in msg
+
+
+def test_resolution_sets_the_unet_sample_size(tmp_path):
+    args = train_ddpm.parse_args(["--model_config", "tiny", "--resolution", "16", "--output_dir", str(tmp_path / "o")])
+    unet, _ = train_ddpm.build_model_and_scheduler(args)
+    assert unet.config.sample_size == 16  # today: 8, the preset's, while training on 16x16 crops
+
+
+def test_hub_token_on_the_command_line_warns(tmp_path):
+    with pytest.warns(UserWarning, match="prefer HF_TOKEN"):
+        args = train_ddpm.parse_args(["--hub_token", "hf_secret", "--output_dir", str(tmp_path / "o")])
+    assert args.hub_token == "hf_secret"
+
+
+def test_resume_applies_a_changed_learning_rate_and_keeps_an_unchanged_one_exact():
+    from diffusers.optimization import get_scheduler
+
+    def setup(lr):
+        p = torch.nn.Parameter(torch.ones(3))
+        opt = torch.optim.AdamW([p], lr=lr)
+        sched = get_scheduler("cosine", optimizer=opt, num_warmup_steps=2, num_training_steps=10)
+        return opt, sched
+
+    opt, sched = setup(2e-3)
+    for _ in range(4):
+        opt.step()
+        sched.step()
+    saved_opt, saved_sched = opt.state_dict(), sched.state_dict()
+
+    class Wrapped:  # accelerate's AcceleratedScheduler exposes the LambdaLR as .scheduler
+        def __init__(self, s):
+            self.scheduler = s
+
+    args = train_ddpm.parse_args(["--learning_rate", "1e-4", "--output_dir", "/tmp/unused-ddpm-ext"])
+    for lr, expected in ((2e-3, saved_opt["param_groups"][0]["lr"]), (1e-4, None)):
+        opt2, sched2 = setup(lr)
+        opt2.load_state_dict(saved_opt)
+        sched2.load_state_dict(saved_sched)  # the saved state carries lr 2e-3
+        args.learning_rate = lr
+        train_ddpm.apply_changed_flags({"changeable": {"learning_rate": 2e-3}}, args, opt2, Wrapped(sched2), None,
+                                       type("A", (), {"print": staticmethod(lambda *a: None)}))
+        if expected is not None:
+            assert opt2.param_groups[0]["lr"] == expected  # bit-identical when unchanged
+        else:
+            # the cosine schedule at step 4 of 10 (2 warm-up), scaled to the new peak
+            import math
+
+            factor = 0.5 * (1 + math.cos(math.pi * (4 - 2) / (10 - 2)))
+            assert opt2.param_groups[0]["lr"] == pytest.approx(1e-4 * factor, rel=1e-12)
+            sched2.step()
+            assert sched2.base_lrs == [1e-4]

@@ -18,7 +18,7 @@ from typing import Literal, get_args
 import torch
 import torch.nn.functional as F
 
-from .validation import check_choice
+from .validation import check_choice, check_positive
 
 # The one definition of the loss options: the signature's type, the check and the training script's `choices=`.
 LossType = Literal["simple", "hybrid"]
@@ -97,6 +97,33 @@ def vlb_terms(
     return torch.where(timesteps.to(kl.device) == 0, nll, kl)
 
 
+def min_snr_weight(scheduler, timesteps: torch.Tensor, snr_gamma: float) -> torch.Tensor:
+    """min-SNR-γ weight per image for the scheduler's prediction type (Hang et al. 2023), in float64, shape (B,).
+
+    Example:
+
+    ```py
+    >>> import torch
+    >>> from ddpm_ext import DDPMExtScheduler
+    >>> s = DDPMExtScheduler()
+    >>> t = torch.tensor([0, 999])  # SNR ≈ 1e4 (clipped to γ) and ≈ 4e-5 (below γ: weight 1 for ε)
+    >>> min_snr_weight(s, t, 5.0).tolist()[1]
+    1.0
+
+    ```
+    """
+    table = getattr(scheduler, "_alphas_cumprod64", None)  # ddpm_ext's float64 ᾱ; else the float32 one
+    ab = torch.as_tensor(scheduler.alphas_cumprod if table is None else table, dtype=torch.float64)[timesteps.cpu().long()]
+    snr = ab / (1 - ab)
+    clipped = snr.clamp(max=float(snr_gamma))
+    kind = scheduler.config.prediction_type
+    if kind == "epsilon":
+        return clipped / snr
+    if kind == "v_prediction":
+        return clipped / (snr + 1)
+    return clipped
+
+
 def diffusion_loss(
     scheduler,
     *,
@@ -107,6 +134,7 @@ def diffusion_loss(
     timesteps: torch.Tensor,
     loss_type: LossType = "simple",
     vlb_weight: float = 0.001,
+    snr_gamma: float | None = None,
 ) -> torch.Tensor:
     """The training loss per image: L_simple, or improved DDPM's L_hybrid = L_simple + λ L_vlb.
 
@@ -114,10 +142,17 @@ def diffusion_loss(
     must output 2C channels (`variance_type="learned_range"`); L_vlb sees the mean with its gradient stopped,
     so only the variance channels learn from it, and it is scaled by T as in improved DDPM.
 
+    With `snr_gamma` = γ the regression term is weighted by min-SNR-γ (Hang et al. 2023, eq. 9): with
+    SNR(t) = ᾱ_t / (1 − ᾱ_t), the x_0-space weight min(SNR, γ) becomes min(SNR, γ) / SNR for ε-prediction,
+    min(SNR, γ) / (SNR + 1) for v-prediction and min(SNR, γ) for x_0-prediction, so that the loss is
+    min(SNR, γ) · ‖x_0 − x̂_0‖² whatever the model predicts. `None` keeps L_simple's uniform weight (Ho et al.).
+
     Returns:
         `torch.Tensor` of shape (B,).
     """
     check_choice("loss_type", loss_type, LOSS_TYPES)
+    if snr_gamma is not None:
+        check_positive("snr_gamma", snr_gamma)
     c = x_start.shape[1]
     learned = model_output.shape[1] == 2 * c
     if loss_type == "hybrid" and not learned:
@@ -133,6 +168,8 @@ def diffusion_loss(
     else:
         target = scheduler.get_velocity(x_start, noise, timesteps)
     loss = mean_flat(F.mse_loss(mean_output.float(), target.float(), reduction="none"))
+    if snr_gamma is not None:
+        loss = loss * min_snr_weight(scheduler, timesteps, snr_gamma).to(loss)
     if loss_type == "hybrid":
         frozen = torch.cat([mean_output.detach(), model_output[:, c:]], dim=1).float()
         vlb = vlb_terms(scheduler, model_output=frozen, x_start=x_start.float(), x_t=x_t.float(), timesteps=timesteps)

@@ -84,3 +84,37 @@ def test_loss_bad_input():
         diffusion_loss(s, model_output=x, x_start=x, noise=x, x_t=x, timesteps=torch.tensor([0]), loss_type="kl")
     with pytest.raises(ValueError, match=r"`loss_type`='hybrid' needs a model with 2 x C output channels"):
         diffusion_loss(s, model_output=x, x_start=x, noise=x, x_t=x, timesteps=torch.tensor([0]), loss_type="hybrid")
+
+
+@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction", "sample"])
+def test_min_snr_loss_is_min_snr_times_x0_error(prediction_type):
+    # Hang et al. 2023: whatever the model predicts, the weighted loss is min(SNR, γ) ‖x_0 − x̂_0‖² per image.
+    scheduler = DDPMExtScheduler(beta_schedule="cosine", prediction_type=prediction_type, clip_sample=False)
+    g = torch.Generator().manual_seed(0)
+    x0 = torch.rand(6, 1, 4, 4, generator=g, dtype=torch.float64) * 2 - 1
+    noise = torch.randn(x0.shape, generator=g, dtype=torch.float64)
+    t = torch.tensor([0, 3, 100, 400, 800, 999])
+    x_t = scheduler.add_noise(x0, noise, t)
+    output = torch.randn(x0.shape, generator=g, dtype=torch.float64)
+    gamma = 5.0
+    weighted = diffusion_loss(scheduler, model_output=output, x_start=x0, noise=noise, x_t=x_t, timesteps=t, snr_gamma=gamma)
+    ab = torch.from_numpy(scheduler._alphas_cumprod64)[t].view(-1, 1, 1, 1)  # the float64 ᾱ add_noise uses
+    if prediction_type == "epsilon":
+        x0_hat = (x_t - (1 - ab).sqrt() * output) / ab.sqrt()
+    elif prediction_type == "v_prediction":
+        x0_hat = ab.sqrt() * x_t - (1 - ab).sqrt() * output
+    else:
+        x0_hat = output
+    snr = (ab / (1 - ab)).flatten()
+    expected = snr.clamp(max=gamma) * ((x0 - x0_hat) ** 2).mean(dim=(1, 2, 3))
+    torch.testing.assert_close(weighted.double(), expected, rtol=1e-5, atol=1e-7)
+    unweighted = diffusion_loss(scheduler, model_output=output, x_start=x0, noise=noise, x_t=x_t, timesteps=t)
+    assert not torch.allclose(weighted, unweighted)  # γ = 5 clips the small-t (high-SNR) terms
+
+
+@pytest.mark.parametrize("bad", [0, -1.0, float("inf"), float("nan"), "5"])
+def test_min_snr_gamma_bad_values(bad):
+    scheduler = DDPMExtScheduler()
+    x = torch.zeros(1, 1, 2, 2)
+    with pytest.raises(ValueError, match="snr_gamma"):
+        diffusion_loss(scheduler, model_output=x, x_start=x, noise=x, x_t=x, timesteps=torch.tensor([5]), snr_gamma=bad)

@@ -97,7 +97,7 @@ MAX_RESOLUTION = 4096  # a 100000-pixel side needs ~40 GB per image: refuse inst
 # of steps, mixed precision, checkpointing, logging, samples, Hub); the new values are applied to the resumed state.
 RESUME_MUST_MATCH = (
     "model_config", "pretrained_model_name_or_path", "ddpm_num_steps", "ddpm_beta_schedule", "variance_type",
-    "prediction_type", "loss_type", "resolution", "dataset_name", "train_data_dir", "dataset_split", "image_column",
+    "prediction_type", "loss_type", "snr_gamma", "resolution", "dataset_name", "train_data_dir", "dataset_split", "image_column",
     "max_train_samples", "center_crop", "random_flip", "train_batch_size", "gradient_accumulation_steps", "seed",
     "use_ema", "num_processes",
 )
@@ -130,6 +130,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     a("--ddpm_beta_schedule", default=None, choices=BETA_SCHEDULES, help="The β_t schedule (default linear).")
     a("--variance_type", default=None, choices=VARIANCE_TYPES, help="σ_t²: fixed_small = β̃_t (default), fixed_large = β_t, learned_range = improved DDPM.")
     a("--prediction_type", default=None, choices=PREDICTION_TYPES, help="What the UNet predicts: ε (default), x_0 or v.")
+    a("--snr_gamma", type=float, default=None, help="Weight the loss by min-SNR-γ (Hang et al. 2023; 5 is the paper's choice): min(SNR, γ) ‖x_0 − x̂_0‖² for any prediction type. Default: none (L_simple's uniform weight, as in DDPM and diffusers).")
     a("--loss_type", default="simple", choices=LOSS_TYPES, help="simple = L_simple; hybrid = L_simple + 0.001 L_vlb (needs learned_range).")
     a("--ddpm_num_inference_steps", type=int, default=100, help="Sampling steps for the sample grids (respaced DDPM; diffusers: 1000 — 100 respaced steps look the same and cost a tenth).")
     # optimisation
@@ -209,6 +210,8 @@ def check_args(args: argparse.Namespace) -> None:
     _check_flag_number("adam_weight_decay", args.adam_weight_decay, 0, None)
     _check_flag_number("max_grad_norm", args.max_grad_norm, 0, None)
     _check_flag_number("ema_max_decay", args.ema_max_decay, 0, 1, low_open=True, high_open=True)
+    if args.snr_gamma is not None:
+        _check_flag_number("snr_gamma", args.snr_gamma, 0, None, low_open=True)
     _check_flag_number("ema_inv_gamma", args.ema_inv_gamma, 0, None, low_open=True)
     _check_flag_number("ema_power", args.ema_power, 0, None, low_open=True)
     if args.resolution is not None and args.resolution > MAX_RESOLUTION:
@@ -377,15 +380,18 @@ def training_step(
     generator: torch.Generator,
     *,
     loss_type: str,
+    snr_gamma: float | None = None,
 ) -> torch.Tensor:
-    """Algorithm 1 on one batch: t ~ U{0..T-1}, ε ~ N(0, I), loss of ε_θ(√ᾱ_t x_0 + √(1−ᾱ_t) ε, t)."""
+    """Algorithm 1 on one batch: t ~ U{0..T-1}, ε ~ N(0, I), loss of ε_θ(√ᾱ_t x_0 + √(1−ᾱ_t) ε, t)
+    (min-SNR-γ weighted with `snr_gamma`, see [`ddpm_ext.losses.diffusion_loss`])."""
     b = clean.shape[0]
     noise = torch.randn(clean.shape, generator=generator).to(clean.device)
     timesteps = torch.randint(0, len(scheduler), (b,), generator=generator).to(clean.device)
     noisy = scheduler.add_noise(clean, noise, timesteps)  # q(x_t | x_0)
     model_output = unet(noisy, timesteps).sample
     loss = diffusion_loss(
-        scheduler, model_output=model_output, x_start=clean, noise=noise, x_t=noisy, timesteps=timesteps, loss_type=loss_type
+        scheduler, model_output=model_output, x_start=clean, noise=noise, x_t=noisy, timesteps=timesteps, loss_type=loss_type,
+        snr_gamma=snr_gamma,
     )
     return loss.mean()
 
@@ -605,7 +611,7 @@ class Trainer:
                 seen += 1
                 with accelerator.accumulate(self.unet):
                     g = randomness.generator(self.global_step, accelerator.process_index, (seen - 1) % args.gradient_accumulation_steps)
-                    loss = training_step(self.unet, self.scheduler, clean, g, loss_type=args.loss_type)
+                    loss = training_step(self.unet, self.scheduler, clean, g, loss_type=args.loss_type, snr_gamma=args.snr_gamma)
                     # gathered, so every rank sees a bad loss on any rank and all stop together instead of hanging
                     losses = accelerator.gather(loss.detach().reshape(1))
                     finite = torch.isfinite(losses)

@@ -22,6 +22,7 @@ from ..images import images_to_uint8
 from ..likelihood import BitsPerDimOutput, bits_per_dim
 from ..schedulers.scheduling_ddim_ext import DDIMExtScheduler
 from ..schedulers.scheduling_ddpm_ext import DDPMExtScheduler
+from .guidance import class_names, is_class_conditional, prepare_guidance
 from .checkpoint_io import check_components, load_scheduler, load_unet, resolve_pipeline_folder, save_pipeline, square_sample_size
 
 OutputType = Literal["pil", "np", "pt"]
@@ -156,6 +157,12 @@ class DDPMExtPipeline(DiffusionPipeline):
         return self
 
     @property
+    def id2label(self) -> dict[int, str] | None:
+        """`{class id: name}` of a class-conditional UNet (the null class, id K, is not listed); `None` when
+        the UNet is unconditional."""
+        return dict(enumerate(class_names(self.unet))) if is_class_conditional(self.unet) else None
+
+    @property
     def fast_path(self) -> dict[str, Any] | None:
         """The options given to [`enable_fast_path`], or `None` when sampling takes the default path."""
         return None if self._fast_path is None else dict(self._fast_path)
@@ -164,15 +171,15 @@ class DDPMExtPipeline(DiffusionPipeline):
         """`(x_t, t) -> model output` in x_t's dtype, through the fast path when it is enabled."""
         fast = self._fast_path
         if fast is None:
-            return lambda x, t: self.unet(x, t).sample
+            return lambda x, t, class_labels=None: self.unet(x, t, class_labels=class_labels).sample
         unet = self._compiled_unet if self._compiled_unet is not None else self.unet  # (no truth test: len())
         dtype = fast["autocast_dtype"]
         if dtype is None:
-            return lambda x, t: unet(x, t).sample
+            return lambda x, t, class_labels=None: unet(x, t, class_labels=class_labels).sample
 
-        def call(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        def call(x: torch.Tensor, t: torch.Tensor, class_labels: torch.Tensor | None = None) -> torch.Tensor:
             with torch.autocast(device.type, dtype=dtype):
-                out = unet(x, t).sample
+                out = unet(x, t, class_labels=class_labels).sample
             return out.to(x.dtype)
 
         return call
@@ -189,6 +196,8 @@ class DDPMExtPipeline(DiffusionPipeline):
         return_dict: bool = True,
         return_trajectory: bool = False,
         callback_on_step_end: Callable[[Any, int, int, dict[str, torch.Tensor]], dict | None] | None = None,
+        class_labels: Sequence[int | str] | torch.Tensor | int | str | None = None,
+        guidance_scale: float = 1.0,
     ) -> DDPMExtPipelineOutput | tuple:
         """Sample images: x_T ~ N(0, I), then one scheduler step per timestep down to x_0.
 
@@ -205,11 +214,17 @@ class DDPMExtPipeline(DiffusionPipeline):
             return_trajectory (`bool`, defaults to `False`): also return x_t and x̂_0 of every step (on the CPU).
             callback_on_step_end (`Callable`, *optional*): called as `callback(pipe, i, t, {"sample": x_prev,
                 "pred_original_sample": x̂_0})` after every step; a returned dict may replace `"sample"`.
+            class_labels (`list[int | str]`, *optional*): for a class-conditional UNet, one class id or name per
+                image (a single one is repeated); see [`id2label`]. Required unless `guidance_scale=0`.
+            guidance_scale (`float`, defaults to 1.0): classifier-free guidance w >= 0: ε̂ = ε(x, ∅) + w (ε(x, y) −
+                ε(x, ∅)); 1 samples p(x | y), 0 samples p(x) (the null class), > 1 trades diversity for fidelity to
+                the class. Both branches go through one batched UNet call per step.
 
         Returns:
             [`DDPMExtPipelineOutput`] or `(images,)`.
         """
         step_kwargs = self._check_call(batch_size, generator, num_inference_steps, eta, stochastic, output_type)
+        guidance = prepare_guidance(self.unet, class_labels, guidance_scale, batch_size)
         unet, scheduler = self.unet, self.scheduler
         size = unet.config.sample_size
         shape = (batch_size, unet.config.in_channels, *((size, size) if isinstance(size, int) else size))
@@ -225,6 +240,8 @@ class DDPMExtPipeline(DiffusionPipeline):
         if self._fast_path is not None and self._fast_path["channels_last"]:
             image = image.contiguous(memory_format=torch.channels_last)
         model = self._unet_call(device)
+        if guidance is not None:
+            model = guidance.wrap(model)
         # Timesteps go to the device once; ddpm_ext's schedulers take the host-side int (no sync per step),
         # other schedulers get their own timestep tensors as before.
         host_steps = scheduler.timesteps.tolist()

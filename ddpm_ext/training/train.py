@@ -54,6 +54,7 @@ from ..pipelines.pipeline_ddpm_ext import DDPMExtPipeline
 from ..schedulers.scheduling_common import BETA_SCHEDULES, PREDICTION_TYPES, VARIANCE_TYPES
 from ..schedulers.scheduling_ddpm_ext import DDPMExtScheduler
 from .checkpoints import resolve_resume, save_checkpoint
+from .conditioning import add_conditioning_arguments, check_conditioning_args, sample_grid_call, setup_conditioning
 
 logger = logging.getLogger("train_ddpm")
 
@@ -90,6 +91,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     a("--prediction_type", default="epsilon", choices=PREDICTION_TYPES, help="What the UNet predicts: ε, x_0 or v.")
     a("--loss_type", default="simple", choices=LOSS_TYPES, help="simple = L_simple; hybrid = L_simple + 0.001 L_vlb (needs learned_range).")
     a("--ddpm_num_inference_steps", type=int, default=100, help="Sampling steps for the sample grids (respaced DDPM).")
+    add_conditioning_arguments(p)  # --class_conditional, --label_column, --class_dropout_prob, --guidance_scale
     # optimisation
     a("--train_batch_size", type=int, default=128, help="Batch size per device.")
     a("--eval_batch_size", type=int, default=64, help="Number of images in each sample grid.")
@@ -163,6 +165,7 @@ def check_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
         p.error(f"--resume_from_checkpoint must be 'latest' or an existing checkpoint folder, got {args.resume_from_checkpoint!r}")
     if args.push_to_hub and args.hub_model_id is not None and args.hub_model_id.count("/") > 1:
         p.error(f"--hub_model_id must look like 'name' or 'org/name', got {args.hub_model_id!r}")
+    check_conditioning_args(p, args)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -213,13 +216,14 @@ def training_step(
     generator: torch.Generator,
     *,
     loss_type: str,
+    class_labels: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Algorithm 1 on one batch: t ~ U{0..T-1}, ε ~ N(0, I), loss of ε_θ(√ᾱ_t x_0 + √(1−ᾱ_t) ε, t)."""
     b = clean.shape[0]
     noise = torch.randn(clean.shape, generator=generator).to(clean.device)
     timesteps = torch.randint(0, len(scheduler), (b,), generator=generator).to(clean.device)
     noisy = scheduler.add_noise(clean, noise, timesteps)  # q(x_t | x_0)
-    model_output = unet(noisy, timesteps).sample
+    model_output = unet(noisy, timesteps, class_labels=class_labels).sample  # labels: (B,) ids, K = null class
     loss = diffusion_loss(
         scheduler, model_output=model_output, x_start=clean, noise=noise, x_t=noisy, timesteps=timesteps, loss_type=loss_type
     )
@@ -290,6 +294,7 @@ def main(argv: list[str] | None = None) -> int:
             image_column=args.image_column,
             max_train_samples=args.max_train_samples, seed=args.seed,
         )
+        unet, conditioning = setup_conditioning(args, dataset, unet)  # (unet, None) without --class_conditional
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -299,6 +304,8 @@ def main(argv: list[str] | None = None) -> int:
         resolution, center_crop=args.center_crop, random_flip=args.random_flip, channels=channels, seed=args.seed
     )
     train_data = preprocess_dataset(dataset, transform, args.image_column)
+    if conditioning is not None:
+        train_data = conditioning.attach(train_data)  # rows gain "class_label"
     sampler = EpochSampler(len(train_data), args.seed)
     loader = torch.utils.data.DataLoader(
         train_data, batch_size=args.train_batch_size, sampler=sampler, num_workers=args.dataloader_num_workers,
@@ -360,7 +367,8 @@ def main(argv: list[str] | None = None) -> int:
             seen += 1
             with accelerator.accumulate(unet):
                 g = randomness.generator(global_step, accelerator.process_index, (seen - 1) % micro_per_step)
-                loss = training_step(unet, scheduler, clean, g, loss_type=args.loss_type)
+                class_labels = conditioning.batch_labels(batch, g) if conditioning is not None else None
+                loss = training_step(unet, scheduler, clean, g, loss_type=args.loss_type, class_labels=class_labels)
                 # gathered, so every rank sees a bad loss on any rank and all stop together instead of hanging
                 losses = accelerator.gather(loss.detach().reshape(1))
                 finite = torch.isfinite(losses)
@@ -416,6 +424,7 @@ def main(argv: list[str] | None = None) -> int:
             "num_processes": accelerator.num_processes,
             "num_train_images": len(dataset),
             "resolution": resolution,
+            **(conditioning.info() if conditioning is not None else {}),
         }
         (output_dir / "training_info.json").write_text(json.dumps(info, indent=2))
         from ..hub import write_model_card
@@ -465,12 +474,13 @@ def _write_samples(accelerator, unet, ema, scheduler, args, step, pipe=None) -> 
     if not accelerator.is_main_process:
         return None
     pipe = pipe or _pipeline(accelerator, unet, ema, scheduler)
+    call, nrow = sample_grid_call(pipe.unet, args.eval_batch_size, args.guidance_scale)  # a row per class
     images = pipe(
-        batch_size=args.eval_batch_size, generator=torch.Generator().manual_seed(args.seed),
-        num_inference_steps=args.ddpm_num_inference_steps, output_type="np",
+        generator=torch.Generator().manual_seed(args.seed),
+        num_inference_steps=args.ddpm_num_inference_steps, output_type="np", **call,
     ).images
     path = Path(args.output_dir) / "samples" / f"step-{step:06d}.png"
-    save_image_grid(images, path)
+    save_image_grid(images, path, nrow)
     shutil.copyfile(path, Path(args.output_dir) / "samples.png")
     for tracker in accelerator.trackers:
         if tracker.name == "tensorboard":

@@ -168,18 +168,19 @@ class DDPMExtPipeline(DiffusionPipeline):
         return None if self._fast_path is None else dict(self._fast_path)
 
     def _unet_call(self, device: torch.device) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
-        """`(x_t, t) -> model output` in x_t's dtype, through the fast path when it is enabled."""
+        """`(x_t, t, **labels) -> model output` in x_t's dtype, through the fast path when it is enabled
+        (`labels`: `class_labels=` for a class-conditional UNet, see `guidance.py`)."""
         fast = self._fast_path
         if fast is None:
-            return lambda x, t, class_labels=None: self.unet(x, t, class_labels=class_labels).sample
+            return lambda x, t, **labels: self.unet(x, t, **labels).sample
         unet = self._compiled_unet if self._compiled_unet is not None else self.unet  # (no truth test: len())
         dtype = fast["autocast_dtype"]
         if dtype is None:
-            return lambda x, t, class_labels=None: unet(x, t, class_labels=class_labels).sample
+            return lambda x, t, **labels: unet(x, t, **labels).sample
 
-        def call(x: torch.Tensor, t: torch.Tensor, class_labels: torch.Tensor | None = None) -> torch.Tensor:
+        def call(x: torch.Tensor, t: torch.Tensor, **labels: torch.Tensor) -> torch.Tensor:
             with torch.autocast(device.type, dtype=dtype):
-                out = unet(x, t, class_labels=class_labels).sample
+                out = unet(x, t, **labels).sample
             return out.to(x.dtype)
 
         return call

@@ -188,3 +188,11 @@ def test_round_trip_through_save_load_and_vanilla_unet(tmp_path, conditional):
             ddpm(batch_size=1, num_inference_steps=2)
     else:
         assert ddpm(batch_size=1, num_inference_steps=2, output_type="np").images.shape == (1, 8, 8, 1)
+
+
+def test_guidance_goes_through_the_fast_path():
+    pipe = conditional_pipe()
+    kwargs = dict(batch_size=2, num_inference_steps=4, class_labels=[0, 2], guidance_scale=2.0, output_type="pt")
+    default = pipe(generator=torch.manual_seed(0), **kwargs).images
+    fast = pipe.enable_fast_path(channels_last=True)(generator=torch.manual_seed(0), **kwargs).images
+    torch.testing.assert_close(fast, default, rtol=0, atol=1e-4)

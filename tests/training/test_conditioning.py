@@ -230,3 +230,19 @@ def test_briefly_trained_model_draws_the_requested_classes():
     # only 300 steps a stronger w = 3 overshoots and mixes up top and bottom: 0.7)
     assert accuracy[1.0] >= 0.8 and accuracy[2.0] >= 0.8, accuracy
     assert accuracy[0.0] < 0.6, accuracy  # w = 0 ignores the label: about chance (measured 0.33)
+
+
+def test_resumed_conditional_run_equals_an_uninterrupted_one(tmp_path):
+    """Label dropout comes from the step's generator: 2 steps + resume to 4 give the weights of 4 straight steps."""
+    from safetensors.torch import load_file
+
+    common = TINY + ["--class_conditional", "--class_dropout_prob", "0.5", "--checkpointing_steps", "2",
+                     "--eval_batch_size", "10", "--no-use_ema"]
+    assert main(common + ["--max_train_steps", "4", "--output_dir", str(tmp_path / "straight")]) == 0
+    assert main(common + ["--max_train_steps", "2", "--output_dir", str(tmp_path / "resumed")]) == 0
+    assert main(common + ["--max_train_steps", "4", "--output_dir", str(tmp_path / "resumed"),
+                          "--resume_from_checkpoint", "latest"]) == 0
+    a, b = (load_file(tmp_path / d / "unet" / "diffusion_pytorch_model.safetensors") for d in ("straight", "resumed"))
+    assert a.keys() == b.keys() and "class_embedding.weight" in a
+    for key in a:
+        assert torch.equal(a[key], b[key]), key

@@ -253,9 +253,15 @@ def setup_conditioning(
     """With `--class_conditional`: the labels of `dataset` and the UNet made conditional; else `(unet, None)`.
 
     Raises:
-        ValueError: for data without usable labels (before any training).
+        ValueError: for data without usable labels, or a conditional pretrained UNet without
+            `--class_conditional` (before any training).
     """
     if not args.class_conditional:
+        if is_class_conditional(unet):
+            raise ValueError(
+                f"The pretrained UNet is class-conditional ({num_classes(unet)} classes: {class_names(unet)}); "
+                "fine-tune it with --class_conditional (and labelled data)."
+            )
         return unet, None
     labels, names = dataset_class_labels(dataset, args.label_column)
     unet = make_class_conditional(unet, names, args.seed)

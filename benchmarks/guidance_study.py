@@ -1,13 +1,16 @@
 """Classifier-free guidance trade-off: class accuracy and FID/KID of a class-conditional pipeline for several w.
 
 For each guidance scale w, `--num_per_class` images of every class are drawn (DDIM, η = 0, `--steps` steps;
-image i has its own generator seeded `--seed + i`, so every w starts from the same x_T), then:
+image i has its own generator by the package's seeding rule, `ddpm_ext.seeding.image_generators(--seed, i, 1)`,
+so every w starts from the same x_T), then:
 
 - **class accuracy**: the fraction that a digit classifier (`ddpm_ext.evaluation.digit_classifier`, trained on
   mnist-5k's train split) recognises as the requested class;
 - **FID / KID** against the real images of `--dataset` / `--split` (default: mnist-5k's 500 test digits), with
   the features `evaluate` uses (EfficientNet-Lite0 by default: not comparable to published Inception FIDs);
 - wall time of sampling.
+
+The digit classifier's held-out accuracy on real test digits is printed with the table (its `.metadata`).
 
 It prints a markdown table (and writes JSON with `--output`):
 
@@ -35,7 +38,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--num_per_class", type=int, default=50, help="Images per class and guidance scale (default: 50).")
     p.add_argument("--guidance_scales", type=float, nargs="+", default=[0.0, 1.0, 2.0, 4.0], help="The w to compare.")
     p.add_argument("--steps", type=int, default=50, help="DDIM steps (η = 0) (default: 50).")
-    p.add_argument("--seed", type=int, default=0, help="Image i uses seed + i (default: 0).")
+    p.add_argument("--seed", type=int, default=0, help="Seed of the images (the package's per-image rule; default: 0).")
     p.add_argument("--dataset", default="mnist-5k", help="Real images for FID/KID (default: mnist-5k).")
     p.add_argument("--split", default="test", help="Their split (default: test, the 500 held-out digits).")
     p.add_argument("--feature_extractor", default="efficientnet-lite0", help="FID/KID features, as `ddpm-ext evaluate`.")
@@ -69,8 +72,10 @@ def study(
 ) -> list[dict[str, Any]]:
     """One row per w: class accuracy, FID, KID and sampling wall time."""
     from ddpm_ext import DDIMExtScheduler
+    from ddpm_ext.evaluation.digit_classifier import class_accuracy
     from ddpm_ext.evaluation.metrics import fid_from_features, kid_from_features
     from ddpm_ext.pipelines.guidance import num_classes
+    from ddpm_ext.seeding import image_generators
 
     k = num_classes(pipe.unet)  # refuses an unconditional pipeline
     pipe.scheduler = DDIMExtScheduler.from_config(pipe.scheduler.config)
@@ -86,12 +91,12 @@ def study(
             t0 = time.perf_counter()
             out = pipe(batch_size=count, class_labels=requested[start : start + count], guidance_scale=float(w),
                        num_inference_steps=steps, eta=0.0, output_type="pt",
-                       generator=[torch.Generator().manual_seed(seed + start + i) for i in range(count)]).images
+                       generator=image_generators(seed, start, count)).images
             seconds += time.perf_counter() - t0
             images.append((out.float() * 255).round().clamp(0, 255).to(torch.uint8).cpu())  # as a PNG stores it
         u8 = torch.cat(images)  # (N, C, H, W)
         probs = judge(u8.float() / 127.5 - 1)
-        accuracy = float((probs.argmax(1).cpu() == requested).float().mean())
+        accuracy = class_accuracy(probs.cpu(), requested, num_classes=k)
         fake = features(u8)
         kid_mean, kid_std = kid_from_features(real_features, fake, subset_size=subset,
                                               generator=torch.Generator().manual_seed(seed))
@@ -127,6 +132,7 @@ def main(argv: Sequence[str] | None = None, *, judge: Judge | None = None,
 
         classifier = DigitClassifier.pretrained()
         judge = classifier.predict_proba
+        print(f"digit classifier: {dict(classifier.metadata)}", file=sys.stderr)
     if features is None or real_features is None:
         from ddpm_ext.data import ImageTransform, find_image_column, load_image_dataset
         from ddpm_ext.evaluation.metrics import build_feature_extractor, extract_features

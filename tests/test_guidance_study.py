@@ -12,6 +12,7 @@ import torch
 from ddpm_ext import DDPMExtPipeline, DDPMExtScheduler, build_unet
 from ddpm_ext.evaluation.metrics import fid_from_features
 from ddpm_ext.pipelines.guidance import set_class_names
+from ddpm_ext.seeding import image_generators
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -69,7 +70,7 @@ def test_study_end_to_end(conditional_dir, capsys):
     pipe.scheduler = DDIMExtScheduler.from_config(pipe.scheduler.config)
     pipe.set_progress_bar_config(disable=True)
     direct = pipe(batch_size=12, class_labels=requested.tolist(), num_inference_steps=4, output_type="pt",
-                  generator=[torch.Generator().manual_seed(i) for i in range(12)]).images
+                  generator=image_generators(0, 0, 12)).images
     torch.testing.assert_close(seen[1], (direct * 255).round() / 127.5 - 1, rtol=0, atol=1e-5)
     table = capsys.readouterr().out
     assert "| w | class accuracy | FID (pooled pixels) |" in table and table.count("\n| ") == 3  # one row per w

@@ -1,7 +1,7 @@
 """`--class_labels` and `--guidance_scale` of `ddpm-ext sample` (classifier-free guidance of a conditional model).
 
 With `--class_labels 3 7`, `--num_images` is split into one block per label, in order, and the grid has one row
-per label (unless `--nrow` says otherwise); image i keeps its seed `--seed + i`.
+per label (unless `--nrow` says otherwise); image i keeps its generator (the package's seeding rule).
 """
 
 from __future__ import annotations

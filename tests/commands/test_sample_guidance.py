@@ -11,6 +11,7 @@ from ddpm_ext import DDPMExtPipeline, DDPMExtScheduler, build_unet
 from ddpm_ext.commands.cli import main
 from ddpm_ext.figures import class_grid_figure
 from ddpm_ext.pipelines.guidance import set_class_names
+from ddpm_ext.seeding import image_generators, image_seed
 
 SIZE = 8
 
@@ -34,7 +35,7 @@ def test_sample_with_labels_writes_a_row_per_label(conditional_dir, tmp_path):
     pipe = DDPMExtPipeline.from_pretrained(conditional_dir)
     pipe.set_progress_bar_config(disable=True)
     expected = pipe(batch_size=6, class_labels=[2, 2, 2, 0, 0, 0], guidance_scale=2.0, num_inference_steps=3,
-                    generator=[torch.Generator().manual_seed(5 + i) for i in range(6)], output_type="np").images
+                    generator=image_generators(5, 0, 6), output_type="np").images
     got = np.stack([np.asarray(Image.open(tmp_path / "one" / f"{i:05d}.png")) for i in range(6)])
     assert np.abs(got.astype(int) - np.round(expected[..., 0] * 255).astype(int)).max() <= 1
 
@@ -71,11 +72,11 @@ def test_class_grid_figure_rows_are_classes_and_columns_seeds(conditional_dir, t
     pipe.set_progress_bar_config(disable=True)
     fig = class_grid_figure(pipe, tmp_path / "classes.png", class_labels=["left", 1], num_per_class=3,
                             guidance_scale=2.0, num_inference_steps=3, seed=4)
-    assert fig.class_ids == [2, 1] and fig.class_names == ["left", "bottom"] and fig.seeds == [4, 5, 6]
+    assert fig.class_ids == [2, 1] and fig.class_names == ["left", "bottom"] and fig.seeds == [image_seed(4, j) for j in range(3)]
     assert fig.samples.shape == (2, 3, 1, SIZE, SIZE) and Image.open(fig.path).size == fig.size
-    # row r, column j is the sample of class r from seed 4 + j
+    # row r, column j is image j of seed 4 drawn for the class of row r
     one = pipe(batch_size=1, class_labels=[1], guidance_scale=2.0, num_inference_steps=3,
-               generator=[torch.Generator().manual_seed(6)], output_type="pt").images * 2 - 1
+               generator=image_generators(4, 2, 1), output_type="pt").images * 2 - 1
     torch.testing.assert_close(fig.samples[1, 2], one[0], rtol=0, atol=1e-5)
     unconditional = DDPMExtPipeline(unet=build_unet("tiny"), scheduler=DDPMExtScheduler(num_train_timesteps=20))
     with pytest.raises(ValueError, match="unconditional"):

@@ -135,7 +135,7 @@ def main(argv: Sequence[str] | None = None, *, judge: Judge | None = None,
         print(f"digit classifier: {dict(classifier.metadata)}", file=sys.stderr)
     if features is None or real_features is None:
         from ddpm_ext.data import ImageTransform, find_image_column, load_image_dataset
-        from ddpm_ext.evaluation.metrics import build_feature_extractor, extract_features
+        from ddpm_ext.evaluation.metrics import build_feature_extractor, extract_features, reference_statistics
 
         extractor = build_feature_extractor(args.feature_extractor)
         ds = load_image_dataset(args.dataset, split=args.split)
@@ -143,8 +143,12 @@ def main(argv: Sequence[str] | None = None, *, judge: Judge | None = None,
         size = pipe.unet.config.sample_size
         transform = ImageTransform(size if isinstance(size, int) else size[0], center_crop=True,
                                    channels=pipe.unet.config.in_channels)
-        real = torch.stack([transform.to_uint8(im) for im in ds[column]])
-        real_features = extract_features(extractor, real, batch_size=args.batch_size)
+        key = {"dataset": args.dataset, "split": args.split, "image_size": transform.resolution, "channels": transform.channels,
+               "num_images": len(ds), "transform": "resize-shorter-bilinear+center-crop", "by": "guidance_study"}
+        real_features = reference_statistics(  # cached: the real digits' features are computed once
+            lambda: torch.stack([transform.to_uint8(im) for im in ds[column]]), extractor, key=key,
+            batch_size=args.batch_size,
+        ).features
         features = lambda u8: extract_features(extractor, u8, batch_size=args.batch_size)  # noqa: E731
         feature_label = extractor.label
     rows = study(pipe, judge, features, real_features, guidance_scales=args.guidance_scales,

@@ -118,7 +118,7 @@ def run(args: argparse.Namespace) -> int:
     steps = args.steps if args.steps is not None else min(DEFAULT_STEPS, T)
     if steps > T:
         raise ValueError(f"`--steps` must be at most the pipeline's num_train_timesteps = {T}, got {steps}.")
-    labels, guide, nrow = cli_guidance(pipe, args.class_labels, args.guidance_scale, args.num_images, args.nrow)
+    _, guide, nrow = cli_guidance(pipe, args.class_labels, args.guidance_scale, args.num_images, args.nrow)
     pipe = pipe.to(device)
     pipe.set_progress_bar_config(disable=True)
 

@@ -8,6 +8,7 @@ Image i is drawn with its own generator, [`ddpm_ext.seeding.image_generators`]`(
 ddpm-ext sample outputs/mnist --num_images 64 --steps 100 --output samples.png
 ddpm-ext sample outputs/mnist --scheduler ddim --steps 50 --eta 0.0 --images_dir samples/
 ddpm-ext sample outputs/mnist --no-noise --output without_z.png   # the lecture's sampling without z
+ddpm-ext sample outputs/mnist-cond --class_labels 3 7 --guidance_scale 2   # a row of 3s, a row of 7s
 ```
 """
 
@@ -23,6 +24,7 @@ from tqdm.auto import tqdm
 
 from ..files import write_with
 from ..images import save_image_grid, to_pil
+from .guidance_options import add_guidance_arguments, cli_guidance
 from ..pipelines.pipeline_ddpm_ext import DDPMExtPipeline
 from ..schedulers.scheduling_ddim_ext import DDIMExtScheduler
 from ..schedulers.scheduling_ddpm_ext import DDPMExtScheduler
@@ -64,6 +66,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--images_dir", default=None, help="Also write each image as 00000.png, 00001.png, ... here.")
     parser.add_argument("--batch_size", type=positive_int, default=16, help="Images per forward pass (default: 16).")
     parser.add_argument("--device", default=None, help="Torch device (default: cuda if available, else cpu).")
+    add_guidance_arguments(parser)  # --class_labels, --guidance_scale
 
 
 def check_output_file(path: str, option: str) -> Path:
@@ -115,6 +118,7 @@ def run(args: argparse.Namespace) -> int:
     steps = args.steps if args.steps is not None else min(DEFAULT_STEPS, T)
     if steps > T:
         raise ValueError(f"`--steps` must be at most the pipeline's num_train_timesteps = {T}, got {steps}.")
+    _, guide, nrow = cli_guidance(pipe, args.class_labels, args.guidance_scale, args.num_images, args.nrow)
     pipe = pipe.to(device)
     pipe.set_progress_bar_config(disable=True)
 
@@ -136,13 +140,14 @@ def run(args: argparse.Namespace) -> int:
                 stochastic=not args.no_noise,
                 output_type="np",
                 callback_on_step_end=advance,
+                **guide(start, count),
                 **kwargs,
             )
             chunks.append(out.images)
     images = np.concatenate(chunks)  # (N, H, W, C) in [0, 1]
 
     # 4. Write
-    save_image_grid(images, output, args.nrow)
+    save_image_grid(images, output, nrow)
     print(output)
     if images_dir is not None:
         for i, im in enumerate(to_pil(images)):

@@ -32,6 +32,7 @@ from .checkpoint_io import (
     save_pipeline,
     square_sample_size,
 )
+from .guidance import class_names, is_class_conditional, prepare_guidance
 
 OutputType = Literal["pil", "np", "pt", "latent", "numpy"]
 OUTPUT_TYPES: tuple[str, ...] = get_args(OutputType)
@@ -73,7 +74,8 @@ class DDPMExtPipelineOutput(ImagePipelineOutput):
 
 
 class DDPMExtPipeline(DiffusionPipeline):
-    r"""Unconditional image generation with DDPM ancestral sampling or DDIM, from one trained UNet.
+    r"""Image generation with DDPM ancestral sampling, DDIM or any compatible diffusers scheduler, from one trained UNet
+    (unconditional, or class-conditional with classifier-free guidance: `class_labels=`, `guidance_scale=`).
 
     Args:
         unet ([`UNet2DModel`]): ε_θ(x_t, t) (or x_0 / v, as the scheduler's `prediction_type` says).
@@ -188,19 +190,26 @@ class DDPMExtPipeline(DiffusionPipeline):
         """The options given to [`enable_fast_path`], or `None` when sampling takes the default path."""
         return None if self._fast_path is None else dict(self._fast_path)
 
-    def _unet_call(self, device: torch.device) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
-        """`(x_t, t) -> model output` in x_t's dtype, through the fast path when it is enabled."""
+    @property
+    def id2label(self) -> dict[int, str] | None:
+        """`{class id: name}` of a class-conditional UNet (the null class, id K, is not listed); `None` when
+        the UNet is unconditional."""
+        return dict(enumerate(class_names(self.unet))) if is_class_conditional(self.unet) else None
+
+    def _unet_call(self, device: torch.device) -> Callable[..., torch.Tensor]:
+        """`(x_t, t, **labels) -> model output` in x_t's dtype, through the fast path when it is enabled
+        (`labels`: `class_labels=` for a class-conditional UNet, see `guidance.py`)."""
         fast = self._fast_path
         if fast is None:
-            return lambda x, t: self.unet(x, t).sample
+            return lambda x, t, **labels: self.unet(x, t, **labels).sample
         unet = self._compiled_unet if self._compiled_unet is not None else self.unet  # (no truth test: len())
         dtype = fast["autocast_dtype"]
         if dtype is None:
-            return lambda x, t: unet(x, t).sample
+            return lambda x, t, **labels: unet(x, t, **labels).sample
 
-        def call(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        def call(x: torch.Tensor, t: torch.Tensor, **labels: torch.Tensor) -> torch.Tensor:
             with torch.autocast(device.type, dtype=dtype):
-                out = unet(x, t).sample
+                out = unet(x, t, **labels).sample
             return out.to(x.dtype)
 
         return call
@@ -233,6 +242,8 @@ class DDPMExtPipeline(DiffusionPipeline):
         callback_on_step_end_tensor_inputs: list[str] = ["latents"],  # noqa: B006 (diffusers' default, never mutated)
         latents: torch.Tensor | None = None,
         timesteps: list[int] | None = None,
+        class_labels: Sequence[int | str] | torch.Tensor | int | str | None = None,
+        guidance_scale: float = 1.0,
     ) -> DDPMExtPipelineOutput | tuple:
         """Sample images: x_T ~ N(0, I), then one scheduler step per timestep down to x_0.
 
@@ -262,6 +273,11 @@ class DDPMExtPipeline(DiffusionPipeline):
                 the scheduler's `init_noise_sigma` as a drawn one is.
             timesteps (`list[int]`, *optional*): custom descending timesteps, for schedulers whose `set_timesteps`
                 accepts them; replaces `num_inference_steps`.
+            class_labels (`list[int | str]`, *optional*): for a class-conditional UNet, one class id or name per
+                image (a single one is repeated); see [`id2label`]. Required unless `guidance_scale=0`.
+            guidance_scale (`float`, defaults to 1.0): classifier-free guidance w >= 0: ε̂ = ε(x, ∅) + w (ε(x, y) −
+                ε(x, ∅)); 1 samples p(x | y), 0 samples p(x) (the null class), > 1 trades diversity for fidelity to
+                the class. Both branches go through one batched UNet call per step.
 
         Returns:
             [`DDPMExtPipelineOutput`] or `(images,)`.
@@ -270,6 +286,7 @@ class DDPMExtPipeline(DiffusionPipeline):
             batch_size, generator, eta, stochastic, output_type, latents, timesteps,
             callback_on_step_end, callback_on_step_end_tensor_inputs,
         )  # fmt: skip
+        guidance = prepare_guidance(self.unet, class_labels, guidance_scale, batch_size)
         unet, scheduler = self.unet, self.scheduler
         device = self._execution_device
         self._interrupt = False
@@ -296,6 +313,8 @@ class DDPMExtPipeline(DiffusionPipeline):
         if self._fast_path is not None and self._fast_path["channels_last"]:
             latents = latents.contiguous(memory_format=torch.channels_last)
         model = self._unet_call(device)
+        if guidance is not None:  # class labels (and the null class for guidance) in one batched call
+            model = guidance.wrap(model)
 
         # 3. x_t -> x_{t-1} for every timestep
         for i, t in enumerate(self.progress_bar(scheduler.timesteps)):

@@ -63,6 +63,7 @@ from ..images import save_image_grid
 from ..losses import LOSS_TYPES, diffusion_loss
 from ..models.unet_presets import UNET_PRESETS, build_unet, unet_config
 from ..pipelines.pipeline_ddpm_ext import DDPMExtPipeline
+from ..seeding import image_generators
 from ..schedulers.scheduling_common import (
     BETA_SCHEDULES,
     PREDICTION_TYPES,
@@ -70,6 +71,7 @@ from ..schedulers.scheduling_common import (
 )
 from ..schedulers.scheduling_ddpm_ext import DDPMExtScheduler
 from ..validation import check_number
+from .conditioning import add_conditioning_arguments, check_conditioning_args, sample_grid_call, setup_conditioning
 from .checkpoints import (
     CheckpointError,
     CheckpointWriteError,
@@ -99,7 +101,7 @@ RESUME_MUST_MATCH = (
     "model_config", "pretrained_model_name_or_path", "ddpm_num_steps", "ddpm_beta_schedule", "variance_type",
     "prediction_type", "loss_type", "snr_gamma", "resolution", "dataset_name", "train_data_dir", "dataset_split", "image_column",
     "max_train_samples", "center_crop", "random_flip", "train_batch_size", "gradient_accumulation_steps", "seed",
-    "use_ema", "num_processes",
+    "use_ema", "num_processes", "class_conditional", "label_column",
 )
 # Scheduler flags a pretrained pipeline fixes (its model learned that schedule); refused with --pretrained_model_name_or_path.
 SCHEDULER_FLAGS = {"ddpm_num_steps": 1000, "ddpm_beta_schedule": "linear", "variance_type": "fixed_small", "prediction_type": "epsilon"}
@@ -132,6 +134,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     a("--prediction_type", default=None, choices=PREDICTION_TYPES, help="What the UNet predicts: ε (default), x_0 or v.")
     a("--snr_gamma", type=float, default=None, help="Weight the loss by min-SNR-γ (Hang et al. 2023; 5 is the paper's choice): min(SNR, γ) ‖x_0 − x̂_0‖² for any prediction type. Default: none (L_simple's uniform weight, as in DDPM and diffusers).")
     a("--loss_type", default="simple", choices=LOSS_TYPES, help="simple = L_simple; hybrid = L_simple + 0.001 L_vlb (needs learned_range).")
+    add_conditioning_arguments(p)  # --class_conditional, --label_column, --class_dropout_prob, --guidance_scale
     a("--ddpm_num_inference_steps", type=int, default=100, help="Sampling steps for the sample grids (respaced DDPM; diffusers: 1000 — 100 respaced steps look the same and cost a tenth).")
     # optimisation
     a("--train_batch_size", type=int, default=128, help="Batch size per device (diffusers: 16; 128 as in Ho et al.).")
@@ -246,6 +249,7 @@ def check_args(args: argparse.Namespace) -> None:
     if args.hub_token is not None:
         warnings.warn("--hub_token on the command line is visible to other users and is printed by `accelerate launch` "
                       "if the script fails; prefer HF_TOKEN or `hf auth login`.", stacklevel=2)
+    check_conditioning_args(args)
     check_output_dir(args.output_dir)
     args.resume = plan_resume(args)
 
@@ -381,6 +385,7 @@ def training_step(
     *,
     loss_type: str,
     snr_gamma: float | None = None,
+    class_labels: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Algorithm 1 on one batch: t ~ U{0..T-1}, ε ~ N(0, I), loss of ε_θ(√ᾱ_t x_0 + √(1−ᾱ_t) ε, t)
     (min-SNR-γ weighted with `snr_gamma`, see [`ddpm_ext.losses.diffusion_loss`])."""
@@ -388,7 +393,7 @@ def training_step(
     noise = torch.randn(clean.shape, generator=generator).to(clean.device)
     timesteps = torch.randint(0, len(scheduler), (b,), generator=generator).to(clean.device)
     noisy = scheduler.add_noise(clean, noise, timesteps)  # q(x_t | x_0)
-    model_output = unet(noisy, timesteps).sample
+    model_output = unet(noisy, timesteps, class_labels=class_labels).sample  # labels: (B,) ids, K = null class
     loss = diffusion_loss(
         scheduler, model_output=model_output, x_start=clean, noise=noise, x_t=noisy, timesteps=timesteps, loss_type=loss_type,
         snr_gamma=snr_gamma,
@@ -507,11 +512,14 @@ def main(argv: list[str] | None = None) -> int:
         unet, scheduler = build_model_and_scheduler(args)
         resolution = _sample_size(unet)
         config = resume_config(args, resolution, accelerator.num_processes)
+        dataset, transform, train_data = build_data(args, resolution, unet.config.in_channels)
+        unet, conditioning = setup_conditioning(args, dataset, unet)  # (unet, None) without --class_conditional
+        if conditioning is not None:
+            train_data = conditioning.attach(train_data)  # rows gain "class_label"
         saved = None
         if args.resume is not None:
             saved = validate_checkpoint(args.resume, config=config, unet_config=dict(unet.config), use_ema=args.use_ema,
                                         num_processes=accelerator.num_processes)
-        dataset, transform, train_data = build_data(args, resolution, unet.config.in_channels)
     except ValueError as e:  # CheckpointError is a ValueError
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -528,7 +536,7 @@ def main(argv: list[str] | None = None) -> int:
     )
 
     # 2. optimisation
-    trainer = Trainer(args, accelerator, unet, scheduler, loader, transform, run_id, config)
+    trainer = Trainer(args, accelerator, unet, scheduler, loader, transform, run_id, config, conditioning)
     if saved is not None:
         trainer.resume(saved)
     elif args.resume_from_checkpoint == "latest":
@@ -560,10 +568,12 @@ def main(argv: list[str] | None = None) -> int:
 class Trainer:
     """The prepared objects of one run and its position; [`Trainer.train`] is Algorithm 1 with checkpoints."""
 
-    def __init__(self, args, accelerator, unet, scheduler, loader, transform, run_id: str, config: dict[str, Any]):
+    def __init__(self, args, accelerator, unet, scheduler, loader, transform, run_id: str, config: dict[str, Any],
+                 conditioning=None):
         from diffusers.optimization import get_scheduler
 
         self.args, self.accelerator, self.scheduler, self.transform = args, accelerator, scheduler, transform
+        self.conditioning = conditioning  # class labels and their dropout (--class_conditional), else None
         self.run_id, self.config = run_id, config
         if args.channels_last:
             unet.to(memory_format=torch.channels_last)
@@ -611,7 +621,9 @@ class Trainer:
                 seen += 1
                 with accelerator.accumulate(self.unet):
                     g = randomness.generator(self.global_step, accelerator.process_index, (seen - 1) % args.gradient_accumulation_steps)
-                    loss = training_step(self.unet, self.scheduler, clean, g, loss_type=args.loss_type, snr_gamma=args.snr_gamma)
+                    class_labels = self.conditioning.batch_labels(batch, g) if self.conditioning is not None else None
+                    loss = training_step(self.unet, self.scheduler, clean, g, loss_type=args.loss_type,
+                                         snr_gamma=args.snr_gamma, class_labels=class_labels)
                     # gathered, so every rank sees a bad loss on any rank and all stop together instead of hanging
                     losses = accelerator.gather(loss.detach().reshape(1))
                     finite = torch.isfinite(losses)
@@ -706,6 +718,7 @@ def save_outputs(args, trainer: Trainer, num_train_images: int, resolution: int)
             "num_processes": accelerator.num_processes,
             "num_train_images": num_train_images,
             "resolution": resolution,
+            **(trainer.conditioning.info() if trainer.conditioning is not None else {}),
         }
         atomic_write_text(output_dir / "training_info.json", json.dumps(info, indent=2))
         from ..hub import write_model_card
@@ -786,12 +799,13 @@ def _write_samples(accelerator, unet, ema, scheduler, args, step, pipe=None) -> 
     if not accelerator.is_main_process:
         return None
     pipe = pipe or _pipeline(accelerator, unet, ema, scheduler)
+    call, nrow = sample_grid_call(pipe.unet, args.eval_batch_size, args.guidance_scale)  # a row per class
     images = pipe(
-        batch_size=args.eval_batch_size, generator=torch.Generator().manual_seed(args.seed),
-        num_inference_steps=args.ddpm_num_inference_steps, output_type="np",
+        generator=image_generators(args.seed, 0, call["batch_size"]),  # the package's seeding rule
+        num_inference_steps=args.ddpm_num_inference_steps, output_type="np", **call,
     ).images
     path = Path(args.output_dir) / "samples" / f"step-{step:06d}.png"
-    write_with(path, lambda tmp: save_image_grid(images, tmp))
+    write_with(path, lambda tmp: save_image_grid(images, tmp, nrow))
     write_with(Path(args.output_dir) / "samples.png", lambda tmp: shutil.copyfile(path, tmp))
     for tracker in accelerator.trackers:
         if tracker.name == "tensorboard":

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from ..files import atomic_write_text
+from ..hub.model_card import METRICS_END, METRICS_START  # the card format's owner; the template holds them
 
 __all__ = [
     "METRICS_END",
@@ -28,8 +29,6 @@ __all__ = [
     "update_model_card",
 ]
 
-METRICS_START = "<!-- ddpm_ext:metrics:start -->"
-METRICS_END = "<!-- ddpm_ext:metrics:end -->"
 
 
 def replace_marked_section(text: str, content: str, start: str = METRICS_START, end: str = METRICS_END) -> str:

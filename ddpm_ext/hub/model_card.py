@@ -10,9 +10,12 @@ from typing import Any
 
 from ..files import atomic_write_text
 
-__all__ = ["TEMPLATE", "data_description", "write_model_card"]
+__all__ = ["METRICS_END", "METRICS_START", "TEMPLATE", "data_description", "write_model_card"]
 
 TEMPLATE = Path(__file__).resolve().parent / "model_card_template.md"
+# The metrics section of the template; `ddpm-ext evaluate --update_model_card` replaces what lies between them.
+METRICS_START = "<!-- ddpm_ext:metrics:start -->"
+METRICS_END = "<!-- ddpm_ext:metrics:end -->"
 _SECRET_KEYS = {"hub_token", "token"}
 
 
@@ -123,7 +126,8 @@ def write_model_card(
         beta_schedule=_schedule_text(scheduler),
         variance_type=scheduler.get("variance_type", "fixed_small"),
         prediction_type=scheduler.get("prediction_type", "epsilon"),
-        loss_type={"simple": "L_simple (Algorithm 1)", "hybrid": "L_hybrid = L_simple + 0.001 L_vlb"}.get(safe_args.get("loss_type"), "L_simple"),
+        loss_type={"simple": "L_simple (Algorithm 1)", "hybrid": "L_hybrid = L_simple + 0.001 L_vlb"}.get(safe_args.get("loss_type"), "L_simple")
+        + (f", min-SNR-γ weighted (γ = {safe_args['snr_gamma']})" if safe_args.get("snr_gamma") else ""),
         dataset=data_text,
         num_train_images=info.get("num_train_images", ""),
         resolution=info.get("resolution", unet_config.get("sample_size")),
@@ -142,6 +146,10 @@ def write_model_card(
         metrics=metrics,
         license_text=(f"`{license_id}`" if license_id else "none stated (the data are the trainer's own; ask them)"),
         attribution=data.get("attribution", ""),
+        class_names=info.get("class_names"),
+        class_dropout_prob=info.get("class_dropout_prob"),
+        example_labels=", ".join(repr(n) for n in (info.get("class_names") or [])[:2]),
+        example_count=len((info.get("class_names") or [])[:2]),
     )
     return atomic_write_text(out / "README.md", str(card))
 

@@ -75,3 +75,33 @@ def test_usage_snippet_runs_for_the_trained_model(folder):
         exec(compile(code, "snippet", "exec"), namespace)  # noqa: S102 the card's own code, on the saved pipeline
         assert len(namespace["images"]) == 1
     assert "num_inference_steps=20)" in text
+
+
+def test_template_holds_the_metrics_markers_that_evaluate_replaces():
+    from ddpm_ext.evaluation import report
+    from ddpm_ext.hub import model_card
+
+    text = model_card.TEMPLATE.read_text()
+    assert text.count(model_card.METRICS_START) == 1 and text.count(model_card.METRICS_END) == 1
+    assert text.index(model_card.METRICS_START) < text.index(model_card.METRICS_END)
+    assert (report.METRICS_START, report.METRICS_END) == (model_card.METRICS_START, model_card.METRICS_END)
+
+
+def test_conditional_card_names_the_classes_and_its_snippet_samples_a_class(tmp_path):
+    from ddpm_ext import DDIMExtScheduler, DDPMExtPipeline, DDPMExtScheduler, build_unet
+    from ddpm_ext.pipelines.guidance import set_class_names
+
+    unet = build_unet("tiny", num_class_embeds=3)  # 2 classes + the null class
+    set_class_names(unet, ["cat", "dog"])
+    folder = tmp_path / "cond"
+    DDPMExtPipeline(unet=unet, scheduler=DDPMExtScheduler(num_train_timesteps=10)).save_pretrained(folder)
+    info = {**INFO, "num_classes": 2, "class_names": ["cat", "dog"], "class_dropout_prob": 0.1}
+    text = write_model_card(folder, args=ARGS, info=info, dataset_name=None, train_data_dir="/data/pets").read_text()
+    assert "A class-conditional image-generation" in text
+    assert "| classes | 2: cat, dog (null class id 2, label dropout 0.1) |" in text
+    assert "cannot sample it" in text  # vanilla DDPMPipeline never passes labels
+    (code,) = re.findall(r"```python\n(.*?)```", text, flags=re.DOTALL)
+    code = code.replace(f'"{folder.name}"', repr(str(folder)))
+    namespace = {"DDPMExtPipeline": DDPMExtPipeline, "DDIMExtScheduler": DDIMExtScheduler}
+    exec(compile(code, "snippet", "exec"), namespace)  # noqa: S102 the card's own code, on the saved pipeline
+    assert len(namespace["images"]) == 2  # class_labels=['cat', 'dog']

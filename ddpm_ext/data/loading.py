@@ -126,8 +126,8 @@ def load_image_dataset(
     r"""Load the training images, failing early and clearly on bad input.
 
     The arguments mirror diffusers' `train_unconditional.py` (`--dataset_name`, `--dataset_config_name`,
-    `--train_data_dir`, `--cache_dir`, `--max_train_samples`). Give at most one of `dataset_name` and `train_data_dir`; with
-    neither, the default built-in data set [`DEFAULT_DATASET`] (`"mnist-5k"`) is loaded.
+    `--train_data_dir`, `--cache_dir`, `--max_train_samples`). Give at most one of `dataset_name` and
+    `train_data_dir`; with neither, the default built-in data set [`DEFAULT_DATASET`] (`"mnist-5k"`) is loaded.
 
     Args:
         dataset_name (`str`, *optional*): A built-in name ([`list_builtin_datasets`]) or a Hugging Face Hub
@@ -229,7 +229,8 @@ def load_image_dataset(
                 f"Could not load the data set `dataset_name`={dataset_name!r} ({config}split={split!r}) with "
                 f"datasets.load_dataset: {type(err).__name__}: {err}. Either the Hugging Face Hub could not be "
                 f"reached and no cached copy was found (cache_dir={None if cache_dir is None else str(cache_dir)!r}), "
-                f"or the name, configuration or split is wrong. Built-in data sets that need no network: {list_builtin_datasets()}."
+                f"or the name, configuration or split is wrong. Built-in data sets that need no network: "
+                f"{list_builtin_datasets()}."
             ) from err
         if isinstance(ds, datasets.DatasetDict):  # pragma: no cover - only when a loader ignores `split`
             ds = ds[split]

@@ -340,7 +340,8 @@ def test_config_name_reaches_the_real_load_dataset_signature(monkeypatch):
 
     def load_dataset(*args, **kwargs):
         seen.append(real.bind(*args, **kwargs).arguments)
-        return datasets.Dataset.from_dict({"image": [Image.new("L", (4, 4))]}, features=datasets.Features({"image": datasets.Image()}))
+        features = datasets.Features({"image": datasets.Image()})
+        return datasets.Dataset.from_dict({"image": [Image.new("L", (4, 4))]}, features=features)
 
     monkeypatch.setattr(datasets, "load_dataset", load_dataset)
     load_image_dataset("someone/faces", config_name="crops-64")

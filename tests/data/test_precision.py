@@ -69,7 +69,8 @@ def test_resize_works_on_float_values(png16):
     t = ImageTransform(20, center_crop=True, channels=1, preserve_precision=True)
     kept = unit(t(image))[0]
     # Reference: the same Pillow bilinear (antialiased) resize of the shorter side to 20, on a mode "F" image.
-    ref = np.asarray(Image.fromarray((values / 65535).astype(np.float32), mode="F").resize((30, 20), Image.Resampling.BILINEAR))
+    as_float = Image.fromarray((values / 65535).astype(np.float32), mode="F")
+    ref = np.asarray(as_float.resize((30, 20), Image.Resampling.BILINEAR))
     np.testing.assert_allclose(kept, ref[:, 5:25], rtol=0, atol=1e-6)
     # The 8-bit path resizes the high bytes and rounds to 8 bits: within a bit more than one 8-bit step.
     plain = unit(ImageTransform(20, center_crop=True, channels=1)(image))[0]
@@ -214,8 +215,10 @@ def test_training_script_end_to_end(tmp_path):
     # The flag must match on resume, and --dataset_config_name is refused for a built-in data set.
     resumed = run_script(tiny + ["--train_data_dir", str(tmp_path / "imgs16"), "--max_train_steps", "4",
                                  "--output_dir", str(out), "--resume_from_checkpoint", "latest"])
-    assert resumed.returncode == 2 and "--preserve_input_precision is False here but True in the checkpoint" in resumed.stderr
-    refused = run_script(tiny + ["--dataset_config_name", "cifar10", "--max_train_steps", "2", "--output_dir", str(tmp_path / "o")])
+    assert resumed.returncode == 2
+    assert "--preserve_input_precision is False here but True in the checkpoint" in resumed.stderr
+    refused = run_script(tiny + ["--dataset_config_name", "cifar10", "--max_train_steps", "2",
+                                 "--output_dir", str(tmp_path / "o")])
     assert refused.returncode == 2
     assert "error: `config_name`='cifar10' applies only to Hub data sets" in refused.stderr
     assert "built-in data set 'mnist-5k'" in refused.stderr and not (tmp_path / "o" / "model_index.json").exists()

@@ -7,7 +7,10 @@ Three value conventions, and the functions that move between them:
     unit range    y ∈ [0, 1]          y = x / 2 + 0.5 (the pipeline's `output_type="pt"/"np"`, as diffusers)
 
 - [`to_8bit`] / [`convert_image`]: any PIL image -> 8-bit `"L"` / `"RGB"` (16-bit and float modes scaled, not
-  clipped; transparency composited on white). Every image the package reads goes through them.
+  clipped; transparency composited on white). Every image the package reads goes through them, unless the
+  training data keeps its precision: then [`to_unit_float`] reads a 16-bit or float image ([`HIGH_PRECISION_MODES`])
+  as float32 `y ∈ [0, 1]` at its full precision (`v / 65535` for 16-bit samples), and [`from_unit`] gives `x`,
+  which is then not on the 8-bit grid.
 - [`normalize`] (u -> x), [`to_unit`] (x -> y), [`from_unit`] (y -> x), [`to_uint8`] (x or y -> u, rounded).
 - [`tensor_to_numpy`] / [`to_pil`]: `(B, C, H, W)` tensors -> `(B, H, W, C)` arrays -> PIL images.
 - [`images_to_uint8`], [`make_grid`], [`save_image_grid`]: any of the above -> one uint8 grid.
@@ -32,6 +35,7 @@ from .validation import check_int
 
 __all__ = [
     "GRAY_MODES",
+    "HIGH_PRECISION_MODES",
     "convert_image",
     "from_unit",
     "images_to_uint8",
@@ -43,12 +47,15 @@ __all__ = [
     "to_pil",
     "to_uint8",
     "to_unit",
+    "to_unit_float",
 ]
 
 # Pillow modes with one colour channel (with or without alpha); everything else counts as colour.
 GRAY_MODES = frozenset({"1", "L", "LA", "La", "I", "I;16", "I;16B", "I;16L", "I;16N", "F"})
 _INT16_MODES = frozenset({"I", "I;16", "I;16B", "I;16L", "I;16N"})
 _ALPHA_MODES = frozenset({"RGBA", "LA", "PA", "RGBa", "La"})
+# Pillow modes with more than 8 bits per sample (all grayscale: Pillow opens 16-bit colour files as 8-bit "RGB").
+HIGH_PRECISION_MODES = _INT16_MODES | frozenset({"F"})
 
 Images = torch.Tensor | np.ndarray
 
@@ -110,6 +117,51 @@ def convert_image(image: Image.Image, mode: str) -> Image.Image:
         rgba = image.convert("RGBA")
         image = Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba)
     return image.convert(mode)
+
+
+def to_unit_float(image: Image.Image) -> np.ndarray:
+    """A 16-bit or float PIL image -> float32 array `(H, W)` in [0, 1], keeping its precision (no 8-bit step).
+
+    - `"I;16"`, `"I;16B"`, `"I;16L"`, `"I;16N"` and `"I"`: 16-bit samples `v` in 0..65535 (`"I"` clipped to that
+      range, as in [`to_8bit`]) -> `v / 65535`, so 0 -> 0, 65535 -> 1 and an 8-bit image stored as 16 bits
+      (`v = 257 u`) gives `u / 255`.
+    - `"F"`: the values themselves, which must lie in [0, 1] (the float convention of diffusers and this
+      package); other values are refused rather than clipped, since they would not be what the image means.
+
+    This is the input of training with preserved precision (`ImageTransform(..., preserve_precision=True)`,
+    the training script's `--preserve_input_precision`); everywhere else images go through [`convert_image`].
+
+    Raises:
+        `ValueError`: For a mode outside [`HIGH_PRECISION_MODES`] (8-bit images have nothing more to keep; use
+            [`convert_image`]) or a `"F"` image with values outside [0, 1] (NaN and infinities included).
+
+    Example:
+
+    ```py
+    >>> import numpy as np
+    >>> from PIL import Image
+    >>> sixteen = Image.fromarray(np.array([[0, 1, 257 * 128, 65535]], dtype=np.uint16))
+    >>> (to_unit_float(sixteen) * 65535).round().astype(int).tolist()
+    [[0, 1, 32896, 65535]]
+
+    ```
+    """
+    if image.mode in _INT16_MODES:
+        values = np.clip(np.asarray(image).astype(np.int64), 0, 65535)  # (H, W); "I;16B" arrives big-endian
+        return (values.astype(np.float64) / 65535).astype(np.float32)
+    if image.mode == "F":
+        values = np.asarray(image, dtype=np.float32)  # (H, W)
+        if not (np.isfinite(values).all() and values.min(initial=0.0) >= 0 and values.max(initial=0.0) <= 1):
+            low, high = float(np.nanmin(values)), float(np.nanmax(values))
+            raise ValueError(
+                f"A float (mode 'F') image must hold values in [0, 1] to keep its precision; got values from {low} "
+                f"to {high}{' and NaN or infinite ones' if not np.isfinite(values).all() else ''}."
+            )
+        return np.array(values, dtype=np.float32)
+    raise ValueError(
+        f"`image` must have one of the modes {sorted(HIGH_PRECISION_MODES)} (more than 8 bits per sample) to be "
+        f"read at full precision, got mode {image.mode!r}; 8-bit images go through `convert_image`."
+    )
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -14,7 +14,19 @@ from PIL import Image
 import ddpm_ext.images as images_mod
 from ddpm_ext import DDPMExtPipeline, DDPMExtScheduler, build_unet
 from ddpm_ext.data import ImageTransform, build_transform, load_image_dataset
-from ddpm_ext.images import convert_image, from_unit, images_to_uint8, normalize, to_8bit, to_pil, to_uint8, to_unit
+from ddpm_ext.images import (
+    GRAY_MODES,
+    HIGH_PRECISION_MODES,
+    convert_image,
+    from_unit,
+    images_to_uint8,
+    normalize,
+    to_8bit,
+    to_pil,
+    to_uint8,
+    to_unit,
+    to_unit_float,
+)
 
 SIDE = 256
 
@@ -81,6 +93,31 @@ def test_other_high_bit_depth_modes():
     # 8-bit modes are untouched
     l8 = Image.new("L", (2, 2), 7)
     assert to_8bit(l8) is l8
+
+
+def test_to_unit_float_keeps_16_bits(png16):
+    path, _ = png16
+    values = gradient16()
+    with Image.open(path) as im:
+        got = to_unit_float(im)
+    assert got.dtype == np.float32 and got.shape == (SIDE, SIDE)
+    assert np.array_equal(np.round(got.astype(np.float64) * 65535), values)  # every one of the 65536 levels
+    assert np.abs(got - values / 65535).max() < 1e-7
+    assert len(np.unique(got)) == 65536  # to_8bit keeps 256 of them
+    big_endian = Image.frombytes("I;16B", (SIDE, SIDE), values.astype(">u2").tobytes())
+    assert np.array_equal(to_unit_float(big_endian), got)
+    assert np.array_equal(to_unit_float(Image.fromarray(values.astype(np.int32))), got)  # mode "I"
+    clipped = to_unit_float(Image.fromarray(np.array([[-5, 70000, 257 * 3]], dtype=np.int32)))
+    assert clipped.tolist() == [[0.0, 1.0, np.float32(3 / 255)]]  # "I" clipped to 0..65535; 257 u -> u / 255
+    f = np.array([[0.0, 1e-6, 0.5, 1.0]], dtype=np.float32)
+    assert np.array_equal(to_unit_float(Image.fromarray(f)), f)  # "F": the values themselves
+    for bad in (1.0001, -1e-3, np.inf, np.nan):
+        with pytest.raises(ValueError, match=r"mode 'F'\) image must hold values in \[0, 1\]"):
+            to_unit_float(Image.fromarray(np.array([[0.5, bad]], dtype=np.float32)))
+    for mode in ("L", "RGB", "RGBA", "P", "1"):
+        with pytest.raises(ValueError, match=rf"got mode '{mode}'; 8-bit images go through `convert_image`"):
+            to_unit_float(Image.new(mode, (2, 2)))
+    assert HIGH_PRECISION_MODES <= GRAY_MODES  # so infer_channels reads them as grayscale
 
 
 def test_16bit_rgb_png_agrees_with_grayscale(tmp_path):

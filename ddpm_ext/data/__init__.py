@@ -7,7 +7,7 @@ Three modules, in the order the training script uses them (`builtin` holds the b
 
    - a built-in data set that ships inside an installed package and needs no network
      ([`BUILTIN_DATASETS`]): `"mnist-5k"` (the default) and `"openmoji-32"`;
-   - a Hugging Face Hub data set (`datasets.load_dataset(name)`);
+   - a Hugging Face Hub data set (`datasets.load_dataset(name, config_name)`);
    - a local folder of images (`datasets.load_dataset("imagefolder", data_dir=...)`), every file of which is
      opened and decoded first, so that a corrupt file is reported by path before any training starts.
 
@@ -15,7 +15,10 @@ Three modules, in the order the training script uses them (`builtin` holds the b
    diffusers' `train_unconditional.py` does with torchvision: `Resize(resolution, bilinear)` of the shorter
    side, `CenterCrop` or `RandomCrop`, `RandomHorizontalFlip`, `ToTensor`, `Normalize([0.5], [0.5])`. The
    result is a float32 `(C, H, W)` tensor in [-1, 1] whose values lie on the 8-bit grid `x = u / 127.5 - 1`
-   (`u` the uint8 pixel), which the discrete likelihood (bits/dim) relies on.
+   (`u` the uint8 pixel), which the discrete likelihood (bits/dim) relies on. With `preserve_precision=True`
+   (diffusers' `--preserve_input_precision`), 16-bit and float images skip the 8-bit conversion and give
+   `x = 2 v - 1` from their values `v` in [0, 1] (`sample / 65535` for 16 bits), off the 8-bit grid: bits/dim
+   does not apply to such data. 8-bit images are unaffected.
 
 3. Batching (`transforms.py`). [`preprocess_dataset`] attaches the transform with `Dataset.with_transform`, giving
    `{"input": tensor}` examples, and [`collate_fn`] stacks them for a `torch.utils.data.DataLoader`.

@@ -116,6 +116,7 @@ def load_image_dataset(
     dataset_name: str | None = None,
     train_data_dir: str | os.PathLike | None = None,
     *,
+    config_name: str | None = None,
     split: str = "train",
     cache_dir: str | os.PathLike | None = None,
     image_column: str | None = None,
@@ -124,18 +125,21 @@ def load_image_dataset(
 ) -> datasets.Dataset:
     r"""Load the training images, failing early and clearly on bad input.
 
-    The arguments mirror diffusers' `train_unconditional.py` (`--dataset_name`, `--train_data_dir`,
-    `--cache_dir`, `--max_train_samples`). Give at most one of `dataset_name` and `train_data_dir`; with
-    neither, the default built-in data set [`DEFAULT_DATASET`] (`"mnist-5k"`) is loaded.
+    The arguments mirror diffusers' `train_unconditional.py` (`--dataset_name`, `--dataset_config_name`,
+    `--train_data_dir`, `--cache_dir`, `--max_train_samples`). Give at most one of `dataset_name` and
+    `train_data_dir`; with neither, the default built-in data set [`DEFAULT_DATASET`] (`"mnist-5k"`) is loaded.
 
     Args:
         dataset_name (`str`, *optional*): A built-in name ([`list_builtin_datasets`]) or a Hugging Face Hub
-            data set, loaded with `datasets.load_dataset(dataset_name, cache_dir=cache_dir, split=split)`
-            (needs the network or a cached copy). A name without "/" that looks like a misspelt built-in
+            data set, loaded with `datasets.load_dataset(dataset_name, config_name, cache_dir=cache_dir,
+            split=split)` (needs the network or a cached copy). A name without "/" that looks like a misspelt built-in
             name (e.g. `"MNIST-5K"`, `"openmoji"`) is an error rather than a Hub request.
         train_data_dir (`str` or `os.PathLike`, *optional*): A local folder of images, checked file by file with
             [`validate_image_folder`] and loaded with `datasets.load_dataset("imagefolder", ...)`
             (sub-folders become a `"label"` column, as in `datasets`).
+        config_name (`str`, *optional*): The configuration (subset) of a Hub data set, the second argument of
+            `datasets.load_dataset` (e.g. `"cifar10"` of `"uoft-cs/cifar10"`, or a subset of a multi-config
+            data set). Only for Hub data sets: built-in data sets and image folders have none.
         split (`str`, defaults to `"train"`): Split to load. mnist-5k has `"train"` (4,500 images), `"test"`
             (500 held out, 50 per digit) and `"all"`; openmoji-32 has only `"train"`.
         cache_dir (`str` or `os.PathLike`, *optional*): The `datasets` cache for Hub and folder data sets; the
@@ -151,7 +155,8 @@ def load_image_dataset(
         `datasets.Dataset`
 
     Raises:
-        `ValueError`: For both sources given, an unknown built-in-like name, a Hub data set that cannot be
+        `ValueError`: For both sources given, a `config_name` for a built-in data set or an image folder, an
+            unknown built-in-like name, a Hub data set that cannot be
             loaded (name and cause given, chained from the original error), a missing folder, a folder
             without images, unreadable image files (listed), a missing image column or `max_train_samples < 1`.
 
@@ -179,6 +184,16 @@ def load_image_dataset(
         raise ValueError(f"`dataset_name` must be a non-empty string, got {dataset_name!r}.")
     if dataset_name is None and train_data_dir is None:
         dataset_name = DEFAULT_DATASET
+    if config_name is not None:
+        if not isinstance(config_name, str) or not config_name.strip():
+            raise ValueError(f"`config_name` must be a non-empty string or None, got {config_name!r}.")
+        if train_data_dir is not None or dataset_name in BUILTIN_DATASETS:
+            source = (f"the image folder `train_data_dir`={str(train_data_dir)!r}" if train_data_dir is not None
+                      else f"the built-in data set {dataset_name!r}")
+            raise ValueError(
+                f"`config_name`={config_name!r} applies only to Hub data sets (the configuration passed to "
+                f"datasets.load_dataset), not to {source}, which has none; leave it out."
+            )
 
     if train_data_dir is not None:
         validate_image_folder(train_data_dir)
@@ -206,14 +221,16 @@ def load_image_dataset(
             )
         try:
             ds = datasets.load_dataset(
-                dataset_name, split=split, cache_dir=None if cache_dir is None else str(cache_dir)
+                dataset_name, config_name, split=split, cache_dir=None if cache_dir is None else str(cache_dir)
             )
         except Exception as err:
+            config = "" if config_name is None else f"config_name={config_name!r}, "
             raise ValueError(
-                f"Could not load the data set `dataset_name`={dataset_name!r} (split={split!r}) with "
+                f"Could not load the data set `dataset_name`={dataset_name!r} ({config}split={split!r}) with "
                 f"datasets.load_dataset: {type(err).__name__}: {err}. Either the Hugging Face Hub could not be "
                 f"reached and no cached copy was found (cache_dir={None if cache_dir is None else str(cache_dir)!r}), "
-                f"or the name or split is wrong. Built-in data sets that need no network: {list_builtin_datasets()}."
+                f"or the name, configuration or split is wrong. Built-in data sets that need no network: "
+                f"{list_builtin_datasets()}."
             ) from err
         if isinstance(ds, datasets.DatasetDict):  # pragma: no cover - only when a loader ignores `split`
             ds = ds[split]

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..images import GRAY_MODES, convert_image, normalize
+from ..images import GRAY_MODES, HIGH_PRECISION_MODES, convert_image, from_unit, normalize, to_unit_float
 from ..validation import check_int
 from .loading import find_image_column
 
@@ -40,6 +40,15 @@ class ImageTransform:
     Pixels stay uint8 until the last step, so the output is always on the 8-bit grid and
     `round((x + 1) * 127.5)` gives back the pixels ([`ImageTransform.to_uint8`] returns them directly).
 
+    Preserved precision (`preserve_precision=True`, diffusers' `--preserve_input_precision`): a 16-bit
+    (`"I;16*"`, `"I"`) or float (`"F"`, values in [0, 1]) image is not reduced to 8 bits but read as float32
+    `v` in [0, 1] with [`ddpm_ext.images.to_unit_float`] (`v = sample / 65535` for 16 bits), resized as a mode
+    `"F"` image (the same Pillow bilinear filter with antialiasing), cropped and flipped exactly as the 8-bit
+    path (the same offsets and flips for the same `(seed, epoch, index)`), copied to 3 channels when
+    `channels=3`, and scaled to `x = 2 v - 1`. That `x` is not on the 8-bit grid, so the discrete likelihood
+    (bits/dim, whose bins are the 256 levels of 8-bit pixels) does not apply to models trained on such data.
+    8-bit images give exactly the same tensors with and without the option.
+
     Randomness: with `index` given, the crop offset and the flip are a fixed function of
     `(seed, epoch, index)` (NumPy `SeedSequence(seed, spawn_key=(tag, epoch, index))`), which makes
     augmentation reproducible across resume, workers and batch sizes; set the epoch with [`set_epoch`]. Without
@@ -51,6 +60,8 @@ class ImageTransform:
         random_flip (`bool`, defaults to `False`): Random horizontal flips.
         channels (`int`, defaults to 3): 1 (grayscale) or 3 (RGB).
         seed (`int`, defaults to 0): Seed of the `(seed, epoch, index)` augmentation stream.
+        preserve_precision (`bool`, defaults to `False`): Keep 16-bit and float images at their precision
+            instead of converting them to 8 bits (see above).
 
     Example:
 
@@ -73,6 +84,7 @@ class ImageTransform:
         random_flip: bool = False,
         channels: int = 3,
         seed: int = 0,
+        preserve_precision: bool = False,
     ) -> None:
         resolution = check_int("resolution", resolution, 1)
         if channels not in (1, 3) or isinstance(channels, bool):
@@ -82,12 +94,16 @@ class ImageTransform:
         self.random_flip = bool(random_flip)
         self.channels = int(channels)
         self.seed = check_int("seed", seed, 0)
+        if not isinstance(preserve_precision, (bool, np.bool_)):
+            raise ValueError(f"`preserve_precision` must be True or False, got {preserve_precision!r}.")
+        self.preserve_precision = bool(preserve_precision)
         self.epoch = 0
 
     def __repr__(self) -> str:
         return (
             f"{type(self).__name__}(resolution={self.resolution}, center_crop={self.center_crop}, "
-            f"random_flip={self.random_flip}, channels={self.channels}, seed={self.seed}, epoch={self.epoch})"
+            f"random_flip={self.random_flip}, channels={self.channels}, seed={self.seed}, "
+            f"preserve_precision={self.preserve_precision}, epoch={self.epoch})"
         )
 
     @property
@@ -136,13 +152,10 @@ class ImageTransform:
         flip = draw_flip() if self.random_flip else False
         return top, left, flip
 
-    def to_uint8(
-        self, image: Image.Image, index: int | None = None, *, generator: torch.Generator | None = None
-    ) -> torch.Tensor:
-        """Every step but the scaling: a uint8 tensor `(C, resolution, resolution)`."""
-        if not isinstance(image, Image.Image):
-            raise ValueError(f"`image` must be a PIL.Image.Image, got {type(image).__name__}.")
-        image = convert_image(image, self.mode)  # 8-bit "L" / "RGB"; 16-bit and float images scaled, not clipped
+    def _resize_crop_flip(
+        self, image: Image.Image, index: int | None, generator: torch.Generator | None
+    ) -> Image.Image:
+        """The geometric steps, on an image of any mode ("L", "RGB" or "F"): the same for both bit depths."""
         size = self.resized_size(*image.size)
         if size != image.size:
             image = image.resize(size, resample=Image.Resampling.BILINEAR)
@@ -151,9 +164,45 @@ class ImageTransform:
         image = image.crop((left, top, left + r, top + r))
         if flip:
             image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
-        arr = np.array(image, dtype=np.uint8)
+        return image
+
+    @staticmethod
+    def _check_image(image: Any) -> None:
+        if not isinstance(image, Image.Image):
+            raise ValueError(f"`image` must be a PIL.Image.Image, got {type(image).__name__}.")
+
+    def keeps_precision(self, image: Image.Image) -> bool:
+        """Whether `image` takes the full-precision path: `preserve_precision` and a 16-bit or float mode."""
+        return self.preserve_precision and image.mode in HIGH_PRECISION_MODES
+
+    def to_uint8(
+        self, image: Image.Image, index: int | None = None, *, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
+        """Every step but the scaling, in 8 bits (whatever `preserve_precision`): a uint8 tensor
+        `(C, resolution, resolution)`."""
+        self._check_image(image)
+        image = convert_image(image, self.mode)  # 8-bit "L" / "RGB"; 16-bit and float images scaled, not clipped
+        arr = np.array(self._resize_crop_flip(image, index, generator), dtype=np.uint8)
         arr = arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
         return torch.from_numpy(np.ascontiguousarray(arr))
+
+    def to_float(
+        self, image: Image.Image, index: int | None = None, *, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
+        """Every step but the scaling to [-1, 1], at full precision: a float32 tensor `(C, resolution,
+        resolution)` in [0, 1].
+
+        16-bit and float images ([`ddpm_ext.images.HIGH_PRECISION_MODES`]) are read with
+        [`ddpm_ext.images.to_unit_float`] and resized as one mode `"F"` image (they are all grayscale; with
+        `channels=3` the result is copied to the 3 channels, as Pillow's `"L"` -> `"RGB"` does); other images go
+        through [`to_uint8`] and are divided by 255.
+        """
+        self._check_image(image)
+        if image.mode not in HIGH_PRECISION_MODES:
+            return self.to_uint8(image, index, generator=generator).float().div_(255)
+        gray = Image.fromarray(to_unit_float(image), mode="F")
+        arr = np.array(self._resize_crop_flip(gray, index, generator), dtype=np.float32)  # (r, r), writable
+        return torch.from_numpy(arr)[None].expand(self.channels, -1, -1).contiguous()  # (C, r, r)
 
     # uint8 pixels `u` -> float32 `u / 127.5 - 1` in [-1, 1]: [`ddpm_ext.images.normalize`]
     normalize = staticmethod(normalize)
@@ -162,7 +211,11 @@ class ImageTransform:
         self, image: Image.Image, index: int | None = None, *, generator: torch.Generator | None = None
     ) -> torch.Tensor:
         """Transform one image; see the class docstring for `index` and `generator`."""
+        self._check_image(image)
+        if self.keeps_precision(image):
+            return from_unit(self.to_float(image, index, generator=generator))  # x = 2 v - 1, off the 8-bit grid
         return self.normalize(self.to_uint8(image, index, generator=generator))
+
 
 
 def build_transform(
@@ -174,6 +227,7 @@ def build_transform(
     dataset: datasets.Dataset | None = None,
     image_column: str | None = None,
     seed: int | None = 0,
+    preserve_precision: bool = False,
 ) -> ImageTransform:
     """Make the training [`ImageTransform`] (the arguments of diffusers' `train_unconditional.py`).
 
@@ -187,14 +241,18 @@ def build_transform(
         image_column (`str`, *optional*): Image column of `dataset`.
         seed (`int`, *optional*, defaults to 0): Augmentation seed; `None` draws one from the OS (stored in
             `transform.seed`, so it can be logged and reused).
+        preserve_precision (`bool`, defaults to `False`): Keep 16-bit and float images at their precision
+            instead of converting them to 8 bits (diffusers' `--preserve_input_precision`); bits/dim does not
+            apply to the result (see [`ImageTransform`]).
 
     Example:
 
     ```py
     >>> from ddpm_ext.data import build_transform, load_image_dataset
     >>> ds = load_image_dataset("mnist-5k")
-    >>> build_transform(28, center_crop=True, dataset=ds)
-    ImageTransform(resolution=28, center_crop=True, random_flip=False, channels=1, seed=0, epoch=0)
+    >>> build_transform(28, center_crop=True, dataset=ds)  # doctest: +NORMALIZE_WHITESPACE
+    ImageTransform(resolution=28, center_crop=True, random_flip=False, channels=1, seed=0,
+                   preserve_precision=False, epoch=0)
 
     ```
     """
@@ -202,7 +260,8 @@ def build_transform(
         channels = infer_channels(dataset, image_column) if dataset is not None else 3
     if seed is None:
         seed = int(np.random.SeedSequence().entropy) % 2**63
-    return ImageTransform(resolution, center_crop=center_crop, random_flip=random_flip, channels=channels, seed=seed)
+    return ImageTransform(resolution, center_crop=center_crop, random_flip=random_flip, channels=channels, seed=seed,
+                          preserve_precision=preserve_precision)
 
 
 def infer_channels(dataset: datasets.Dataset, image_column: str | None = None) -> int:

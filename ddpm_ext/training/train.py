@@ -102,6 +102,7 @@ RESUME_MUST_MATCH = (
     "prediction_type", "loss_type", "snr_gamma", "resolution", "dataset_name", "train_data_dir", "dataset_split", "image_column",
     "max_train_samples", "center_crop", "random_flip", "train_batch_size", "gradient_accumulation_steps", "seed",
     "use_ema", "num_processes", "class_conditional", "label_column",
+    "dataset_config_name", "preserve_input_precision",
 )
 # Scheduler flags a pretrained pipeline fixes (its model learned that schedule); refused with --pretrained_model_name_or_path.
 SCHEDULER_FLAGS = {"ddpm_num_steps": 1000, "ddpm_beta_schedule": "linear", "variance_type": "fixed_small", "prediction_type": "epsilon"}
@@ -116,6 +117,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     a = p.add_argument
     # data
     a("--dataset_name", default=None, help=f"A built-in data set {sorted(BUILTIN_DATASETS)} or a Hub data set name (default: mnist-5k).")
+    a("--dataset_config_name", default=None, help="The configuration (subset) of a Hub --dataset_name, passed to datasets.load_dataset (refused for built-in data sets and --train_data_dir).")
     a("--dataset_split", default="train", help="Split to train on (mnist-5k: train = 4,500 images, test = the 500 held out, all).")
     a("--train_data_dir", default=None, help="A folder of images (loaded with the `imagefolder` builder) instead of --dataset_name.")
     a("--image_column", default=None, help="The column holding the images (default: 'image', 'img' or the first image column).")
@@ -123,6 +125,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     a("--resolution", type=int, default=None, help="Image size: sets the UNet's sample_size (as diffusers does) and the training crops (default: the model's sample_size).")
     a("--center_crop", action="store_true", help="Center-crop to --resolution (default: random crop).")
     a("--random_flip", action="store_true", help="Randomly flip images horizontally (seeded by (seed, epoch, image), so resume is exact).")
+    a("--preserve_input_precision", action="store_true", help="Keep 16-bit and float images at their precision (x = 2 v − 1 from v = sample / 65535) instead of converting them to 8 bits; 8-bit images are unchanged. Bits/dim (a likelihood on the 8-bit grid) does not apply to such data.")
     a("--max_train_samples", type=int, default=None, help="Use only this many training images (shuffled with --seed first).")
     a("--dataloader_num_workers", type=int, default=0, help="DataLoader worker processes (0 keeps loading in the main process).")
     # model and diffusion
@@ -354,11 +357,11 @@ def build_model_and_scheduler(args: argparse.Namespace) -> tuple[torch.nn.Module
 def build_data(args: argparse.Namespace, resolution: int, channels: int):
     """The data set, its seeded transform, and the preprocessed (transformed on access) training data."""
     dataset = load_image_dataset(
-        args.dataset_name, args.train_data_dir, split=args.dataset_split, cache_dir=args.cache_dir,
-        image_column=args.image_column, max_train_samples=args.max_train_samples, seed=args.seed,
+        args.dataset_name, args.train_data_dir, config_name=args.dataset_config_name, split=args.dataset_split,
+        cache_dir=args.cache_dir, image_column=args.image_column, max_train_samples=args.max_train_samples, seed=args.seed,
     )
     transform = build_transform(resolution, center_crop=args.center_crop, random_flip=args.random_flip,
-                                channels=channels, seed=args.seed)
+                                channels=channels, seed=args.seed, preserve_precision=args.preserve_input_precision)
     return dataset, transform, preprocess_dataset(dataset, transform, args.image_column)
 
 

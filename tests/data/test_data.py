@@ -316,15 +316,65 @@ def test_hub_path_passes_arguments(monkeypatch):
         {"img": [Image.new("RGB", (4, 4))] * 3}, features=datasets.Features({"img": datasets.Image()})
     )
 
-    def load_dataset(name, **kwargs):
-        calls.append((name, kwargs))
+    def load_dataset(name, config_name=None, **kwargs):  # datasets.load_dataset(path, name=None, ...)
+        calls.append((name, config_name, kwargs))
         return fake
 
     monkeypatch.setattr(datasets, "load_dataset", load_dataset)
     ds = load_image_dataset("someone/faces", split="validation", cache_dir="/tmp/c", max_train_samples=2, seed=0)
-    assert calls == [("someone/faces", {"split": "validation", "cache_dir": "/tmp/c"})]
+    assert calls == [("someone/faces", None, {"split": "validation", "cache_dir": "/tmp/c"})]
     assert len(ds) == 2 and find_image_column(ds) == "img"
     assert len(load_image_dataset("someone/faces", max_train_samples=10**6)) == 3  # all rows when fewer
+    # diffusers' --dataset_config_name: the second argument of datasets.load_dataset
+    calls.clear()
+    assert len(load_image_dataset("someone/faces", config_name="crops-64", split="test")) == 3
+    assert calls == [("someone/faces", "crops-64", {"split": "test", "cache_dir": None})]
+
+
+def test_config_name_reaches_the_real_load_dataset_signature(monkeypatch):
+    """The configuration arrives as `name` of the real `datasets.load_dataset(path, name=None, ...)`."""
+    import inspect
+
+    real = inspect.signature(datasets.load_dataset)
+    seen = []
+
+    def load_dataset(*args, **kwargs):
+        seen.append(real.bind(*args, **kwargs).arguments)
+        features = datasets.Features({"image": datasets.Image()})
+        return datasets.Dataset.from_dict({"image": [Image.new("L", (4, 4))]}, features=features)
+
+    monkeypatch.setattr(datasets, "load_dataset", load_dataset)
+    load_image_dataset("someone/faces", config_name="crops-64")
+    assert seen[0]["path"] == "someone/faces" and seen[0]["name"] == "crops-64" and seen[0]["split"] == "train"
+
+
+def test_config_name_refused_where_it_means_nothing(monkeypatch, tmp_path):
+    def never(*args, **kwargs):  # the refusals come before any loading
+        raise AssertionError("datasets.load_dataset must not be called")
+
+    monkeypatch.setattr(datasets, "load_dataset", never)
+    _write_pngs(tmp_path / "imgs", n=2)
+    cases = [
+        ({"dataset_name": "mnist-5k"}, r"not to the built-in data set 'mnist-5k'"),
+        ({"dataset_name": "openmoji-32"}, r"not to the built-in data set 'openmoji-32'"),
+        ({}, r"not to the built-in data set 'mnist-5k'"),  # the default data set
+        ({"train_data_dir": tmp_path / "imgs"}, r"not to the image folder `train_data_dir`=.*imgs'"),
+    ]
+    for kwargs, where in cases:
+        with pytest.raises(ValueError, match=r"`config_name`='cifar10' applies only to Hub data sets.*" + where):
+            load_image_dataset(config_name="cifar10", **kwargs)
+    for bad in ("", "  ", 3):
+        with pytest.raises(ValueError, match=rf"`config_name` must be a non-empty string or None, got {bad!r}"):
+            load_image_dataset("someone/faces", config_name=bad)
+
+
+def test_hub_failure_names_the_config(monkeypatch):
+    def missing(*args, **kwargs):
+        raise ValueError("BuilderConfig 'crops-65' not found. Available: ['crops-64']")
+
+    monkeypatch.setattr(datasets, "load_dataset", missing)
+    with pytest.raises(ValueError, match=r"'someone/faces' \(config_name='crops-65', split='train'\).*crops-64"):
+        load_image_dataset("someone/faces", config_name="crops-65")
 
 
 def test_openmoji_missing_dependency(monkeypatch, tmp_path):

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_training import ROOT, TINY, assert_same_weights, run, weights
+from test_training import ENV, ROOT, TINY, assert_same_weights, run, weights
 
 from ddpm_ext.training import train as train_ddpm
 from ddpm_ext.training.checkpoints import (
@@ -218,7 +218,7 @@ sys.exit(train_ddpm.main({argv!r}))
 def run_with_full_disk(fail_under: str, argv: list[str]) -> subprocess.CompletedProcess:
     code = _FULL_DISK.format(fail_under=fail_under, argv=argv)
     return subprocess.run([sys.executable, "-c", code], check=False, cwd=ROOT, capture_output=True, text=True, timeout=600,
-                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+                          env=ENV)
 
 
 @pytest.mark.slow

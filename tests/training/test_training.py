@@ -23,12 +23,15 @@ TINY = ["--model_config", "tiny", "--resolution", "8", "--train_batch_size", "8"
         "--eval_batch_size", "4", "--ddpm_num_inference_steps", "4", "--ddpm_num_steps", "100", "--lr_warmup_steps", "2"]
 # fine-tuning keeps the pretrained scheduler: its flags are refused with --pretrained_model_name_or_path
 TINY_FINETUNE = [a for i, a in enumerate(TINY) if a != "--ddpm_num_steps" and TINY[i - 1] != "--ddpm_num_steps"]
+# Every training subprocess runs with one OpenMP thread: runs compared bit for bit must use the same thread
+# count (a convolution's float sums depend on it), and one thread is the fastest for the tiny UNet anyway.
+ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
 
 def run(args: list[str], *, env: dict | None = None, timeout: int = 600, launcher: list[str] | None = None,
         check: bool = True) -> subprocess.CompletedProcess:
     cmd = (launcher or [sys.executable]) + [str(SCRIPT)] + args
-    result = subprocess.run(cmd, check=False, cwd=ROOT, env={**os.environ, **(env or {})}, capture_output=True, text=True, timeout=timeout)
+    result = subprocess.run(cmd, check=False, cwd=ROOT, env={**ENV, **(env or {})}, capture_output=True, text=True, timeout=timeout)
     if check and result.returncode != 0:
         raise AssertionError(f"{cmd} failed ({result.returncode}):\n{result.stderr[-4000:]}")
     return result
@@ -100,7 +103,7 @@ def test_resume_after_sigkill_equals_uninterrupted_run(tmp_path):
     run(common + ["--output_dir", str(tmp_path / "straight")])
 
     killed = tmp_path / "killed"
-    proc = subprocess.Popen([sys.executable, str(SCRIPT)] + common + ["--output_dir", str(killed)], cwd=ROOT,
+    proc = subprocess.Popen([sys.executable, str(SCRIPT)] + common + ["--output_dir", str(killed)], cwd=ROOT, env=ENV,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 300
     while not (killed / "checkpoint-6").is_dir() and proc.poll() is None and time.time() < deadline:
@@ -173,7 +176,7 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
         "train_ddpm.training_step = poisoned\n"
         f"sys.exit(train_ddpm.main({TINY + ['--max_train_steps', '8', '--checkpointing_steps', '2', '--checkpoints_total_limit', '1', '--output_dir', str(out)]!r}))\n"
     )
-    result = subprocess.run([sys.executable, "-c", code], check=False, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    result = subprocess.run([sys.executable, "-c", code], check=False, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=600)
     assert result.returncode == 1, result.stderr[-3000:]
     text = result.stdout + result.stderr
     assert "the loss became nan at step 4" in text

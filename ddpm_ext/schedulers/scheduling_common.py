@@ -16,6 +16,8 @@ import inspect
 import json
 import math
 import os
+from collections import OrderedDict
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, NamedTuple, Sequence, get_args
 
@@ -23,6 +25,7 @@ import numpy as np
 import torch
 import diffusers
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
+from diffusers.utils import BaseOutput
 from diffusers.utils.torch_utils import randn_tensor
 
 from ..files import atomic_write_text
@@ -206,6 +209,26 @@ def from_saved_config(config: dict[str, Any]) -> dict[str, Any]:
         config["trained_betas"] = None
     config.update(config.pop(_EXT_CONFIG_KEY, None) or {})
     return config
+
+
+@dataclass
+class StepOutput(BaseOutput):
+    """The fields both schedulers' `step` returns (diffusers' `DDPMSchedulerOutput` / `DDIMSchedulerOutput`).
+
+    Args:
+        prev_sample (`torch.Tensor` of shape `(B, C, H, W)`): x_prev, the input of the next step (x_0 after the last).
+        pred_original_sample (`torch.Tensor` of shape `(B, C, H, W)`, *optional*): x̂_0 predicted from x_t.
+    """
+
+    prev_sample: torch.Tensor
+    pred_original_sample: torch.Tensor | None = None
+
+    def __post_init__(self) -> None:
+        # BaseOutput.__post_init__ fills the same entries after introspecting the dataclass fields on every call,
+        # a tenth of a lean sampling step on a CPU; these two fields are known.
+        for name, value in (("prev_sample", self.prev_sample), ("pred_original_sample", self.pred_original_sample)):
+            if value is not None:
+                OrderedDict.__setitem__(self, name, value)
 
 
 class ScheduleMixin(SchedulerMixin):

@@ -12,14 +12,12 @@ Legend (code name -> symbol of Song et al. eq. 12):
 from __future__ import annotations
 
 import math
-from collections import OrderedDict
 from dataclasses import dataclass
 from typing import NamedTuple
 
 import numpy as np
 import torch
 from diffusers.configuration_utils import ConfigMixin, register_to_config
-from diffusers.utils import BaseOutput
 
 from ..validation import check_number, learns_variance
 from .scheduling_common import (
@@ -28,27 +26,19 @@ from .scheduling_common import (
     ScheduleMixin,
     TimestepSpacing,
     VarianceType,
+    StepOutput,
     draw_noise,
 )
 
 
 @dataclass
-class DDIMExtSchedulerOutput(BaseOutput):
+class DDIMExtSchedulerOutput(StepOutput):
     """Output of [`DDIMExtScheduler.step`].
 
     Args:
         prev_sample (`torch.Tensor` of shape `(B, C, H, W)`): x_prev, the input of the next step.
         pred_original_sample (`torch.Tensor` of shape `(B, C, H, W)`): x̂_0 predicted from x_t.
     """
-
-    prev_sample: torch.Tensor
-    pred_original_sample: torch.Tensor | None = None
-
-    def __post_init__(self) -> None:
-        # as DDPMExtSchedulerOutput: BaseOutput's entries without introspecting the dataclass on every step
-        for name, value in (("prev_sample", self.prev_sample), ("pred_original_sample", self.pred_original_sample)):
-            if value is not None:
-                OrderedDict.__setitem__(self, name, value)
 
 
 class _Step(NamedTuple):

@@ -14,14 +14,12 @@ Legend (code name -> symbol; code t is the paper's t + 1, ᾱ of "t = -1" is 1):
 from __future__ import annotations
 
 import math
-from collections import OrderedDict
 from dataclasses import dataclass
 from typing import NamedTuple
 
 import numpy as np
 import torch
 from diffusers.configuration_utils import ConfigMixin, register_to_config
-from diffusers.utils import BaseOutput
 
 from ..validation import learns_variance
 from .scheduling_common import (
@@ -31,12 +29,13 @@ from .scheduling_common import (
     TimestepSpacing,
     VarianceType,
     canonical_variance_type,
+    StepOutput,
     draw_noise,
 )
 
 
 @dataclass
-class DDPMExtSchedulerOutput(BaseOutput):
+class DDPMExtSchedulerOutput(StepOutput):
     """Output of [`DDPMExtScheduler.step`].
 
     Args:
@@ -45,16 +44,6 @@ class DDPMExtSchedulerOutput(BaseOutput):
         pred_original_sample (`torch.Tensor` of shape `(B, C, H, W)`):
             x̂_0 predicted from x_t (after clipping or thresholding), for previews and trajectory figures.
     """
-
-    prev_sample: torch.Tensor
-    pred_original_sample: torch.Tensor | None = None
-
-    def __post_init__(self) -> None:
-        # BaseOutput.__post_init__ fills the same entries after introspecting the dataclass fields on every call,
-        # a tenth of a lean sampling step on a CPU; these two fields are known.
-        for name, value in (("prev_sample", self.prev_sample), ("pred_original_sample", self.pred_original_sample)):
-            if value is not None:
-                OrderedDict.__setitem__(self, name, value)
 
 
 def posterior_coefficients(ab_t: np.ndarray, ab_prev: np.ndarray) -> dict[str, np.ndarray]:

@@ -337,3 +337,18 @@ def test_benchmark_script_runs_quick(script):
     table = [line for line in result.stdout.splitlines() if line.startswith("| ")]
     assert len(table) >= 3 and "Machine: CPU" in result.stdout and "max |Δ|" in result.stdout.replace("\\|", "|")
     assert "(> " not in result.stdout  # every agreement check is within its stated tolerance
+
+
+@pytest.mark.slow
+def test_contention_benchmark_runs_and_reports_the_thread_count():
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "bench_contention.py"), "--steps", "2", "--warmup", "1", "--load", "1",
+         "--model_config", "tiny", "--batch_size", "4", "--choices", "1 thread", "all cores, OMP_WAIT_POLICY=PASSIVE"],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = [line.split("|")[1:-1] for line in result.stdout.splitlines() if line.startswith("| ") and "threading" not in line]
+    assert [r[0].strip() for r in rows] == ["1 thread", "all cores, OMP_WAIT_POLICY=PASSIVE"]
+    assert int(rows[0][1]) == 1 and int(rows[1][1]) >= 1  # the child saw the environment it was given
+    for r in rows:
+        assert float(r[4].strip().rstrip("×")) > 0 and float(r[7].strip().rstrip("×")) > 0

@@ -38,15 +38,7 @@ def check_int(name: str, value: Any, low: int | None = None, high: int | None = 
     ok = isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
     ok = ok and (low is None or value >= low) and (high is None or value <= high)
     if not ok:
-        if low is not None and high is not None:
-            allowed = f"an integer in [{low}, {high}]"
-        elif low is not None:
-            allowed = f"an integer >= {low}"
-        elif high is not None:
-            allowed = f"an integer <= {high}"
-        else:
-            allowed = "an integer"
-        raise ValueError(f"`{name}` must be {allowed}, got {value!r}.")
+        raise ValueError(f"`{name}` must be {_allowed('an integer', 'an integer', low, high)}, got {value!r}.")
     return int(value)
 
 
@@ -62,17 +54,19 @@ def check_number(
     if ok and high is not None:
         ok = value <= high
     if not ok:
-        left = "(" if low_open else "["
-        if low is not None and high is not None:
-            allowed = f"a number in {left}{low}, {high}]"
-        elif low is not None:
-            allowed = f"a number {'>' if low_open else '>='} {low}"
-        elif high is not None:
-            allowed = f"a number <= {high}"
-        else:
-            allowed = "a finite number"
-        raise ValueError(f"`{name}` must be {allowed}, got {value!r}.")
+        raise ValueError(f"`{name}` must be {_allowed('a number', 'a finite number', low, high, low_open)}, got {value!r}.")
     return float(value)
+
+
+def _allowed(kind: str, unbounded: str, low: Any, high: Any, low_open: bool = False) -> str:
+    """The allowed values in words: "an integer in [1, 10]", "a number > 0", ..."""
+    if low is not None and high is not None:
+        return f"{kind} in {'(' if low_open else '['}{low}, {high}]"
+    if low is not None:
+        return f"{kind} {'>' if low_open else '>='} {low}"
+    if high is not None:
+        return f"{kind} <= {high}"
+    return unbounded
 
 
 def check_positive(name: str, value: Any, *, upper: float | None = None) -> float:

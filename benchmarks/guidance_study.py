@@ -1,6 +1,7 @@
 """Classifier-free guidance trade-off: class accuracy and FID/KID of a class-conditional pipeline for several w.
 
-For each guidance scale w, `--num_per_class` images of every class are drawn (DDIM with `--eta`, `--steps` steps;
+For each guidance scale w, `--num_per_class` images of every class are drawn (DDIM with `--eta` and the consistent
+ε̂ of `use_clipped_model_output=True`, `--steps` steps;
 image i has its own generator by the package's seeding rule, `ddpm_ext.seeding.image_generators(--seed, i, 1)`,
 so every w starts from the same x_T), then:
 
@@ -38,7 +39,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--num_per_class", type=int, default=50, help="Images per class and guidance scale (default: 50).")
     p.add_argument("--guidance_scales", type=float, nargs="+", default=[0.0, 1.0, 2.0, 4.0], help="The w to compare.")
     p.add_argument("--steps", type=int, default=50, help="DDIM steps (default: 50).")
-    p.add_argument("--eta", type=float, default=1.0, help="DDIM's η in [0, 1] (default: 1, the respaced DDPM with σ² = β̃; η = 0 gives blotchy digits on briefly trained CPU models, with or without guidance: see the sampling issue).")
+    p.add_argument("--eta", type=float, default=1.0, help="DDIM's η in [0, 1] (default: 1, the respaced DDPM with σ² = β̃; η = 0 leaves grey backgrounds on briefly trained CPU models). ε̂ is recomputed from the clipped x̂_0 (use_clipped_model_output=True): with the raw guided ε̂ the DDIM update mixes it with a clipped x̂_0 and the requested class is lost at w ≥ 2.")
     p.add_argument("--seed", type=int, default=0, help="Seed of the images (the package's per-image rule; default: 0).")
     p.add_argument("--dataset", default="mnist-5k", help="Real images for FID/KID (default: mnist-5k).")
     p.add_argument("--split", default="test", help="Their split (default: test, the 500 held-out digits).")
@@ -94,7 +95,7 @@ def study(
             count = min(batch_size, n - start)
             t0 = time.perf_counter()
             out = pipe(batch_size=count, class_labels=requested[start : start + count], guidance_scale=float(w),
-                       num_inference_steps=steps, eta=eta, output_type="pt",
+                       num_inference_steps=steps, eta=eta, use_clipped_model_output=True, output_type="pt",
                        generator=image_generators(seed, start, count)).images
             seconds += time.perf_counter() - t0
             images.append((out.float() * 255).round().clamp(0, 255).to(torch.uint8).cpu())  # as a PNG stores it

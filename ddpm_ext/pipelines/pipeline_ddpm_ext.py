@@ -244,6 +244,7 @@ class DDPMExtPipeline(DiffusionPipeline):
         timesteps: list[int] | None = None,
         class_labels: Sequence[int | str] | torch.Tensor | int | str | None = None,
         guidance_scale: float = 1.0,
+        use_clipped_model_output: bool | None = None,
     ) -> DDPMExtPipelineOutput | tuple:
         """Sample images: x_T ~ N(0, I), then one scheduler step per timestep down to x_0.
 
@@ -278,13 +279,18 @@ class DDPMExtPipeline(DiffusionPipeline):
             guidance_scale (`float`, defaults to 1.0): classifier-free guidance w >= 0: ε̂ = ε(x, ∅) + w (ε(x, y) −
                 ε(x, ∅)); 1 samples p(x | y), 0 samples p(x) (the null class), > 1 trades diversity for fidelity to
                 the class. Both branches go through one batched UNet call per step.
+            use_clipped_model_output (`bool`, *optional*): DDIM only (as diffusers' `DDIMPipeline`): recompute ε̂ from
+                the clipped x̂_0, ε̂ = (x_t − √ᾱ_t x̂_0) / √(1 − ᾱ_t), so that the DDIM update does not mix a clipped
+                x̂_0 with an unclipped ε̂ (improved-diffusion's and GLIDE's `ddim_sample` do this). `None` keeps the
+                scheduler's default (`False`, diffusers' behaviour). With guidance w > 1 the extrapolated ε̂ often
+                leaves [-1, 1] in x̂_0 and `True` matters (README, "Class-conditional sampling").
 
         Returns:
             [`DDPMExtPipelineOutput`] or `(images,)`.
         """
         step_kwargs, tensor_inputs = self._check_call(
             batch_size, generator, eta, stochastic, output_type, latents, timesteps,
-            callback_on_step_end, callback_on_step_end_tensor_inputs,
+            callback_on_step_end, callback_on_step_end_tensor_inputs, use_clipped_model_output,
         )  # fmt: skip
         guidance = prepare_guidance(self.unet, class_labels, guidance_scale, batch_size)
         unet, scheduler = self.unet, self.scheduler
@@ -452,7 +458,7 @@ class DDPMExtPipeline(DiffusionPipeline):
 
     def _check_call(
         self, batch_size, generator, eta, stochastic, output_type, latents=None, timesteps=None, callback=None,
-        tensor_inputs=(),
+        tensor_inputs=(), use_clipped_model_output=None,
     ) -> tuple[dict[str, Any], list[str]]:  # fmt: skip
         """Check the call's own arguments once, before any work; return `scheduler.step`'s keyword arguments and
         the callback's tensor names. (The scheduler checks `num_inference_steps` / `timesteps` in `set_timesteps`.)
@@ -492,6 +498,10 @@ class DDPMExtPipeline(DiffusionPipeline):
             "eta": (float(eta), 0.0, "a DDIM scheduler (`pipe.scheduler = DDIMExtScheduler.from_config(pipe.scheduler.config)`)"),
             "stochastic": (stochastic, True, "a ddpm_ext scheduler (the others always add their noise)"),
         }
+        if use_clipped_model_output is not None:  # None: not passed, the step's own default (diffusers' DDIMPipeline)
+            if not isinstance(use_clipped_model_output, bool):
+                raise ValueError(f"`use_clipped_model_output` must be True, False or None, got {use_clipped_model_output!r}.")
+            wanted["use_clipped_model_output"] = (use_clipped_model_output, False, "a DDIM scheduler")
         params = inspect.signature(self.scheduler.step).parameters  # by name, as diffusers' prepare_extra_step_kwargs
         kwargs: dict[str, Any] = {}
         for name, (value, neutral, needs) in wanted.items():

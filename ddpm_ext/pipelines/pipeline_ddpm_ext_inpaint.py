@@ -37,6 +37,7 @@ import torch
 from ..images import convert_image, normalize, to_unit
 from ..schedulers.scheduling_common import ScheduleMixin, draw_noise
 from ..validation import check_int
+from .guidance import prepare_guidance
 from .pipeline_ddpm_ext import DDPMExtPipeline, DDPMExtPipelineOutput, OutputType, draw_initial_noise
 
 __all__ = [
@@ -303,6 +304,8 @@ class DDPMExtInpaintPipeline(DDPMExtPipeline):
         output_type: OutputType = "pil",
         return_dict: bool = True,
         return_trajectory: bool = False,
+        class_labels: Sequence[int | str] | torch.Tensor | int | str | None = None,
+        guidance_scale: float = 1.0,
     ) -> DDPMExtInpaintPipelineOutput | tuple:
         """Fill the masked pixels of `image` with samples of the model that agree with the kept pixels.
 
@@ -330,6 +333,8 @@ class DDPMExtInpaintPipeline(DDPMExtPipeline):
             output_type (`str`, defaults to `"pil"`): `"pil"`, `"np"` (B, H, W, C) or `"pt"` (B, C, H, W).
             return_dict (`bool`, defaults to `True`): return a [`DDPMExtInpaintPipelineOutput`] or a tuple.
             return_trajectory (`bool`, defaults to `False`): also return x at every level and every x̂_0 (CPU).
+            class_labels, guidance_scale: for a class-conditional UNet, the class of each completion and the
+                classifier-free guidance w, exactly as in [`DDPMExtPipeline`] (one batched UNet call per step).
 
         Returns:
             [`DDPMExtInpaintPipelineOutput`] or `(images,)`. The kept pixels of the output are the input's: the
@@ -341,12 +346,10 @@ class DDPMExtInpaintPipeline(DDPMExtPipeline):
             wrong channels or size, values out of range, `jump_length` or `jump_n_sample` < 1, a bad `eta`, and the
             other arguments [`DDPMExtPipeline`] checks. An all-keep or all-fill mask works, with a `UserWarning`.
         """
-        # Class-conditional inpainting (the guidance issue) is meant to add `class_labels` / `guidance_scale` as
-        # keywords after `return_trajectory` and to change only the UNet call `model(x, t)` in step 2 (the
-        # guided ε); the masking, the jumps and the checks stay as they are.
         x0, fill = self._prepare_inputs(image, mask_image)
         batch_size = x0.shape[0]
         step_kwargs, _ = self._check_call(batch_size, generator, eta, stochastic, output_type)
+        guidance = prepare_guidance(self.unet, class_labels, guidance_scale, batch_size)  # None: unconditional
         levels = repaint_schedule(num_inference_steps, jump_length, jump_n_sample)
         if not isinstance(self.scheduler, ScheduleMixin):
             raise ValueError(
@@ -368,6 +371,8 @@ class DDPMExtInpaintPipeline(DDPMExtPipeline):
         S = len(grid)
         ab = scheduler._alphas_cumprod64  # float64 ᾱ of the full chain, the scheduler's own
         model = self._unet_call(device)
+        if guidance is not None:  # the guided ε̂ in step 2; masking and jumps are unchanged
+            model = guidance.wrap(model)
         if self._fast_path is not None and self._fast_path["channels_last"]:
             x = x.contiguous(memory_format=torch.channels_last)
 

@@ -369,3 +369,32 @@ def test_inpainting_study_end_to_end_with_a_stand_in_judge(tmp_path, monkeypatch
     rows = study.main(["--pipeline", str(tmp_path / "tiny"), "--num_images", "4", "--masks", "top_half",
                        "--steps", "6", "--jump_n_samples", "1"], classifier=Judge())
     assert "does not divide T = 20" in rows[-1].note
+
+
+@pytest.mark.parametrize("guidance_scale", [1.0, 2.5])
+def test_class_conditional_inpainting_with_guidance(guidance_scale):
+    """Labels and guidance reach the UNet as in DDPMExtPipeline: an all-fill mask without resampling is the
+    pipeline's guided sampling, and the kept pixels of a half mask stay the input's."""
+    torch.manual_seed(0)
+    unet = build_unet("tiny", sample_size=S, num_class_embeds=3).eval()  # 2 classes + the null class
+    pipe = DDPMExtInpaintPipeline(unet=unet, scheduler=DDPMExtScheduler(num_train_timesteps=20))
+    pipe.set_progress_bar_config(disable=True)
+    plain = DDPMExtPipeline(unet=unet, scheduler=pipe.scheduler)
+    plain.set_progress_bar_config(disable=True)
+    labels = [0, 1, 1]
+    expected = plain(batch_size=3, class_labels=labels, guidance_scale=guidance_scale, generator=gens(3, 5),
+                     num_inference_steps=5, output_type="pt").images
+    with pytest.warns(UserWarning, match="fills every pixel"):
+        got = pipe(digits(3), torch.ones(S, S), num_inference_steps=5, jump_length=2, jump_n_sample=1,
+                   class_labels=labels, guidance_scale=guidance_scale, generator=gens(3, 5), output_type="pt").images
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-6)
+    x = digits(3)
+    half = pipe(x, left_half_fill(), num_inference_steps=5, jump_length=2, jump_n_sample=2, class_labels=labels,
+                guidance_scale=guidance_scale, generator=gens(3), output_type="pt").images
+    keep = ~left_half_fill().bool().expand(3, -1, -1, -1)
+    assert torch.equal(half[keep], (x / 2 + 0.5)[keep])
+
+
+def test_inpainting_label_errors_come_before_sampling():
+    with pytest.raises(ValueError, match="class"):
+        inpaint_pipe()(digits(1), left_half_fill(), num_inference_steps=4, class_labels=[0])  # unconditional UNet

@@ -395,6 +395,14 @@ def load_evaluation(config: EvaluationConfig) -> EvaluationRun:
 
     # the pipeline and the checks that need it
     pipe = DDPMExtPipeline.from_pretrained(config.pipeline, revision=config.revision)
+    from ..pipelines.guidance import is_class_conditional
+
+    if is_class_conditional(pipe.unet):  # before any data or feature work
+        raise ValueError(
+            f"{config.pipeline!r} is a class-conditional pipeline; `ddpm-ext evaluate` scores unconditional ones only "
+            "(its samples and bits/dim take no class labels yet). Measure class accuracy and FID/KID per guidance "
+            "scale with `python benchmarks/guidance_study.py --pipeline ...`."
+        )
     unet, base_scheduler = pipe.unet, pipe.scheduler
     T = int(base_scheduler.config.num_train_timesteps)
     size = square_sample_size(unet, "Evaluation's images")

@@ -14,7 +14,7 @@ from PIL import Image
 
 from ddpm_ext import DDPMExtPipeline, DDPMExtScheduler, build_unet
 from ddpm_ext.commands.evaluate import build_parser, main
-from ddpm_ext.evaluation.evaluate import SamplerSpec, evaluate, parse_sampler
+from ddpm_ext.evaluation.evaluate import EvaluationConfig, SamplerSpec, evaluate, parse_sampler
 from ddpm_ext.seeding import image_generators
 from ddpm_ext.images import make_grid
 
@@ -257,3 +257,11 @@ def test_docstring_examples():
 
     result = doctest.testmod(evaluate_mod, optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
     assert result.failed == 0 and result.attempted > 0
+
+
+def test_a_class_conditional_pipeline_is_refused_before_any_work(tmp_path):
+    from ddpm_ext import DDPMExtPipeline, DDPMExtScheduler, build_unet
+
+    DDPMExtPipeline(unet=build_unet("tiny", num_class_embeds=3), scheduler=DDPMExtScheduler(num_train_timesteps=10)).save_pretrained(tmp_path / "cond")
+    with pytest.raises(ValueError, match="class-conditional pipeline; `ddpm-ext evaluate` scores unconditional ones only"):
+        evaluate(EvaluationConfig(pipeline=str(tmp_path / "cond"), num_bpd_images=1, num_samples=0))

@@ -47,8 +47,13 @@ def run(args: argparse.Namespace) -> tuple[list[Row], list[str]]:
     for p in (ours, theirs):
         p.set_progress_bar_config(disable=True)
 
+    # ours with diffusers' spacing ("leading"; ddpm_ext's default is "trailing"), so the images must agree
+    same = {"timestep_spacing": "leading"}
+
     def sample(pipe):
-        return lambda: pipe(batch_size=batch, num_inference_steps=steps, generator=generator(device, 0), output_type="np").images
+        kwargs = same if pipe is ours else {}
+        return lambda: pipe(batch_size=batch, num_inference_steps=steps, generator=generator(device, 0), output_type="np",
+                            **kwargs).images
 
     variants = [("default path", None, "fp32"), ("fast path: channels_last", {"channels_last": True}, "fp32")]
     if args.bf16:

@@ -21,7 +21,7 @@ from diffusers.utils.torch_utils import randn_tensor
 
 from ..images import images_to_uint8
 from ..likelihood import BitsPerDimOutput, bits_per_dim
-from ..schedulers.scheduling_common import ScheduleMixin
+from ..schedulers.scheduling_common import SAMPLING_TIMESTEP_SPACING, TIMESTEP_SPACINGS, ScheduleMixin
 from ..validation import check_choice, check_int, check_number
 from .checkpoint_io import (
     check_component_classes,
@@ -54,6 +54,89 @@ def draw_initial_noise(
     if device.type == "mps":
         return randn_tensor(shape, generator=generator, dtype=dtype).to(device)
     return randn_tensor(shape, generator=generator, device=device, dtype=dtype)
+
+
+def resolve_timestep_spacing(
+    scheduler: SchedulerMixin, timestep_spacing: str | None = None, *, custom_timesteps: bool = False
+) -> str | None:
+    """The timestep spacing a [`DDPMExtPipeline`] call samples with, after checking the call's `timestep_spacing`.
+
+    `None` (the pipeline's default) means the scheduler config's own spacing, except that diffusers' default
+    `"leading"` becomes `"trailing"` ([`SAMPLING_TIMESTEP_SPACING`]: few-step chains start at t = T - 1, not at
+    (S - 1)·T/S). An explicit value is used as it is (`"leading"` with a leading config: diffusers' behaviour).
+
+    Args:
+        scheduler (`SchedulerMixin`): the sampler; it needs `timestep_spacing` in its config for a spacing to apply.
+        timestep_spacing (`str`, *optional*): `"leading"`, `"trailing"`, `"linspace"`, or `None`.
+        custom_timesteps (`bool`, defaults to `False`): the call passes its own `timesteps` (no spacing applies).
+
+    Returns:
+        `str` or `None`: the spacing, or `None` where none applies (custom timesteps, or a scheduler without the
+        option).
+
+    Raises:
+        `ValueError`: for a value outside the three, or an explicit value with custom `timesteps` or with a
+            scheduler whose config has no `timestep_spacing`.
+
+    Example:
+
+    ```py
+    >>> from ddpm_ext import DDPMExtScheduler
+    >>> from ddpm_ext.pipelines.pipeline_ddpm_ext import resolve_timestep_spacing
+    >>> resolve_timestep_spacing(DDPMExtScheduler()), resolve_timestep_spacing(DDPMExtScheduler(), "leading")
+    ('trailing', 'leading')
+
+    ```
+    """
+    if timestep_spacing is not None:
+        check_choice("timestep_spacing", timestep_spacing, TIMESTEP_SPACINGS)
+        if custom_timesteps:
+            raise ValueError(
+                f"`timestep_spacing`={timestep_spacing!r} does not apply with custom `timesteps`; pass one or the other."
+            )
+    configured = scheduler.config.get("timestep_spacing")
+    if custom_timesteps:
+        return None
+    if configured is None:
+        if timestep_spacing is not None:
+            raise ValueError(
+                f"`timestep_spacing`={timestep_spacing!r} needs a scheduler with a `timestep_spacing` option; "
+                f"{type(scheduler).__name__} has none (allowed for it: None)."
+            )
+        return None
+    if timestep_spacing is None:
+        return SAMPLING_TIMESTEP_SPACING if configured == "leading" else configured
+    return timestep_spacing
+
+
+def set_sampling_timesteps(
+    scheduler: SchedulerMixin,
+    num_inference_steps: int | None = None,
+    *,
+    timesteps: list[int] | None = None,
+    timestep_spacing: str | None = None,
+    device: torch.device | str | None = None,
+) -> None:
+    """`scheduler.set_timesteps` with `timestep_spacing` (as [`resolve_timestep_spacing`] gives it) in place of the
+    config's for this one call: the config is restored right after, so the user's scheduler keeps its own config
+    (and saves it unchanged); only `timesteps`, which every `set_timesteps` call sets, reflect the spacing.
+
+    Every scheduler's `step` then walks `scheduler.timesteps` (ddpm_ext's land on the next kept timestep for every
+    spacing; diffusers' `DDPMScheduler` / `DDIMScheduler` step to t − T // S, the next kept timestep only when S
+    divides T).
+    """
+    if timesteps is not None:
+        scheduler.set_timesteps(timesteps=timesteps, device=device)
+        return
+    saved = scheduler._internal_dict
+    if timestep_spacing is None or timestep_spacing == saved.get("timestep_spacing"):
+        scheduler.set_timesteps(num_inference_steps, device=device)
+        return
+    scheduler.register_to_config(timestep_spacing=timestep_spacing)
+    try:
+        scheduler.set_timesteps(num_inference_steps, device=device)
+    finally:
+        scheduler._internal_dict = saved  # the very same config object as before the call
 
 
 @dataclass
@@ -245,6 +328,7 @@ class DDPMExtPipeline(DiffusionPipeline):
         class_labels: Sequence[int | str] | torch.Tensor | int | str | None = None,
         guidance_scale: float = 1.0,
         use_clipped_model_output: bool | None = None,
+        timestep_spacing: str | None = None,
     ) -> DDPMExtPipelineOutput | tuple:
         """Sample images: x_T ~ N(0, I), then one scheduler step per timestep down to x_0.
 
@@ -279,11 +363,18 @@ class DDPMExtPipeline(DiffusionPipeline):
             guidance_scale (`float`, defaults to 1.0): classifier-free guidance w >= 0: ε̂ = ε(x, ∅) + w (ε(x, y) −
                 ε(x, ∅)); 1 samples p(x | y), 0 samples p(x) (the null class), > 1 trades diversity for fidelity to
                 the class. Both branches go through one batched UNet call per step.
-            use_clipped_model_output (`bool`, *optional*): DDIM only (as diffusers' `DDIMPipeline`): recompute ε̂ from
-                the clipped x̂_0, ε̂ = (x_t − √ᾱ_t x̂_0) / √(1 − ᾱ_t), so that the DDIM update does not mix a clipped
-                x̂_0 with an unclipped ε̂ (improved-diffusion's and GLIDE's `ddim_sample` do this). `None` keeps the
-                scheduler's default (`False`, diffusers' behaviour). With guidance w > 1 the extrapolated ε̂ often
-                leaves [-1, 1] in x̂_0 and `True` matters (README, "Class-conditional sampling").
+            use_clipped_model_output (`bool`, *optional*): for schedulers whose `step` takes it (DDIM: ours and
+                diffusers'), as in diffusers' `DDIMPipeline`: `True` uses the ε̂ consistent with the x̂_0 actually used
+                (clipped or thresholded), ε̂ = (x_t − √ᾱ_t x̂_0) / √(1 − ᾱ_t), so that the DDIM update does not mix a
+                clipped x̂_0 with the model's unclipped ε̂ (improved-diffusion's and GLIDE's `ddim_sample`).
+                `None` (default) means `True` for such schedulers (with ours the samples change only where x̂_0 was
+                clipped); `False` is diffusers' `DDIMPipeline` default, bit for bit.
+            timestep_spacing (`str`, *optional*): `"leading"`, `"trailing"` or `"linspace"` for this call, in place
+                of the scheduler config's (which is left as it is), for every scheduler with that option. `None`
+                (default): the config's spacing, except that diffusers' default `"leading"` becomes `"trailing"`,
+                so a chain of S < T steps starts at t = T − 1 instead of (S − 1)·T/S (t = 900 of 1000 for 10 steps);
+                see [`resolve_timestep_spacing`]. `"leading"` with a leading config is diffusers' `DDPMPipeline`
+                behaviour, bit for bit. At S = T every spacing gives the same chain.
 
         Returns:
             [`DDPMExtPipelineOutput`] or `(images,)`.
@@ -292,16 +383,14 @@ class DDPMExtPipeline(DiffusionPipeline):
             batch_size, generator, eta, stochastic, output_type, latents, timesteps,
             callback_on_step_end, callback_on_step_end_tensor_inputs, use_clipped_model_output,
         )  # fmt: skip
+        spacing = resolve_timestep_spacing(self.scheduler, timestep_spacing, custom_timesteps=timesteps is not None)
         guidance = prepare_guidance(self.unet, class_labels, guidance_scale, batch_size)
         unet, scheduler = self.unet, self.scheduler
         device = self._execution_device
         self._interrupt = False
 
-        # 1. The timesteps (the scheduler checks its own options: the count, the custom list)
-        if timesteps is not None:
-            scheduler.set_timesteps(timesteps=timesteps, device=device)
-        else:
-            scheduler.set_timesteps(num_inference_steps, device=device)
+        # 1. The timesteps, with this call's spacing (the scheduler checks its own options: the count, the list)
+        set_sampling_timesteps(scheduler, num_inference_steps, timesteps=timesteps, timestep_spacing=spacing, device=device)
         self._num_timesteps = len(scheduler.timesteps)
         # ddpm_ext's schedulers take the host-side int (no device sync per step); others their own timestep tensors
         host_steps = scheduler.timesteps.tolist()
@@ -498,9 +587,11 @@ class DDPMExtPipeline(DiffusionPipeline):
             "eta": (float(eta), 0.0, "a DDIM scheduler (`pipe.scheduler = DDIMExtScheduler.from_config(pipe.scheduler.config)`)"),
             "stochastic": (stochastic, True, "a ddpm_ext scheduler (the others always add their noise)"),
         }
-        if use_clipped_model_output is not None:  # None: not passed, the step's own default (diffusers' DDIMPipeline)
-            if not isinstance(use_clipped_model_output, bool):
-                raise ValueError(f"`use_clipped_model_output` must be True, False or None, got {use_clipped_model_output!r}.")
+        if use_clipped_model_output is None:  # the consistent ε̂ wherever the step offers it
+            wanted["use_clipped_model_output"] = (True, None, None)
+        elif not isinstance(use_clipped_model_output, bool):
+            raise ValueError(f"`use_clipped_model_output` must be True, False or None, got {use_clipped_model_output!r}.")
+        else:
             wanted["use_clipped_model_output"] = (use_clipped_model_output, False, "a DDIM scheduler")
         params = inspect.signature(self.scheduler.step).parameters  # by name, as diffusers' prepare_extra_step_kwargs
         kwargs: dict[str, Any] = {}

@@ -38,7 +38,14 @@ from ..images import convert_image, normalize, to_unit
 from ..schedulers.scheduling_common import ScheduleMixin, draw_noise
 from ..validation import check_int
 from .guidance import prepare_guidance
-from .pipeline_ddpm_ext import DDPMExtPipeline, DDPMExtPipelineOutput, OutputType, draw_initial_noise
+from .pipeline_ddpm_ext import (
+    DDPMExtPipeline,
+    DDPMExtPipelineOutput,
+    OutputType,
+    draw_initial_noise,
+    resolve_timestep_spacing,
+    set_sampling_timesteps,
+)
 
 __all__ = [
     "DDPMExtInpaintPipeline",
@@ -306,6 +313,8 @@ class DDPMExtInpaintPipeline(DDPMExtPipeline):
         return_trajectory: bool = False,
         class_labels: Sequence[int | str] | torch.Tensor | int | str | None = None,
         guidance_scale: float = 1.0,
+        use_clipped_model_output: bool | None = None,
+        timestep_spacing: str | None = None,
     ) -> DDPMExtInpaintPipelineOutput | tuple:
         """Fill the masked pixels of `image` with samples of the model that agree with the kept pixels.
 
@@ -335,6 +344,9 @@ class DDPMExtInpaintPipeline(DDPMExtPipeline):
             return_trajectory (`bool`, defaults to `False`): also return x at every level and every x̂_0 (CPU).
             class_labels, guidance_scale: for a class-conditional UNet, the class of each completion and the
                 classifier-free guidance w, exactly as in [`DDPMExtPipeline`] (one batched UNet call per step).
+            use_clipped_model_output, timestep_spacing: as in [`DDPMExtPipeline`] (defaults: the consistent DDIM ε̂,
+                and `"trailing"` for a config that says diffusers' `"leading"`); the resampling jumps follow the chain
+                the spacing gives.
 
         Returns:
             [`DDPMExtInpaintPipelineOutput`] or `(images,)`. The kept pixels of the output are the input's: the
@@ -348,7 +360,10 @@ class DDPMExtInpaintPipeline(DDPMExtPipeline):
         """
         x0, fill = self._prepare_inputs(image, mask_image)
         batch_size = x0.shape[0]
-        step_kwargs, _ = self._check_call(batch_size, generator, eta, stochastic, output_type)
+        step_kwargs, _ = self._check_call(
+            batch_size, generator, eta, stochastic, output_type, use_clipped_model_output=use_clipped_model_output
+        )
+        spacing = resolve_timestep_spacing(self.scheduler, timestep_spacing)
         guidance = prepare_guidance(self.unet, class_labels, guidance_scale, batch_size)  # None: unconditional
         levels = repaint_schedule(num_inference_steps, jump_length, jump_n_sample)
         if not isinstance(self.scheduler, ScheduleMixin):
@@ -366,7 +381,7 @@ class DDPMExtInpaintPipeline(DDPMExtPipeline):
         # 1. x_T ~ N(0, I), drawn as DDPMExtPipeline (and diffusers' DDPMPipeline) draw it
         scheduler = self.scheduler
         x = draw_initial_noise(tuple(x0.shape), generator, device, dtype)
-        scheduler.set_timesteps(num_inference_steps)
+        set_sampling_timesteps(scheduler, num_inference_steps, timestep_spacing=spacing)
         grid = scheduler.timesteps.tolist()  # descending; level ℓ is grid[S - 1 - ℓ]
         S = len(grid)
         ab = scheduler._alphas_cumprod64  # float64 ᾱ of the full chain, the scheduler's own

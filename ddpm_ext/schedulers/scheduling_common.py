@@ -40,6 +40,12 @@ BETA_SCHEDULES: tuple[str, ...] = get_args(BetaSchedule)
 VARIANCE_TYPES: tuple[str, ...] = get_args(VarianceType)
 PREDICTION_TYPES: tuple[str, ...] = get_args(PredictionType)
 TIMESTEP_SPACINGS: tuple[str, ...] = get_args(TimestepSpacing)
+# The spacing ddpm_ext samples with: new models save it in their scheduler config, and `DDPMExtPipeline` uses it
+# for a loaded config that says diffusers' default "leading" (unless the call names a spacing). "leading" with
+# S < T steps starts the chain at t = (S - 1)·T/S, e.g. 900 of 1000 for 10 steps, feeding x_T ~ N(0, I) in as
+# x_900; "trailing" starts at T - 1 (Lin et al. 2023, "Common diffusion noise schedules and sample steps are
+# flawed", table 2). The schedulers' own default stays diffusers' "leading" (drop-in equality with diffusers).
+SAMPLING_TIMESTEP_SPACING: TimestepSpacing = "trailing"
 
 # The lecture's schedule names -> the names diffusers stores in its configs. We store the diffusers
 # name so a config moves to diffusers' DDPMScheduler / DDIMScheduler with `from_config` unchanged.

@@ -47,6 +47,7 @@ class _Step(NamedTuple):
     alpha_bar: float  # ᾱ_t
     sqrt_alpha_bar: float  # √ᾱ_t
     sqrt_one_minus_alpha_bar: float  # √(1 - ᾱ_t)
+    eps_per_x0: float  # √ᾱ_t / √(1 - ᾱ_t): how much ε̂ moves per unit that clipping moves x̂_0
     sqrt_alpha_bar_prev: float  # √ᾱ_prev
     direction: float  # √(1 - ᾱ_prev - σ_t²), the weight of ε̂ ("direction pointing to x_t")
     sigma: float  # σ_t(η)
@@ -135,6 +136,7 @@ class DDIMExtScheduler(ScheduleMixin, ConfigMixin):
             alpha_bar=ab_t,
             sqrt_alpha_bar=ab_t**0.5,
             sqrt_one_minus_alpha_bar=(1.0 - ab_t) ** 0.5,
+            eps_per_x0=(ab_t / (1.0 - ab_t)) ** 0.5,
             sqrt_alpha_bar_prev=math.sqrt(ab_prev),
             direction=math.sqrt(max(1 - ab_prev - sigma**2, 0.0)),
             sigma=sigma,
@@ -175,7 +177,11 @@ class DDIMExtScheduler(ScheduleMixin, ConfigMixin):
             timestep (`int` or `torch.Tensor`): t, one of `self.timesteps`.
             sample (`torch.Tensor`): x_t, (B, C, H, W).
             eta (`float`, defaults to 0.0): η in [0, 1]; 0 is deterministic DDIM, 1 is DDPM with σ² = β̃.
-            use_clipped_model_output (`bool`, defaults to `False`): recompute ε̂ from the clipped x̂_0.
+            use_clipped_model_output (`bool`, defaults to `False`, diffusers' default): use the ε̂ consistent with
+                the x̂_0 actually used (clipped to ±`clip_sample_range` or dynamically thresholded),
+                ε̂ = (x_t − √ᾱ_t x̂_0) / √(1 − ᾱ_t), as improved-diffusion's `ddim_sample` does. Computed as
+                ε̂ + √ᾱ_t/√(1 − ᾱ_t) (x̂_0^raw − x̂_0), which is the same formula and leaves ε̂ bit for bit unchanged
+                where clipping did not move x̂_0. [`DDPMExtPipeline`] passes `True` by default.
             generator (`torch.Generator` or a list of them, *optional*): for the noise z when η > 0.
             variance_noise (`torch.Tensor`, *optional*): z itself; excludes `generator`.
             return_dict (`bool`, defaults to `True`): return a [`DDIMExtSchedulerOutput`] or a tuple.
@@ -199,10 +205,12 @@ class DDIMExtScheduler(ScheduleMixin, ConfigMixin):
             raise ValueError(f"`model_output` has {model_output.shape[1]} channels but `sample` has {channels}.")
 
         # 1. x̂_0 and ε̂ from the model output ("predicted x_0" of eq. 12), then clip or threshold x̂_0
-        x0, eps = self._pred_x0_eps(model_output, sample, s.alpha_bar, roots=(c.sqrt_alpha_bar, c.sqrt_one_minus_alpha_bar))
-        x0 = self._clip_x0(x0)
-        if use_clipped_model_output:
-            eps = (sample - c.sqrt_alpha_bar * x0) / c.sqrt_one_minus_alpha_bar
+        raw_x0, eps = self._pred_x0_eps(model_output, sample, s.alpha_bar, roots=(c.sqrt_alpha_bar, c.sqrt_one_minus_alpha_bar))
+        x0 = self._clip_x0(raw_x0)
+        if use_clipped_model_output and x0 is not raw_x0:
+            # ε̂ = (x_t - √ᾱ_t x̂_0)/√(1 - ᾱ_t) for the x̂_0 actually used; since x_t = √ᾱ_t x̂_0^raw + √(1 - ᾱ_t) ε̂
+            # for every prediction type, that is ε̂ + √ᾱ_t/√(1 - ᾱ_t) (x̂_0^raw - x̂_0): exact where nothing moved
+            eps = eps + c.eps_per_x0 * (raw_x0 - x0)
 
         # 2. x_prev = √ᾱ_prev x̂_0 + √(1 - ᾱ_prev - σ_t²) ε̂ (eq. 12)
         prev_sample = c.sqrt_alpha_bar_prev * x0 + c.direction * eps

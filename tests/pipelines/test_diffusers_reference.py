@@ -75,8 +75,8 @@ class TestDDPMPipelineFast:
         ours = DDPMExtPipeline(unet=ddpm_dummy_uncond_unet(), scheduler=DDPMExtScheduler())
         plain = PlainDDPMPipeline(unet=ddpm_dummy_uncond_unet(), scheduler=DDPMScheduler())
         images = [
-            p(generator=torch.Generator().manual_seed(0), num_inference_steps=2, output_type="numpy").images
-            for p in (ours, plain)
+            p(generator=torch.Generator().manual_seed(0), num_inference_steps=2, output_type="numpy", **kw).images
+            for p, kw in ((ours, {"timestep_spacing": "leading"}), (plain, {}))  # ours with diffusers' spacing
         ]
         assert images[0].shape == (1, 32, 32, 3)
         assert np.abs(images[0] - images[1]).max() < 1e-5
@@ -122,8 +122,9 @@ def ddim_components() -> dict:
 
 
 def ddim_inputs(device="cpu", seed=0) -> dict:
+    # diffusers' DDIMPipeline behaviour, asked for explicitly (ddpm_ext's defaults: "trailing", the consistent ε̂)
     return {"batch_size": 1, "generator": torch.Generator(device=device).manual_seed(seed), "num_inference_steps": 2,
-            "output_type": "np"}  # fmt: skip
+            "output_type": "np", "timestep_spacing": "leading", "use_clipped_model_output": False}  # fmt: skip
 
 
 def ddim_pipe() -> DDPMExtPipeline:

@@ -81,9 +81,10 @@ def test_pipeline_equals_a_hand_written_guided_loop(scheduler_cls, learned):
     got = pipe(batch_size=2, num_inference_steps=steps, class_labels=["left", 0], guidance_scale=w,
                generator=torch.manual_seed(0), output_type="pt").images
     assert forwards == [[2, 0, 3, 3]] * steps  # one batched call per step: [y, ∅]
-    # by hand
-    sched = scheduler_cls.from_config(pipe.scheduler.config)
+    # by hand, with the pipeline's defaults: trailing spacing, and DDIM's ε̂ consistent with the clipped x̂_0
+    sched = scheduler_cls.from_config(pipe.scheduler.config, timestep_spacing="trailing")
     sched.set_timesteps(steps)
+    consistent = {"use_clipped_model_output": True} if scheduler_cls is DDIMExtScheduler else {}
     x = torch.randn((2, 1, 8, 8), generator=torch.manual_seed(0))
     gen = torch.manual_seed(0)
     torch.randn((2, 1, 8, 8), generator=gen)  # the pipeline drew x_T from this generator first
@@ -93,7 +94,7 @@ def test_pipeline_equals_a_hand_written_guided_loop(scheduler_cls, learned):
             uncond = pipe.unet(x, t, class_labels=torch.tensor([3, 3])).sample
             eps = uncond[:, :1] + w * (cond[:, :1] - uncond[:, :1])
             out = torch.cat([eps, cond[:, 1:]], 1) if learned else eps
-            x = sched.step(out, int(t), x, generator=gen).prev_sample
+            x = sched.step(out, int(t), x, generator=gen, **consistent).prev_sample
     torch.testing.assert_close(got, (x / 2 + 0.5).clamp(0, 1), rtol=0, atol=1e-5)
 
 

@@ -267,11 +267,12 @@ def test_add_noise_refuses_timesteps_out_of_range(t):
 
 
 def test_use_clipped_model_output_is_the_consistent_ddim_step():
-    """`use_clipped_model_output=True` reaches every DDIM step (ε̂ recomputed from the clipped x̂_0, diffusers'
-    DDIMPipeline argument); `None` keeps the scheduler's default; a DDPM scheduler refuses `True`."""
+    """The consistent ε̂ (recomputed from the clipped x̂_0, diffusers' DDIMPipeline argument) reaches every DDIM
+    step; it is the pipeline's default (`None`); `False` is diffusers' step; a DDPM scheduler refuses `True`."""
     pipe = tiny_pipe(DDIMExtScheduler(num_train_timesteps=50))
     x_T = torch.randn(2, 1, 8, 8, generator=torch.Generator().manual_seed(1)) * 3  # large: x̂_0 gets clipped
-    out = pipe(batch_size=2, num_inference_steps=5, latents=x_T.clone(), use_clipped_model_output=True, output_type="latent").images
+    call = {"batch_size": 2, "num_inference_steps": 5, "timestep_spacing": "leading", "output_type": "latent"}
+    out = pipe(latents=x_T.clone(), use_clipped_model_output=True, **call).images
     scheduler = DDIMExtScheduler(num_train_timesteps=50)
     scheduler.set_timesteps(5)
     x = x_T.clone()
@@ -279,8 +280,10 @@ def test_use_clipped_model_output_is_the_consistent_ddim_step():
         for t in scheduler.timesteps:
             x = scheduler.step(pipe.unet(x, t).sample, int(t), x, use_clipped_model_output=True).prev_sample
     torch.testing.assert_close(out, x, rtol=0, atol=1e-6)
-    default = pipe(batch_size=2, num_inference_steps=5, latents=x_T.clone(), output_type="latent").images
-    assert not torch.allclose(default, out)  # the clipping happened, so the two DDIM updates differ
+    default = pipe(latents=x_T.clone(), **call).images
+    torch.testing.assert_close(default, out, rtol=0, atol=0)
+    raw = pipe(latents=x_T.clone(), use_clipped_model_output=False, **call).images
+    assert not torch.allclose(raw, out)  # the clipping happened, so the two DDIM updates differ
     with pytest.raises(ValueError, match="`use_clipped_model_output`=True needs a DDIM scheduler"):
         tiny_pipe()(batch_size=1, num_inference_steps=2, use_clipped_model_output=True)
     with pytest.raises(ValueError, match="`use_clipped_model_output` must be True, False or None, got 1"):

@@ -68,6 +68,7 @@ from ..schedulers.scheduling_common import (
     BETA_SCHEDULES,
     PREDICTION_TYPES,
     VARIANCE_TYPES,
+    SAMPLING_TIMESTEP_SPACING,
 )
 from ..schedulers.scheduling_ddpm_ext import DDPMExtScheduler
 from ..validation import check_number
@@ -344,6 +345,7 @@ def build_model_and_scheduler(args: argparse.Namespace) -> tuple[torch.nn.Module
         beta_schedule=args.ddpm_beta_schedule,
         variance_type=args.variance_type,
         prediction_type=args.prediction_type,
+        timestep_spacing=SAMPLING_TIMESTEP_SPACING,  # saved: few-step chains start at T - 1 in diffusers too
     )
     overrides = {} if args.resolution is None else {"sample_size": args.resolution}
     torch.manual_seed(args.seed)  # the initial weights

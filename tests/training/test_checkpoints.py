@@ -305,6 +305,16 @@ def test_resolution_sets_the_unet_sample_size(tmp_path):
     assert unet.config.sample_size == 16  # today: 8, the preset's, while training on 16x16 crops
 
 
+def test_new_model_scheduler_samples_with_trailing_spacing(tmp_path):
+    """A new model saves "trailing" (few-step chains start at T - 1, also in vanilla diffusers); the scheduler
+    class keeps diffusers' "leading" default."""
+    args = train_ddpm.parse_args(["--model_config", "tiny", "--output_dir", str(tmp_path / "o")])
+    _, scheduler = train_ddpm.build_model_and_scheduler(args)
+    assert scheduler.config.timestep_spacing == "trailing" and train_ddpm.DDPMExtScheduler().config.timestep_spacing == "leading"
+    scheduler.set_timesteps(10)
+    assert scheduler.timesteps[0] == 999
+
+
 def test_hub_token_on_the_command_line_warns(tmp_path):
     with pytest.warns(UserWarning, match="prefer HF_TOKEN"):
         args = train_ddpm.parse_args(["--hub_token", "hf_secret", "--output_dir", str(tmp_path / "o")])

@@ -15,6 +15,7 @@ from .schedulers import (
     DDPMExtScheduler,
     DDPMExtSchedulerOutput,
     PredictionType,
+    fast_sampler,
     TimestepSpacing,
     VarianceType,
     make_betas,
@@ -50,4 +51,5 @@ __all__ = [
     "DDPMExtScheduler",
     "DDPMExtSchedulerOutput",
     "posterior_coefficients",
+    "fast_sampler",
 ]

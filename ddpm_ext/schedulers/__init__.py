@@ -1,4 +1,5 @@
-"""Schedulers: the shared schedule base (β_t, ᾱ_t, respacing, x̂_0) and the DDPM and DDIM samplers built on it."""
+"""Schedulers: the shared schedule base (β_t, ᾱ_t, respacing, x̂_0), the DDPM and DDIM samplers built on it, and
+diffusers' x̂_0 solvers set up for DDPM-trained models (`fast_sampler`)."""
 
 from .scheduling_common import (
     BETA_SCHEDULES,
@@ -14,6 +15,7 @@ from .scheduling_common import (
     VarianceType,
     make_betas,
 )
+from .fast_samplers import FAST_SAMPLERS, fast_sampler, x0_clipping_config
 from .scheduling_ddim_ext import DDIMExtScheduler, DDIMExtSchedulerOutput
 from .scheduling_ddpm_ext import (
     DDPMExtScheduler,
@@ -34,6 +36,9 @@ __all__ = [
     "TimestepSpacing",
     "VarianceType",
     "make_betas",
+    "FAST_SAMPLERS",
+    "fast_sampler",
+    "x0_clipping_config",
     "DDIMExtScheduler",
     "DDIMExtSchedulerOutput",
     "DDPMExtScheduler",

@@ -80,6 +80,9 @@ def fast_sampler(
             turns thresholding off; `True` clips to [-1, 1] whatever the config says.
         kwargs: further options of the solver's `__init__` (e.g. `use_karras_sigmas=True`); they win.
 
+    Every key of `config` that the solver knows is taken from it (β schedule, `prediction_type`, `timestep_spacing`,
+    ...), also for an in-memory config whose keys were defaults there.
+
     Returns:
         The scheduler, for `pipe.scheduler = ...`; [`DDPMExtPipeline`] samples with it as with any compatible one.
 
@@ -119,4 +122,7 @@ def fast_sampler(
         raise ValueError(f"`clip_x0` must be True, False or None, got {clip_x0!r}.")
     clipping = x0_clipping_config(config) if clip_x0 is None else x0_clipping_config(
         {"clip_sample": clip_x0, "dynamic_thresholding_ratio": config.get("dynamic_thresholding_ratio", 0.995)})
-    return cls.from_config(config, **{**options, **clipping, **kwargs})
+    # every key of the model's config carries over: diffusers' `from_config` would reset the keys an in-memory
+    # config lists in `_use_default_values` to the solver's own defaults (e.g. its "linspace" spacing)
+    model = {k: v for k, v in dict(config).items() if k != "_use_default_values"}
+    return cls.from_config(model, **{**options, **clipping, **kwargs})

@@ -118,7 +118,7 @@ def test_parse_sampler(spec, expected):
         ("ddim:ten", "STEPS must be an integer"),
         ("ddim:10:2", r"ETA must be a number in \[0, 1\], got 2"),
         ("ddim:0", "STEPS must be an integer >= 1, got 0"),
-        ("euler:10", r"unknown kind 'euler' \(allowed kinds: \['ddpm', 'ddpm-noz', 'ddim'\]\)"),
+        ("euler:10", r"unknown kind 'euler' \(allowed kinds: \['ddpm', 'ddpm-noz', 'ddim', 'dpmpp', 'unipc'\]\)"),
         ("ddpm-noz:10:fixed_large", "wrong number of fields for 'ddpm-noz'"),
         ("ddpm:10:other", r"VARIANCE must be one of \['fixed_small'"),
         ("ddpm", "wrong number of fields"),

@@ -40,6 +40,7 @@ def test_solver_options_and_schedule_come_through():
         torch.testing.assert_close(s.alphas_cumprod, ours.alphas_cumprod, rtol=1e-5, atol=1e-7)
     assert fast_sampler("dpmpp", ours.config, clip_x0=False).config.thresholding is False
     assert fast_sampler("dpmpp", ours.config, use_karras_sigmas=True).config.use_karras_sigmas
+    assert fast_sampler("unipc", DDPMExtScheduler().config).config.timestep_spacing == "leading"  # not UniPC's default
     deis = fast_sampler(diffusers.DEISMultistepScheduler, ours.config)
     assert type(deis) is diffusers.DEISMultistepScheduler and deis.config.thresholding
 

@@ -122,7 +122,10 @@ def fast_sampler(
         raise ValueError(f"`clip_x0` must be True, False or None, got {clip_x0!r}.")
     clipping = x0_clipping_config(config) if clip_x0 is None else x0_clipping_config(
         {"clip_sample": clip_x0, "dynamic_thresholding_ratio": config.get("dynamic_thresholding_ratio", 0.995)})
-    # every key of the model's config carries over: diffusers' `from_config` would reset the keys an in-memory
-    # config lists in `_use_default_values` to the solver's own defaults (e.g. its "linspace" spacing)
-    model = {k: v for k, v in dict(config).items() if k != "_use_default_values"}
+    # every key of the model's config that the solver knows carries over (diffusers' `from_config` would reset
+    # those an in-memory config lists in `_use_default_values` to the solver's defaults, e.g. its "linspace"
+    # spacing); keys it does not know (ddpm_ext's `cosine_s`, `max_beta`; β then travel as `trained_betas`) are
+    # left out instead of being warned about
+    known = inspect.signature(cls.__init__).parameters
+    model = {k: v for k, v in dict(config).items() if k in known}
     return cls.from_config(model, **{**options, **clipping, **kwargs})

@@ -494,7 +494,7 @@ def reverse_trajectory_figure(
     >>> fig = reverse_trajectory_figure(pipe, os.path.join(d, "rev.png"), gif_path=os.path.join(d, "rev.gif"),
     ...                                 num_inference_steps=10, num_images=2, num_columns=5)
     >>> fig.timesteps, tuple(fig.samples.shape)
-    ([18, 14, 10, 4, 0], (2, 5, 1, 8, 8))
+    ([19, 15, 11, 5, 1], (2, 5, 1, 8, 8))
 
     ```
     """
@@ -769,7 +769,7 @@ def inpainting_figure(
     >>> fig = inpainting_figure(pipe, torch.zeros(1, 8, 8), os.path.join(tempfile.mkdtemp(), "inpaint.png"),
     ...                         num_inference_steps=10, jump_length=3, jump_n_sample=2, num_columns=4)
     >>> fig.timesteps, tuple(fig.samples.shape), bool((fig.completions[~fig.fill_masks] == 0).all())
-    ([18, 12, 6, 0], (3, 4, 1, 8, 8), True)
+    ([19, 13, 7, 1], (3, 4, 1, 8, 8), True)
 
     ```
     """

@@ -109,13 +109,18 @@ def test_schedule_curves_equal_closed_forms(tmp_path):
 # --------------------------------------------------------------------------------------------------
 # Figures from a model
 # --------------------------------------------------------------------------------------------------
+# the figures sample with the pipeline's defaults: "trailing" for the tiny pipeline's "leading" config, and DDIM's
+# ε̂ consistent with the clipped x̂_0
+PIPELINE_SPACING = "trailing"
+
+
 def test_reverse_trajectory_is_the_sampling_loop(pipe, tmp_path):
     steps, seeds = 10, [image_seed(3, 0), image_seed(3, 1)]
     fig = reverse_trajectory_figure(
         pipe, tmp_path / "rev.png", gif_path=tmp_path / "rev.gif",
         num_inference_steps=steps, num_images=2, num_columns=4, seed=3,
     )
-    scheduler = DDPMExtScheduler.from_config(pipe.scheduler.config)
+    scheduler = DDPMExtScheduler.from_config(pipe.scheduler.config, timestep_spacing=PIPELINE_SPACING)
     scheduler.set_timesteps(steps)
     cols = [0, 3, 6, 9]  # evenly spread over the 10 steps, first and last included
     assert fig.timesteps == [int(scheduler.timesteps[i]) for i in cols]
@@ -148,7 +153,7 @@ def test_noise_comparison_without_z_is_the_mean_only_chain(pipe, tmp_path):
 
     # μ_θ written out from the closed-form cosine ᾱ: x̂_0 = (x_t - √(1-ᾱ_t) ε_θ)/√ᾱ_t clipped, then μ̃_t(x_t, x̂_0)
     ab = np.cumprod(1 - closed_form_betas("cosine", TINY_T))
-    scheduler = DDPMExtScheduler.from_config(pipe.scheduler.config)
+    scheduler = DDPMExtScheduler.from_config(pipe.scheduler.config, timestep_spacing=PIPELINE_SPACING)
     scheduler.set_timesteps(steps)
     grid = scheduler.timesteps.tolist()
     x = randn_tensor((3, 1, TINY_SIZE, TINY_SIZE), generator=manual_generators(seeds)).double()
@@ -174,13 +179,13 @@ def test_ddpm_vs_ddim_panels_equal_their_loops(pipe, tmp_path):
     fig = ddpm_vs_ddim_figure(pipe, tmp_path / "s.png", step_counts=(3, 6), num_images=2, seed=0)
     assert sorted(fig.samples) == [("ddim", 3), ("ddim", 6), ("ddpm", 3), ("ddpm", 6)]
 
-    ddim = DDIMExtScheduler.from_config(pipe.scheduler.config)
+    ddim = DDIMExtScheduler.from_config(pipe.scheduler.config, timestep_spacing=PIPELINE_SPACING)
     for steps in (3, 6):
         ddim.set_timesteps(steps)
         x = randn_tensor((2, 1, TINY_SIZE, TINY_SIZE), generator=manual_generators(seeds))
         with torch.no_grad():
             for t in ddim.timesteps:
-                x = ddim.step(pipe.unet(x, t).sample, t, x, eta=0.0).prev_sample
+                x = ddim.step(pipe.unet(x, t).sample, t, x, eta=0.0, use_clipped_model_output=True).prev_sample
         torch.testing.assert_close(fig.samples[("ddim", steps)], x.clamp(-1, 1), rtol=0, atol=1e-5)
         ddpm = pipe(batch_size=2, generator=manual_generators(seeds), num_inference_steps=steps, output_type="pt").images
         torch.testing.assert_close(fig.samples[("ddpm", steps)], ddpm * 2 - 1, rtol=0, atol=1e-6)

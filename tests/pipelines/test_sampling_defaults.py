@@ -116,3 +116,13 @@ def test_bad_spacing_is_refused_before_any_work():
         pipe(num_inference_steps=2, timestep_spacing="trailing")
     assert resolve_timestep_spacing(pipe.scheduler) is None
     pipe(num_inference_steps=2, output_type="latent")  # the default applies nothing there
+
+
+def test_resolve_timestep_spacing_docstring_example_runs():
+    import doctest
+
+    runner = doctest.DocTestRunner(optionflags=doctest.NORMALIZE_WHITESPACE)
+    for test in doctest.DocTestFinder().find(resolve_timestep_spacing, "resolve_timestep_spacing", globs={}):
+        runner.run(test)
+    failed, attempted = runner.summarize(verbose=False)
+    assert attempted == 3 and failed == 0

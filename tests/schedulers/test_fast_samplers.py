@@ -74,3 +74,12 @@ def test_bad_arguments_are_refused():
         fast_sampler(diffusers.EulerDiscreteScheduler, config)
     with pytest.raises(ValueError, match=r"`clip_x0` must be True, False or None, got 1"):
         fast_sampler("dpmpp", config, clip_x0=1)
+
+
+def test_docstring_examples_run():
+    import doctest
+
+    from ddpm_ext.schedulers import fast_samplers
+
+    result = doctest.testmod(fast_samplers, optionflags=doctest.NORMALIZE_WHITESPACE)
+    assert result.attempted > 0 and result.failed == 0

@@ -354,6 +354,15 @@ def test_a_class_conditional_pipeline_evaluates_end_to_end(digit_pipeline, tmp_p
     assert f"| ddpm:5 | 2 | 5 | – | yes | 12 |" in markdown
     assert "class label ∅ = 10, the null class" in markdown and "image i is asked for class i mod K" in markdown
     assert "--guidance_scales 0.0 2.0" in results["command"]
+    # and so does the model card's compact table
+    from ddpm_ext.evaluation.report import model_card_metrics
+
+    card = model_card_metrics(results, date="2026-01-02")
+    assert "| sampler | w | FID | KID ×10³ | precision | recall | class accuracy | classifier IS |" in card
+    r = rows[3]
+    assert (f"| ddpm:5 | 2 | {r['fid']:.2f} | {1e3 * r['kid_mean']:.2f} ± {1e3 * r['kid_std']:.2f} | "
+            f"{r['precision']:.3f} | {r['recall']:.3f} | {r['class_accuracy']:.3f} | {r['classifier_is']:.2f} |") in card
+    assert "under the null class ∅ (id 10)" in card and "| real images (16) | – | – | – | – | – | – |" in card
 
 
 def test_class_accuracy_of_hand_made_judgements():

@@ -72,7 +72,7 @@ import time
 import warnings
 from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -92,6 +92,7 @@ __all__ = [
     "SampledImages",
     "SamplerSpec",
     "balanced_class_labels",
+    "draw_samples",
     "evaluate",
     "judge_scores",
     "load_evaluation",
@@ -672,24 +673,43 @@ def sample_images(run: EvaluationRun, spec: SamplerSpec | str, guidance_scale: f
         "guidance_scale": guidance_scale, **({"use_clipped_model_output": True} if spec.kind == "ddim" else {})}
     pipe, base_scheduler = run.pipe, run.pipe.scheduler
     pipe.scheduler = run.schedulers[spec.spec]
-    batches = range(0, config.num_samples, config.batch_size)
-    if not config.no_progress:
-        from tqdm.auto import tqdm
-
-        w = "" if k is None else f" w={guidance_scale:g}"
-        batches = tqdm(batches, desc=f"samples {spec.spec}{w}", unit="batch")
-    chunks, t0 = [], time.perf_counter()
+    requested = None if k is None else torch.tensor(balanced_class_labels(config.num_samples, k), dtype=torch.long)
+    w = "" if k is None else f" w={guidance_scale:g}"
     try:
-        for start in batches:
-            count = min(config.batch_size, config.num_samples - start)
-            labels = {} if k is None else {"class_labels": balanced_class_labels(count, k, start)}
-            images = pipe(batch_size=count, generator=image_generators(config.seed, start, count),
-                          output_type="pt", **spec.call_kwargs(), **conditioning, **labels).images  # (B, C, H, W) in [0, 1]
-            chunks.append(to_uint8(images, (0, 1)).cpu())
+        images, seconds = draw_samples(
+            pipe, config.num_samples, seed=config.seed, batch_size=config.batch_size,
+            class_labels=None if requested is None else requested.tolist(),
+            progress=None if config.no_progress else f"samples {spec.spec}{w}", **spec.call_kwargs(), **conditioning,
+        )
     finally:
         pipe.scheduler = base_scheduler
-    requested = None if k is None else torch.tensor(balanced_class_labels(config.num_samples, k), dtype=torch.long)
-    return SampledImages(spec, torch.cat(chunks), time.perf_counter() - t0, guidance_scale, requested)
+    return SampledImages(spec, images, seconds, guidance_scale, requested)
+
+
+def draw_samples(
+    pipe: Any, num_images: int, *, seed: int, batch_size: int, class_labels: Sequence[int] | torch.Tensor | None = None,
+    progress: str | None = None, **call_kwargs: Any,
+) -> tuple[torch.Tensor, float]:
+    """`num_images` samples of `pipe` as uint8 `(N, C, H, W)` (as a PNG stores them) and the seconds spent in the
+    pipeline; image i from [`ddpm_ext.seeding.image_generators`]`(seed, i, 1)` (so it does not depend on
+    `batch_size`) and, when given, with `class_labels[i]`. `call_kwargs` go to every pipeline call
+    (`num_inference_steps`, `eta`, `guidance_scale`, ...); `progress` is the progress bar's title (None: no bar).
+    The sampling step of [`sample_images`] and of `benchmarks/guidance_study.py`."""
+    batches = range(0, num_images, batch_size)
+    if progress is not None:
+        from tqdm.auto import tqdm
+
+        batches = tqdm(batches, desc=progress, unit="batch")
+    chunks, seconds = [], 0.0
+    for start in batches:
+        count = min(batch_size, num_images - start)
+        labels = {} if class_labels is None else {"class_labels": class_labels[start : start + count]}
+        t0 = time.perf_counter()
+        images = pipe(batch_size=count, generator=image_generators(seed, start, count), output_type="pt",
+                      **call_kwargs, **labels).images  # (B, C, H, W) in [0, 1]
+        seconds += time.perf_counter() - t0
+        chunks.append(to_uint8(images, (0, 1)).cpu())
+    return torch.cat(chunks), seconds
 
 
 def reference_features(run: EvaluationRun):

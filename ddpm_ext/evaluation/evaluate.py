@@ -422,8 +422,9 @@ def load_evaluation(config: EvaluationConfig) -> EvaluationRun:
         `ValueError`: For a pipeline that cannot be loaded, an unknown data set or split, a channel mismatch
             between the data and the model, a sampler that does not fit the model (steps > T, a variance the UNet
             cannot give), too few images for KID's subset size or for bits/dim, a feature extractor that
-            cannot be built, `digit_judge="on"` for a model that is not 1-channel, or `update_model_card` for a
-            pipeline that is not a local folder with a README.md holding the metrics markers.
+            cannot be built, `digit_judge="on"` for a model that is not 1-channel, `guidance_scales` for an
+            unconditional pipeline (or a class embedding without ddpm_ext's null class), or `update_model_card`
+            for a pipeline that is not a local folder with a README.md holding the metrics markers.
     """
     from ..data import ImageTransform, find_image_column, infer_channels
     from ..pipelines.checkpoint_io import check_components, square_sample_size

@@ -351,7 +351,7 @@ def test_a_class_conditional_pipeline_evaluates_end_to_end(digit_pipeline, tmp_p
 
     # the table shows w and the class accuracy; the text says which labels were used
     assert "| sampler | w | steps |" in markdown and "| class accuracy |" in markdown
-    assert f"| ddpm:5 | 2 | 5 | – | yes | 12 |" in markdown
+    assert "| ddpm:5 | 2 | 5 | – | yes | 12 |" in markdown
     assert "class label ∅ = 10, the null class" in markdown and "image i is asked for class i mod K" in markdown
     assert "--guidance_scales 0.0 2.0" in results["command"]
     # and so does the model card's compact table

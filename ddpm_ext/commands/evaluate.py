@@ -82,6 +82,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     a("--digit_judge", choices=DIGIT_JUDGE_CHOICES,
       help="Score samples and real images with ddpm_ext's digit classifier (classifier IS, digits present, class "
            "entropy; images resized to 28x28): auto (default) = on for 1-channel (grayscale) models, on, off.")
+    a("--guidance_scales", nargs="+", type=float, metavar="W",
+      help="Class-conditional pipelines only: the classifier-free guidance scales w >= 0 to sample with (0 "
+           "unconditional, 1 conditional, > 1 guided); one results row per sampler and w. Image i is asked for class "
+           "i mod K, and the digit judge adds the class accuracy when the classes are the digits 0-9. Default: 1.")
     a("--update_model_card", action="store_true",
       help="Replace the metrics section (between the ddpm_ext:metrics markers) of the pipeline folder's README.md "
            "with these results, the command and the date.")

@@ -362,6 +362,10 @@ def test_class_labels_reach_a_conditional_unet(images):
     # per-image labels follow their image whatever the batch size (pairs are split across calls)
     odd = bits_per_dim(unet, scheduler(), images, generator=torch.manual_seed(2), batch_size=7, class_labels=per_image)
     torch.testing.assert_close(odd.terms, mixed.terms, rtol=1e-5, atol=1e-5)
+    # the pipeline's method passes them on
+    pipe = DDPMExtPipeline(unet=unet, scheduler=scheduler())
+    via_pipe = pipe.bits_per_dim(images, generator=torch.manual_seed(2), batch_size=n, class_labels=3)
+    assert torch.equal(via_pipe.total, null.total)
 
 
 @pytest.mark.parametrize(

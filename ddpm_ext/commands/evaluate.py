@@ -7,7 +7,7 @@ import sys
 from typing import Sequence
 
 from ..evaluation.evaluate import _SAMPLER_GRAMMAR, EvaluationConfig, SamplerSpec, evaluate, parse_sampler
-from .cli import int_at_least
+from .cli import add_cpu_threads_argument, int_at_least
 
 __all__ = ["add_arguments", "run", "main"]
 
@@ -90,6 +90,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
       help="Replace the metrics section (between the ddpm_ext:metrics markers) of the pipeline folder's README.md "
            "with these results, the command and the date.")
     a("--no_progress", action="store_true", help="Hide the progress bars.")
+    add_cpu_threads_argument(parser)
     return parser
 
 

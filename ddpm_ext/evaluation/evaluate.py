@@ -80,6 +80,7 @@ import torch
 from ..files import atomic_write_text
 from ..images import normalize, save_image_grid, to_uint8
 from ..seeding import image_generators
+from ..cpu_threads import AdaptiveThreads, parse_cpu_threads
 from ..validation import check_choice, check_int, check_number, learns_variance, resolve_device
 from .report import evaluation_command, update_model_card
 
@@ -250,6 +251,7 @@ class EvaluationConfig:
     digit_judge: str = "auto"  # "auto": on for 1-channel (grayscale) models, the judge's domain; "on" / "off"
     update_model_card: bool = False  # the card is the user's file: rewrite its metrics section only when asked
     guidance_scales: list[float] | None = None  # conditional models only; None: [1.0], p(x | y) as `ddpm-ext sample`
+    cpu_threads: str | int = "auto"  # "auto": fewer threads while other processes need the cores; N: exactly N
 
     def __post_init__(self) -> None:
         from ..schedulers.scheduling_common import VARIANCE_TYPES
@@ -269,6 +271,7 @@ class EvaluationConfig:
         check_choice("clip_denoised", self.clip_denoised, CLIP_DENOISED_CHOICES)
         check_choice("feature_extractor", self.feature_extractor, FEATURE_EXTRACTORS)
         check_choice("digit_judge", self.digit_judge, DIGIT_JUDGE_CHOICES)
+        self.cpu_threads = parse_cpu_threads(self.cpu_threads)
         if not isinstance(self.update_model_card, bool):
             raise ValueError(f"`update_model_card` must be True or False, got {self.update_model_card!r}.")
         self.samplers = [parse_sampler(s) for s in (self.samplers or [])]
@@ -376,6 +379,7 @@ class EvaluationRun:
     device: torch.device
     started: float
     judge: Any = None
+    threads: Any = None  # the AdaptiveThreads of the sampling loops (config.cpu_threads)
     prdc_skip_reason: str | None = None
     model_card: Path | None = None
     class_names: list[str] | None = None
@@ -525,7 +529,7 @@ def load_evaluation(config: EvaluationConfig) -> EvaluationRun:
         split=split, data_identity=data_identity, num_real=n_real,
         order=np.random.default_rng(config.seed).permutation(n_data),
         transform=ImageTransform(size, center_crop=True, channels=channels), extractor=extractor, device=device,
-        started=started, judge=judge, prdc_skip_reason=skip, model_card=card, class_names=names,
+        started=started, judge=judge, threads=AdaptiveThreads.from_option(config.cpu_threads, device), prdc_skip_reason=skip, model_card=card, class_names=names,
         guidance_scales=scales, class_accuracy_skip_reason=accuracy_skip,
     )
 
@@ -681,6 +685,7 @@ def sample_images(run: EvaluationRun, spec: SamplerSpec | str, guidance_scale: f
             pipe, config.num_samples, seed=config.seed, batch_size=config.batch_size,
             class_labels=None if requested is None else requested.tolist(),
             progress=None if config.no_progress else f"samples {spec.spec}{w}", **spec.call_kwargs(), **conditioning,
+            **({} if run.threads is None else {"callback_on_step_end": run.threads.callback()}),
         )
     finally:
         pipe.scheduler = base_scheduler
@@ -958,6 +963,7 @@ def evaluate(config: EvaluationConfig | argparse.Namespace) -> dict[str, Any]:
     results["environment"] = {
         "device": str(run.device), "torch": torch.__version__, "python": platform.python_version(),
         "machine": platform.machine(), "cpu_threads": torch.get_num_threads(),
+        "cpu_threads_sampling": None if run.threads is None else run.threads.summary(),
         "gpu": torch.cuda.get_device_name(run.device) if run.device.type == "cuda" else None,
     }
     results["command"] = evaluation_command(config)

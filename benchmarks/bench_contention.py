@@ -7,6 +7,11 @@ is imported, so they cannot change inside one process). Every measurement is don
 is, and while `--load` busy-looping processes (one per core by default) compete for the CPU. The table gives
 the median step time of each and the slowdown under load; the README's "Threading" table is this script's
 output. Run it alone on the machine: its own competitors are the only load it should see.
+
+The first choice is ddpm_ext's default for training and sampling (`--cpu_threads auto`,
+[`ddpm_ext.cpu_threads.AdaptiveThreads`], ticked once per step as the training loop does): its threads column
+also says how many steps under load ran with how many threads. `GOMP_SPINCOUNT` shortens OpenMP's busy-wait
+(libgomp, the OpenMP of PyTorch's Linux wheels) instead of removing it, as `OMP_WAIT_POLICY=PASSIVE` does.
 """
 
 from __future__ import annotations
@@ -24,8 +29,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 # name -> environment of the measured process ("" = leave the variable unset: PyTorch's own default)
+# ("ADAPTIVE": "1" = ddpm_ext's default, `--cpu_threads auto`: ddpm_ext.cpu_threads.AdaptiveThreads ticks every step)
 CHOICES: dict[str, dict[str, str]] = {
+    "ddpm_ext default (--cpu_threads auto, adaptive)": {"OMP_NUM_THREADS": "", "OMP_WAIT_POLICY": "", "ADAPTIVE": "1"},
     "torch default (all cores, OpenMP busy-wait)": {"OMP_NUM_THREADS": "", "OMP_WAIT_POLICY": ""},
+    "all cores, GOMP_SPINCOUNT=10000": {"OMP_NUM_THREADS": "", "OMP_WAIT_POLICY": "", "GOMP_SPINCOUNT": "10000"},
     "all cores, OMP_WAIT_POLICY=PASSIVE": {"OMP_NUM_THREADS": "", "OMP_WAIT_POLICY": "PASSIVE"},
     "1 thread": {"OMP_NUM_THREADS": "1", "OMP_WAIT_POLICY": ""},
     "1 thread, OMP_WAIT_POLICY=PASSIVE": {"OMP_NUM_THREADS": "1", "OMP_WAIT_POLICY": "PASSIVE"},
@@ -43,6 +51,10 @@ x0 = torch.rand(cfg["batch_size"], unet.config.in_channels, size, size) * 2 - 1
 sched = DDPMExtScheduler(beta_schedule="cosine")
 opt = torch.optim.AdamW(unet.parameters(), lr=1e-4)
 g = torch.Generator().manual_seed(0)
+threads = None
+if cfg["adaptive"]:
+    from ddpm_ext.cpu_threads import AdaptiveThreads
+    threads = AdaptiveThreads()
 
 def train_step():
     noise = torch.randn(x0.shape, generator=g)
@@ -58,10 +70,14 @@ out = {"threads": torch.get_num_threads()}
 for name, fn in (("train", train_step), ("sample", sample_step)):
     for _ in range(cfg["warmup"]):
         fn()
+        threads and threads.tick()
     times = []
     for _ in range(cfg["steps"]):
         t0 = time.perf_counter(); fn(); times.append(time.perf_counter() - t0)
+        threads and threads.tick()
     out[name] = {"median": statistics.median(times), "max": max(times)}
+    if threads:
+        out[name]["threads"] = dict(threads.summary()["steps_per_thread_count"])
 print(json.dumps(out))
 """
 
@@ -74,7 +90,10 @@ def _busy(stop_at: float) -> None:
 
 def measure(env_overrides: dict[str, str], cfg: dict, load: int) -> dict:
     env = dict(os.environ)
+    cfg = {**cfg, "adaptive": env_overrides.get("ADAPTIVE") == "1"}
     for key, value in env_overrides.items():
+        if key == "ADAPTIVE":
+            continue
         env.pop(key, None)
         if value:
             env[key] = value
@@ -114,7 +133,9 @@ def main(argv: list[str] | None = None) -> None:
         busy = measure(CHOICES[name], cfg, args.load)
         ti, tb = idle["train"]["median"], busy["train"]["median"]
         si, sb = idle["sample"]["median"], busy["sample"]["median"]
-        print(f"| {name} | {idle['threads']} | {ti:.3f} s | {tb:.3f} s (max {busy['train']['max']:.2f}) | "
+        used = busy["train"].get("threads")  # adaptive: steps per thread count under load
+        threads = f"{idle['threads']}" + (f" (under load: {', '.join(f'{n}: {c} steps' for n, c in used.items())})" if used else "")
+        print(f"| {name} | {threads} | {ti:.3f} s | {tb:.3f} s (max {busy['train']['max']:.2f}) | "
               f"{tb / ti:.1f}× | {si:.3f} s | {sb:.3f} s | {sb / si:.1f}× |", flush=True)
 
 

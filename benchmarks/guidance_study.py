@@ -13,6 +13,13 @@ so every w starts from the same x_T), then:
 
 The digit classifier's held-out accuracy on real test digits is printed with the table (its `.metadata`).
 
+`ddpm-ext evaluate PIPELINE --guidance_scales 0 1 2 4 --samplers ddim:50:1` measures the same class accuracy and
+FID/KID (plus precision/recall, the judge's other scores and bits/dim), sampling with the same code
+(`ddpm_ext.evaluation.evaluate.draw_samples`, DDIM with `use_clipped_model_output=True`); it asks image i for class
+i mod K, where this study asks the first `--num_per_class` images for class 0, the next for class 1, and so on,
+so the two give the same statistics from different (image, class) pairs. This script stays for the README's table
+and its stand-in judge and features (tests).
+
 It prints a markdown table (and writes JSON with `--output`):
 
     python benchmarks/guidance_study.py --pipeline outputs/mnist-cond --num_per_class 50 \
@@ -78,9 +85,9 @@ def study(
     """One row per w: class accuracy, FID, KID and sampling wall time."""
     from ddpm_ext import DDIMExtScheduler
     from ddpm_ext.evaluation.digit_classifier import class_accuracy
+    from ddpm_ext.evaluation.evaluate import draw_samples
     from ddpm_ext.evaluation.metrics import fid_from_features, kid_from_features
     from ddpm_ext.pipelines.guidance import num_classes
-    from ddpm_ext.seeding import image_generators
 
     k = num_classes(pipe.unet)  # refuses an unconditional pipeline
     pipe.scheduler = DDIMExtScheduler.from_config(pipe.scheduler.config)
@@ -90,16 +97,10 @@ def study(
     subset = min(kid_subset_size, n, len(real_features))
     rows = []
     for w in guidance_scales:
-        images, seconds = [], 0.0
-        for start in range(0, n, batch_size):
-            count = min(batch_size, n - start)
-            t0 = time.perf_counter()
-            out = pipe(batch_size=count, class_labels=requested[start : start + count], guidance_scale=float(w),
-                       num_inference_steps=steps, eta=eta, use_clipped_model_output=True, output_type="pt",
-                       generator=image_generators(seed, start, count)).images
-            seconds += time.perf_counter() - t0
-            images.append((out.float() * 255).round().clamp(0, 255).to(torch.uint8).cpu())  # as a PNG stores it
-        u8 = torch.cat(images)  # (N, C, H, W)
+        # image i from image_generators(seed, i, 1), uint8 as a PNG stores it: evaluate's sampling step
+        u8, seconds = draw_samples(pipe, n, seed=seed, batch_size=batch_size, class_labels=requested,
+                                   guidance_scale=float(w), num_inference_steps=steps, eta=eta,
+                                   use_clipped_model_output=True)  # (N, C, H, W)
         probs = judge(u8.float() / 127.5 - 1)
         accuracy = class_accuracy(probs.cpu(), requested, num_classes=k)
         fake = features(u8)

@@ -20,6 +20,7 @@ import math
 from dataclasses import dataclass
 from typing import Any, Sequence
 
+import numpy as np
 import torch
 from diffusers.utils import BaseOutput
 from diffusers.utils.torch_utils import randn_tensor
@@ -137,6 +138,44 @@ def _check_variance_types(variance_types: Any) -> list[str]:
     return list(dict.fromkeys(variance_types))
 
 
+def _check_class_labels(model: Any, class_labels: Any, n: int) -> torch.Tensor | None:
+    """`class_labels` as (N,) int64 ids in 0..K (K = the null class of a ddpm_ext conditional UNet), checked
+    against the model's `num_class_embeds`; None for an unconditional model called without labels."""
+    config = getattr(model, "config", None)
+    embeds = config.get("num_class_embeds") if hasattr(config, "get") else getattr(config, "num_class_embeds", None)
+    other = config.get("class_embed_type") if hasattr(config, "get") else getattr(config, "class_embed_type", None)
+    conditional = bool(embeds) or other is not None
+    if class_labels is None:
+        if conditional:
+            null = f"{embeds - 1}" if embeds else "K"
+            raise ValueError(
+                f"The model is class-conditional (num_class_embeds={embeds}): pass `class_labels`, the null class id "
+                f"{null} for the unconditional p(x) that label dropout trains, or class ids for p(x | y)."
+            )
+        return None
+    if config is not None and not conditional:
+        raise ValueError(
+            f"`class_labels` were given ({class_labels!r:.60}), but the model is unconditional (no `num_class_embeds`); "
+            "drop `class_labels`."
+        )
+    if isinstance(class_labels, (int, np.integer)) and not isinstance(class_labels, (bool, np.bool_)):
+        labels = torch.full((n,), int(class_labels), dtype=torch.long)
+    else:
+        values = torch.as_tensor(class_labels) if not isinstance(class_labels, torch.Tensor) else class_labels
+        if values.dtype.is_floating_point or values.dtype == torch.bool or values.ndim != 1 or len(values) != n:
+            raise ValueError(
+                f"`class_labels` must be one int id, or {n} int ids (one per image) as a sequence or 1-D integer "
+                f"tensor; got {class_labels!r:.80}."
+            )
+        labels = values.long().cpu()
+    high = int(embeds) - 1 if embeds else None
+    bad = labels[(labels < 0) | (labels > high)] if high is not None else labels[labels < 0]
+    if bad.numel():
+        allowed = f"0..{high} (id {high} is the null class)" if high is not None else "ids >= 0"
+        raise ValueError(f"`class_labels` holds {int(bad[0])}, outside the model's class ids; allowed: {allowed}.")
+    return labels
+
+
 @torch.no_grad()
 def bits_per_dim_variances(
     model: Any,
@@ -148,6 +187,7 @@ def bits_per_dim_variances(
     batch_size: int | None = None,
     clip_denoised: bool | None = None,
     progress: bool = False,
+    class_labels: int | Sequence[int] | torch.Tensor | None = None,
 ) -> dict[str, BitsPerDimOutput]:
     r"""The variational bound in bits/dim under several choices of σ_t², sharing one set of model evaluations.
 
@@ -159,7 +199,8 @@ def bits_per_dim_variances(
 
     Args:
         model: ε_θ (or x_0 / v, as the scheduler's `prediction_type` says), called as `model(x_t, t).sample` like
-            a [`UNet2DModel`]; `t` is a (B,) tensor of timesteps.
+            a [`UNet2DModel`]; `t` is a (B,) tensor of timesteps. A class-conditional UNet is called as
+            `model(x_t, t, class_labels=y).sample`.
         scheduler: a [`DDPMExtScheduler`], or any scheduler whose config describes the same chain (diffusers'
             `DDPMScheduler`, [`DDIMExtScheduler`], ...); its β schedule and `prediction_type` are used.
         images (`torch.Tensor`): x_0, float (N, C, H, W) in [-1, 1] on the 8-bit grid (x = u / 127.5 - 1).
@@ -170,13 +211,19 @@ def bits_per_dim_variances(
         clip_denoised (`bool`, *optional*): clip x̂_0 to [-1, 1] before computing the mean of p_θ; defaults to the
             scheduler's `clip_sample`, i.e. p_θ as the sampler draws from it (improved DDPM's `image_nll.py` clips).
         progress (`bool`, defaults to `False`): show a tqdm progress bar over the model calls.
+        class_labels (`int`, a sequence of N ints or a (N,) tensor, *optional*): the class ids y of a
+            class-conditional UNet (`num_class_embeds` = K + 1): one id for every image, or one per image. The
+            null class ∅ (id K, the label that training dropout substitutes) scores the unconditional p(x); an
+            id 0..K−1 scores p(x | y). Required for a conditional UNet, refused for an unconditional one.
 
     Returns:
         `dict[str, BitsPerDimOutput]`: for each name of `variance_types`, a [`BitsPerDimOutput`].
 
     Raises:
         ValueError: for images outside [-1, 1], off the 8-bit grid, of the wrong ndim or channel count; an unknown
-            variance type or prediction type; `"learned_range"` with a model of C output channels; `batch_size` < 1.
+            variance type or prediction type; `"learned_range"` with a model of C output channels; `batch_size` < 1;
+            a conditional UNet without `class_labels`, labels for an unconditional one, or labels of the wrong
+            length or outside 0..K.
 
     Example:
 
@@ -208,9 +255,12 @@ def bits_per_dim_variances(
     batch_size = check_int("batch_size", batch_size, 1)  # image-timestep pairs per model call
     if isinstance(generator, list) and len(generator) != n:
         raise ValueError(f"`generator` is a list of {len(generator)} generators but there are {n} images.")
+    labels_all = _check_class_labels(model, class_labels, n)  # (N,) int64, or None for an unconditional model
 
     device, model_dtype = _model_device_dtype(model, x0_all.device)
     x0_all = x0_all.to(device)
+    if labels_all is not None:
+        labels_all = labels_all.to(device)
     T = scheduler.config.num_train_timesteps
     terms = {name: torch.zeros(n, T, dtype=torch.float64) for name in names}
 
@@ -248,7 +298,8 @@ def bits_per_dim_variances(
             noise = batch_noise(ts.tolist(), idx)
             x0 = x0_all[idx.to(device)]
             x_t = scheduler.add_noise(x0, noise, ts)
-            out = model(x_t.to(model_dtype), ts).sample.to(x0.dtype)
+            labels = {} if labels_all is None else {"class_labels": labels_all[idx.to(device)]}  # (B,) per pair
+            out = model(x_t.to(model_dtype), ts, **labels).sample.to(x0.dtype)
             for name in names:
                 vb = vlb_terms(
                     scheduler,
@@ -289,6 +340,7 @@ def bits_per_dim(
     clip_denoised: bool | None = None,
     progress: bool = False,
     variance_type: str | None = None,
+    class_labels: int | Sequence[int] | torch.Tensor | None = None,
 ) -> BitsPerDimOutput:
     r"""The variational bound L = L_T + Σ L_{t-1} + L_0 of each image, in bits/dim (Ho et al. 2020 eq. 5).
 
@@ -309,6 +361,8 @@ def bits_per_dim(
             scheduler's `clip_sample` (p_θ as the sampler draws from it).
         progress (`bool`, defaults to `False`): show a tqdm progress bar.
         variance_type (`str`, *optional*): σ_t² of p_θ; defaults to the scheduler's `variance_type`.
+        class_labels (`int` or N ints, *optional*): for a class-conditional UNet, the class id of every image (or
+            one for all); the null class id K scores the unconditional p(x). See [`bits_per_dim_variances`].
 
     Returns:
         [`BitsPerDimOutput`] with `total`, `prior`, `decoder` (N,) and `terms` (N, T), in bits/dim.
@@ -340,4 +394,5 @@ def bits_per_dim(
         batch_size=batch_size,
         clip_denoised=clip_denoised,
         progress=progress,
+        class_labels=class_labels,
     )[variance_type]

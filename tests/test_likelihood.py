@@ -324,3 +324,65 @@ def test_pil_images_need_a_square_unet():
     pipe = DDPMExtPipeline(unet=unet, scheduler=scheduler())
     with pytest.raises(ValueError, match=r"PIL `images` need a square UNet `sample_size`, got \(8, 16\)"):
         pipe.bits_per_dim([Image.new("L", (8, 16))])
+
+
+# --------------------------------------------------------------------------------------------------
+# Class-conditional UNets: bits/dim under a given class, or the null class ∅ (the unconditional p(x))
+# --------------------------------------------------------------------------------------------------
+class FixedLabels(torch.nn.Module):
+    """A conditional UNet called with fixed labels, seen by `bits_per_dim` as an unconditional model (no config).
+    With `batch_size` = N every call holds the N images of one timestep in order, so `labels` (N,) match them."""
+
+    def __init__(self, unet, labels: torch.Tensor):
+        super().__init__()
+        self.unet, self.labels = unet, labels
+
+    def forward(self, sample, timestep):
+        return self.unet(sample, timestep, class_labels=self.labels)
+
+
+def test_class_labels_reach_a_conditional_unet(images):
+    torch.manual_seed(0)
+    unet = build_unet("tiny", num_class_embeds=4).eval()  # K = 3 classes, id 3 is the null class
+    n = images.shape[0]
+    null = bits_per_dim(unet, scheduler(), images, generator=torch.manual_seed(2), batch_size=n, class_labels=3)
+    direct = bits_per_dim(FixedLabels(unet, torch.full((n,), 3)), scheduler(), images, generator=torch.manual_seed(2),
+                          batch_size=n)
+    torch.testing.assert_close(null.terms, direct.terms, rtol=0, atol=0)
+    assert torch.equal(null.total, direct.total) and torch.isfinite(null.total).all()
+    # the same ids as a list and a tensor; another class gives other numbers (the labels do reach the UNet)
+    as_list = bits_per_dim(unet, scheduler(), images, generator=torch.manual_seed(2), batch_size=n, class_labels=[3] * n)
+    assert torch.equal(as_list.total, null.total)
+    per_image = torch.tensor([0, 1, 2])
+    mixed = bits_per_dim(unet, scheduler(), images, generator=torch.manual_seed(2), batch_size=n, class_labels=per_image)
+    direct_mixed = bits_per_dim(FixedLabels(unet, per_image), scheduler(), images, generator=torch.manual_seed(2),
+                                batch_size=n)
+    torch.testing.assert_close(mixed.terms, direct_mixed.terms, rtol=0, atol=0)
+    assert not torch.allclose(mixed.terms[:, 1:], null.terms[:, 1:])
+    # per-image labels follow their image whatever the batch size (pairs are split across calls)
+    odd = bits_per_dim(unet, scheduler(), images, generator=torch.manual_seed(2), batch_size=7, class_labels=per_image)
+    torch.testing.assert_close(odd.terms, mixed.terms, rtol=1e-5, atol=1e-5)
+    # the pipeline's method passes them on
+    pipe = DDPMExtPipeline(unet=unet, scheduler=scheduler())
+    via_pipe = pipe.bits_per_dim(images, generator=torch.manual_seed(2), batch_size=n, class_labels=3)
+    assert torch.equal(via_pipe.total, null.total)
+
+
+@pytest.mark.parametrize(
+    "conditional, labels, message",
+    [
+        (True, None, r"class-conditional \(num_class_embeds=4\): pass `class_labels`, the null class id 3"),
+        (False, 0, r"`class_labels` were given \(0\), but the model is unconditional"),
+        (True, 4, r"`class_labels` holds 4, outside the model's class ids; allowed: 0..3 \(id 3 is the null class\)"),
+        (True, -1, r"`class_labels` holds -1, outside"),
+        (True, [0, 1], r"`class_labels` must be one int id, or 3 int ids"),
+        (True, [0.0, 1.0, 2.0], r"`class_labels` must be one int id, or 3 int ids"),
+    ],
+)
+def test_bad_class_labels_raise_before_any_model_call(images, conditional, labels, message):
+    unet = build_unet("tiny", **({"num_class_embeds": 4} if conditional else {})).eval()
+    calls = []
+    unet.register_forward_pre_hook(lambda *a: calls.append(1))
+    with pytest.raises(ValueError, match=message):
+        bits_per_dim(unet, scheduler(), images, class_labels=labels)
+    assert calls == []

@@ -55,6 +55,26 @@ positive_int = int_at_least(1)
 nonnegative_int = int_at_least(0)
 
 
+def cpu_threads_option(text: str) -> str | int:
+    """An argparse `type` for `--cpu_threads`: 'auto' or an integer >= 1 ([`ddpm_ext.cpu_threads.parse_cpu_threads`])."""
+    from ..cpu_threads import parse_cpu_threads
+
+    try:
+        return parse_cpu_threads(text, "--cpu_threads")
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
+def add_cpu_threads_argument(parser: argparse.ArgumentParser) -> None:
+    """`--cpu_threads auto|N` (default auto: [`ddpm_ext.cpu_threads.AdaptiveThreads`] gives cores back to other
+    processes while they need them; off when OMP_NUM_THREADS is set)."""
+    parser.add_argument(
+        "--cpu_threads", type=cpu_threads_option, default="auto",
+        help="CPU threads: 'auto' (default) uses every core while the machine is otherwise idle and fewer while other "
+        "processes need them; N: exactly N threads (as OMP_NUM_THREADS, which also turns 'auto' off).",
+    )
+
+
 def check_output_dir(path: str | os.PathLike, option: str) -> Path:
     """A folder to write into: raise `ValueError` when it, or a parent, exists as something other than a folder."""
     out = Path(path)

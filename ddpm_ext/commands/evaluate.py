@@ -7,7 +7,7 @@ import sys
 from typing import Sequence
 
 from ..evaluation.evaluate import _SAMPLER_GRAMMAR, EvaluationConfig, SamplerSpec, evaluate, parse_sampler
-from .cli import int_at_least
+from .cli import add_cpu_threads_argument, int_at_least
 
 __all__ = ["add_arguments", "run", "main"]
 
@@ -82,10 +82,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     a("--digit_judge", choices=DIGIT_JUDGE_CHOICES,
       help="Score samples and real images with ddpm_ext's digit classifier (classifier IS, digits present, class "
            "entropy; images resized to 28x28): auto (default) = on for 1-channel (grayscale) models, on, off.")
+    a("--guidance_scales", nargs="+", type=float, metavar="W",
+      help="Class-conditional pipelines only: the classifier-free guidance scales w >= 0 to sample with (0 "
+           "unconditional, 1 conditional, > 1 guided); one results row per sampler and w. Image i is asked for class "
+           "i mod K, and the digit judge adds the class accuracy when the classes are the digits 0-9. Default: 1.")
     a("--update_model_card", action="store_true",
       help="Replace the metrics section (between the ddpm_ext:metrics markers) of the pipeline folder's README.md "
            "with these results, the command and the date.")
     a("--no_progress", action="store_true", help="Hide the progress bars.")
+    add_cpu_threads_argument(parser)
     return parser
 
 

@@ -30,7 +30,8 @@ from ..schedulers.scheduling_ddim_ext import DDIMExtScheduler
 from ..schedulers.scheduling_ddpm_ext import DDPMExtScheduler
 from ..seeding import image_generators
 from ..validation import check_number, resolve_device
-from .cli import check_output_dir, nonnegative_int, positive_int
+from ..cpu_threads import AdaptiveThreads
+from .cli import add_cpu_threads_argument, check_output_dir, nonnegative_int, positive_int
 
 __all__ = ["SCHEDULERS", "add_arguments", "run", "check_output_file"]
 
@@ -67,6 +68,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch_size", type=positive_int, default=16, help="Images per forward pass (default: 16).")
     parser.add_argument("--device", default=None, help="Torch device (default: cuda if available, else cpu).")
     add_guidance_arguments(parser)  # --class_labels, --guidance_scale
+    add_cpu_threads_argument(parser)
 
 
 def check_output_file(path: str, option: str) -> Path:
@@ -127,8 +129,11 @@ def run(args: argparse.Namespace) -> int:
     starts = range(0, args.num_images, args.batch_size)
     chunks = []
 
+    threads = AdaptiveThreads.from_option(args.cpu_threads, device)
+
     def advance(*_) -> None:  # pipeline callback: one tick per denoising step; returns None (changes nothing)
         bar.update(1)
+        threads.tick()
 
     with tqdm(total=len(starts) * steps, desc=f"sampling {args.num_images} images", unit="step", file=sys.stderr) as bar:
         for start in starts:

@@ -45,6 +45,19 @@ models, `on` requires one, `off` skips it. `--update_model_card` writes a compac
 command and the date between the metrics markers of `<pipeline folder>/README.md`
 ([`ddpm_ext.evaluation.report`]).
 
+A class-conditional pipeline (classifier-free guidance, [`ddpm_ext.pipelines.guidance`]) gets one row per sampler
+and guidance scale w (`--guidance_scales`, default 1: p(x | y)). Image i keeps its x_T and is asked for class
+i mod K ([`balanced_class_labels`]), so every class is asked for equally often and the rows differ only by the
+sampler and w; DDIM samplers recompute ε̂ from the clipped x̂_0 (`use_clipped_model_output=True`), without which
+guidance loses the class. When the K classes are the digits '0'..'9' the digit judge adds the **class accuracy**,
+the fraction of samples it reads as their requested digit (otherwise the row says why it is skipped). Bits/dim
+is scored under the null class ∅ (id K): the unconditional p(x) that label dropout trains.
+
+```bash
+# class accuracy, FID/KID and the judge's scores of 500 samples (50 per digit) at w = 0, 1, 2, 4
+ddpm-ext evaluate outputs/mnist-cond --num_samples 500 --samplers ddim:50:1 --guidance_scales 0 1 2 4
+```
+
 FID and KID use [`ddpm_ext.metrics`]: EfficientNet-Lite0 features by default (offline; **not comparable to
 published Inception FIDs**, and labelled so everywhere), or Inception-v3 with `--feature_extractor inception`
 when torch-fidelity and its weights are available. The features of the real images are cached per data set,
@@ -63,7 +76,7 @@ import time
 import warnings
 from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -71,7 +84,8 @@ import torch
 from ..files import atomic_write_text
 from ..images import normalize, save_image_grid, to_uint8
 from ..seeding import image_generators
-from ..validation import check_choice, check_int, learns_variance, resolve_device
+from ..cpu_threads import AdaptiveThreads, parse_cpu_threads
+from ..validation import check_choice, check_int, check_number, learns_variance, resolve_device
 from .report import evaluation_command, update_model_card
 
 __all__ = [
@@ -82,6 +96,8 @@ __all__ = [
     "EvaluationRun",
     "SampledImages",
     "SamplerSpec",
+    "balanced_class_labels",
+    "draw_samples",
     "evaluate",
     "judge_scores",
     "load_evaluation",
@@ -311,6 +327,8 @@ class EvaluationConfig:
     nearest_k: int = 5  # k of precision/recall/density/coverage, Naeem et al.'s recommendation; 0 skips them
     digit_judge: str = "auto"  # "auto": on for 1-channel (grayscale) models, the judge's domain; "on" / "off"
     update_model_card: bool = False  # the card is the user's file: rewrite its metrics section only when asked
+    guidance_scales: list[float] | None = None  # conditional models only; None: [1.0], p(x | y) as `ddpm-ext sample`
+    cpu_threads: str | int = "auto"  # "auto": fewer threads while other processes need the cores; N: exactly N
 
     def __post_init__(self) -> None:
         from ..schedulers.scheduling_common import VARIANCE_TYPES
@@ -330,11 +348,22 @@ class EvaluationConfig:
         check_choice("clip_denoised", self.clip_denoised, CLIP_DENOISED_CHOICES)
         check_choice("feature_extractor", self.feature_extractor, FEATURE_EXTRACTORS)
         check_choice("digit_judge", self.digit_judge, DIGIT_JUDGE_CHOICES)
+        self.cpu_threads = parse_cpu_threads(self.cpu_threads)
         if not isinstance(self.update_model_card, bool):
             raise ValueError(f"`update_model_card` must be True or False, got {self.update_model_card!r}.")
         self.samplers = [parse_sampler(s) for s in (self.samplers or [])]
         if len({s.spec for s in self.samplers}) != len(self.samplers):
             raise ValueError(f"`--samplers` lists a sampler twice: {[s.spec for s in self.samplers]}.")
+        if self.guidance_scales is not None:
+            if isinstance(self.guidance_scales, (str, bytes)) or not isinstance(self.guidance_scales, (list, tuple)) \
+                    or not self.guidance_scales:
+                raise ValueError(
+                    f"`guidance_scales` must be a non-empty list of finite numbers >= 0 (or None), got "
+                    f"{self.guidance_scales!r}."
+                )
+            self.guidance_scales = [check_number("guidance_scales", w, 0) for w in self.guidance_scales]
+            if len(set(self.guidance_scales)) != len(self.guidance_scales):
+                raise ValueError(f"`--guidance_scales` lists a scale twice: {self.guidance_scales}.")
 
     @classmethod
     def from_namespace(cls, args: argparse.Namespace) -> "EvaluationConfig":
@@ -404,6 +433,12 @@ class EvaluationRun:
             or too few images for it), else None.
         model_card (`pathlib.Path`, *optional*): The card to update (`update_model_card`), checked.
         device (`torch.device`), started (`float`): Where it runs, and when the evaluation began.
+        class_names (`list[str]`, *optional*): The K class names of a class-conditional pipeline (ids 0..K−1;
+            id K is the null class ∅), else None.
+        guidance_scales (`list[float | None]`): The guidance scales w sampled for each sampler (`[None]` for an
+            unconditional pipeline).
+        class_accuracy_skip_reason (`str`, *optional*): Why a conditional pipeline's samples get no class accuracy
+            (the judge is off, or the classes are not the digits 0-9), else None.
     """
 
     config: EvaluationConfig
@@ -421,8 +456,22 @@ class EvaluationRun:
     device: torch.device
     started: float
     judge: Any = None
+    threads: Any = None  # the AdaptiveThreads of the sampling loops (config.cpu_threads)
     prdc_skip_reason: str | None = None
     model_card: Path | None = None
+    class_names: list[str] | None = None
+    guidance_scales: list[float | None] = field(default_factory=lambda: [None])
+    class_accuracy_skip_reason: str | None = None
+
+    @property
+    def num_classes(self) -> int | None:
+        """K, the number of classes of a class-conditional pipeline (None when unconditional)."""
+        return None if self.class_names is None else len(self.class_names)
+
+    @property
+    def null_class(self) -> int | None:
+        """The id of the null class ∅ (K): the label under which bits/dim scores the unconditional p(x)."""
+        return self.num_classes
 
     @property
     def image_size(self) -> int:
@@ -454,8 +503,9 @@ def load_evaluation(config: EvaluationConfig) -> EvaluationRun:
         `ValueError`: For a pipeline that cannot be loaded, an unknown data set or split, a channel mismatch
             between the data and the model, a sampler that does not fit the model (steps > T, a variance the UNet
             cannot give), too few images for KID's subset size or for bits/dim, a feature extractor that
-            cannot be built, `digit_judge="on"` for a model that is not 1-channel, or `update_model_card` for a
-            pipeline that is not a local folder with a README.md holding the metrics markers.
+            cannot be built, `digit_judge="on"` for a model that is not 1-channel, `guidance_scales` for an
+            unconditional pipeline (or a class embedding without ddpm_ext's null class), or `update_model_card`
+            for a pipeline that is not a local folder with a README.md holding the metrics markers.
     """
     from ..data import ImageTransform, find_image_column, infer_channels
     from ..pipelines.checkpoint_io import check_components, square_sample_size
@@ -472,15 +522,8 @@ def load_evaluation(config: EvaluationConfig) -> EvaluationRun:
 
     # the pipeline and the checks that need it
     pipe = DDPMExtPipeline.from_pretrained(config.pipeline, revision=config.revision)
-    from ..pipelines.guidance import is_class_conditional
-
-    if is_class_conditional(pipe.unet):  # before any data or feature work
-        raise ValueError(
-            f"{config.pipeline!r} is a class-conditional pipeline; `ddpm-ext evaluate` scores unconditional ones only "
-            "(its samples and bits/dim take no class labels yet). Measure class accuracy and FID/KID per guidance "
-            "scale with `python benchmarks/guidance_study.py --pipeline ...`."
-        )
     unet, base_scheduler = pipe.unet, pipe.scheduler
+    names, scales = _conditioning(config, unet)  # before any data or feature work
     T = int(base_scheduler.config.num_train_timesteps)
     size = square_sample_size(unet, "Evaluation's images")
     channels = int(unet.config.in_channels)
@@ -539,7 +582,7 @@ def load_evaluation(config: EvaluationConfig) -> EvaluationRun:
             f"`--num_bpd_images` {config.num_bpd_images} is more than the {n_data} images of {config.dataset!r} "
             f"(split {split!r}); allowed: 0..{n_data}."
         )
-    extractor = judge = skip = None
+    extractor = judge = skip = accuracy_skip = None
     if config.do_samples:  # built before any long computation: a missing backend fails fast
         extractor = build_feature_extractor(config.feature_extractor, inception_weights=config.inception_weights,
                                             device=device)
@@ -547,6 +590,8 @@ def load_evaluation(config: EvaluationConfig) -> EvaluationRun:
             from .digit_classifier import DigitClassifier
 
             judge = DigitClassifier.pretrained(device=device)
+        if names is not None:
+            accuracy_skip = _class_accuracy_skip_reason(names, judge is not None, config.digit_judge, channels)
         fewest = min(config.num_samples, n_real)
         if config.nearest_k == 0:
             skip = "nearest_k = 0"
@@ -561,15 +606,72 @@ def load_evaluation(config: EvaluationConfig) -> EvaluationRun:
         split=split, data_identity=data_identity, num_real=n_real,
         order=np.random.default_rng(config.seed).permutation(n_data),
         transform=ImageTransform(size, center_crop=True, channels=channels), extractor=extractor, device=device,
-        started=started, judge=judge, prdc_skip_reason=skip, model_card=card,
+        started=started, judge=judge, threads=AdaptiveThreads.from_option(config.cpu_threads, device), prdc_skip_reason=skip, model_card=card, class_names=names,
+        guidance_scales=scales, class_accuracy_skip_reason=accuracy_skip,
     )
+
+
+DIGIT_NAMES = [str(d) for d in range(10)]  # the digit judge's classes, in its order
+
+
+def _conditioning(config: EvaluationConfig, unet: Any) -> tuple[list[str] | None, list[float | None]]:
+    """(class names, guidance scales) of a class-conditional UNet; (None, [None]) for an unconditional one, which
+    takes no `guidance_scales`."""
+    from ..pipelines.guidance import class_names, is_class_conditional, num_classes
+
+    if not is_class_conditional(unet):
+        if config.guidance_scales is not None:
+            raise ValueError(
+                f"`--guidance_scales` {config.guidance_scales} needs a class-conditional pipeline, but "
+                f"{str(config.pipeline)!r} is unconditional (its UNet has no `num_class_embeds`); drop --guidance_scales."
+            )
+        return None, [None]
+    try:
+        num_classes(unet)  # a class embedding that is not ddpm_ext's (no null class) is refused here
+    except ValueError as err:
+        raise ValueError(f"{str(config.pipeline)!r} cannot be evaluated: {err}") from None
+    return class_names(unet), list(config.guidance_scales) if config.guidance_scales is not None else [1.0]
+
+
+def _class_accuracy_skip_reason(names: list[str], judge_on: bool, digit_judge: str, channels: int) -> str | None:
+    """Why the class accuracy of a conditional model's samples cannot be measured, or None when it can."""
+    if not judge_on:
+        why = "`digit_judge` is 'off'" if digit_judge == "off" else f"the model makes {channels}-channel images"
+        return f"no class judge: the digit judge is off ({why})"
+    if names != DIGIT_NAMES:
+        shown = ", ".join(repr(n) for n in names[:12]) + (", ..." if len(names) > 12 else "")
+        return (f"the model's {len(names)} classes ({shown}) are not the digits '0'..'9', the digit judge's classes; "
+                "the judge's scores (classifier IS, digits present) are still given")
+    return None
+
+
+def balanced_class_labels(num_images: int, num_classes: int, start: int = 0) -> list[int]:
+    """The requested class of images `start .. start + num_images − 1` when every class is asked for equally often:
+    image i gets class i mod K (K = `num_classes`), whatever the batch size.
+
+    Example:
+
+    ```py
+    >>> balanced_class_labels(7, 3)
+    [0, 1, 2, 0, 1, 2, 0]
+    >>> balanced_class_labels(3, 3, start=4)
+    [1, 2, 0]
+
+    ```
+    """
+    num_classes = check_int("num_classes", num_classes, 1)
+    return [(start + i) % num_classes for i in range(check_int("num_images", num_images, 0))]
 
 
 def score_likelihood(run: EvaluationRun) -> list[dict[str, Any]]:
     """Step 2: bits/dim of `num_bpd_images` held-out images, every σ² choice from one set of UNet calls.
 
+    A class-conditional UNet is scored under the null class ∅ (id K): the bound on the unconditional p(x) that
+    label dropout trains, comparable with an unconditional model's (the held-out images' own labels are not used).
+
     Returns:
-        `list[dict]`: One row per variance type (`bits_per_dim`, `sem`, `prior`, `decoder`, ...); empty when
+        `list[dict]`: One row per variance type (`bits_per_dim`, `sem`, `prior`, `decoder`, ..., and `class_label`:
+        the id the UNet was given, K for a conditional model, None for an unconditional one); empty when
         `num_bpd_images` is 0.
     """
     from ..likelihood import bits_per_dim_variances
@@ -583,7 +685,7 @@ def score_likelihood(run: EvaluationRun) -> list[dict[str, Any]]:
     outs = bits_per_dim_variances(
         run.pipe.unet, scheduler, x0.to(run.device), run.variance_types,
         generator=torch.Generator().manual_seed(config.seed), batch_size=config.batch_size,
-        progress=not config.no_progress, clip_denoised=clip,
+        progress=not config.no_progress, clip_denoised=clip, class_labels=run.null_class,
     )
     seconds = time.perf_counter() - t0
     rows = []
@@ -597,6 +699,7 @@ def score_likelihood(run: EvaluationRun) -> list[dict[str, Any]]:
             "decoder": float(out.decoder.mean()),
             "num_images": int(out.total.numel()),
             "clip_denoised": clip,
+            "class_label": run.null_class,
             "wall_time_s": seconds,
             "wall_time_shared_by": list(outs),
         })
@@ -605,36 +708,91 @@ def score_likelihood(run: EvaluationRun) -> list[dict[str, Any]]:
 
 @dataclass
 class SampledImages:
-    """What [`sample_images`] returns: `images` uint8 `(N, C, H, W)` (as a PNG would store them), `seconds`."""
+    """What [`sample_images`] returns: `images` uint8 `(N, C, H, W)` (as a PNG would store them), `seconds`;
+    for a class-conditional pipeline also `guidance_scale` (w) and `class_labels`, the requested class of each
+    image, int64 `(N,)`."""
 
     spec: SamplerSpec
     images: torch.Tensor
     seconds: float
+    guidance_scale: float | None = None
+    class_labels: torch.Tensor | None = None
+
+    @property
+    def key(self) -> str:
+        """A file-name-safe name of the row: the sampler's slug, plus `-w<w>` for a conditional pipeline."""
+        return _row_key(self.spec.slug, self.guidance_scale)
 
 
-def sample_images(run: EvaluationRun, spec: SamplerSpec | str) -> SampledImages:
+def _row_key(slug: str, guidance_scale: float | None) -> str:
+    return slug if guidance_scale is None else f"{slug}-w{guidance_scale:g}".replace(".", "p")
+
+
+def sample_images(run: EvaluationRun, spec: SamplerSpec | str, guidance_scale: float | None = None) -> SampledImages:
     """Step 3: `num_samples` images of one sampler, image i from [`ddpm_ext.seeding.image_generators`]`(seed, i, 1)`
-    (the same x_T for every sampler, and the image `ddpm-ext sample --seed` gives), in batches of `batch_size`."""
+    (the same x_T for every sampler and guidance scale, and the image `ddpm-ext sample --seed` gives), in batches
+    of `batch_size`.
+
+    For a class-conditional pipeline image i is asked for class i mod K ([`balanced_class_labels`]: every class
+    equally often, whatever the batch size) with classifier-free guidance `guidance_scale` (w; default the first
+    of `run.guidance_scales`). DDIM samplers recompute ε̂ from the clipped x̂_0 (`use_clipped_model_output=True`,
+    the pipeline's default, as `benchmarks/guidance_study.py`; a spec's `:eps=model` turns it off): with the raw
+    guided ε̂ the requested class is lost at w >= 2 (README, "DDIM with guidance needs the consistent ε̂").
+
+    Raises:
+        `ValueError`: For a sampler that was not configured, or a `guidance_scale` for an unconditional pipeline
+            (or one that is negative or not finite).
+    """
     config, spec = run.config, parse_sampler(spec)
     if spec.spec not in run.schedulers:
         raise ValueError(f"`spec` {spec.spec!r} is not one of the configured samplers {list(run.schedulers)}.")
+    k = run.num_classes
+    if k is None and guidance_scale is not None:
+        raise ValueError(f"`guidance_scale` {guidance_scale!r} needs a class-conditional pipeline; this one is unconditional.")
+    if k is not None:
+        guidance_scale = run.guidance_scales[0] if guidance_scale is None else check_number("guidance_scale", guidance_scale, 0)
+    # (DDIM's consistent ε̂ is the pipeline's default; a spec's `:eps=model` asks for the raw one)
+    conditioning = {} if k is None else {"guidance_scale": guidance_scale}
     pipe, base_scheduler = run.pipe, run.pipe.scheduler
     pipe.scheduler = run.schedulers[spec.spec]
-    batches = range(0, config.num_samples, config.batch_size)
-    if not config.no_progress:
-        from tqdm.auto import tqdm
-
-        batches = tqdm(batches, desc=f"samples {spec.spec}", unit="batch")
-    chunks, t0 = [], time.perf_counter()
+    requested = None if k is None else torch.tensor(balanced_class_labels(config.num_samples, k), dtype=torch.long)
+    w = "" if k is None else f" w={guidance_scale:g}"
     try:
-        for start in batches:
-            count = min(config.batch_size, config.num_samples - start)
-            images = pipe(batch_size=count, generator=image_generators(config.seed, start, count),
-                          output_type="pt", **spec.call_kwargs()).images  # (B, C, H, W) in [0, 1]
-            chunks.append(to_uint8(images, (0, 1)).cpu())
+        images, seconds = draw_samples(
+            pipe, config.num_samples, seed=config.seed, batch_size=config.batch_size,
+            class_labels=None if requested is None else requested.tolist(),
+            progress=None if config.no_progress else f"samples {spec.spec}{w}", **spec.call_kwargs(), **conditioning,
+            **({} if run.threads is None else {"callback_on_step_end": run.threads.callback()}),
+        )
     finally:
         pipe.scheduler = base_scheduler
-    return SampledImages(spec, torch.cat(chunks), time.perf_counter() - t0)
+    return SampledImages(spec, images, seconds, guidance_scale, requested)
+
+
+def draw_samples(
+    pipe: Any, num_images: int, *, seed: int, batch_size: int, class_labels: Sequence[int] | torch.Tensor | None = None,
+    progress: str | None = None, **call_kwargs: Any,
+) -> tuple[torch.Tensor, float]:
+    """`num_images` samples of `pipe` as uint8 `(N, C, H, W)` (as a PNG stores them) and the seconds spent in the
+    pipeline; image i from [`ddpm_ext.seeding.image_generators`]`(seed, i, 1)` (so it does not depend on
+    `batch_size`) and, when given, with `class_labels[i]`. `call_kwargs` go to every pipeline call
+    (`num_inference_steps`, `eta`, `guidance_scale`, ...); `progress` is the progress bar's title (None: no bar).
+    The sampling step of [`sample_images`] and of `benchmarks/guidance_study.py`."""
+    batches = range(0, num_images, batch_size)
+    if progress is not None:
+        from tqdm.auto import tqdm
+
+        batches = tqdm(batches, desc=progress, unit="batch")
+    chunks, seconds = [], 0.0
+    for start in batches:
+        count = min(batch_size, num_images - start)
+        labels = {} if class_labels is None else {"class_labels": class_labels[start : start + count]}
+        t0 = time.perf_counter()
+        images = pipe(batch_size=count, generator=image_generators(seed, start, count), output_type="pt",
+                      **call_kwargs, **labels).images  # (B, C, H, W) in [0, 1]
+        seconds += time.perf_counter() - t0
+        chunks.append(to_uint8(images, (0, 1)).cpu())
+    return torch.cat(chunks), seconds
 
 
 def reference_features(run: EvaluationRun):
@@ -672,20 +830,46 @@ def mean_pixel(images: torch.Tensor) -> float:
     return float(images.double().mean() / 255.0)
 
 
-def judge_scores(judge, images: torch.Tensor, batch_size: int = 256) -> dict[str, Any]:
+def judge_scores(judge, images: torch.Tensor, batch_size: int = 256,
+                 requested: torch.Tensor | None = None) -> dict[str, Any]:
     """The digit judge's scores of uint8 images `(N, 1, H, W)` (resized to 28×28 by the judge).
+
+    Args:
+        judge: Anything with `predict_proba(images, batch_size=...)` -> `(N, 10)` probabilities, as
+            [`DigitClassifier`].
+        images (`torch.Tensor`): uint8 `(N, 1, H, W)`.
+        batch_size (`int`, defaults to 256): Images per judge call.
+        requested (`torch.Tensor`, *optional*): The digit each image was asked for, int `(N,)` in 0..9 (a
+            class-conditional model's labels); adds `class_accuracy`.
 
     Returns:
         `dict`: `classifier_is` ([`classifier_inception_score`] of p(y|x)), `classes_present` (digits predicted at
         least once, of 10), `class_entropy` (normalized entropy of the predicted-digit histogram, in [0, 1]) and
-        `class_counts` (images per predicted digit), as [`class_coverage`] gives them.
+        `class_counts` (images per predicted digit), as [`class_coverage`] gives them; with `requested` also
+        `class_accuracy`, the fraction of images whose predicted digit is the requested one ([`class_accuracy`]).
+
+    Example:
+
+    ```py
+    >>> import torch
+    >>> class Judge:  # sees digit 3 in every image
+    ...     def predict_proba(self, images, batch_size):
+    ...         return torch.nn.functional.one_hot(torch.full((len(images),), 3), 10).double()
+    >>> scores = judge_scores(Judge(), torch.zeros(4, 1, 8, 8, dtype=torch.uint8), requested=torch.tensor([3, 3, 3, 7]))
+    >>> scores["class_accuracy"], scores["classes_present"]
+    (0.75, 1)
+
+    ```
     """
-    from .digit_classifier import class_coverage, classifier_inception_score
+    from .digit_classifier import class_accuracy, class_coverage, classifier_inception_score
 
     probs = judge.predict_proba(images, batch_size=batch_size)  # (N, 10) float64
     coverage = class_coverage(probs)
-    return {"classifier_is": classifier_inception_score(probs), "classes_present": coverage.num_present,
-            "class_entropy": coverage.normalized_entropy, "class_counts": list(coverage.counts)}
+    scores = {"classifier_is": classifier_inception_score(probs), "classes_present": coverage.num_present,
+              "class_entropy": coverage.normalized_entropy, "class_counts": list(coverage.counts)}
+    if requested is not None:
+        scores["class_accuracy"] = class_accuracy(probs, requested, num_classes=probs.shape[1])
+    return scores
 
 
 def score_reference(run: EvaluationRun) -> dict[str, Any]:
@@ -703,14 +887,16 @@ def score_samples(run: EvaluationRun, samples: SampledImages, reference) -> dict
     """Step 4: one results row of a sampler's images: FID and KID against the reference statistics, precision,
     recall, density and coverage on the same features ([`precision_recall_density_coverage`], k = `nearest_k`;
     None with `prdc_skipped` saying why when there are too few images), the mean pixel value, and the digit
-    judge's scores ([`judge_scores`]) when the judge is on."""
+    judge's scores ([`judge_scores`]) when the judge is on, with the class accuracy of a conditional pipeline's
+    samples when its classes are the digits (else `class_accuracy` None and `class_accuracy_skipped` says why)."""
     from .metrics import extract_features, sample_quality
     from .precision_recall import precision_recall_density_coverage
 
     config, spec = run.config, samples.spec
     t0 = time.perf_counter()
     feats = extract_features(run.extractor, samples.images, batch_size=config.batch_size)
-    row = {"sampler": spec.spec, **spec.describe(run.schedulers[spec.spec])}  # incl. the spacing and ε̂ used
+    # the sampler's choices as used, incl. the spacing and DDIM's ε̂ (`use_clipped_model_output`)
+    row = {"sampler": spec.spec, "guidance_scale": samples.guidance_scale, **spec.describe(run.schedulers[spec.spec])}
     row.update(sample_quality(feats, reference, run.extractor, kid_subset_size=config.kid_subset_size,
                               kid_subsets=config.kid_subsets, generator=torch.Generator().manual_seed(config.seed)))
     row.update({"nearest_k": config.nearest_k, "prdc_skipped": run.prdc_skip_reason})
@@ -719,23 +905,33 @@ def score_samples(run: EvaluationRun, samples: SampledImages, reference) -> dict
     else:
         row.update(dict.fromkeys(PRDC_KEYS))
     row["mean_pixel"] = mean_pixel(samples.images)
+    conditional = samples.class_labels is not None
+    accuracy = conditional and run.judge is not None and run.class_accuracy_skip_reason is None
     if run.judge is not None:
-        row.update(judge_scores(run.judge, samples.images, batch_size=config.batch_size))
+        row.update(judge_scores(run.judge, samples.images, batch_size=config.batch_size,
+                                requested=samples.class_labels if accuracy else None))
+    if conditional:
+        if not accuracy:
+            row.update({"class_accuracy": None, "class_accuracy_skipped": run.class_accuracy_skip_reason})
     t_feat = time.perf_counter() - t0
     row.update({"sampling_time_s": samples.seconds, "feature_time_s": t_feat, "wall_time_s": samples.seconds + t_feat})
     return row
 
 
 def write_results(results: dict[str, Any], grids: dict[str, torch.Tensor], output_dir: str | os.PathLike) -> dict:
-    """Step 5: one sample grid per sampler, `results.md` and `results.json` in `output_dir`, each written
-    atomically; the rows get their grid's file name and `results` its `markdown` and `files`."""
+    """Step 5: one sample grid per sampler (and guidance scale: `samples_<sampler>-w<w>.png`, one class per
+    column), `results.md` and `results.json` in `output_dir`, each written atomically; the rows get their grid's
+    file name and `results` its `markdown` and `files`."""
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
+    conditioning = results.get("conditioning")
     for row in results["samples"]:
-        slug = parse_sampler(row["sampler"]).slug
-        if slug in grids:
-            path = out / f"samples_{slug}.png"
-            save_image_grid(grids[slug], path, nrow=math.ceil(math.sqrt(len(grids[slug]))))
+        key = _row_key(parse_sampler(row["sampler"]).slug, row.get("guidance_scale"))
+        if key in grids:
+            path = out / f"samples_{key}.png"
+            # conditional: image i is class i mod K, so K per row puts one class in each column
+            nrow = conditioning["num_classes"] if conditioning else math.ceil(math.sqrt(len(grids[key])))
+            save_image_grid(grids[key], path, nrow=nrow)
             row["grid"] = path.name
     results["markdown"] = results_markdown(results)
     atomic_write_text(out / "results.md", results["markdown"])
@@ -756,8 +952,10 @@ def evaluate(config: EvaluationConfig | argparse.Namespace) -> dict[str, Any]:
             is accepted too).
 
     Returns:
-        `dict`: `bits_per_dim` (one row per variance type), `samples` (one row per sampler: FID/KID with the
-        extractor's label, precision/recall/density/coverage, mean pixel, the judge's scores), `reference` (the
+        `dict`: `bits_per_dim` (one row per variance type), `samples` (one row per sampler, and per guidance
+        scale `guidance_scale` for a conditional pipeline: FID/KID with the extractor's label,
+        precision/recall/density/coverage, mean pixel, the judge's scores, the class accuracy), `conditioning`
+        (a conditional pipeline's classes, label rule and the bits/dim label; else None), `reference` (the
         cached real-image statistics), `digit_judge` (when on: the real images' scores), `config`, `command`
         (the equivalent `ddpm-ext evaluate` line), `environment`, `markdown` (the table), and `files` (what was
         written: `output_dir`'s files, the model card).
@@ -792,6 +990,16 @@ def evaluate(config: EvaluationConfig | argparse.Namespace) -> dict[str, Any]:
         "bits_per_dim": score_likelihood(run),
         "samples": [],
         "reference": None,
+        "conditioning": None if run.class_names is None else {
+            "num_classes": run.num_classes,
+            "class_names": run.class_names,
+            "guidance_scales": run.guidance_scales,
+            "sample_labels": "image i is asked for class i mod K (every class equally often)",
+            "bits_per_dim_label": (f"the null class ∅ (id {run.null_class}): the unconditional p(x) that label "
+                                   "dropout trains"),
+            "class_accuracy_skipped": run.class_accuracy_skip_reason,
+            "ddim": "use_clipped_model_output=True (ε̂ recomputed from the clipped x̂_0) unless the spec says :eps=model",
+        },
     }
     grids: dict[str, torch.Tensor] = {}
     if config.do_samples:
@@ -802,10 +1010,11 @@ def evaluate(config: EvaluationConfig | argparse.Namespace) -> dict[str, Any]:
             "key": reference.key,
         }
         for spec in config.samplers:
-            samples = sample_images(run, spec)
-            results["samples"].append(score_samples(run, samples, reference))
-            if config.num_grid_images > 0:
-                grids[spec.slug] = samples.images[: config.num_grid_images]
+            for w in run.guidance_scales:  # [None] for an unconditional pipeline
+                samples = sample_images(run, spec, guidance_scale=w)
+                results["samples"].append(score_samples(run, samples, reference))
+                if config.num_grid_images > 0:
+                    grids[samples.key] = samples.images[: config.num_grid_images]
         extractor = run.extractor
         results["feature_extractor"] = {"name": extractor.name, "identity": extractor.identity,
                                         "comparable_to_published": extractor.comparable_to_published,
@@ -828,6 +1037,7 @@ def evaluate(config: EvaluationConfig | argparse.Namespace) -> dict[str, Any]:
     results["environment"] = {
         "device": str(run.device), "torch": torch.__version__, "python": platform.python_version(),
         "machine": platform.machine(), "cpu_threads": torch.get_num_threads(),
+        "cpu_threads_sampling": None if run.threads is None else run.threads.summary(),
         "gpu": torch.cuda.get_device_name(run.device) if run.device.type == "cuda" else None,
     }
     results["command"] = evaluation_command(config)
@@ -867,12 +1077,22 @@ def results_markdown(results: dict[str, Any]) -> str:
         f"{results['channels']} channel(s); T = {results['num_train_timesteps']}; device {env.get('device', '?')}; "
         f"total {_fmt(results.get('total_time_s'), 3)} s.",
     ]
+    cond = results.get("conditioning")
+    if cond:
+        names = ", ".join(cond["class_names"][:12]) + (", ..." if cond["num_classes"] > 12 else "")
+        lines += [
+            "",
+            f"Class-conditional: {cond['num_classes']} classes ({names}); samples: {cond['sample_labels']}, "
+            f"classifier-free guidance w per row (DDIM with {cond['ddim']}); bits/dim under {cond['bits_per_dim_label']}."
+            + (f" Class accuracy skipped: {cond['class_accuracy_skipped']}." if cond["class_accuracy_skipped"] else ""),
+        ]
     if results["bits_per_dim"]:
         n = results["bits_per_dim"][0]["num_images"]
         clipped = "x̂₀ clipped to [−1, 1]" if results["bits_per_dim"][0].get("clip_denoised") else "x̂₀ not clipped"
         lines += [
             "",
-            f"## Bits/dim ({n} held-out images, {clipped}; upper bound on −log₂ p(x₀) per dimension, ± standard error)",
+            f"## Bits/dim ({n} held-out images, {clipped}; upper bound on −log₂ p(x₀) per dimension, ± standard error"
+            + (f"; class label ∅ = {cond['num_classes']}, the null class)" if cond else ")"),
             "",
             "| σ² (variance_type) | bits/dim | ± s.e. | L_T (prior) | L_0 (decoder) | wall time (s, shared) |",
             "|---|---|---|---|---|---|",
@@ -890,6 +1110,7 @@ def results_markdown(results: dict[str, Any]) -> str:
         prdc = "PRDC skipped: " + first["prdc_skipped"] if first.get("prdc_skipped") else (
             f"precision/recall (Kynkäänniemi et al. 2019) and density/coverage (Naeem et al. 2020) on the same "
             f"features, k = {first.get('nearest_k')}")
+        accuracy = bool(cond) and not cond["class_accuracy_skipped"] and bool(judge)
         lines += [
             "",
             f"## Sample quality: {fe['label']}",
@@ -897,28 +1118,34 @@ def results_markdown(results: dict[str, Any]) -> str:
             f"Reference: {ref['num_images']} real images ({'cached' if ref['cache_hit'] else 'computed'}); KID "
             f"(×10³) over {first['kid_subsets']} subsets of {first['kid_subset_size']}; {prdc}; mean pixel in [0, 1]."
             + (f" Classifier IS, digits present (of 10) and class entropy (normalized): {judge['description']}; "
-               "the first row is the real reference images." if judge else ""),
+               "the first row is the real reference images." if judge else "")
+            + (" Class accuracy: the fraction of samples the judge reads as their requested digit." if accuracy else ""),
             "",
-            "| sampler | steps | η | noise z | samples | FID | KID ×10³ | ± std | precision | recall | density | "
-            "coverage | mean pixel | " + ("classifier IS | digits present | class entropy | " if judge else "")
-            + "wall time (s) | grid |",
-            "|---|---|---|---|---|---|---|---|---|---|---|---|---|" + ("---|---|---|" if judge else "") + "---|---|",
+            "| sampler | " + ("w | " if cond else "") + "steps | η | noise z | samples | FID | KID ×10³ | ± std | "
+            "precision | recall | density | coverage | mean pixel | "
+            + ("class accuracy | " if accuracy else "")
+            + ("classifier IS | digits present | class entropy | " if judge else "") + "wall time (s) | grid |",
+            "|---|" + ("---|" if cond else "") + "---|---|---|---|---|---|---|---|---|---|---|---|"
+            + ("---|" if accuracy else "") + ("---|---|---|" if judge else "") + "---|---|",
         ]
         if judge:
             real = judge["reference"]
             lines.append(
-                f"| real images | – | – | – | {real['num_images']} | – | – | – | – | – | – | – | "
-                f"{real['mean_pixel']:.3f} | {real['classifier_is']:.2f} | {real['classes_present']} | "
-                f"{_fmt3(real['class_entropy'])} | – | – |"
+                "| real images | " + ("– | " if cond else "") + f"– | – | – | {real['num_images']} | – | – | – | – | "
+                f"– | – | – | {real['mean_pixel']:.3f} | " + ("– | " if accuracy else "")
+                + f"{real['classifier_is']:.2f} | {real['classes_present']} | {_fmt3(real['class_entropy'])} | – | – |"
             )
         for r in results["samples"]:
             grid = f"[{r['grid']}]({r['grid']})" if r.get("grid") else "–"
             eta = _fmt(r["eta"]) if r["eta"] is not None else "–"
             new = [_fmt3(r.get(k)) for k in PRDC_KEYS] + [_fmt3(r.get("mean_pixel"))]
+            if accuracy:
+                new.append(_fmt3(r.get("class_accuracy")))
             if judge:
                 new += [f"{r['classifier_is']:.2f}", str(r["classes_present"]), _fmt3(r["class_entropy"])]
+            w = f"{r['guidance_scale']:g} | " if cond else ""
             lines.append(
-                f"| {r['sampler']} | {r['steps']} | {eta} | {'yes' if r['adds_noise'] else 'no'} | {r['num_fake']} | "
+                f"| {r['sampler']} | {w}{r['steps']} | {eta} | {'yes' if r['adds_noise'] else 'no'} | {r['num_fake']} | "
                 f"{r['fid']:.2f} | {1e3 * r['kid_mean']:.2f} | {1e3 * r['kid_std']:.2f} | {' | '.join(new)} | "
                 f"{r['wall_time_s']:.1f} | {grid} |"
             )

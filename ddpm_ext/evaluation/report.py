@@ -135,27 +135,39 @@ def model_card_metrics(results: dict[str, Any], date: str | None = None) -> str:
         (f"Measured with `ddpm-ext evaluate` on {date} against `{results['dataset']}` (split `{results['split']}`), "
          f"{results['image_size']}×{results['image_size']}, {results['channels']} channel(s)."),
     ]
+    cond = results.get("conditioning")
     if results["bits_per_dim"]:
         n = results["bits_per_dim"][0]["num_images"]
-        lines += ["", f"Bits/dim of {n} held-out images (upper bound, ± standard error):", "",
+        null = f" under the null class ∅ (id {cond['num_classes']}), i.e. of the unconditional p(x)" if cond else ""
+        lines += ["", f"Bits/dim of {n} held-out images{null} (upper bound, ± standard error):", "",
                   "| σ² (variance_type) | bits/dim | ± s.e. |", "|---|---|---|"]
         lines += [f"| {r['variance_type']} | {r['bits_per_dim']:.4f} | {_num(r['sem'], '.2g')} |"
                   for r in results["bits_per_dim"]]
     if results["samples"]:
         fe, judge = results["feature_extractor"], results.get("digit_judge")
         first = results["samples"][0]
-        head = ["sampler", "FID", "KID ×10³", "precision", "recall"] + (["classifier IS"] if judge else [])
+        accuracy = bool(cond) and bool(judge) and not cond["class_accuracy_skipped"]
+        head = (["sampler"] + (["w"] if cond else []) + ["FID", "KID ×10³", "precision", "recall"]
+                + (["class accuracy"] if accuracy else []) + (["classifier IS"] if judge else []))
         lines += ["", (f"Sample quality of {first['num_fake']} samples per sampler against {first['num_real']} "
                        f"real images; {fe['label']}:"), "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         if judge:  # the ceiling first
             ref = judge["reference"]
-            lines.append(f"| real images ({ref['num_images']}) | – | – | – | – | {ref['classifier_is']:.2f} |")
+            dashes = ["–"] * (len(head) - 2)
+            lines.append("| " + " | ".join([f"real images ({ref['num_images']})", *dashes, f"{ref['classifier_is']:.2f}"]) + " |")
         for r in results["samples"]:
-            cells = [r["sampler"], f"{r['fid']:.2f}", f"{1e3 * r['kid_mean']:.2f} ± {1e3 * r['kid_std']:.2f}",
-                     _num(r.get("precision"), ".3f"), _num(r.get("recall"), ".3f")]
+            cells = [r["sampler"]] + ([f"{r['guidance_scale']:g}"] if cond else []) + [
+                f"{r['fid']:.2f}", f"{1e3 * r['kid_mean']:.2f} ± {1e3 * r['kid_std']:.2f}",
+                _num(r.get("precision"), ".3f"), _num(r.get("recall"), ".3f")]
+            cells += [_num(r.get("class_accuracy"), ".3f")] if accuracy else []
             lines.append("| " + " | ".join(cells + ([_num(r.get("classifier_is"), ".2f")] if judge else [])) + " |")
         if judge:
             lines += ["", f"Classifier IS: {judge['description']}."]
+        if cond:
+            lines += ["", (f"Class-conditional ({cond['num_classes']} classes): {cond['sample_labels']}; w is the "
+                           "classifier-free guidance scale" + ("; class accuracy: the fraction of samples the digit "
+                           "judge reads as their requested digit." if accuracy else
+                           f"; class accuracy skipped: {cond['class_accuracy_skipped']}."))]
         if first.get("prdc_skipped"):
             lines += ["", f"Precision/recall skipped: {first['prdc_skipped']}."]
         elif first.get("nearest_k"):

@@ -459,6 +459,7 @@ class DDPMExtPipeline(DiffusionPipeline):
         batch_size: int | None = None,
         variance_type: str | None = None,
         clip_denoised: bool | None = None,
+        class_labels: int | Sequence[int] | torch.Tensor | None = None,
         progress: bool = False,
     ) -> BitsPerDimOutput:
         r"""The variational bound of held-out images under this pipeline's UNet, in bits/dim per image.
@@ -476,6 +477,9 @@ class DDPMExtPipeline(DiffusionPipeline):
             variance_type (`str`, *optional*): σ_t² of p_θ; defaults to the scheduler's `variance_type`.
             clip_denoised (`bool`, *optional*): clip x̂_0 to [-1, 1] before computing μ_θ; defaults to the
             scheduler's `clip_sample` (p_θ as the sampler draws from it).
+            class_labels (`int` or N ints, *optional*): for a class-conditional UNet, the class id of every image
+                (or one for all); the null class id K (`len(self.id2label)`) scores the unconditional p(x). Required
+                for a conditional UNet, refused for an unconditional one.
             progress (`bool`, defaults to `False`): show a progress bar.
 
         Returns:
@@ -502,6 +506,7 @@ class DDPMExtPipeline(DiffusionPipeline):
             generator=generator,
             batch_size=batch_size,
             clip_denoised=clip_denoised,
+            class_labels=class_labels,
             progress=progress,
             variance_type=variance_type,
         )

@@ -58,6 +58,7 @@ from ..data import (
     load_image_dataset,
     preprocess_dataset,
 )
+from ..cpu_threads import AdaptiveThreads, parse_cpu_threads
 from ..files import atomic_write_text, write_with
 from ..images import save_image_grid
 from ..losses import LOSS_TYPES, diffusion_loss
@@ -163,6 +164,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     # speed (README "Speed": measured effect of each; the defaults keep the exact arithmetic of earlier versions)
     a("--channels_last", action="store_true", help="Keep the UNet's weights and the batches in NHWC (torch.channels_last).")
     a("--optimizer_impl", default="auto", choices=OPTIMIZER_IMPLS, help="AdamW implementation: auto = PyTorch's choice for the device (foreach on GPUs, for-loop on CPUs), or force one.")
+    a("--cpu_threads", default="auto", help="CPU threads of the training step: 'auto' (default) uses every core while the machine is otherwise idle and gives cores back while other processes need them (ddpm_ext.cpu_threads; off when OMP_NUM_THREADS is set); N: exactly N threads. Set OMP_NUM_THREADS or N for bit-exact reruns on a shared machine.")
     a("--compile", action="store_true", help="torch.compile the UNet (through accelerate's dynamo_backend='inductor'); the first steps compile.")
     a("--seed", type=int, default=0, help="Seed of every random choice: weights, data order, t, ε, flips.")
     a("--local_rank", type=int, default=-1, help="Set by torch.distributed launchers (accelerate reads LOCAL_RANK itself).")
@@ -210,6 +212,7 @@ def check_args(args: argparse.Namespace) -> None:
     for name in ("lr_warmup_steps", "save_images_steps", "save_images_epochs", "save_model_epochs", "dataloader_num_workers"):
         if getattr(args, name) < 0:
             raise ValueError(f"--{name} must be >= 0, got {getattr(args, name)}")
+    args.cpu_threads = parse_cpu_threads(args.cpu_threads, "--cpu_threads")
     _check_flag_number("learning_rate", args.learning_rate, 0, None, low_open=True)
     _check_flag_number("adam_beta1", args.adam_beta1, 0, 1, high_open=True)
     _check_flag_number("adam_beta2", args.adam_beta2, 0, 1, high_open=True)
@@ -598,6 +601,7 @@ class Trainer:
         self.loss_value = float("nan")
         self.train_seconds = 0.0
         self.pending_prune = False
+        self.threads = None  # the AdaptiveThreads of the loop (see --cpu_threads)
 
     def resume(self, saved: dict[str, Any]) -> None:
         # load_kwargs: accelerate reads optimizer.bin / scheduler.bin with torch.load(weights_only=True)
@@ -611,6 +615,7 @@ class Trainer:
         from tqdm.auto import tqdm
 
         randomness = StepRandomness(args.seed)
+        self.threads = AdaptiveThreads.from_option(args.cpu_threads, accelerator.device)
         progress = tqdm(total=self.max_steps, initial=self.global_step, disable=not accelerator.is_local_main_process, desc="train")
         start = time.time()
         while self.global_step < self.max_steps:
@@ -644,6 +649,7 @@ class Trainer:
                 if not accelerator.sync_gradients:
                     continue
                 self._after_step(losses, progress)
+                self.threads.tick()
                 if self.global_step % args.checkpointing_steps == 0:
                     at_end = seen == len(self.loader)
                     self._checkpoint(self.epoch + at_end, 0 if at_end else seen)
@@ -723,6 +729,7 @@ def save_outputs(args, trainer: Trainer, num_train_images: int, resolution: int)
             "num_processes": accelerator.num_processes,
             "num_train_images": num_train_images,
             "resolution": resolution,
+            "cpu_threads": trainer.threads.summary() if trainer.threads is not None else None,
             **(trainer.conditioning.info() if trainer.conditioning is not None else {}),
         }
         atomic_write_text(output_dir / "training_info.json", json.dumps(info, indent=2))

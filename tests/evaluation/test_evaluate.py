@@ -259,9 +259,183 @@ def test_docstring_examples():
     assert result.failed == 0 and result.attempted > 0
 
 
-def test_a_class_conditional_pipeline_is_refused_before_any_work(tmp_path):
-    from ddpm_ext import DDPMExtPipeline, DDPMExtScheduler, build_unet
+# ----------------------------------------------------------------------------------------------------------
+# Class-conditional pipelines: balanced labels, guidance scales, class accuracy, bits/dim under the null class
+# ----------------------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def digit_pipeline(tmp_path_factory):
+    """A randomly initialised 8x8 grayscale UNet for the 10 digits (+ the null class, id 10), T = 20 (cosine)."""
+    torch.manual_seed(1)
+    folder = tmp_path_factory.mktemp("cond")
+    unet = build_unet("tiny", num_class_embeds=11).eval()
+    DDPMExtPipeline(unet=unet, scheduler=DDPMExtScheduler(num_train_timesteps=20, beta_schedule="cosine")).save_pretrained(folder)
+    return folder
 
-    DDPMExtPipeline(unet=build_unet("tiny", num_class_embeds=3), scheduler=DDPMExtScheduler(num_train_timesteps=10)).save_pretrained(tmp_path / "cond")
-    with pytest.raises(ValueError, match="class-conditional pipeline; `ddpm-ext evaluate` scores unconditional ones only"):
-        evaluate(EvaluationConfig(pipeline=str(tmp_path / "cond"), num_bpd_images=1, num_samples=0))
+
+def record_pipeline_calls(monkeypatch) -> list[dict]:
+    """Record the keyword arguments of every DDPMExtPipeline call (then call it)."""
+    calls, call = [], DDPMExtPipeline.__call__
+
+    def recording(self, *args, **kwargs):
+        calls.append({"scheduler": type(self.scheduler).__name__, **kwargs})
+        return call(self, *args, **kwargs)
+
+    monkeypatch.setattr(DDPMExtPipeline, "__call__", recording)
+    return calls
+
+
+def test_balanced_class_labels():
+    from ddpm_ext.evaluation.evaluate import balanced_class_labels
+
+    assert balanced_class_labels(12, 10) == [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 0, 1]
+    assert balanced_class_labels(4, 10, start=8) == [8, 9, 0, 1]  # a batch starting at image 8
+    assert balanced_class_labels(0, 3) == []
+    with pytest.raises(ValueError, match="`num_classes` must be an integer >= 1, got 0"):
+        balanced_class_labels(3, 0)
+
+
+def test_a_class_conditional_pipeline_evaluates_end_to_end(digit_pipeline, tmp_path, monkeypatch):
+    from ddpm_ext.evaluation.digit_classifier import DigitClassifier, class_accuracy
+    from ddpm_ext.evaluation.evaluate import load_evaluation
+    from ddpm_ext.likelihood import bits_per_dim_variances
+
+    calls = record_pipeline_calls(monkeypatch)
+    out = tmp_path / "eval"
+    argv = [str(digit_pipeline), "--num_bpd_images", "2", "--max_real_images", "16", "--num_samples", "12",
+            "--kid_subset_size", "6", "--kid_subsets", "4", "--samplers", "ddim:4:1", "ddpm:5", "--guidance_scales", "0",
+            "2", "--batch_size", "5", "--nearest_k", "3", "--stats_cache_dir", str(tmp_path / "stats"),
+            "--output_dir", str(out), "--no_progress"]
+    assert main(argv) == 0
+    results = json.loads((out / "results.json").read_text())
+    markdown = (out / "results.md").read_text()
+
+    # every (sampler, w) is a row, in order; image i was asked for digit i mod 10 whatever the batch (5, 5, 2)
+    rows = results["samples"]
+    assert [(r["sampler"], r["guidance_scale"]) for r in rows] == [("ddim:4:1", 0.0), ("ddim:4:1", 2.0),
+                                                                    ("ddpm:5", 0.0), ("ddpm:5", 2.0)]
+    assert len(calls) == 4 * 3 and [c["batch_size"] for c in calls] == [5, 5, 2] * 4
+    for i, row in enumerate(rows):
+        mine = calls[3 * i : 3 * i + 3]
+        assert [label for c in mine for label in c["class_labels"]] == [i % 10 for i in range(12)]
+        assert {c["guidance_scale"] for c in mine} == {row["guidance_scale"]}
+        ddim = row["kind"] == "ddim"  # DDIM gets the consistent ε̂ (the pipeline's default), DDPM does not need it
+        assert all("use_clipped_model_output" not in c for c in mine)
+        assert row["use_clipped_model_output"] is (True if ddim else None)
+        assert 0.0 <= row["class_accuracy"] <= 1.0 and "class_accuracy_skipped" not in row
+        assert math.isfinite(row["fid"]) and row["num_fake"] == 12
+    assert results["conditioning"]["num_classes"] == 10 and results["conditioning"]["class_accuracy_skipped"] is None
+
+    # the class accuracy is the judge's verdict on exactly these samples (DDPM-5, w = 2, recomputed directly)
+    pipe = DDPMExtPipeline.from_pretrained(digit_pipeline)
+    pipe.set_progress_bar_config(disable=True)
+    pipe.scheduler = parse_sampler("ddpm:5").build(pipe.scheduler.config)
+    requested = [i % 10 for i in range(12)]
+    direct = pipe(batch_size=12, generator=image_generators(0, 0, 12), num_inference_steps=5, class_labels=requested,
+                  guidance_scale=2.0, output_type="pt").images
+    probs = DigitClassifier.pretrained().predict_proba((direct * 255).round().to(torch.uint8))
+    assert rows[3]["class_accuracy"] == pytest.approx(class_accuracy(probs, torch.tensor(requested)))
+    # the grid holds those samples, one digit per column (10 per row)
+    expected = make_grid((direct * 255).round().to(torch.uint8), nrow=10)
+    assert np.array_equal(np.asarray(Image.open(out / rows[3]["grid"])), np.asarray(expected))
+    assert rows[3]["grid"] == "samples_ddpm-5-w2.png" and rows[0]["grid"] == "samples_ddim-4-eta1-w0.png"
+
+    # bits/dim under the null class (id 10): a direct computation on the same held-out images agrees
+    assert [r["class_label"] for r in results["bits_per_dim"]] == [10, 10]
+    run = load_evaluation(EvaluationConfig(digit_pipeline, num_bpd_images=2, num_samples=0))
+    x0 = run.pixels(run.order[:2]) / 127.5 - 1
+    ref = bits_per_dim_variances(pipe.unet, pipe.scheduler, x0, ["fixed_small", "fixed_large"],
+                                 generator=torch.Generator().manual_seed(0), batch_size=5, clip_denoised=True,
+                                 class_labels=[10, 10])
+    for r in results["bits_per_dim"]:
+        assert r["bits_per_dim"] == pytest.approx(float(ref[r["variance_type"]].total.mean()), rel=1e-6)
+
+    # the table shows w and the class accuracy; the text says which labels were used
+    assert "| sampler | w | steps |" in markdown and "| class accuracy |" in markdown
+    assert "| ddpm:5 | 2 | 5 | – | yes | 12 |" in markdown
+    assert "class label ∅ = 10, the null class" in markdown and "image i is asked for class i mod K" in markdown
+    assert "--guidance_scales 0.0 2.0" in results["command"]
+    # and so does the model card's compact table
+    from ddpm_ext.evaluation.report import model_card_metrics
+
+    card = model_card_metrics(results, date="2026-01-02")
+    assert "| sampler | w | FID | KID ×10³ | precision | recall | class accuracy | classifier IS |" in card
+    r = rows[3]
+    assert (f"| ddpm:5 | 2 | {r['fid']:.2f} | {1e3 * r['kid_mean']:.2f} ± {1e3 * r['kid_std']:.2f} | "
+            f"{r['precision']:.3f} | {r['recall']:.3f} | {r['class_accuracy']:.3f} | {r['classifier_is']:.2f} |") in card
+    assert "under the null class ∅ (id 10)" in card and "| real images (16) | – | – | – | – | – | – |" in card
+
+
+def test_class_accuracy_of_hand_made_judgements():
+    from ddpm_ext.evaluation.evaluate import judge_scores
+
+    class Judge:  # known probabilities: argmax 3, 3, 7, 1, 0
+        def predict_proba(self, images, batch_size):
+            logits = torch.full((5, 10), -5.0)
+            logits[torch.arange(5), torch.tensor([3, 3, 7, 1, 0])] = 5.0
+            return logits.double().softmax(1)
+
+    images = torch.zeros(5, 1, 8, 8, dtype=torch.uint8)
+    scores = judge_scores(Judge(), images, requested=torch.tensor([3, 4, 7, 1, 9]))
+    assert scores["class_accuracy"] == 0.6 and scores["classes_present"] == 4  # 3 of 5 read as asked
+    assert "class_accuracy" not in judge_scores(Judge(), images)  # no labels: no accuracy
+
+
+def test_class_accuracy_is_skipped_with_the_reason_for_classes_that_are_not_digits(tmp_path):
+    from ddpm_ext.pipelines.guidance import set_class_names
+
+    torch.manual_seed(0)
+    unet = build_unet("tiny", num_class_embeds=3).eval()
+    set_class_names(unet, ["dark", "bright"])
+    DDPMExtPipeline(unet=unet, scheduler=DDPMExtScheduler(num_train_timesteps=10)).save_pretrained(tmp_path / "cond")
+    common = [str(tmp_path / "cond"), "--stats_cache_dir", str(tmp_path / "stats"), "--no_progress", "--num_bpd_images",
+              "0", "--samplers", "ddim:2:0", "--num_samples", "4", "--kid_subset_size", "3", "--kid_subsets", "2",
+              "--max_real_images", "8", "--nearest_k", "0", "--num_grid_images", "0"]
+    with pytest.warns(UserWarning, match="not a meaningful number"):
+        results = evaluate(build_parser().parse_args(common))
+    row = results["samples"][0]
+    assert row["guidance_scale"] == 1.0  # the default: p(x | y), as `ddpm-ext sample`
+    assert row["class_accuracy"] is None and "are not the digits '0'..'9'" in row["class_accuracy_skipped"]
+    assert "'dark', 'bright'" in results["conditioning"]["class_accuracy_skipped"]
+    assert "Class accuracy skipped" in results["markdown"] and "| class accuracy |" not in results["markdown"]
+    assert "classifier_is" in row  # the judge's other scores are still there
+    with pytest.warns(UserWarning, match="not a meaningful number"):
+        off = evaluate(build_parser().parse_args(common + ["--digit_judge", "off"]))
+    assert "the digit judge is off (`digit_judge` is 'off')" in off["samples"][0]["class_accuracy_skipped"]
+
+
+@pytest.mark.parametrize(
+    "value, message",
+    [
+        ([-1.0], r"`guidance_scales` must be a number >= 0, got -1.0"),
+        ([1.0, float("nan")], r"`guidance_scales` must be a number >= 0, got nan"),
+        ([float("inf")], r"`guidance_scales` must be a number >= 0, got inf"),
+        ([], r"`guidance_scales` must be a non-empty list"),
+        ("2", r"`guidance_scales` must be a non-empty list of finite numbers >= 0 \(or None\), got '2'"),
+        ([2, 2.0], r"`--guidance_scales` lists a scale twice: \[2.0, 2.0\]"),
+    ],
+)
+def test_bad_guidance_scales_are_refused_on_construction(value, message):
+    with pytest.raises(ValueError, match=message):
+        EvaluationConfig("outputs/mnist", guidance_scales=value)
+
+
+def test_bad_guidance_is_a_command_line_error_before_any_work(tiny_pipeline, digit_pipeline, tmp_path, monkeypatch, capsys):
+    import ddpm_ext.evaluation.evaluate as evaluate_mod
+
+    loaded = []
+    monkeypatch.setattr(evaluate_mod, "_load_data", lambda *a: loaded.append(a) or pytest.fail("data was loaded"))
+    calls = record_pipeline_calls(monkeypatch)
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(digit_pipeline), "--guidance_scales", "-0.5", "--no_progress"])
+    assert exit_info.value.code == 2 and "`guidance_scales` must be a number >= 0, got -0.5" in capsys.readouterr().err
+    # guidance for an unconditional pipeline, even w = 1: refused once the pipeline is known, before the data
+    for w in ("2", "1"):
+        with pytest.raises(ValueError, match=rf"`--guidance_scales` \[{w}.0\] needs a class-conditional pipeline, "
+                                             r"but .* is unconditional .*drop --guidance_scales"):
+            evaluate(EvaluationConfig(tiny_pipeline, guidance_scales=[float(w)], no_progress=True))
+    assert loaded == [] and calls == []
+    # a class embedding without ddpm_ext's null class cannot be evaluated
+    DDPMExtPipeline(unet=build_unet("tiny", num_class_embeds=1), scheduler=DDPMExtScheduler(num_train_timesteps=10)).save_pretrained(tmp_path / "one")
+    with pytest.raises(ValueError, match=r"cannot be evaluated: A conditional UNet needs `num_class_embeds` >= 2"):
+        evaluate(EvaluationConfig(tmp_path / "one", no_progress=True))
+    assert loaded == [] and calls == []

@@ -254,6 +254,7 @@ def test_failed_push_keeps_output_and_says_how_to_retry(tmp_path, upload_hub):
         (["--model_config", "huge"], "--model_config must be one of"),
         (["--resume_from_checkpoint", "/nonexistent"], "--resume_from_checkpoint must be 'latest' or an existing checkpoint"),
         (["--ddpm_num_inference_steps", "2000"], "--ddpm_num_inference_steps (2000) must not exceed --ddpm_num_steps (1000)"),
+        (["--cpu_threads", "0"], "`--cpu_threads` must be 'auto' or an integer >= 1, got '0'."),
     ],
 )
 def test_bad_flags(args, message, tmp_path):

@@ -549,8 +549,8 @@ def load_evaluation(config: EvaluationConfig) -> EvaluationRun:
                 f"`--samplers` {s.spec!r}: {s.steps} steps is more than the pipeline's num_train_timesteps={T}; "
                 f"allowed STEPS: 1..{T}."
             )
-        schedulers[s.spec] = s.build(base_scheduler.config)
         try:
+            schedulers[s.spec] = s.build(base_scheduler.config)
             check_components(unet, schedulers[s.spec])
         except ValueError as err:
             raise ValueError(f"`--samplers` {s.spec!r} does not fit this pipeline: {err}") from err

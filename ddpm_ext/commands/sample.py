@@ -26,6 +26,8 @@ from ..files import write_with
 from ..images import save_image_grid, to_pil
 from .guidance_options import add_guidance_arguments, cli_guidance
 from ..pipelines.pipeline_ddpm_ext import DDPMExtPipeline
+from ..schedulers.fast_samplers import FAST_SAMPLERS, fast_sampler
+from ..schedulers.scheduling_common import TIMESTEP_SPACINGS
 from ..schedulers.scheduling_ddim_ext import DDIMExtScheduler
 from ..schedulers.scheduling_ddpm_ext import DDPMExtScheduler
 from ..seeding import image_generators
@@ -50,8 +52,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help=f"Sampling steps, 1..T; fewer than T respaces the chain (default: {DEFAULT_STEPS}, or T if smaller).",
     )
     parser.add_argument(
-        "--scheduler", choices=sorted(SCHEDULERS), default=None,
-        help="Sampler: ddpm (ancestral, Algorithm 2) or ddim (default: the pipeline's saved scheduler).",
+        "--scheduler", choices=[*sorted(SCHEDULERS), *FAST_SAMPLERS], default=None,
+        help="Sampler: ddpm (ancestral, Algorithm 2), ddim, or diffusers' dpmpp (DPM-Solver++ 2M) / unipc with the "
+        "model's x̂_0 clipping (ddpm_ext.fast_sampler) (default: the pipeline's saved scheduler).",
+    )
+    parser.add_argument(
+        "--timestep_spacing", choices=TIMESTEP_SPACINGS, default=None,
+        help="Timesteps of a respaced chain (default: the pipeline's: trailing, starting at T, for a config that says "
+        "diffusers' 'leading'; leading: diffusers' chain).",
+    )
+    parser.add_argument(
+        "--ddim_eps", choices=("consistent", "model"), default=None,
+        help="DDIM's ε̂: consistent = recomputed from the clipped x̂_0 (the pipeline's default); model = the UNet's own "
+        "(diffusers' DDIMPipeline).",
     )
     parser.add_argument(
         "--eta", type=float, default=None, help="DDIM's η in [0, 1] (needs DDIM; default: 0, deterministic)."
@@ -103,9 +116,16 @@ def run(args: argparse.Namespace) -> int:
 
     # 2. The pipeline, and the options that depend on it
     pipe = DDPMExtPipeline.from_pretrained(args.pipeline)
-    if args.scheduler is not None:
+    if args.scheduler in FAST_SAMPLERS:
+        pipe.scheduler = fast_sampler(args.scheduler, pipe.scheduler.config)
+    elif args.scheduler is not None:
         pipe.scheduler = SCHEDULERS[args.scheduler].from_config(pipe.scheduler.config)
     is_ddim = isinstance(pipe.scheduler, DDIMExtScheduler)
+    if args.ddim_eps is not None and not is_ddim:
+        raise ValueError(
+            f"`--ddim_eps` {args.ddim_eps} needs a DDIM scheduler, but the pipeline's is {type(pipe.scheduler).__name__}; "
+            "add `--scheduler ddim`."
+        )
     if args.eta is not None and not is_ddim:
         raise ValueError(
             f"`--eta` {args.eta} needs a DDIM scheduler, but the pipeline's is {type(pipe.scheduler).__name__}; "
@@ -126,6 +146,10 @@ def run(args: argparse.Namespace) -> int:
 
     # 3. Sample, batch by batch, one generator per image
     kwargs = {"eta": float(args.eta or 0.0)} if is_ddim else {}
+    if args.ddim_eps is not None:
+        kwargs["use_clipped_model_output"] = args.ddim_eps == "consistent"
+    if args.timestep_spacing is not None:
+        kwargs["timestep_spacing"] = args.timestep_spacing
     starts = range(0, args.num_images, args.batch_size)
     chunks = []
 

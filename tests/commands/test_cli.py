@@ -84,8 +84,40 @@ def test_sample_ddim_and_without_noise(tiny_pipeline_dir, tmp_path):
 
 
 @pytest.mark.parametrize(
+    "extra, scheduler, call",
+    [
+        # diffusers' behaviour from the command line: leading spacing and the UNet's own ε̂ in DDIM
+        (["--scheduler", "ddim", "--timestep_spacing", "leading", "--ddim_eps", "model"], DDIMExtScheduler,
+         {"eta": 0.0, "timestep_spacing": "leading", "use_clipped_model_output": False}),
+        (["--timestep_spacing", "linspace"], None, {"timestep_spacing": "linspace"}),
+        (["--scheduler", "dpmpp"], "dpmpp", {}),
+        (["--scheduler", "unipc"], "unipc", {}),
+    ],
+)
+def test_sample_sampler_options(tiny_pipeline_dir, tmp_path, extra, scheduler, call):
+    from ddpm_ext import fast_sampler
+
+    out = tmp_path / "grid.png"
+    assert main(["sample", str(tiny_pipeline_dir), "--num_images", "2", "--steps", "4", "--nrow", "2", "--seed", "5",
+                 "--output", str(out), *extra]) == 0
+    pipe = DDPMExtPipeline.from_pretrained(tiny_pipeline_dir)
+    if isinstance(scheduler, str):
+        pipe.scheduler = fast_sampler(scheduler, pipe.scheduler.config)
+    elif scheduler is not None:
+        pipe.scheduler = scheduler.from_config(pipe.scheduler.config)
+    pipe.set_progress_bar_config(disable=True)
+    expected = pipe(batch_size=2, generator=image_generators(5, 0, 2), num_inference_steps=4, output_type="np",
+                    **call).images
+    expected = np.round(expected * 255).astype(np.uint8)
+    assert np.abs(read(out)[2 : 2 + TINY_SIZE, 2 : 2 + TINY_SIZE] - expected[0, ..., 0]).max() <= 1
+
+
+@pytest.mark.parametrize(
     "extra, message",
     [
+        (["--ddim_eps", "model"], "`--ddim_eps` model needs a DDIM scheduler"),
+        (["--timestep_spacing", "middle"], "argument --timestep_spacing: invalid choice: 'middle'"),
+        (["--cpu_threads", "0"], "`--cpu_threads` must be 'auto' or an integer >= 1, got '0'."),
         (["--scheduler", "ddpm", "--eta", "0.5"], "`--eta` 0.5 is DDIM's η"),
         (["--eta", "0.5"], "needs a DDIM scheduler"),  # the saved scheduler is DDPM
         (["--scheduler", "ddim", "--eta", "2"], "`--eta` must be a number in [0, 1], got 2.0"),

@@ -11,8 +11,10 @@ count) and sets `torch.set_num_threads` to the cores they leave free (at least 1
 started with). The training loop and the sampling commands call [`AdaptiveThreads.tick`] once per step, in the
 main thread (OpenMP thread counts belong to the thread that sets them).
 
-It stays off — the thread count is then exactly what PyTorch or the user chose — when `OMP_NUM_THREADS` is set
-in the environment, when the job runs on an accelerator, when only one thread is available, or where
+It stays off — the thread count is then exactly what PyTorch or the user chose — when the user set
+`OMP_NUM_THREADS` ([`threads_chosen_by_user`]; `accelerate launch` sets it for every job it starts, so under
+`accelerate launch` its value is taken as the most threads to use, and `--cpu_threads N` fixes a count), when the
+job runs on an accelerator, when only one thread is available, or where
 `/proc/stat` does not exist (not Linux). Thread counts change the order of floating-point sums, so a run whose
 thread count changed is not bit-identical to one that kept it: set `OMP_NUM_THREADS` for bit-exact reruns.
 """
@@ -24,7 +26,7 @@ import time
 from collections import Counter
 from typing import Any, Callable
 
-__all__ = ["AdaptiveThreads", "other_processes_cpu", "parse_cpu_threads"]
+__all__ = ["AdaptiveThreads", "other_processes_cpu", "parse_cpu_threads", "threads_chosen_by_user"]
 
 _PROC_STAT = "/proc/stat"
 
@@ -49,6 +51,25 @@ def parse_cpu_threads(value: str | int, name: str = "cpu_threads") -> str | int:
     if isinstance(value, bool) or count < 1 or str(count) != str(value).strip():
         raise ValueError(f"`{name}` must be 'auto' or an integer >= 1, got {value!r}.")
     return count
+
+
+def threads_chosen_by_user(environ: Any = None) -> bool:
+    """Whether `OMP_NUM_THREADS` is the user's choice: set, and not by `accelerate launch`, which always sets it
+    (to cores / processes) in the environment of the script it starts, together with its `ACCELERATE_DYNAMO_*`
+    variables.
+
+    Example:
+
+    ```py
+    >>> threads_chosen_by_user({"OMP_NUM_THREADS": "1"}), threads_chosen_by_user({})
+    (True, False)
+    >>> threads_chosen_by_user({"OMP_NUM_THREADS": "2", "ACCELERATE_DYNAMO_BACKEND": "NO"})  # accelerate launch
+    False
+
+    ```
+    """
+    environ = os.environ if environ is None else environ
+    return "OMP_NUM_THREADS" in environ and "ACCELERATE_DYNAMO_BACKEND" not in environ
 
 
 def _busy_seconds(path: str = _PROC_STAT) -> float | None:
@@ -112,7 +133,8 @@ class AdaptiveThreads:
         interval (`float`, defaults to 1.0): seconds between two readings of the machine's load.
         patience (`int`, defaults to 2): how many readings in a row must ask for the same new thread count before it
             changes (a short burst of another process does not flip it).
-        enabled (`bool`, *optional*): force on or off; by default on unless `OMP_NUM_THREADS` is set, the job runs on
+        enabled (`bool`, *optional*): force on or off; by default on unless the user set `OMP_NUM_THREADS`
+            ([`threads_chosen_by_user`]), the job runs on
             an accelerator (`device` other than CPU), `max_threads` is 1 or `/proc/stat` cannot be read.
         device (`str` or `torch.device`, *optional*): the job's device; anything but CPU turns it off.
 
@@ -150,7 +172,7 @@ class AdaptiveThreads:
         self.patience = check_int("patience", patience, 1)
         on_cpu = device is None or torch.device(device).type == "cpu"
         if enabled is None:
-            enabled = on_cpu and "OMP_NUM_THREADS" not in os.environ and self.max_threads > 1
+            enabled = on_cpu and not threads_chosen_by_user() and self.max_threads > 1
         busy = _busy_seconds() if enabled else None
         self.enabled = bool(enabled) and busy is not None
         self.threads = self.max_threads if self.enabled else self._initial

@@ -99,6 +99,9 @@ def test_a_short_burst_does_not_flip_the_count(monkeypatch, keep_threads):
 def test_off_when_the_user_chose(monkeypatch, keep_threads):
     monkeypatch.setenv("OMP_NUM_THREADS", "2")
     assert not AdaptiveThreads().enabled
+    monkeypatch.setenv("ACCELERATE_DYNAMO_BACKEND", "NO")  # `accelerate launch` set it: adapt below its count
+    assert AdaptiveThreads(max_threads=2).enabled is (cpu_threads._busy_seconds() is not None)
+    monkeypatch.delenv("ACCELERATE_DYNAMO_BACKEND")
     monkeypatch.delenv("OMP_NUM_THREADS")
     assert not AdaptiveThreads(max_threads=1).enabled  # nothing to adapt
     monkeypatch.setattr(cpu_threads, "_busy_seconds", lambda path=None: None)  # no /proc/stat

@@ -164,7 +164,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     # speed (README "Speed": measured effect of each; the defaults keep the exact arithmetic of earlier versions)
     a("--channels_last", action="store_true", help="Keep the UNet's weights and the batches in NHWC (torch.channels_last).")
     a("--optimizer_impl", default="auto", choices=OPTIMIZER_IMPLS, help="AdamW implementation: auto = PyTorch's choice for the device (foreach on GPUs, for-loop on CPUs), or force one.")
-    a("--cpu_threads", default="auto", help="CPU threads of the training step: 'auto' (default) uses every core while the machine is otherwise idle and gives cores back while other processes need them (ddpm_ext.cpu_threads; off when OMP_NUM_THREADS is set); N: exactly N threads. Set OMP_NUM_THREADS or N for bit-exact reruns on a shared machine.")
+    a("--cpu_threads", default="auto", help="CPU threads of the training step: 'auto' (default) uses every core while the machine is otherwise idle and gives cores back while other processes need them (ddpm_ext.cpu_threads; off when you set OMP_NUM_THREADS yourself — `accelerate launch` sets it too, and then it is the most threads used); N: exactly N threads. Pass N (or OMP_NUM_THREADS outside accelerate launch) for bit-exact reruns on a shared machine.")
     a("--compile", action="store_true", help="torch.compile the UNet (through accelerate's dynamo_backend='inductor'); the first steps compile.")
     a("--seed", type=int, default=0, help="Seed of every random choice: weights, data order, t, ε, flips.")
     a("--local_rank", type=int, default=-1, help="Set by torch.distributed launchers (accelerate reads LOCAL_RANK itself).")

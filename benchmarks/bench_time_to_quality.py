@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 
-
 from _common import add_common_args, alternate, generator, machine_line, median, rounds, setup
 
 

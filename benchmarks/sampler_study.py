@@ -144,6 +144,12 @@ def _f(value: Any, fmt: str) -> str:
     return "–" if value is None or (isinstance(value, float) and not math.isfinite(value)) else format(value, fmt)
 
 
+def _spread(row: dict[str, Any]) -> str:
+    """' ± std' of the classifier IS where the row has its bootstrap spread (rows of before it have none)."""
+    std = row.get("classifier_is_std")
+    return "" if std is None else f" ± {std:.2f}"
+
+
 def markdown_table(study: dict[str, Any]) -> str:
     s = study["settings"]
     lines = [
@@ -171,7 +177,7 @@ def markdown_table(study: dict[str, Any]) -> str:
         lines.append(
             f"| {r['study_sampler']} | {r['nfe']} | `{r['sampler']}` | {r.get('timestep_spacing') or '–'} | {eps} | "
             f"{r['fid']:.2f} | {kid} | {_f(r.get('precision'), '.3f')} | {_f(r.get('recall'), '.3f')} | "
-            f"{_f(r.get('density'), '.3f')} | {_f(r.get('coverage'), '.3f')} | {_f(r.get('classifier_is'), '.2f')} | "
+            f"{_f(r.get('density'), '.3f')} | {_f(r.get('coverage'), '.3f')} | {_f(r.get('classifier_is'), '.2f')}{_spread(r)} | "
             f"{r.get('classes_present', '–')} | {_f(r.get('mean_pixel'), '.3f')} | {r['seconds_per_image']:.3f} |"
         )
     return "\n".join(lines) + "\n"

@@ -843,7 +843,8 @@ def judge_scores(judge, images: torch.Tensor, batch_size: int = 256,
             class-conditional model's labels); adds `class_accuracy`.
 
     Returns:
-        `dict`: `classifier_is` ([`classifier_inception_score`] of p(y|x)), `classes_present` (digits predicted at
+        `dict`: `classifier_is` ([`classifier_inception_score`] of p(y|x)), `classifier_is_std` (its bootstrap
+        spread over image sets, [`classifier_inception_score_std`]), `classes_present` (digits predicted at
         least once, of 10), `class_entropy` (normalized entropy of the predicted-digit histogram, in [0, 1]) and
         `class_counts` (images per predicted digit), as [`class_coverage`] gives them; with `requested` also
         `class_accuracy`, the fraction of images whose predicted digit is the requested one ([`class_accuracy`]).
@@ -861,11 +862,17 @@ def judge_scores(judge, images: torch.Tensor, batch_size: int = 256,
 
     ```
     """
-    from .digit_classifier import class_accuracy, class_coverage, classifier_inception_score
+    from .digit_classifier import (
+        class_accuracy,
+        class_coverage,
+        classifier_inception_score,
+        classifier_inception_score_std,
+    )
 
     probs = judge.predict_proba(images, batch_size=batch_size)  # (N, 10) float64
     coverage = class_coverage(probs)
-    scores = {"classifier_is": classifier_inception_score(probs), "classes_present": coverage.num_present,
+    scores = {"classifier_is": classifier_inception_score(probs),
+              "classifier_is_std": classifier_inception_score_std(probs), "classes_present": coverage.num_present,
               "class_entropy": coverage.normalized_entropy, "class_counts": list(coverage.counts)}
     if requested is not None:
         scores["class_accuracy"] = class_accuracy(probs, requested, num_classes=probs.shape[1])
@@ -1142,7 +1149,8 @@ def results_markdown(results: dict[str, Any]) -> str:
             if accuracy:
                 new.append(_fmt3(r.get("class_accuracy")))
             if judge:
-                new += [f"{r['classifier_is']:.2f}", str(r["classes_present"]), _fmt3(r["class_entropy"])]
+                spread = f" ± {r['classifier_is_std']:.2f}" if r.get("classifier_is_std") is not None else ""
+                new += [f"{r['classifier_is']:.2f}{spread}", str(r["classes_present"]), _fmt3(r["class_entropy"])]
             w = f"{r['guidance_scale']:g} | " if cond else ""
             lines.append(
                 f"| {r['sampler']} | {w}{r['steps']} | {eta} | {'yes' if r['adds_noise'] else 'no'} | {r['num_fake']} | "

@@ -19,6 +19,7 @@ from ddpm_ext.evaluation.digit_classifier import (
     class_accuracy,
     class_coverage,
     classifier_inception_score,
+    classifier_inception_score_std,
     load_mnist_5k_arrays,
     train_digit_classifier,
 )
@@ -207,6 +208,26 @@ def test_inception_score_two_images_by_hand():
     # float32 softmax output is accepted (rows sum to 1 within 1e-4)
     probs = torch.tensor([[1.0, 0.0], [0.5, 0.5]], dtype=torch.float32)
     assert classifier_inception_score(probs) == pytest.approx((4 / 3) ** 0.75, rel=1e-7)
+
+
+def test_inception_score_std_by_hand():
+    # Two images A = (1, 0), B = (0.5, 0.5): a resampled pair is AA or BB (score 1) with probability 1/2, AB or BA
+    # (score (4/3) ** 0.75) with 1/2, so the scores' standard deviation is ((4/3) ** 0.75 - 1) / 2.
+    std = classifier_inception_score_std([[1.0, 0.0], [0.5, 0.5]], num_resamples=4000, seed=1)
+    assert std == pytest.approx(((4 / 3) ** 0.75 - 1) / 2, rel=0.05)
+    assert classifier_inception_score_std([[1.0, 0.0], [0.5, 0.5]], num_resamples=300) == \
+        classifier_inception_score_std([[1.0, 0.0], [0.5, 0.5]], num_resamples=300)  # seeded
+    assert classifier_inception_score_std(np.tile([0.3, 0.7], (40, 1))) == pytest.approx(0.0, abs=1e-12)  # every set scores 1
+    assert classifier_inception_score_std([[0.3, 0.7]]) == 0.0  # one image: nothing to resample
+
+
+def test_inception_score_std_shrinks_as_one_over_sqrt_n():
+    rng = np.random.default_rng(0)
+    probs = rng.dirichlet(np.full(10, 0.3), size=1600)
+    small, large = classifier_inception_score_std(probs[:100]), classifier_inception_score_std(probs)
+    assert small / large == pytest.approx(4.0, rel=0.3)
+    with pytest.raises(ValueError, match="`num_resamples` must be an integer >= 2"):
+        classifier_inception_score_std(probs, num_resamples=1)
 
 
 @pytest.mark.parametrize(

@@ -27,7 +27,7 @@ from ..images import save_image_grid, to_pil
 from .guidance_options import add_guidance_arguments, cli_guidance
 from ..pipelines.pipeline_ddpm_ext import DDPMExtPipeline
 from ..schedulers.fast_samplers import FAST_SAMPLERS, fast_sampler
-from ..schedulers.scheduling_common import TIMESTEP_SPACINGS
+from ..schedulers.scheduling_common import DEFAULT_SAMPLING_STEPS, TIMESTEP_SPACINGS
 from ..schedulers.scheduling_ddim_ext import DDIMExtScheduler
 from ..schedulers.scheduling_ddpm_ext import DDPMExtScheduler
 from ..seeding import image_generators
@@ -38,7 +38,7 @@ from .cli import add_cpu_threads_argument, check_output_dir, nonnegative_int, po
 __all__ = ["SCHEDULERS", "add_arguments", "run", "check_output_file"]
 
 SCHEDULERS = {"ddpm": DDPMExtScheduler, "ddim": DDIMExtScheduler}
-DEFAULT_STEPS = 100  # or T when the pipeline's chain is shorter
+DEFAULT_STEPS = DEFAULT_SAMPLING_STEPS  # or T when the pipeline's chain is shorter
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -137,6 +137,9 @@ class AdaptiveThreads:
             ([`threads_chosen_by_user`]), the job runs on
             an accelerator (`device` other than CPU), `max_threads` is 1 or `/proc/stat` cannot be read.
         device (`str` or `torch.device`, *optional*): the job's device; anything but CPU turns it off.
+        machine_cores (`int`, *optional*): the cores `/proc/stat` counts (defaults to `os.cpu_count()`): the free
+            cores are these minus the other processes' load, so on a large machine other jobs on other cores do not
+            take this job's threads away.
 
     Example:
 
@@ -161,6 +164,7 @@ class AdaptiveThreads:
         patience: int = 2,
         enabled: bool | None = None,
         device: Any = None,
+        machine_cores: int | None = None,
     ) -> None:
         import torch
 
@@ -168,6 +172,7 @@ class AdaptiveThreads:
 
         self._initial = torch.get_num_threads()
         self.max_threads = check_int("max_threads", self._initial if max_threads is None else max_threads, 1)
+        self.machine_cores = check_int("machine_cores", machine_cores or os.cpu_count() or self.max_threads, 1)
         self.interval = check_number("interval", interval, 0)
         self.patience = check_int("patience", patience, 1)
         on_cpu = device is None or torch.device(device).type == "cpu"
@@ -196,9 +201,9 @@ class AdaptiveThreads:
         return cls(max_threads=option, enabled=False)
 
     def wanted_threads(self, others: float) -> int:
-        """The thread count for `others` cores kept busy by other processes: the free cores, rounded down unless
-        at least 0.6 of the last one is free, clipped to [1, `max_threads`]."""
-        free = self.max_threads - others
+        """The thread count for `others` cores kept busy by other processes: the machine's free cores, rounded
+        down unless at least 0.6 of the last one is free, clipped to [1, `max_threads`]."""
+        free = self.machine_cores - others
         return max(1, min(self.max_threads, int(free + 0.4)))
 
     def tick(self) -> int:

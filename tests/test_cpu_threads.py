@@ -51,14 +51,16 @@ def test_the_cli_option_names_the_flag():
 
 @pytest.mark.parametrize("others, expected", [(0.0, 4), (0.3, 4), (0.6, 3), (1.0, 3), (1.7, 2), (3.5, 1), (9.0, 1)])
 def test_wanted_threads_are_the_free_cores(others, expected, keep_threads):
-    threads = AdaptiveThreads(max_threads=4, enabled=False)
+    threads = AdaptiveThreads(max_threads=4, enabled=False, machine_cores=4)
     assert threads.wanted_threads(others) == expected
+    # on a 64-core machine, other jobs that leave more than this job's 4 cores free take nothing from it
+    assert AdaptiveThreads(max_threads=4, enabled=False, machine_cores=64).wanted_threads(others + 30) == 4
 
 
 def test_other_processes_exclude_our_own_spinning_threads(monkeypatch, keep_threads):
     m = FakeMachine(monkeypatch)
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
-    threads = AdaptiveThreads(max_threads=2, interval=1.0, patience=2)
+    threads = AdaptiveThreads(max_threads=2, interval=1.0, patience=2, machine_cores=2)
     assert threads.enabled and threads.threads == 2 and torch.get_num_threads() == 2
     # we spin on both cores (2 cores of our own CPU time), nobody else: stay at 2
     for _ in range(5):
@@ -89,7 +91,7 @@ def test_other_processes_exclude_our_own_spinning_threads(monkeypatch, keep_thre
 def test_a_short_burst_does_not_flip_the_count(monkeypatch, keep_threads):
     m = FakeMachine(monkeypatch)
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
-    threads = AdaptiveThreads(max_threads=2, interval=1.0, patience=2)
+    threads = AdaptiveThreads(max_threads=2, interval=1.0, patience=2, machine_cores=2)
     for others in (1.0, 0.0, 1.0, 0.0):
         m.run(1.0, own_cores=2.0 - others, other_cores=others)
         assert threads.tick() == 2

@@ -159,20 +159,23 @@ def run(args: argparse.Namespace) -> int:
         bar.update(1)
         threads.tick()
 
-    with tqdm(total=len(starts) * steps, desc=f"sampling {args.num_images} images", unit="step", file=sys.stderr) as bar:
-        for start in starts:
-            count = min(args.batch_size, args.num_images - start)
-            out = pipe(
-                batch_size=count,
-                generator=image_generators(args.seed, start, count),
-                num_inference_steps=steps,
-                stochastic=not args.no_noise,
-                output_type="np",
-                callback_on_step_end=advance,
-                **guide(start, count),
-                **kwargs,
-            )
-            chunks.append(out.images)
+    try:
+        with tqdm(total=len(starts) * steps, desc=f"sampling {args.num_images} images", unit="step", file=sys.stderr) as bar:
+            for start in starts:
+                count = min(args.batch_size, args.num_images - start)
+                out = pipe(
+                    batch_size=count,
+                    generator=image_generators(args.seed, start, count),
+                    num_inference_steps=steps,
+                    stochastic=not args.no_noise,
+                    output_type="np",
+                    callback_on_step_end=advance,
+                    **guide(start, count),
+                    **kwargs,
+                )
+                chunks.append(out.images)
+    finally:
+        threads.restore()  # the caller's thread count back (`run` is also called in-process)
     images = np.concatenate(chunks)  # (N, H, W, C) in [0, 1]
 
     # 4. Write

@@ -1016,12 +1016,16 @@ def evaluate(config: EvaluationConfig | argparse.Namespace) -> dict[str, Any]:
             "cache_file": None if reference.path is None else str(reference.path), "seconds": reference.seconds,
             "key": reference.key,
         }
-        for spec in config.samplers:
-            for w in run.guidance_scales:  # [None] for an unconditional pipeline
-                samples = sample_images(run, spec, guidance_scale=w)
-                results["samples"].append(score_samples(run, samples, reference))
-                if config.num_grid_images > 0:
-                    grids[samples.key] = samples.images[: config.num_grid_images]
+        try:
+            for spec in config.samplers:
+                for w in run.guidance_scales:  # [None] for an unconditional pipeline
+                    samples = sample_images(run, spec, guidance_scale=w)
+                    results["samples"].append(score_samples(run, samples, reference))
+                    if config.num_grid_images > 0:
+                        grids[samples.key] = samples.images[: config.num_grid_images]
+        finally:
+            if run.threads is not None:
+                run.threads.restore()  # the caller's thread count back (evaluate is also a library call)
         extractor = run.extractor
         results["feature_extractor"] = {"name": extractor.name, "identity": extractor.identity,
                                         "comparable_to_published": extractor.comparable_to_published,

@@ -255,3 +255,13 @@ def test_evaluate_command(tiny_pipeline_dir, tmp_path, capsys):
     assert main(bad) == 2
     assert "--kid_subset_size" in capsys.readouterr().err
     assert not (tmp_path / "bad").exists()
+
+
+def test_sample_leaves_the_callers_thread_count(tiny_pipeline_dir, tmp_path):
+    import torch
+
+    before = torch.get_num_threads()
+    out = tmp_path / "grid.png"
+    assert main(["sample", str(tiny_pipeline_dir), "--num_images", "1", "--steps", "2", "--output", str(out),
+                 "--cpu_threads", str(before + 1)]) == 0
+    assert torch.get_num_threads() == before and out.is_file()

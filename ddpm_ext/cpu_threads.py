@@ -197,8 +197,11 @@ class AdaptiveThreads:
             return cls(device=device)
         import torch
 
+        before = torch.get_num_threads()
         torch.set_num_threads(option)
-        return cls(max_threads=option, enabled=False)
+        fixed = cls(max_threads=option, enabled=False)
+        fixed._initial = before  # what `restore` gives back
+        return fixed
 
     def wanted_threads(self, others: float) -> int:
         """The thread count for `others` cores kept busy by other processes: the machine's free cores, rounded

@@ -23,6 +23,9 @@ from .validation import check_choice, check_positive
 # The one definition of the loss options: the signature's type, the check and the training script's `choices=`.
 LossType = Literal["simple", "hybrid"]
 LOSS_TYPES: tuple[str, ...] = get_args(LossType)
+# How the training step draws t: uniform (Algorithm 1) or in proportion to the min-SNR-γ weight ([`timestep_proposal`]).
+TimestepSampling = Literal["uniform", "importance"]
+TIMESTEP_SAMPLINGS: tuple[str, ...] = get_args(TimestepSampling)
 
 
 def normal_kl(*, mean1: torch.Tensor, logvar1: torch.Tensor, mean2: torch.Tensor, logvar2: torch.Tensor) -> torch.Tensor:
@@ -122,6 +125,36 @@ def min_snr_weight(scheduler, timesteps: torch.Tensor, snr_gamma: float) -> torc
     if kind == "v_prediction":
         return clipped / (snr + 1)
     return clipped
+
+
+def timestep_proposal(scheduler, snr_gamma: float) -> torch.Tensor:
+    """Importance-sampling proposal p(t) ∝ the min-SNR-γ weight of each t (t = 0..T−1), in float64, shape (T,).
+
+    Drawing t ~ p(t) and scaling each image's loss by 1 / (T p(t)) ([`importance_scale`]) estimates exactly the
+    same min-SNR-γ objective as t ~ U{0..T−1}, with less variance: the weight is nearly zero at both ends of the
+    schedule (pure noise, and almost no noise), so a uniform draw spends much of each batch on images that add
+    almost nothing to the loss. Each image's weighted loss becomes Z / T times its unweighted loss, Z = Σ_t w(t).
+
+    Example:
+
+    ```py
+    >>> import torch
+    >>> from ddpm_ext import DDPMExtScheduler
+    >>> p = timestep_proposal(DDPMExtScheduler(beta_schedule="squaredcos_cap_v2", prediction_type="v_prediction"), 5.0)
+    >>> round(float(p.sum()), 6), bool(p[500] > 10 * p[999])
+    (1.0, True)
+
+    ```
+    """
+    check_positive("snr_gamma", snr_gamma)
+    weight = min_snr_weight(scheduler, torch.arange(len(scheduler)), snr_gamma)
+    return weight / weight.sum()
+
+
+def importance_scale(proposal: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+    """1 / (T p(t)) per image, float64, shape (B,): the factor that makes a loss at t ~ p(t) an unbiased
+    estimate of its mean over t ~ U{0..T−1} (see [`timestep_proposal`])."""
+    return 1.0 / (len(proposal) * proposal[timesteps.cpu().long()])
 
 
 def diffusion_loss(

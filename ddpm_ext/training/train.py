@@ -61,7 +61,7 @@ from ..data import (
 from ..cpu_threads import AdaptiveThreads, parse_cpu_threads
 from ..files import atomic_write_text, write_with
 from ..images import save_image_grid
-from ..losses import LOSS_TYPES, diffusion_loss
+from ..losses import LOSS_TYPES, TIMESTEP_SAMPLINGS, diffusion_loss, importance_scale, timestep_proposal
 from ..models.unet_presets import UNET_PRESETS, build_unet, unet_config
 from ..pipelines.pipeline_ddpm_ext import DDPMExtPipeline
 from ..seeding import image_generators
@@ -139,6 +139,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     a("--variance_type", default=None, choices=VARIANCE_TYPES, help="σ_t²: fixed_small = β̃_t (default), fixed_large = β_t, learned_range = improved DDPM.")
     a("--prediction_type", default=None, choices=PREDICTION_TYPES, help="What the UNet predicts: ε (default), x_0 or v.")
     a("--snr_gamma", type=float, default=None, help="Weight the loss by min-SNR-γ (Hang et al. 2023; 5 is the paper's choice): min(SNR, γ) ‖x_0 − x̂_0‖² for any prediction type. Default: none (L_simple's uniform weight, as in DDPM and diffusers).")
+    a("--timestep_sampling", default="uniform", choices=TIMESTEP_SAMPLINGS, help="How t is drawn: uniform = U{0..T−1} (Algorithm 1); importance = in proportion to the min-SNR-γ weight of t, each loss scaled by 1 / (T p(t)) — the same objective with less variance (needs --snr_gamma; ddpm_ext.losses.timestep_proposal).")
     a("--loss_type", default="simple", choices=LOSS_TYPES, help="simple = L_simple; hybrid = L_simple + 0.001 L_vlb (needs learned_range).")
     add_conditioning_arguments(p)  # --class_conditional, --label_column, --class_dropout_prob, --guidance_scale
     a("--ddpm_num_inference_steps", type=int, default=DEFAULT_SAMPLING_STEPS, help=f"Sampling steps for the sample grids (respaced DDPM, trailing spacing; diffusers: 1000 — {DEFAULT_SAMPLING_STEPS} steps score within noise of 1000 in the README's sampler study, at a twentieth of the cost).")
@@ -244,6 +245,12 @@ def check_args(args: argparse.Namespace) -> None:
             raise ValueError(f"--model_config must be one of {sorted(UNET_PRESETS)} or an existing JSON file, got {args.model_config!r}")
         if args.resolution is not None:
             check_resolution(args.resolution, unet_config(args.model_config))
+    if args.timestep_sampling == "importance" and args.snr_gamma is None:
+        raise ValueError("--timestep_sampling importance draws t in proportion to the min-SNR-γ weight: it needs --snr_gamma "
+                         "(without it every t has the same weight and uniform sampling is already the proposal)")
+    if args.timestep_sampling == "importance" and args.loss_type != "simple":
+        raise ValueError(f"--timestep_sampling importance needs --loss_type simple, got {args.loss_type!r} (the proposal "
+                         "follows the min-SNR-γ weight of L_simple, not L_vlb's terms)")
     if args.loss_type == "hybrid" and args.variance_type not in (None, "learned_range"):
         raise ValueError("--loss_type hybrid needs --variance_type learned_range (the variance it learns)")
     if args.logger != "none":
@@ -395,18 +402,26 @@ def training_step(
     loss_type: str,
     snr_gamma: float | None = None,
     class_labels: torch.Tensor | None = None,
+    timestep_proposal: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Algorithm 1 on one batch: t ~ U{0..T-1}, ε ~ N(0, I), loss of ε_θ(√ᾱ_t x_0 + √(1−ᾱ_t) ε, t)
-    (min-SNR-γ weighted with `snr_gamma`, see [`ddpm_ext.losses.diffusion_loss`])."""
+    (min-SNR-γ weighted with `snr_gamma`, see [`ddpm_ext.losses.diffusion_loss`]). With `timestep_proposal`
+    p(t) ([`ddpm_ext.losses.timestep_proposal`]), t ~ p(t) and each loss is scaled by 1 / (T p(t)): the same
+    objective, estimated with less variance."""
     b = clean.shape[0]
     noise = torch.randn(clean.shape, generator=generator).to(clean.device)
-    timesteps = torch.randint(0, len(scheduler), (b,), generator=generator).to(clean.device)
+    if timestep_proposal is None:
+        timesteps = torch.randint(0, len(scheduler), (b,), generator=generator).to(clean.device)
+    else:
+        timesteps = torch.multinomial(timestep_proposal, b, replacement=True, generator=generator).to(clean.device)
     noisy = scheduler.add_noise(clean, noise, timesteps)  # q(x_t | x_0)
     model_output = unet(noisy, timesteps, class_labels=class_labels).sample  # labels: (B,) ids, K = null class
     loss = diffusion_loss(
         scheduler, model_output=model_output, x_start=clean, noise=noise, x_t=noisy, timesteps=timesteps, loss_type=loss_type,
         snr_gamma=snr_gamma,
     )
+    if timestep_proposal is not None:
+        loss = loss * importance_scale(timestep_proposal, timesteps).to(loss)
     return loss.mean()
 
 
@@ -596,6 +611,8 @@ class Trainer:
         self.unet, self.optimizer, self.loader, self.lr_scheduler = accelerator.prepare(unet, optimizer, loader, lr_scheduler)
         self.plain_unet = accelerator.unwrap_model(self.unet, keep_torch_compile=False)  # no DDP/compile wrapper
         self.ema = build_ema(args, self.plain_unet)
+        self.timestep_proposal = (timestep_proposal(scheduler, args.snr_gamma)
+                                  if args.timestep_sampling == "importance" else None)
         register_checkpoint_hooks(accelerator, self.ema)
         # position: optimisation steps done, and where in which epoch the data loader stands
         self.global_step, self.epoch, self.skip = 0, 0, 0
@@ -634,7 +651,8 @@ class Trainer:
                     g = randomness.generator(self.global_step, accelerator.process_index, (seen - 1) % args.gradient_accumulation_steps)
                     class_labels = self.conditioning.batch_labels(batch, g) if self.conditioning is not None else None
                     loss = training_step(self.unet, self.scheduler, clean, g, loss_type=args.loss_type,
-                                         snr_gamma=args.snr_gamma, class_labels=class_labels)
+                                         snr_gamma=args.snr_gamma, class_labels=class_labels,
+                                         timestep_proposal=self.timestep_proposal)
                     # gathered, so every rank sees a bad loss on any rank and all stop together instead of hanging
                     losses = accelerator.gather(loss.detach().reshape(1))
                     finite = torch.isfinite(losses)

@@ -255,6 +255,10 @@ def test_failed_push_keeps_output_and_says_how_to_retry(tmp_path, upload_hub):
         (["--resume_from_checkpoint", "/nonexistent"], "--resume_from_checkpoint must be 'latest' or an existing checkpoint"),
         (["--ddpm_num_inference_steps", "2000"], "--ddpm_num_inference_steps (2000) must not exceed --ddpm_num_steps (1000)"),
         (["--cpu_threads", "0"], "`--cpu_threads` must be 'auto' or an integer >= 1, got '0'."),
+        (["--timestep_sampling", "importance"], "--timestep_sampling importance draws t in proportion to the min-SNR-γ weight: it needs --snr_gamma"),
+        (["--timestep_sampling", "importance", "--snr_gamma", "5", "--loss_type", "hybrid", "--variance_type", "learned_range"],
+         "--timestep_sampling importance needs --loss_type simple, got 'hybrid'"),
+        (["--timestep_sampling", "sometimes"], "argument --timestep_sampling: invalid choice: 'sometimes'"),
     ],
 )
 def test_bad_flags(args, message, tmp_path):

@@ -59,7 +59,7 @@ VARIANTS: dict[str, str] = {
 }
 DEFAULT_VARIANTS = tuple(VARIANTS)
 # settings that must be the same for every row of one study file
-SETTINGS = ("threads", "num_samples", "sampler", "seed", "kid_subset_size", "dataset")
+SETTINGS = ("threads", "num_samples", "sampler", "seed", "kid_subset_size", "dataset", "max_real_images")
 JSON_NAME, MD_NAME = "recipe_study.json", "recipe_study.md"
 
 
@@ -67,8 +67,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     a = p.add_argument
     a("--output_dir", required=True, help="Where each variant's run folder and recipe_study.json / .md go; an existing study there is resumed.")
-    a("--variants", nargs="+", default=list(DEFAULT_VARIANTS), choices=list(VARIANTS), metavar="NAME",
-      help=f"Named variants to run (default: {list(DEFAULT_VARIANTS)}); all: {list(VARIANTS)}.")
+    a("--variants", nargs="+", default=None, choices=list(VARIANTS), metavar="NAME",
+      help=f"Named variants to run (default: all of them, {list(DEFAULT_VARIANTS)}, unless --variant is given).")
     a("--variant", action="append", default=[], metavar="NAME=FLAGS", help="Also run this variant: the quick start with FLAGS replacing its own (repeatable).")
     a("--threads", type=int, default=1, help="CPU threads of each training and scoring run (default: 1).")
     a("--jobs", type=int, default=1, help="Variants trained at once (default: 1; --jobs 2 --threads 1 fills a 2-core machine).")
@@ -77,6 +77,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     a("--seed", type=int, default=0, help="Seed of the scored samples and of KID (default: 0); training keeps --seed of the recipe.")
     a("--kid_subset_size", type=int, default=100, help="KID subset size (default: 100).")
     a("--dataset", default="mnist-5k", help="Real images for FID/KID (default: mnist-5k, its 500 held-out digits).")
+    a("--max_real_images", type=int, default=None, help="Use only this many real images (default: all of the held-out split).")
     a("--stats_cache_dir", default=None, help="Cache of the real images' features (default: evaluate's).")
     a("--dry_run", action="store_true", help="Print each variant's commands and stop.")
     args = p.parse_args(argv)
@@ -87,6 +88,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         p.error(f"--seed must be >= 0, got {args.seed}")
     if args.kid_subset_size > args.num_samples:
         p.error(f"--kid_subset_size ({args.kid_subset_size}) must not exceed --num_samples ({args.num_samples})")
+    if args.variants is None:
+        args.variants = [] if args.variant else list(DEFAULT_VARIANTS)
     args.plan = {name: VARIANTS[name] for name in args.variants}
     for item in args.variant:
         name, sep, flags = item.partition("=")
@@ -133,8 +136,10 @@ def evaluate_command(run_dir: Path, args: argparse.Namespace) -> list[str]:
                "--num_bpd_images", "0", "--num_samples", str(args.num_samples), "--samplers", args.sampler,
                "--kid_subset_size", str(args.kid_subset_size), "--seed", str(args.seed), "--dataset", args.dataset,
                "--digit_judge", "on", "--cpu_threads", str(args.threads), "--no_progress"]  # fmt: skip
+    if args.max_real_images is not None:
+        command += ["--max_real_images", str(args.max_real_images)]
     if args.stats_cache_dir:
-        command += ["--stats_cache_dir", args.stats_cache_dir]
+        command += ["--stats_cache_dir", str(Path(args.stats_cache_dir).resolve())]
     return command
 
 

@@ -97,6 +97,18 @@ def test_hybrid_loss_bf16_and_gradient_accumulation(tmp_path):
 
 
 @pytest.mark.slow
+def test_importance_sampled_timesteps_reach_the_training_step(tmp_path, monkeypatch):
+    """--timestep_sampling importance: the script draws t from the min-SNR proposal (the weights differ from a uniform
+    run of the same seed; the draws themselves are checked in tests/test_losses.py) and trains to finite weights."""
+    common = TINY + ["--max_train_steps", "2", "--prediction_type", "v_prediction", "--snr_gamma", "5"]
+    run(common + ["--output_dir", str(tmp_path / "uniform")])
+    run(common + ["--timestep_sampling", "importance", "--output_dir", str(tmp_path / "importance")])
+    uniform, importance = weights(tmp_path / "uniform"), weights(tmp_path / "importance")
+    assert all(torch.isfinite(v).all() for v in importance.values())
+    assert any(not torch.equal(uniform[k], importance[k]) for k in uniform)
+
+
+@pytest.mark.slow
 def test_resume_after_sigkill_equals_uninterrupted_run(tmp_path):
     common = TINY + ["--max_train_steps", "12", "--checkpointing_steps", "3", "--checkpoints_total_limit", "2",
                      "--random_flip", "--max_train_samples", "20"]  # 20 images / batch 8: epochs end mid-run

@@ -97,7 +97,7 @@ def test_hybrid_loss_bf16_and_gradient_accumulation(tmp_path):
 
 
 @pytest.mark.slow
-def test_importance_sampled_timesteps_reach_the_training_step(tmp_path, monkeypatch):
+def test_importance_sampled_timesteps_reach_the_training_step(tmp_path):
     """--timestep_sampling importance: the script draws t from the min-SNR proposal (the weights differ from a uniform
     run of the same seed; the draws themselves are checked in tests/test_losses.py) and trains to finite weights."""
     common = TINY + ["--max_train_steps", "2", "--prediction_type", "v_prediction", "--snr_gamma", "5"]

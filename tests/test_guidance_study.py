@@ -2,26 +2,20 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 import torch
+from repo_scripts import load_script
 
 from ddpm_ext import DDPMExtPipeline, DDPMExtScheduler, build_unet
 from ddpm_ext.evaluation.metrics import fid_from_features
 from ddpm_ext.pipelines.guidance import set_class_names
 from ddpm_ext.seeding import image_generators
 
-ROOT = Path(__file__).resolve().parents[1]
-
 
 def load_study():
-    spec = importlib.util.spec_from_file_location("guidance_study", ROOT / "benchmarks" / "guidance_study.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("benchmarks/guidance_study.py")
 
 
 def features(u8: torch.Tensor) -> torch.Tensor:

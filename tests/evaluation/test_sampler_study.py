@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
+from repo_scripts import load_script
 
 from ddpm_ext.evaluation import evaluate as evaluate_module
 
-ROOT = Path(__file__).resolve().parents[2]
 pytestmark = [
     pytest.mark.filterwarnings("ignore:FID from .* is not a meaningful number"),  # 8 images: on purpose
     pytest.mark.filterwarnings("ignore:__array__ implementation doesn't accept a copy keyword:DeprecationWarning"),  # diffusers
@@ -20,10 +18,7 @@ pytestmark = [
 
 @pytest.fixture(scope="module")
 def study_module():
-    spec = importlib.util.spec_from_file_location("sampler_study", ROOT / "benchmarks" / "sampler_study.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("benchmarks/sampler_study.py")
 
 
 def argv(pipeline, out, stats, *extra):

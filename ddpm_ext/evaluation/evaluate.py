@@ -115,10 +115,11 @@ __all__ = [
 SAMPLER_KINDS = ("ddpm", "ddpm-noz", "ddim", "dpmpp", "unipc")
 _SAMPLER_GRAMMAR = (
     "ddpm:STEPS[:VARIANCE], ddpm-noz:STEPS, ddim:STEPS[:ETA], dpmpp:STEPS or unipc:STEPS, each optionally followed "
-    "by :spacing=leading|trailing|linspace and (ddim) :eps=consistent|model "
-    "(e.g. ddpm:1000, ddpm-noz:100, ddim:50:0, ddim:10:0:spacing=leading:eps=model, dpmpp:20)"
+    "by :spacing=leading|trailing|linspace, (ddim) :eps=consistent|model and :ag=W (autoguidance scale W >= 1 "
+    "with the pipeline's guide; default: the pipeline's own) "
+    "(e.g. ddpm:1000, ddpm-noz:100, ddim:50:0, ddim:10:0:spacing=leading:eps=model, dpmpp:20, ddpm:50:ag=1)"
 )
-_SAMPLER_OPTIONS = {"spacing": ("leading", "trailing", "linspace"), "eps": ("consistent", "model")}
+_SAMPLER_OPTIONS = {"spacing": ("leading", "trailing", "linspace"), "eps": ("consistent", "model"), "ag": None}
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -129,8 +130,9 @@ _SAMPLER_OPTIONS = {"spacing": ("leading", "trailing", "linspace"), "eps": ("con
 @dataclass(frozen=True)
 class SamplerSpec:
     """One sampler to evaluate: `kind` in [`SAMPLER_KINDS`], `steps`, DDIM's `eta`, DDPM's `variance_type`, and
-    the pipeline options `timestep_spacing` and (DDIM) `clipped_eps` (`use_clipped_model_output`); `None` leaves
-    the pipeline's default ("trailing" for a "leading" config, the consistent ε̂). `dpmpp` is DPM-Solver++(2M) and
+    the pipeline options `timestep_spacing`, (DDIM) `clipped_eps` (`use_clipped_model_output`) and
+    `autoguidance_scale`; `None` leaves the pipeline's default ("trailing" for a "leading" config, the consistent
+    ε̂, the guide's saved w). `dpmpp` is DPM-Solver++(2M) and
     `unipc` UniPC, diffusers' solvers swapped in with the model's x̂_0 clipping ([`ddpm_ext.fast_sampler`])."""
 
     kind: str
@@ -139,11 +141,14 @@ class SamplerSpec:
     variance_type: str | None = None
     timestep_spacing: str | None = field(default=None, repr=False)
     clipped_eps: bool | None = field(default=None, repr=False)
+    autoguidance_scale: float | None = field(default=None, repr=False)
 
     def _options(self) -> list[tuple[str, str]]:
         options = [("spacing", self.timestep_spacing)] if self.timestep_spacing else []
         if self.clipped_eps is not None:
             options.append(("eps", "consistent" if self.clipped_eps else "model"))
+        if self.autoguidance_scale is not None:
+            options.append(("ag", f"{self.autoguidance_scale:g}"))
         return options
 
     @property
@@ -162,7 +167,8 @@ class SamplerSpec:
             head = f"ddim-{self.steps}-eta{self.eta:g}".replace(".", "p")
         else:
             head = f"{self.kind}-{self.steps}" + (f"-{self.variance_type}" if self.variance_type else "")
-        return head + "".join(f"-{v}" if k == "spacing" else f"-{v}eps" for k, v in self._options())
+        suffix = {"spacing": "{v}", "eps": "{v}eps", "ag": "ag{v}"}
+        return head + "".join("-" + suffix[k].format(v=v).replace(".", "p") for k, v in self._options())
 
     def build(self, scheduler_config: Any):
         """The scheduler for this sampler, from a pipeline's scheduler config."""
@@ -184,6 +190,8 @@ class SamplerSpec:
             kwargs["timestep_spacing"] = self.timestep_spacing
         if self.clipped_eps is not None:
             kwargs["use_clipped_model_output"] = self.clipped_eps
+        if self.autoguidance_scale is not None:
+            kwargs["autoguidance_scale"] = self.autoguidance_scale
         return kwargs
 
     def describe(self, scheduler) -> dict[str, Any]:
@@ -215,8 +223,9 @@ class SamplerSpec:
 
 def parse_sampler(spec: str | SamplerSpec) -> SamplerSpec:
     """Parse `KIND:STEPS[:ARG][:OPTION=VALUE...]`: `ddpm:STEPS[:VARIANCE]`, `ddpm-noz:STEPS`, `ddim:STEPS[:ETA]`,
-    `dpmpp:STEPS`, `unipc:STEPS`; options `spacing=leading|trailing|linspace` (any kind) and `eps=consistent|model`
-    (DDIM's ε̂: recomputed from the clipped x̂_0, or the model's), each at most once.
+    `dpmpp:STEPS`, `unipc:STEPS`; options `spacing=leading|trailing|linspace` (any kind), `eps=consistent|model`
+    (DDIM's ε̂: recomputed from the clipped x̂_0, or the model's) and `ag=W` (autoguidance scale, a number >= 1),
+    each at most once.
 
     Raises:
         `ValueError`: For any other form (the spec and the grammar are given).
@@ -243,10 +252,15 @@ def parse_sampler(spec: str | SamplerSpec) -> SamplerSpec:
         name, _, value = f.partition("=")
         name, value = name.strip().lower(), value.strip().lower()
         if name not in _SAMPLER_OPTIONS:
-            raise bad(f"unknown option {f!r} (allowed: spacing=..., eps=...; options come after the positional fields)")
+            raise bad(f"unknown option {f!r} (allowed: spacing=..., eps=..., ag=...; options come after the positional fields)")
         if name in options:
             raise bad(f"option {name!r} given twice")
-        if value not in _SAMPLER_OPTIONS[name]:
+        if name == "ag":
+            try:
+                check_number("ag", float(value), 1)
+            except ValueError:
+                raise bad(f"ag must be a number >= 1 (the autoguidance scale), got {value!r}") from None
+        elif value not in _SAMPLER_OPTIONS[name]:
             raise bad(f"{name} must be one of {list(_SAMPLER_OPTIONS[name])}, got {value!r}")
         if name == "eps" and kind != "ddim":
             raise bad(f"eps=... applies to ddim only (the consistent ε̂ of a DDIM step), not to {kind!r}")
@@ -258,7 +272,8 @@ def parse_sampler(spec: str | SamplerSpec) -> SamplerSpec:
     if steps < 1:
         raise bad(f"STEPS must be an integer >= 1, got {steps}")
     extra = {"timestep_spacing": options.get("spacing"),
-             "clipped_eps": None if "eps" not in options else options["eps"] == "consistent"}  # fmt: skip
+             "clipped_eps": None if "eps" not in options else options["eps"] == "consistent",
+             "autoguidance_scale": None if "ag" not in options else float(options["ag"])}  # fmt: skip
     if kind == "ddim":
         try:
             eta = float(parts[2]) if len(parts) == 3 else 0.0
@@ -552,6 +567,7 @@ def load_evaluation(config: EvaluationConfig) -> EvaluationRun:
         try:
             schedulers[s.spec] = s.build(base_scheduler.config)
             check_components(unet, schedulers[s.spec])
+            pipe.resolve_autoguidance_scale(s.autoguidance_scale)  # ag=W > 1 needs the pipeline's guide
         except ValueError as err:
             raise ValueError(f"`--samplers` {s.spec!r} does not fit this pipeline: {err}") from err
 
@@ -903,7 +919,8 @@ def score_samples(run: EvaluationRun, samples: SampledImages, reference) -> dict
     t0 = time.perf_counter()
     feats = extract_features(run.extractor, samples.images, batch_size=config.batch_size)
     # the sampler's choices as used, incl. the spacing and DDIM's ε̂ (`use_clipped_model_output`)
-    row = {"sampler": spec.spec, "guidance_scale": samples.guidance_scale, **spec.describe(run.schedulers[spec.spec])}
+    row = {"sampler": spec.spec, "guidance_scale": samples.guidance_scale, **spec.describe(run.schedulers[spec.spec]),
+           "autoguidance_scale": run.pipe.resolve_autoguidance_scale(spec.autoguidance_scale)}
     row.update(sample_quality(feats, reference, run.extractor, kid_subset_size=config.kid_subset_size,
                               kid_subsets=config.kid_subsets, generator=torch.Generator().manual_seed(config.seed)))
     row.update({"nearest_k": config.nearest_k, "prdc_skipped": run.prdc_skip_reason})
@@ -1156,8 +1173,10 @@ def results_markdown(results: dict[str, Any]) -> str:
                 spread = f" ± {r['classifier_is_std']:.2f}" if r.get("classifier_is_std") is not None else ""
                 new += [f"{r['classifier_is']:.2f}{spread}", str(r["classes_present"]), _fmt3(r["class_entropy"])]
             w = f"{r['guidance_scale']:g} | " if cond else ""
+            ag = r.get("autoguidance_scale") or 1.0
+            sampler = r["sampler"] + (f" (autoguidance {ag:g})" if ag != 1.0 and ":ag=" not in r["sampler"] else "")
             lines.append(
-                f"| {r['sampler']} | {w}{r['steps']} | {eta} | {'yes' if r['adds_noise'] else 'no'} | {r['num_fake']} | "
+                f"| {sampler} | {w}{r['steps']} | {eta} | {'yes' if r['adds_noise'] else 'no'} | {r['num_fake']} | "
                 f"{r['fid']:.2f} | {1e3 * r['kid_mean']:.2f} | {1e3 * r['kid_std']:.2f} | {' | '.join(new)} | "
                 f"{r['wall_time_s']:.1f} | {grid} |"
             )

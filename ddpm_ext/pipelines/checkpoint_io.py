@@ -1,6 +1,8 @@
 """Checkpoints of [`DDPMExtPipeline`] on disk: diffusers' `DDPMPipeline` layout, which vanilla diffusers loads.
 
 `model_index.json` names `DDPMPipeline`, `UNet2DModel` and diffusers' scheduler class; weights are safetensors.
+An autoguidance guide (`guide_unet/`, a second `UNet2DModel`) is named only by the private key
+`_ddpm_ext_guide_unet`, so diffusers never loads it.
 ddpm_ext's own settings ride along in private (`_`-prefixed) keys that diffusers ignores, so
 `DiffusionPipeline.from_pretrained` and `DDPMPipeline.from_pretrained` load the folder or Hub repo with no extra
 flag, and `DDPMExtPipeline.from_pretrained` restores ddpm_ext's classes with every setting. This module is the one
@@ -30,6 +32,8 @@ from ..validation import learns_variance
 # diffusers' scheduler class -> the ddpm_ext scheduler that loads its config with full fidelity
 _FROM_DIFFUSERS = {"DDPMScheduler": DDPMExtScheduler, "DDIMScheduler": DDIMExtScheduler}
 WEIGHTS_STEM = "diffusion_pytorch_model"  # diffusers' weights file name (+ .<variant>) + .safetensors / .bin
+GUIDE_DIR = "guide_unet"  # the autoguidance guide's folder
+GUIDE_INDEX_KEY = "_ddpm_ext_guide_unet"  # model_index.json's private key naming it (diffusers ignores it)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -82,46 +86,60 @@ def _move_into(src_dir: Path, dst_dir: Path) -> None:
             os.replace(src, tmp)
 
 
+def _save_unet(unet: UNet2DModel, out: Path, component: str, variant: str | None, max_shard_size: int | str | None) -> None:
+    """Write `unet` into `out/component` (safetensors), each file atomically; stale weights of the variant go."""
+    staging = Path(tempfile.mkdtemp(prefix=f".{component}.", suffix=".tmp", dir=out))
+    try:
+        kwargs = {"max_shard_size": max_shard_size} if max_shard_size is not None else {}
+        unet.save_pretrained(staging, safe_serialization=True, variant=variant, **kwargs)
+        written = {f.name for f in staging.iterdir()}
+        _move_into(staging, out / component)
+        # weights of an earlier save of the same variant that this one does not overwrite (other sharding)
+        stem = re.escape(WEIGHTS_STEM + (f".{variant}" if variant else ""))
+        for old in (out / component).iterdir():
+            if old.name not in written and re.fullmatch(stem + r"(-\d{5}-of-\d{5})?\.safetensors(\.index\.json)?", old.name):
+                old.unlink()
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
 def save_pipeline(
     unet: UNet2DModel,
     scheduler: SchedulerMixin,
     save_directory: str | os.PathLike,
     *,
+    guide_unet: UNet2DModel | None = None,
     variant: str | None = None,
     max_shard_size: int | str | None = None,
 ) -> None:
-    """Write `unet/` (safetensors), `scheduler/` and `model_index.json` in diffusers' `DDPMPipeline` layout.
+    """Write `unet/` (safetensors), `scheduler/` and `model_index.json` in diffusers' `DDPMPipeline` layout, and
+    `guide_unet/` when there is an autoguidance guide.
 
     Every file is written atomically (a temporary file, then a rename over the old one), and `model_index.json`
     last: a full disk or a kill while saving leaves each earlier file whole, and the folder's other files
-    (a training run's checkpoints, samples) are never touched.
+    (a training run's checkpoints, samples) are never touched. The index names the guide (private key) only when
+    one was saved; a `guide_unet/` of an earlier save is removed after the new index is written.
 
     Args:
         unet, scheduler: the components.
         save_directory (`str` or `os.PathLike`): the pipeline folder (created if needed).
+        guide_unet ([`UNet2DModel`], *optional*): the autoguidance guide.
         variant (`str`, *optional*): weights saved as `diffusion_pytorch_model.<variant>.safetensors` (diffusers').
         max_shard_size (`int` or `str`, *optional*): diffusers' sharding threshold for the UNet weights.
     """
     from .. import __version__
+    from .guidance import check_guide_unet
 
     check_components(unet, scheduler)
+    if guide_unet is not None:
+        check_guide_unet(unet, guide_unet)
     out = Path(save_directory)
     if out.is_file():
         raise ValueError(f"`save_directory` {str(out)!r} is a file, not a folder.")
     out.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".unet.", suffix=".tmp", dir=out))
-    try:
-        kwargs = {"max_shard_size": max_shard_size} if max_shard_size is not None else {}
-        unet.save_pretrained(staging, safe_serialization=True, variant=variant, **kwargs)
-        written = {f.name for f in staging.iterdir()}
-        _move_into(staging, out / "unet")
-        # weights of an earlier save of the same variant that this one does not overwrite (other sharding)
-        stem = re.escape(WEIGHTS_STEM + (f".{variant}" if variant else ""))
-        for old in (out / "unet").iterdir():
-            if old.name not in written and re.fullmatch(stem + r"(-\d{5}-of-\d{5})?\.safetensors(\.index\.json)?", old.name):
-                old.unlink()
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+    _save_unet(unet, out, "unet", variant, max_shard_size)
+    if guide_unet is not None:
+        _save_unet(guide_unet, out, GUIDE_DIR, variant, max_shard_size)
     config = scheduler_config_for_disk(scheduler)
     atomic_write_text(out / "scheduler" / "scheduler_config.json", json.dumps(config, indent=2, sort_keys=True) + "\n")
     index = {
@@ -131,8 +149,16 @@ def save_pipeline(
         "_ddpm_ext_pipeline": "DDPMExtPipeline",
         "scheduler": ["diffusers", config.get("_class_name", type(scheduler).__name__)],
         "unet": ["diffusers", "UNet2DModel"],
+        **({GUIDE_INDEX_KEY: GUIDE_DIR} if guide_unet is not None else {}),
     }
     atomic_write_text(out / "model_index.json", json.dumps(index, indent=2, sort_keys=True) + "\n")
+    if guide_unet is None and (out / GUIDE_DIR).is_dir():  # the guide of an earlier save: no longer this pipeline's
+        shutil.rmtree(out / GUIDE_DIR)
+
+
+def saved_guide(folder: Path) -> bool:
+    """Whether `folder`'s `model_index.json` names an autoguidance guide (`guide_unet/`)."""
+    return json.loads((folder / "model_index.json").read_text()).get(GUIDE_INDEX_KEY) == GUIDE_DIR
 
 
 def _looks_like_repo_id(name: str) -> bool:
@@ -236,8 +262,11 @@ def _weights_files(unet_dir: Path, variant: str | None, suffix: str) -> list[Pat
     return []
 
 
-def check_unet_weights(folder: Path, *, variant: str | None, use_safetensors: bool | None, allow_pickle: bool) -> bool:
-    """Check `folder/unet`'s weights before loading; return whether they are safetensors.
+def check_unet_weights(
+    folder: Path, *, variant: str | None, use_safetensors: bool | None, allow_pickle: bool, component: str = "unet"
+) -> bool:
+    """Check `folder/<component>`'s weights (`unet` or `guide_unet`) before loading; return whether they are
+    safetensors.
 
     The safetensors tensors must be exactly the UNet's parameters and buffers (read from the file headers, no
     weights loaded): diffusers would load a file missing a tensor with that tensor left uninitialised, and only log.
@@ -249,7 +278,9 @@ def check_unet_weights(folder: Path, *, variant: str | None, use_safetensors: bo
     from accelerate import init_empty_weights
     from safetensors import safe_open
 
-    unet_dir = folder / "unet"
+    unet_dir = folder / component
+    if not (unet_dir / "config.json").is_file():
+        raise ValueError(f"{unet_dir / 'config.json'} is missing: the pipeline's `{component}` is incomplete.")
     safe = _weights_files(unet_dir, variant, ".safetensors") if use_safetensors is not False else []
     label = f" for `variant`={variant!r}" if variant else ""
     if not safe:

@@ -1,4 +1,4 @@
-"""Class-conditional sampling with classifier-free guidance (Ho & Salimans 2022).
+"""Guided sampling: classifier-free guidance (Ho & Salimans 2022) and autoguidance (Karras et al. 2024).
 
 Legend (code name -> symbol):
 
@@ -12,6 +12,18 @@ Legend (code name -> symbol):
 w = 1 is plain conditional sampling (only the conditional branch is run), w = 0 unconditional sampling with
 the null class (only that branch is run), w > 1 sharpens p(y | x)^(w−1) p(x | y) as in the paper. For any other
 w both branches go through ONE batched UNet call per step: [x, x] with labels [y, ∅].
+
+Autoguidance ("Guiding a Diffusion Model with a Bad Version of Itself", Karras et al. 2024) takes the same
+combination with a second, weaker model of the same kind in place of the null class: D̂ = D_guide + w (D − D_guide).
+The guide here is the main model's own EMA weights from earlier in the same training run (`guide_unet`,
+`--autoguidance_guide_fraction`): its errors are those of the main model, larger, so extrapolating away from
+them removes part of the main model's error without the loss of diversity of classifier-free guidance.
+
+| code | symbol |
+|---|---|
+| `model` | D(x_t, t), the main model's output (ε, x_0 or v) |
+| `guide` | D_guide(x_t, t), the guide model's output |
+| `autoguidance_scale` | w (1: the main model alone, the guide is not run) |
 
 Conventions, shared with the training script (`ddpm_ext.training.conditioning`):
 
@@ -36,9 +48,16 @@ import torch
 from ..validation import check_number
 
 __all__ = [
+    "AUTOGUIDANCE_SCALE_KEY",
+    "GUIDE_STEP_KEY",
     "CLASS_NAMES_KEY",
     "ClassGuidance",
+    "autoguide",
+    "check_autoguidance_scale",
+    "check_guide_unet",
     "check_guidance_scale",
+    "default_autoguidance_scale",
+    "num_guided_channels",
     "class_names",
     "combine_guidance",
     "is_class_conditional",
@@ -49,6 +68,10 @@ __all__ = [
 ]
 
 CLASS_NAMES_KEY = "_ddpm_ext_class_names"  # private key of the UNet config (diffusers ignores it)
+# private keys of a guide UNet's config: the autoguidance scale w sampling uses by default, and the training step
+# whose EMA weights the guide holds (for the record)
+AUTOGUIDANCE_SCALE_KEY = "_ddpm_ext_autoguidance_scale"
+GUIDE_STEP_KEY = "_ddpm_ext_guide_step"
 
 ModelCall = Callable[..., torch.Tensor]  # (x_t, t, class_labels=...) -> model output
 
@@ -272,8 +295,92 @@ def prepare_guidance(
         ids = [k] * batch_size  # never used: w = 0 calls the null class only
     else:
         ids = resolve_class_labels(unet, class_labels, batch_size)
+    return ClassGuidance(torch.tensor(ids, dtype=torch.long), k, w, num_guided_channels(unet))
+
+
+# --------------------------------------------------------------------------------------------------
+# Autoguidance: a weaker version of the model as the guide
+# --------------------------------------------------------------------------------------------------
+def check_autoguidance_scale(autoguidance_scale: Any) -> float:
+    """`autoguidance_scale` as a finite float >= 1 (1: no guidance); else a `ValueError`."""
+    return check_number("autoguidance_scale", autoguidance_scale, 1)
+
+
+# config entries that must agree between a UNet and its guide (same inputs, outputs and conditioning)
+_GUIDE_MUST_MATCH = ("sample_size", "in_channels", "out_channels", "num_class_embeds", "class_embed_type")
+
+
+def check_guide_unet(unet: Any, guide_unet: Any) -> None:
+    """Raise `ValueError` unless `guide_unet` is a `UNet2DModel` that takes and gives what `unet` does.
+
+    Both must agree in `sample_size`, `in_channels`, `out_channels` and class conditioning; the guide's width,
+    depth or attention may differ (Karras et al. use a smaller model as well as a shorter-trained one).
+    """
+    from diffusers import UNet2DModel
+
+    if not isinstance(guide_unet, UNet2DModel):
+        raise ValueError(f"`guide_unet` must be a diffusers `UNet2DModel` or None, got {type(guide_unet).__name__}.")
+    differ = [f"{k}: {guide_unet.config.get(k)!r} (guide) vs {unet.config.get(k)!r} (unet)" for k in _GUIDE_MUST_MATCH
+              if _plain(guide_unet.config.get(k)) != _plain(unet.config.get(k))]
+    if differ:
+        raise ValueError(
+            "`guide_unet` must take and give what `unet` does (the same sample_size, channels and class "
+            f"conditioning); they differ in {'; '.join(differ)}."
+        )
+
+
+def _plain(value: Any) -> Any:
+    return list(value) if isinstance(value, tuple) else value
+
+
+def default_autoguidance_scale(guide_unet: Any) -> float:
+    """The w a pipeline samples with when the call does not say: the guide's saved recommendation
+    (`AUTOGUIDANCE_SCALE_KEY` of its config; 1 when it has none), or 1 without a guide."""
+    if guide_unet is None:
+        return 1.0
+    saved = guide_unet.config.get(AUTOGUIDANCE_SCALE_KEY)
+    return 1.0 if saved is None else check_autoguidance_scale(saved)
+
+
+def autoguide(
+    model: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    guide: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    autoguidance_scale: float,
+    guided_channels: int,
+) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """`(x, t) -> D̂ = D_guide + w (D − D_guide)` from the two model calls; at w = 1 the main model alone.
+
+    Only the first `guided_channels` channels are combined (a learned variance keeps the main model's).
+
+    Example:
+
+    ```py
+    >>> import torch
+    >>> from ddpm_ext import build_unet
+    >>> from ddpm_ext.pipelines.guidance import autoguide
+    >>> main, weak = build_unet("tiny"), build_unet("tiny")
+    >>> call = autoguide(lambda x, t: main(x, t).sample, lambda x, t: weak(x, t).sample, 2.0, guided_channels=1)
+    >>> x, t = torch.randn(2, 1, 8, 8), torch.tensor(5)
+    >>> d, g = main(x, t).sample, weak(x, t).sample
+    >>> torch.allclose(call(x, t), g + 2.0 * (d - g))
+    True
+
+    ```
+    """
+    w = check_autoguidance_scale(autoguidance_scale)
+    if w == 1.0:
+        return model
+
+    def call(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return combine_guidance(model(x, t), guide(x, t), w, guided_channels)
+
+    return call
+
+
+def num_guided_channels(unet: Any) -> int:
+    """How many leading output channels guidance combines: C (the mean), also when the UNet learns the variance."""
     c_in, c_out = unet.config.in_channels, unet.config.out_channels
-    return ClassGuidance(torch.tensor(ids, dtype=torch.long), k, w, c_in if c_out == 2 * c_in else c_out)
+    return c_in if c_out == 2 * c_in else c_out
 
 
 def _listing(names: list[str], limit: int = 12) -> str:

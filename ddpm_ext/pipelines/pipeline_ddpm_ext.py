@@ -28,11 +28,22 @@ from .checkpoint_io import (
     check_components,
     check_unet_weights,
     load_scheduler,
+    saved_guide,
+    GUIDE_DIR,
     resolve_pipeline_folder,
     save_pipeline,
     square_sample_size,
 )
-from .guidance import class_names, is_class_conditional, prepare_guidance
+from .guidance import (
+    autoguide,
+    check_autoguidance_scale,
+    check_guide_unet,
+    class_names,
+    default_autoguidance_scale,
+    is_class_conditional,
+    num_guided_channels,
+    prepare_guidance,
+)
 
 OutputType = Literal["pil", "np", "pt", "latent", "numpy"]
 OUTPUT_TYPES: tuple[str, ...] = get_args(OutputType)
@@ -163,6 +174,11 @@ class DDPMExtPipeline(DiffusionPipeline):
     Args:
         unet ([`UNet2DModel`]): ε_θ(x_t, t) (or x_0 / v, as the scheduler's `prediction_type` says).
         scheduler ([`DDPMExtScheduler`], [`DDIMExtScheduler`] or any diffusers scheduler): the sampler.
+        guide_unet ([`UNet2DModel`], *optional*): a weaker version of `unet` for autoguidance (Karras et al. 2024):
+            sampling uses D_guide + w (D − D_guide) with w = `autoguidance_scale`. The training script saves the
+            run's own EMA weights from earlier in training here (`--autoguidance_scale`); its config's private key
+            `_ddpm_ext_autoguidance_scale` is the w used when a call does not give one. Vanilla diffusers
+            ignores it (it loads `unet` and `scheduler` only).
 
     Example:
 
@@ -180,16 +196,19 @@ class DDPMExtPipeline(DiffusionPipeline):
     """
 
     model_cpu_offload_seq = "unet"
+    _optional_components = ["guide_unet"]
     _callback_tensor_inputs = ["latents", "pred_original_sample", "model_output"]
 
-    def __init__(self, unet: UNet2DModel, scheduler: SchedulerMixin):
+    def __init__(self, unet: UNet2DModel, scheduler: SchedulerMixin, guide_unet: UNet2DModel | None = None):
         super().__init__()
         check_components(unet, scheduler)
-        self.register_modules(unet=unet, scheduler=scheduler)
+        if guide_unet is not None:
+            check_guide_unet(unet, guide_unet)
+        self.register_modules(unet=unet, scheduler=scheduler, guide_unet=guide_unet)
         self._num_timesteps = 0
         self._interrupt = False
         self._fast_path: dict[str, Any] | None = None
-        self._compiled_unet: Callable[..., Any] | None = None
+        self._compiled: dict[str, Callable[..., Any]] = {}  # compiled UNets by component name (fast path)
 
     # ----------------------------------------------------------------------------------------------
     # Fast path (opt-in; see the README's "Speed" section for the measured effect of every option)
@@ -249,10 +268,11 @@ class DDPMExtPipeline(DiffusionPipeline):
         if compile_mode is not None and not compile:
             raise ValueError(f"`compile_mode`={compile_mode!r} needs `compile=True`.")
         self.disable_fast_path()
-        if channels_last:
-            self.unet.to(memory_format=torch.channels_last)
-        if compile:
-            self._compiled_unet = torch.compile(self.unet, mode=compile_mode)
+        for name, model in self._unets().items():  # the UNet and, when there is one, the autoguidance guide
+            if channels_last:
+                model.to(memory_format=torch.channels_last)
+            if compile:
+                self._compiled[name] = torch.compile(model, mode=compile_mode)
         self._fast_path = {
             "channels_last": channels_last,
             "autocast_dtype": autocast_dtype,
@@ -264,9 +284,37 @@ class DDPMExtPipeline(DiffusionPipeline):
     def disable_fast_path(self) -> "DDPMExtPipeline":
         """Back to the default path: contiguous weights, float32 UNet calls, no compiled UNet."""
         if self._fast_path is not None and self._fast_path["channels_last"]:
-            self.unet.to(memory_format=torch.contiguous_format)
-        self._fast_path, self._compiled_unet = None, None
+            for model in self._unets().values():
+                model.to(memory_format=torch.contiguous_format)
+        self._fast_path, self._compiled = None, {}
         return self
+
+    def _unets(self) -> dict[str, UNet2DModel]:
+        """The pipeline's UNets by component name: `unet`, and `guide_unet` when there is a guide."""
+        guide = getattr(self, "guide_unet", None)
+        return {"unet": self.unet, **({"guide_unet": guide} if guide is not None else {})}
+
+    @property
+    def autoguidance_scale(self) -> float:
+        """The autoguidance scale w a call uses when it does not give one: the guide's saved recommendation, or 1
+        (no guidance) without a guide."""
+        return default_autoguidance_scale(getattr(self, "guide_unet", None))
+
+    def resolve_autoguidance_scale(self, autoguidance_scale: float | None = None) -> float:
+        """The w a call with `autoguidance_scale` samples with (None: [`autoguidance_scale`]).
+
+        Raises:
+            ValueError: for a value that is not a finite number >= 1, or one other than 1 without a `guide_unet`.
+        """
+        if autoguidance_scale is None:
+            return self.autoguidance_scale
+        w = check_autoguidance_scale(autoguidance_scale)
+        if w != 1.0 and getattr(self, "guide_unet", None) is None:
+            raise ValueError(
+                f"`autoguidance_scale`={autoguidance_scale!r} needs a guide model, but this pipeline has no `guide_unet` "
+                "(train with --autoguidance_scale, or pass `guide_unet=` to the pipeline); leave it at None or 1."
+            )
+        return w
 
     @property
     def fast_path(self) -> dict[str, Any] | None:
@@ -279,13 +327,15 @@ class DDPMExtPipeline(DiffusionPipeline):
         the UNet is unconditional."""
         return dict(enumerate(class_names(self.unet))) if is_class_conditional(self.unet) else None
 
-    def _unet_call(self, device: torch.device) -> Callable[..., torch.Tensor]:
-        """`(x_t, t, **labels) -> model output` in x_t's dtype, through the fast path when it is enabled
-        (`labels`: `class_labels=` for a class-conditional UNet, see `guidance.py`)."""
+    def _unet_call(self, device: torch.device, component: str = "unet") -> Callable[..., torch.Tensor]:
+        """`(x_t, t, **labels) -> model output` of the `component` UNet ("unet" or "guide_unet") in x_t's dtype,
+        through the fast path when it is enabled (`labels`: `class_labels=` for a class-conditional UNet, see
+        `guidance.py`)."""
         fast = self._fast_path
+        model = getattr(self, component)
         if fast is None:
-            return lambda x, t, **labels: self.unet(x, t, **labels).sample
-        unet = self._compiled_unet if self._compiled_unet is not None else self.unet  # (no truth test: len())
+            return lambda x, t, **labels: model(x, t, **labels).sample
+        unet = self._compiled.get(component, model)
         dtype = fast["autocast_dtype"]
         if dtype is None:
             return lambda x, t, **labels: unet(x, t, **labels).sample
@@ -329,6 +379,7 @@ class DDPMExtPipeline(DiffusionPipeline):
         guidance_scale: float = 1.0,
         use_clipped_model_output: bool | None = None,
         timestep_spacing: str | None = None,
+        autoguidance_scale: float | None = None,
     ) -> DDPMExtPipelineOutput | tuple:
         """Sample images: x_T ~ N(0, I), then one scheduler step per timestep down to x_0.
 
@@ -375,9 +426,28 @@ class DDPMExtPipeline(DiffusionPipeline):
                 so a chain of S < T steps starts at t = T − 1 instead of (S − 1)·T/S (t = 900 of 1000 for 10 steps);
                 see [`resolve_timestep_spacing`]. `"leading"` with a leading config is diffusers' `DDPMPipeline`
                 behaviour, bit for bit. At S = T every spacing gives the same chain.
+            autoguidance_scale (`float`, *optional*): autoguidance w >= 1 with the pipeline's `guide_unet`:
+                D̂ = D_guide + w (D − D_guide) at every step (Karras et al. 2024; combined after classifier-free
+                guidance, which each model then gets). 1 samples `unet` alone (the guide is not run; diffusers'
+                `DDPMPipeline` behaviour); `None` (default) is the guide's saved recommendation
+                ([`autoguidance_scale`]), 1 without a guide. Costs a second UNet call per step.
 
         Returns:
             [`DDPMExtPipelineOutput`] or `(images,)`.
+
+        Example:
+
+        ```py
+        >>> import torch
+        >>> from ddpm_ext import DDPMExtPipeline, DDPMExtScheduler, build_unet
+        >>> pipe = DDPMExtPipeline(unet=build_unet("tiny"), scheduler=DDPMExtScheduler(beta_schedule="cosine"),
+        ...                        guide_unet=build_unet("tiny"))
+        >>> pipe.set_progress_bar_config(disable=True)
+        >>> x = pipe(batch_size=2, num_inference_steps=10, autoguidance_scale=2.0, output_type="pt").images
+        >>> x.shape
+        torch.Size([2, 1, 8, 8])
+
+        ```
         """
         step_kwargs, tensor_inputs = self._check_call(
             batch_size, generator, eta, stochastic, output_type, latents, timesteps,
@@ -385,6 +455,7 @@ class DDPMExtPipeline(DiffusionPipeline):
         )  # fmt: skip
         spacing = resolve_timestep_spacing(self.scheduler, timestep_spacing, custom_timesteps=timesteps is not None)
         guidance = prepare_guidance(self.unet, class_labels, guidance_scale, batch_size)
+        autoguidance = self.resolve_autoguidance_scale(autoguidance_scale)
         unet, scheduler = self.unet, self.scheduler
         device = self._execution_device
         self._interrupt = False
@@ -410,6 +481,10 @@ class DDPMExtPipeline(DiffusionPipeline):
         model = self._unet_call(device)
         if guidance is not None:  # class labels (and the null class for guidance) in one batched call
             model = guidance.wrap(model)
+        if autoguidance != 1.0:  # D_guide + w (D − D_guide), the guide given the same labels and guidance
+            guide = self._unet_call(device, "guide_unet")
+            guide = guidance.wrap(guide) if guidance is not None else guide
+            model = autoguide(model, guide, autoguidance, num_guided_channels(unet))
 
         # 3. x_t -> x_{t-1} for every timestep
         for i, t in enumerate(self.progress_bar(scheduler.timesteps)):
@@ -655,7 +730,8 @@ class DDPMExtPipeline(DiffusionPipeline):
             raise ValueError("`push_to_hub` is not handled by `save_pretrained`; save, then upload the folder.")
         if kwargs:
             raise ValueError(f"Unexpected arguments {sorted(kwargs)} for `DDPMExtPipeline.save_pretrained`.")
-        save_pipeline(self.unet, self.scheduler, save_directory, variant=variant, max_shard_size=max_shard_size)
+        save_pipeline(self.unet, self.scheduler, save_directory, guide_unet=getattr(self, "guide_unet", None),
+                      variant=variant, max_shard_size=max_shard_size)
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, **kwargs: Any) -> "DDPMExtPipeline":
@@ -678,6 +754,9 @@ class DDPMExtPipeline(DiffusionPipeline):
                 diffusers.
             unet (`UNet2DModel`, *optional*), scheduler (`SchedulerMixin`, *optional*): use these components
                 instead of the saved ones (that component is then not read from disk).
+            guide_unet (`UNet2DModel` or `None`, *optional*): the autoguidance guide instead of the saved one;
+                `guide_unet=None` loads none (sampling is then the UNet alone). A saved guide (`guide_unet/`, named
+                in `model_index.json`) is loaded by default, with the same weight checks as the UNet.
 
         Returns:
             [`DDPMExtPipeline`]: diffusers' `DDPMScheduler` / `DDIMScheduler` configs are loaded into
@@ -688,16 +767,19 @@ class DDPMExtPipeline(DiffusionPipeline):
                 pipeline (a unet class other than `UNet2DModel`, a scheduler class that is not a scheduler),
                 weights with missing or unexpected tensors (named), or pickle weights without `allow_pickle=True`.
         """
-        unknown = sorted(set(kwargs) - set(_HUB_ARGUMENTS) - set(_LOADING_ARGUMENTS) - {"allow_pickle", "unet", "scheduler"})
+        components = ("unet", "scheduler", "guide_unet")
+        unknown = sorted(set(kwargs) - set(_HUB_ARGUMENTS) - set(_LOADING_ARGUMENTS) - {"allow_pickle", *components})
         if unknown:
             raise ValueError(
                 f"Unexpected arguments {unknown} for `DDPMExtPipeline.from_pretrained`; it accepts "
-                f"{sorted(_HUB_ARGUMENTS + _LOADING_ARGUMENTS + ('allow_pickle', 'unet', 'scheduler'))}."
+                f"{sorted(_HUB_ARGUMENTS + _LOADING_ARGUMENTS + ('allow_pickle',) + components)}."
             )
+        load_guide = "guide_unet" not in kwargs  # guide_unet=None: no guide; a model: that one
         hub = {k: kwargs.pop(k) for k in _HUB_ARGUMENTS if k in kwargs}
         allow_pickle = bool(kwargs.pop("allow_pickle", False))
-        overrides = {k: kwargs.pop(k) for k in ("unet", "scheduler") if kwargs.get(k) is not None}
-        kwargs.pop("unet", None), kwargs.pop("scheduler", None)
+        overrides = {k: kwargs.pop(k) for k in components if kwargs.get(k) is not None}
+        for k in components:
+            kwargs.pop(k, None)
         folder = resolve_pipeline_folder(
             pretrained_model_name_or_path,
             allow_pickle=allow_pickle,
@@ -711,6 +793,13 @@ class DDPMExtPipeline(DiffusionPipeline):
             kwargs["use_safetensors"] = check_unet_weights(
                 folder, variant=kwargs.get("variant"), use_safetensors=kwargs.get("use_safetensors"), allow_pickle=allow_pickle
             )
+        if load_guide and saved_guide(folder):
+            safe = check_unet_weights(folder, variant=kwargs.get("variant"), use_safetensors=kwargs.get("use_safetensors"),
+                                      allow_pickle=allow_pickle, component=GUIDE_DIR)
+            dtype = kwargs.get("dtype", kwargs.get("torch_dtype"))
+            overrides["guide_unet"] = UNet2DModel.from_pretrained(
+                folder, subfolder=GUIDE_DIR, variant=kwargs.get("variant"), use_safetensors=safe,
+                **({"torch_dtype": dtype} if dtype is not None else {}))
         pipe = super().from_pretrained(folder, **overrides, **kwargs)
         uninitialised = [name for name, p in pipe.unet.state_dict().items() if p.device.type == "meta"]
         if uninitialised:  # a pickle file with missing tensors (safetensors ones are refused before loading)

@@ -7,6 +7,8 @@ checkpoint-<step>/
   unet/              the trained UNet, diffusers format (config.json + safetensors)
   unet_ema/          the EMA weights, diffusers format (with --use_ema): UNet2DModel.from_pretrained(ckpt, subfolder="unet_ema")
   ema_state.json     the EMA's scalars (optimisation step, decay settings)
+  guide_unet/        the autoguidance guide (with --autoguidance_scale > 1, once its step has passed): the EMA
+                     weights of that step, diffusers format
   optimizer.bin      accelerate's optimizer / learning-rate scheduler / RNG states, read with
   scheduler.bin      torch.load(weights_only=True): tensors, numbers and strings only, never code
   random_states_<process>.pkl
@@ -62,7 +64,7 @@ CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
 STATE_FILE = "training_state.json"
 EMA_STATE_FILE = "ema_state.json"
 SUPERSEDED_DIR = "superseded"
-UNET_DIR, EMA_DIR = "unet", "unet_ema"
+UNET_DIR, EMA_DIR, GUIDE_DIR = "unet", "unet_ema", "guide_unet"
 WEIGHTS_NAME = "diffusion_pytorch_model.safetensors"
 _LEGACY_PICKLES = ("custom_checkpoint_0.pkl",)
 
@@ -141,12 +143,15 @@ def prune_checkpoints(output_dir: str | os.PathLike, run_id: str, keep: int) -> 
 # --------------------------------------------------------------------------------------------------
 # Saving
 # --------------------------------------------------------------------------------------------------
-def register_checkpoint_hooks(accelerator, ema) -> None:
-    """Make `accelerator.save_state`/`load_state` write and read `unet/` and `unet_ema/` in diffusers format.
+def register_checkpoint_hooks(accelerator, ema, guide_holder: Any = None) -> None:
+    """Make `accelerator.save_state`/`load_state` write and read `unet/`, `unet_ema/` and `guide_unet/` in
+    diffusers format.
 
     As diffusers' train_unconditional.py does: the save hook writes the model with `save_pretrained` and takes it
     off accelerate's list (no `model.safetensors`); the EMA is saved here too instead of being registered for
-    checkpointing (which accelerate would pickle into `custom_checkpoint_0.pkl`).
+    checkpointing (which accelerate would pickle into `custom_checkpoint_0.pkl`). `guide_holder` (the trainer)
+    has a `guide_unet` attribute: the autoguidance guide once taken (saved when set), set again on load when
+    the checkpoint has one.
     """
     from safetensors.torch import load_file
 
@@ -156,6 +161,9 @@ def register_checkpoint_hooks(accelerator, ema) -> None:
             model.save_pretrained(os.path.join(output_dir, UNET_DIR), safe_serialization=True)
             if ema is not None:
                 _save_ema(ema, model, Path(output_dir))
+            guide = getattr(guide_holder, "guide_unet", None)
+            if guide is not None:
+                guide.save_pretrained(os.path.join(output_dir, GUIDE_DIR), safe_serialization=True)
         while weights:
             weights.pop()
 
@@ -165,6 +173,13 @@ def register_checkpoint_hooks(accelerator, ema) -> None:
         model.load_state_dict(state, strict=True)
         if ema is not None:
             _load_ema(ema, model, Path(input_dir))
+        if guide_holder is not None and os.path.isdir(os.path.join(input_dir, GUIDE_DIR)):
+            import copy
+
+            guide = copy.deepcopy(model).eval()
+            guide.load_state_dict(load_file(os.path.join(input_dir, GUIDE_DIR, WEIGHTS_NAME)), strict=True)
+            guide.requires_grad_(False)
+            guide_holder.guide_unet = guide
 
     accelerator.register_save_state_pre_hook(save_hook)
     accelerator.register_load_state_pre_hook(load_hook)
@@ -279,7 +294,7 @@ def validate_checkpoint(
             f"{ckpt} belongs to a different training configuration: " + "; ".join(mismatched) + ". These flags must "
             "match on resume; start a new run (another --output_dir, or --overwrite_output_dir) to change them."
         )
-    folders = [UNET_DIR] + ([EMA_DIR] if use_ema else [])
+    folders = [UNET_DIR] + ([EMA_DIR] if use_ema else []) + ([GUIDE_DIR] if (ckpt / GUIDE_DIR).is_dir() else [])
     for sub in folders:
         cfg_path = ckpt / sub / "config.json"
         try:

@@ -63,6 +63,8 @@ from ..files import atomic_write_text, write_with
 from ..images import save_image_grid
 from ..losses import LOSS_TYPES, TIMESTEP_SAMPLINGS, diffusion_loss, importance_scale, timestep_proposal
 from ..models.unet_presets import UNET_PRESETS, build_unet, unet_config
+from ..pipelines.checkpoint_io import GUIDE_DIR
+from ..pipelines.guidance import AUTOGUIDANCE_SCALE_KEY, GUIDE_STEP_KEY
 from ..pipelines.pipeline_ddpm_ext import DDPMExtPipeline
 from ..seeding import image_generators
 from ..schedulers.scheduling_common import (
@@ -105,7 +107,7 @@ RESUME_MUST_MATCH = (
     "prediction_type", "loss_type", "snr_gamma", "resolution", "dataset_name", "train_data_dir", "dataset_split", "image_column",
     "max_train_samples", "center_crop", "random_flip", "train_batch_size", "gradient_accumulation_steps", "seed",
     "use_ema", "num_processes", "class_conditional", "label_column",
-    "dataset_config_name", "preserve_input_precision",
+    "dataset_config_name", "preserve_input_precision", "autoguidance_guide_fraction",
 )
 # Scheduler flags a pretrained pipeline fixes (its model learned that schedule); refused with --pretrained_model_name_or_path.
 SCHEDULER_FLAGS = {"ddpm_num_steps": 1000, "ddpm_beta_schedule": "linear", "variance_type": "fixed_small", "prediction_type": "epsilon"}
@@ -142,6 +144,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     a("--timestep_sampling", default="uniform", choices=TIMESTEP_SAMPLINGS, help="How t is drawn: uniform = U{0..T−1} (Algorithm 1); importance = in proportion to the min-SNR-γ weight of t, each loss scaled by 1 / (T p(t)) — the same objective, a less noisy loss per batch (needs --snr_gamma; ddpm_ext.losses.timestep_proposal). On the quick start it trained worse than uniform (README, recipe study).")
     a("--loss_type", default="simple", choices=LOSS_TYPES, help="simple = L_simple; hybrid = L_simple + 0.001 L_vlb (needs learned_range).")
     add_conditioning_arguments(p)  # --class_conditional, --label_column, --class_dropout_prob, --guidance_scale
+    a("--autoguidance_scale", type=float, default=1.0, help="Autoguidance (Karras et al. 2024, 'Guiding a Diffusion Model with a Bad Version of Itself'): keep the EMA weights of step --autoguidance_guide_fraction × the run's steps as a guide model, saved with the pipeline (guide_unet/), and sample with D_guide + w (D − D_guide) at this w by default (the grids and every later pipeline call that gives no autoguidance_scale). 1 (default): no guide. The quick start uses it: README, 'Autoguidance'.")
+    a("--autoguidance_guide_fraction", type=float, default=0.5, help="When the guide is taken, as a fraction in (0, 1) of the run's optimisation steps (with --autoguidance_scale > 1).")
     a("--ddpm_num_inference_steps", type=int, default=DEFAULT_SAMPLING_STEPS, help=f"Sampling steps for the sample grids (respaced DDPM, trailing spacing; diffusers: 1000 — {DEFAULT_SAMPLING_STEPS} steps score within noise of 1000 in the README's sampler study, at a twentieth of the cost).")
     # optimisation
     a("--train_batch_size", type=int, default=128, help="Batch size per device (diffusers: 16; 128 as in Ho et al.).")
@@ -225,6 +229,8 @@ def check_args(args: argparse.Namespace) -> None:
     if args.snr_gamma is not None:
         _check_flag_number("snr_gamma", args.snr_gamma, 0, None, low_open=True)
     _check_flag_number("ema_inv_gamma", args.ema_inv_gamma, 0, None, low_open=True)
+    _check_flag_number("autoguidance_scale", args.autoguidance_scale, 1, None)
+    _check_flag_number("autoguidance_guide_fraction", args.autoguidance_guide_fraction, 0, 1, low_open=True, high_open=True)
     _check_flag_number("ema_power", args.ema_power, 0, None, low_open=True)
     if args.resolution is not None and args.resolution > MAX_RESOLUTION:
         raise ValueError(f"--resolution must be <= {MAX_RESOLUTION}, got {args.resolution} (one image alone would not fit in memory)")
@@ -562,7 +568,11 @@ def main(argv: list[str] | None = None) -> int:
     # 2. optimisation
     trainer = Trainer(args, accelerator, unet, scheduler, loader, transform, run_id, config, conditioning)
     if saved is not None:
-        trainer.resume(saved)
+        try:
+            trainer.resume(saved)
+        except CheckpointError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
     elif args.resume_from_checkpoint == "latest":
         accelerator.print(f"No checkpoint in {output_dir}; starting from scratch.")
     if accelerator.is_main_process and args.logger != "none":
@@ -613,7 +623,11 @@ class Trainer:
         self.ema = build_ema(args, self.plain_unet)
         self.timestep_proposal = (timestep_proposal(scheduler, args.snr_gamma)
                                   if args.timestep_sampling == "importance" else None)
-        register_checkpoint_hooks(accelerator, self.ema)
+        # autoguidance: the step whose EMA weights become the guide (None: no guide), and the guide once taken
+        self.guide_step = (max(1, min(self.max_steps - 1, round(args.autoguidance_guide_fraction * self.max_steps)))
+                           if args.autoguidance_scale > 1 else None)
+        self.guide_unet = None
+        register_checkpoint_hooks(accelerator, self.ema, self)
         # position: optimisation steps done, and where in which epoch the data loader stands
         self.global_step, self.epoch, self.skip = 0, 0, 0
         self.loss_value = float("nan")
@@ -626,6 +640,14 @@ class Trainer:
         self.accelerator.load_state(str(self.args.resume), load_kwargs={"weights_only": True})
         apply_changed_flags(saved, self.args, self.optimizer, self.lr_scheduler, self.ema, self.accelerator)
         self.global_step, self.epoch, self.skip = saved["global_step"], saved["epoch"], saved["batches_in_epoch"]
+        if self.guide_unet is not None and self.guide_step is None:
+            self.guide_unet = None  # resumed without --autoguidance_scale: the run keeps no guide
+        if self.guide_step is not None and self.guide_unet is None and self.global_step >= self.guide_step:
+            raise CheckpointError(
+                f"--autoguidance_scale {self.args.autoguidance_scale:g} needs the guide of step {self.guide_step} "
+                f"(--autoguidance_guide_fraction {self.args.autoguidance_guide_fraction:g} of {self.max_steps} steps), "
+                f"but {self.args.resume} is at step {self.global_step} and holds no guide (the run was started "
+                "without autoguidance). Resume without --autoguidance_scale, or start a new run with it.")
         self.accelerator.print(f"Resumed from {self.args.resume} at step {self.global_step}.")
 
     def train(self) -> int:
@@ -673,15 +695,15 @@ class Trainer:
                     at_end = seen == len(self.loader)
                     self._checkpoint(self.epoch + at_end, 0 if at_end else seen)
                 if args.save_images_steps and self.global_step % args.save_images_steps == 0 and self.global_step < self.max_steps:
-                    _write_samples(accelerator, self.unet, self.ema, self.scheduler, args, self.global_step)
+                    _write_samples(accelerator, args, self.global_step, self.pipeline())
                 if self.global_step >= self.max_steps:
                     break
             self.epoch += 1
             done = self.global_step >= self.max_steps
             if not done and args.save_images_epochs and self.epoch % args.save_images_epochs == 0:
-                _write_samples(accelerator, self.unet, self.ema, self.scheduler, args, self.global_step)
+                _write_samples(accelerator, args, self.global_step, self.pipeline())
             if not done and args.save_model_epochs and self.epoch % args.save_model_epochs == 0 and accelerator.is_main_process:
-                save_pipeline_atomically(_pipeline(accelerator, self.unet, self.ema, self.scheduler), Path(args.output_dir))
+                save_pipeline_atomically(self.pipeline(), Path(args.output_dir))
         progress.close()
         self.train_seconds = time.time() - start
         self._prune_if_pending()
@@ -691,6 +713,8 @@ class Trainer:
         if self.ema is not None:
             self.ema.step(self.plain_unet.parameters())
         self.global_step += 1
+        if self.global_step == self.guide_step and self.guide_unet is None:
+            self.guide_unet = self._take_guide()
         self.loss_value = losses.mean().item()
         logs = {"loss": self.loss_value, "lr": self.lr_scheduler.get_last_lr()[0]}
         if self.ema is not None:
@@ -698,6 +722,22 @@ class Trainer:
         progress.update(1)
         progress.set_postfix(loss=f"{self.loss_value:.4f}")
         self.accelerator.log(logs, step=self.global_step)
+
+    def _take_guide(self):
+        """A frozen copy of the weights the pipeline would save now (the EMA's, else the model's): the guide."""
+        guide = copy.deepcopy(self.plain_unet).eval().to(memory_format=torch.contiguous_format)
+        if self.ema is not None:
+            self.ema.copy_to(guide.parameters())
+        return guide.requires_grad_(False)
+
+    def pipeline(self) -> DDPMExtPipeline:
+        """The pipeline as saved now: the EMA weights, and the autoguidance guide once taken (its config records
+        the step and the default scale w)."""
+        guide = None
+        if self.guide_unet is not None and self.guide_step is not None:
+            guide = copy.deepcopy(self.guide_unet)
+            guide.register_to_config(**{AUTOGUIDANCE_SCALE_KEY: self.args.autoguidance_scale, GUIDE_STEP_KEY: self.guide_step})
+        return _pipeline(self.accelerator, self.unet, self.ema, self.scheduler, guide)
 
     def _checkpoint(self, epoch: int, batches_in_epoch: int) -> None:
         if not weights_are_finite(self.plain_unet):
@@ -737,10 +777,10 @@ def save_outputs(args, trainer: Trainer, num_train_images: int, resolution: int)
 
     output_dir = Path(args.output_dir)
     accelerator = trainer.accelerator
-    pipe = _pipeline(accelerator, trainer.unet, trainer.ema, trainer.scheduler)
+    pipe = trainer.pipeline()
     try:
         save_pipeline_atomically(pipe, output_dir)
-        grid = _write_samples(accelerator, trainer.unet, trainer.ema, trainer.scheduler, args, trainer.global_step, pipe=pipe)
+        grid = _write_samples(accelerator, args, trainer.global_step, pipe)
         info = {
             "global_step": trainer.global_step,
             "final_loss": trainer.loss_value,
@@ -749,6 +789,9 @@ def save_outputs(args, trainer: Trainer, num_train_images: int, resolution: int)
             "num_train_images": num_train_images,
             "resolution": resolution,
             "cpu_threads": trainer.threads.summary() if trainer.threads is not None else None,
+            "autoguidance": None if pipe.guide_unet is None else {
+                "scale": pipe.autoguidance_scale, "guide_step": trainer.guide_step,
+                "guide": "the EMA weights of that step" if trainer.ema is not None else "the weights of that step"},
             **(trainer.conditioning.info() if trainer.conditioning is not None else {}),
         }
         atomic_write_text(output_dir / "training_info.json", json.dumps(info, indent=2))
@@ -802,6 +845,8 @@ def save_pipeline_atomically(pipe: DDPMExtPipeline, output_dir: Path) -> None:
         if old is not None:
             shutil.rmtree(old) if old.is_dir() else old.unlink()
     tmp.rmdir()
+    if pipe.guide_unet is None and (output_dir / GUIDE_DIR).is_dir():  # an earlier run's guide: not this pipeline's
+        shutil.rmtree(output_dir / GUIDE_DIR)
 
 
 def _has_accelerator() -> bool:
@@ -814,22 +859,22 @@ def _sample_size(unet) -> int:
     return size if isinstance(size, int) else size[0]
 
 
-def _pipeline(accelerator, unet, ema, scheduler) -> DDPMExtPipeline:
-    """The pipeline to save: a copy of the UNet carrying the EMA weights when EMA is on."""
+def _pipeline(accelerator, unet, ema, scheduler, guide_unet=None) -> DDPMExtPipeline:
+    """The pipeline to save: a copy of the UNet carrying the EMA weights when EMA is on (and `guide_unet`)."""
     model = copy.deepcopy(accelerator.unwrap_model(unet, keep_torch_compile=False)).eval()  # the live model stays in train mode
     model.to(memory_format=torch.contiguous_format)  # after --channels_last: sample and save in the usual layout
     if ema is not None:
         ema.copy_to(model.parameters())
-    pipe = DDPMExtPipeline(unet=model, scheduler=DDPMExtScheduler.from_config(scheduler.config))
+    pipe = DDPMExtPipeline(unet=model, scheduler=DDPMExtScheduler.from_config(scheduler.config), guide_unet=guide_unet)
     pipe.set_progress_bar_config(desc="sample", leave=False)
     return pipe
 
 
-def _write_samples(accelerator, unet, ema, scheduler, args, step, pipe=None) -> Path | None:
-    """Sample `--eval_batch_size` images with a fixed seed and write samples/step-<step>.png (main process)."""
+def _write_samples(accelerator, args, step, pipe: DDPMExtPipeline) -> Path | None:
+    """Sample `--eval_batch_size` images of `pipe` (autoguided at its default w when it has a guide) with a fixed
+    seed and write samples/step-<step>.png (main process)."""
     if not accelerator.is_main_process:
         return None
-    pipe = pipe or _pipeline(accelerator, unet, ema, scheduler)
     call, nrow = sample_grid_call(pipe.unet, args.eval_batch_size, args.guidance_scale)  # a row per class
     images = pipe(
         generator=image_generators(args.seed, 0, call["batch_size"]),  # the package's seeding rule

@@ -70,6 +70,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--eta", type=float, default=None, help="DDIM's η in [0, 1] (needs DDIM; default: 0, deterministic)."
     )
     parser.add_argument(
+        "--autoguidance_scale", type=float, default=None,
+        help="Autoguidance w >= 1 with the pipeline's guide model (trained with --autoguidance_scale): 1 = the UNet "
+        "alone (diffusers' DDPMPipeline sampling); default: the w saved with the guide, 1 without a guide.",
+    )
+    parser.add_argument(
         "--no-noise", dest="no_noise", action="store_true",
         help="Sample without the added noise z: every step returns the mean μ_θ (the lecture's comparison).",
     )
@@ -141,6 +146,7 @@ def run(args: argparse.Namespace) -> int:
     if steps > T:
         raise ValueError(f"`--steps` must be at most the pipeline's num_train_timesteps = {T}, got {steps}.")
     _, guide, nrow = cli_guidance(pipe, args.class_labels, args.guidance_scale, args.num_images, args.nrow)
+    autoguidance = pipe.resolve_autoguidance_scale(args.autoguidance_scale)  # w > 1 needs the pipeline's guide
     pipe = pipe.to(device)
     pipe.set_progress_bar_config(disable=True)
 
@@ -150,6 +156,7 @@ def run(args: argparse.Namespace) -> int:
         kwargs["use_clipped_model_output"] = args.ddim_eps == "consistent"
     if args.timestep_spacing is not None:
         kwargs["timestep_spacing"] = args.timestep_spacing
+    kwargs["autoguidance_scale"] = autoguidance
     starts = range(0, args.num_images, args.batch_size)
     chunks = []
 

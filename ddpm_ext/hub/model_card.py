@@ -151,6 +151,7 @@ def write_model_card(
         class_dropout_prob=info.get("class_dropout_prob"),
         example_labels=", ".join(repr(n) for n in (info.get("class_names") or [])[:2]),
         example_count=len((info.get("class_names") or [])[:2]),
+        autoguidance=info.get("autoguidance"),
     )
     return atomic_write_text(out / "README.md", str(card))
 

@@ -789,12 +789,13 @@ class DDPMExtPipeline(DiffusionPipeline):
         check_component_classes(folder)
         if "scheduler" not in overrides:
             overrides["scheduler"] = load_scheduler(folder)
+        asked_safetensors = kwargs.get("use_safetensors")  # the caller's, before the UNet's check sets it
         if "unet" not in overrides:
             kwargs["use_safetensors"] = check_unet_weights(
                 folder, variant=kwargs.get("variant"), use_safetensors=kwargs.get("use_safetensors"), allow_pickle=allow_pickle
             )
         if load_guide and saved_guide(folder):
-            safe = check_unet_weights(folder, variant=kwargs.get("variant"), use_safetensors=kwargs.get("use_safetensors"),
+            safe = check_unet_weights(folder, variant=kwargs.get("variant"), use_safetensors=asked_safetensors,
                                       allow_pickle=allow_pickle, component=GUIDE_DIR)
             dtype = kwargs.get("dtype", kwargs.get("torch_dtype"))
             overrides["guide_unet"] = UNet2DModel.from_pretrained(

@@ -45,6 +45,7 @@ from typing import Any
 import torch
 
 from ..files import atomic_write_text
+from ..pipelines.checkpoint_io import GUIDE_DIR  # the guide's folder: the same name as in a saved pipeline
 
 __all__ = [
     "CHECKPOINT_RE",
@@ -64,7 +65,7 @@ CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
 STATE_FILE = "training_state.json"
 EMA_STATE_FILE = "ema_state.json"
 SUPERSEDED_DIR = "superseded"
-UNET_DIR, EMA_DIR, GUIDE_DIR = "unet", "unet_ema", "guide_unet"
+UNET_DIR, EMA_DIR = "unet", "unet_ema"
 WEIGHTS_NAME = "diffusion_pytorch_model.safetensors"
 _LEGACY_PICKLES = ("custom_checkpoint_0.pkl",)
 

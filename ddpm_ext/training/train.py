@@ -500,6 +500,32 @@ def apply_changed_flags(saved: dict[str, Any], args, optimizer, lr_scheduler, em
         ema.decay, ema.inv_gamma, ema.power = args.ema_max_decay, args.ema_inv_gamma, args.ema_power
 
 
+def planned_steps(args: argparse.Namespace, num_batches: int, num_processes: int) -> int:
+    """The run's number of optimisation steps: --max_train_steps, or --num_epochs of `num_batches` batches."""
+    return args.max_train_steps or args.num_epochs * max(1, math.ceil(num_batches / num_processes / args.gradient_accumulation_steps))
+
+
+def guide_step(args: argparse.Namespace, max_steps: int) -> int | None:
+    """The step whose EMA weights become the autoguidance guide (--autoguidance_guide_fraction of `max_steps`,
+    at least 1 and before the last), or None without --autoguidance_scale > 1."""
+    if args.autoguidance_scale <= 1:
+        return None
+    return max(1, min(max_steps - 1, round(args.autoguidance_guide_fraction * max_steps)))
+
+
+def check_guide_on_resume(args: argparse.Namespace, saved: dict[str, Any], max_steps: int) -> None:
+    """Refuse (before anything is moved or loaded) to resume with autoguidance past the guide's step from a
+    checkpoint that holds no guide: the weights of that step are gone."""
+    step = guide_step(args, max_steps)
+    if step is not None and saved["global_step"] >= step and not (Path(args.resume) / GUIDE_DIR).is_dir():
+        raise CheckpointError(
+            f"--autoguidance_scale {args.autoguidance_scale:g} needs the guide of step {step} "
+            f"(--autoguidance_guide_fraction {args.autoguidance_guide_fraction:g} of {max_steps} steps), but "
+            f"{args.resume} is at step {saved['global_step']} and holds no guide (the run was started without "
+            "autoguidance). Resume without --autoguidance_scale, or start a new run with it."
+        )
+
+
 def prepare_checkpoints(args, resume: Path | None, run_id: str, accelerator) -> None:
     """Move aside what this run must not prune or resume: other runs' checkpoints and newer ones than `resume`."""
     out = Path(args.output_dir)
@@ -553,6 +579,16 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as e:  # CheckpointError is a ValueError
         print(f"error: {e}", file=sys.stderr)
         return 2
+    loader = torch.utils.data.DataLoader(
+        train_data, batch_size=args.train_batch_size, sampler=EpochSampler(len(train_data), args.seed),
+        num_workers=args.dataloader_num_workers, collate_fn=collate_fn, drop_last=len(train_data) >= args.train_batch_size,
+    )
+    if saved is not None:
+        try:
+            check_guide_on_resume(args, saved, planned_steps(args, len(loader), accelerator.num_processes))
+        except CheckpointError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
     if args.enable_xformers_memory_efficient_attention:
         unet.enable_xformers_memory_efficient_attention()
     run_id = saved["run_id"] if saved else uuid.uuid4().hex
@@ -560,19 +596,11 @@ def main(argv: list[str] | None = None) -> int:
         output_dir.mkdir(parents=True, exist_ok=True)
         prepare_checkpoints(args, args.resume, run_id, accelerator)
     accelerator.wait_for_everyone()
-    loader = torch.utils.data.DataLoader(
-        train_data, batch_size=args.train_batch_size, sampler=EpochSampler(len(train_data), args.seed),
-        num_workers=args.dataloader_num_workers, collate_fn=collate_fn, drop_last=len(train_data) >= args.train_batch_size,
-    )
 
     # 2. optimisation
     trainer = Trainer(args, accelerator, unet, scheduler, loader, transform, run_id, config, conditioning)
     if saved is not None:
-        try:
-            trainer.resume(saved)
-        except CheckpointError as e:
-            print(f"error: {e}", file=sys.stderr)
-            return 2
+        trainer.resume(saved)
     elif args.resume_from_checkpoint == "latest":
         accelerator.print(f"No checkpoint in {output_dir}; starting from scratch.")
     if accelerator.is_main_process and args.logger != "none":
@@ -612,8 +640,7 @@ class Trainer:
         if args.channels_last:
             unet.to(memory_format=torch.channels_last)
         optimizer = build_optimizer(unet.parameters(), args)
-        self.max_steps = args.max_train_steps or args.num_epochs * max(
-            1, math.ceil(len(loader) / accelerator.num_processes / args.gradient_accumulation_steps))
+        self.max_steps = planned_steps(args, len(loader), accelerator.num_processes)
         lr_scheduler = get_scheduler(
             args.lr_scheduler, optimizer=optimizer, num_warmup_steps=args.lr_warmup_steps * accelerator.num_processes,
             num_training_steps=self.max_steps * accelerator.num_processes,
@@ -624,8 +651,7 @@ class Trainer:
         self.timestep_proposal = (timestep_proposal(scheduler, args.snr_gamma)
                                   if args.timestep_sampling == "importance" else None)
         # autoguidance: the step whose EMA weights become the guide (None: no guide), and the guide once taken
-        self.guide_step = (max(1, min(self.max_steps - 1, round(args.autoguidance_guide_fraction * self.max_steps)))
-                           if args.autoguidance_scale > 1 else None)
+        self.guide_step = guide_step(args, self.max_steps)
         self.guide_unet = None
         register_checkpoint_hooks(accelerator, self.ema, self)
         # position: optimisation steps done, and where in which epoch the data loader stands
@@ -640,14 +666,8 @@ class Trainer:
         self.accelerator.load_state(str(self.args.resume), load_kwargs={"weights_only": True})
         apply_changed_flags(saved, self.args, self.optimizer, self.lr_scheduler, self.ema, self.accelerator)
         self.global_step, self.epoch, self.skip = saved["global_step"], saved["epoch"], saved["batches_in_epoch"]
-        if self.guide_unet is not None and self.guide_step is None:
+        if self.guide_step is None:
             self.guide_unet = None  # resumed without --autoguidance_scale: the run keeps no guide
-        if self.guide_step is not None and self.guide_unet is None and self.global_step >= self.guide_step:
-            raise CheckpointError(
-                f"--autoguidance_scale {self.args.autoguidance_scale:g} needs the guide of step {self.guide_step} "
-                f"(--autoguidance_guide_fraction {self.args.autoguidance_guide_fraction:g} of {self.max_steps} steps), "
-                f"but {self.args.resume} is at step {self.global_step} and holds no guide (the run was started "
-                "without autoguidance). Resume without --autoguidance_scale, or start a new run with it.")
         self.accelerator.print(f"Resumed from {self.args.resume} at step {self.global_step}.")
 
     def train(self) -> int:

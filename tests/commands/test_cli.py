@@ -130,6 +130,8 @@ def test_sample_sampler_options(tiny_pipeline_dir, tmp_path, extra, scheduler, c
         (["--output", "{tmp}"], "is a folder"),
         (["--images_dir", "{tmp}/afile"], "exists and is not a folder"),
         (["--device", "nodevice"], "is not a torch device"),
+        (["--autoguidance_scale", "2"], "`autoguidance_scale`=2.0 needs a guide model, but this pipeline has no `guide_unet`"),
+        (["--autoguidance_scale", "0.5"], "`autoguidance_scale` must be a number >= 1, got 0.5"),
     ],
 )
 def test_sample_bad_option_is_a_clear_error_and_writes_nothing(tiny_pipeline_dir, tmp_path, capsys, extra, message):

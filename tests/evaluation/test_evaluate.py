@@ -151,6 +151,7 @@ def test_bad_sampler_spec_is_an_argparse_error(tiny_pipeline, capsys):
         (["--num_bpd_images", "501"], r"`--num_bpd_images` 501 is more than the 500 images of 'mnist-5k' \(split 'test'\)"),
         (["--samplers", "ddim:5:0", "ddim:5"], r"lists a sampler twice: \['ddim:5:0', 'ddim:5:0'\]"),
         (["--inception_weights", "w.pth"], r"only used with feature_extractor='inception'"),
+        (["--samplers", "ddim:5:0:ag=2"], r"'ddim:5:0:ag=2' does not fit this pipeline: `autoguidance_scale`=2.0 needs a guide model"),
         (["--device", "cuda:7"] if not torch.cuda.is_available() else ["--device", "nonsense"], r"`--device`"),
     ],
 )
@@ -439,3 +440,24 @@ def test_bad_guidance_is_a_command_line_error_before_any_work(tiny_pipeline, dig
     with pytest.raises(ValueError, match=r"cannot be evaluated: A conditional UNet needs `num_class_embeds` >= 2"):
         evaluate(EvaluationConfig(tmp_path / "one", no_progress=True))
     assert loaded == [] and calls == []
+
+
+def test_autoguided_rows_record_the_scale_used(tmp_path, monkeypatch):
+    """The guide's saved w by default, a spec's ag=W otherwise; the pipeline gets exactly that w."""
+    from ddpm_ext.pipelines.guidance import AUTOGUIDANCE_SCALE_KEY
+
+    torch.manual_seed(2)
+    guide = build_unet("tiny").eval()
+    guide.register_to_config(**{AUTOGUIDANCE_SCALE_KEY: 2.5})
+    folder = tmp_path / "guided"
+    DDPMExtPipeline(unet=build_unet("tiny"), scheduler=DDPMExtScheduler(num_train_timesteps=20, beta_schedule="cosine"),
+                    guide_unet=guide).save_pretrained(folder)
+    calls = record_pipeline_calls(monkeypatch)
+    results = quick_eval(folder, tmp_path, "--samplers", "ddim:5:0", "ddim:5:0:ag=1", "ddim:5:0:ag=4", "--num_samples", "4",
+                         "--kid_subset_size", "2", "--max_real_images", "8", "--digit_judge", "off")
+    assert [r["autoguidance_scale"] for r in results["samples"]] == [2.5, 1.0, 4.0]
+    assert [c.get("autoguidance_scale") for c in calls] == [None, 1.0, 4.0]  # None: the pipeline's default, 2.5
+    table = results["markdown"]
+    assert "| ddim:5:0 (autoguidance 2.5) |" in table and "| ddim:5:0:ag=1 |" in table and "| ddim:5:0:ag=4 |" in table
+    first, unguided = results["samples"][0], results["samples"][1]
+    assert first["fid"] != unguided["fid"]  # other images

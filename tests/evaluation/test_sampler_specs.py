@@ -27,6 +27,9 @@ from ddpm_ext.evaluation.evaluate import SamplerSpec, parse_sampler
          "ddpm-50-leading"),
         ("dpmpp:20:spacing=leading", SamplerSpec("dpmpp", 20, timestep_spacing="leading"), "dpmpp:20:spacing=leading",
          "dpmpp-20-leading"),
+        ("ddpm:50:ag=2.5", SamplerSpec("ddpm", 50, autoguidance_scale=2.5), "ddpm:50:ag=2.5", "ddpm-50-ag2p5"),
+        ("ddim:20:0:eps=model:ag=1", SamplerSpec("ddim", 20, clipped_eps=False, autoguidance_scale=1.0),
+         "ddim:20:0:eps=model:ag=1", "ddim-20-eta0-modeleps-ag1"),
         ("ddim:50:0", SamplerSpec("ddim", 50), "ddim:50:0", "ddim-50-eta0"),  # today's specs are unchanged
     ],
 )
@@ -46,6 +49,10 @@ def test_parse_round_trip_and_slug(spec, expected, canonical, slug):
         ("ddim:10:0:spacing=leading:spacing=trailing", "option 'spacing' given twice"),
         ("ddim:10:0:order=2", r"unknown option 'order=2'"),
         ("ddim:10:spacing=leading:0", "unknown option '0'"),
+        ("ddpm:50:ag=0.5", "ag must be a number >= 1 \\(the autoguidance scale\\), got '0.5'"),
+        ("ddpm:50:ag=nan", "ag must be a number >= 1"),
+        ("ddpm:50:ag=two", "ag must be a number >= 1"),
+        ("ddpm:50:ag=2:ag=3", "option 'ag' given twice"),
     ],
 )
 def test_bad_specs_name_the_problem_and_the_grammar(spec, why):
@@ -64,6 +71,8 @@ def test_built_schedulers_and_call_kwargs():
         "num_inference_steps": 10, "eta": 0.0, "stochastic": True, "timestep_spacing": "leading",
         "use_clipped_model_output": False}  # fmt: skip
     assert parse_sampler("ddpm-noz:5").call_kwargs() == {"num_inference_steps": 5, "eta": 0.0, "stochastic": False}
+    assert parse_sampler("ddpm:5:ag=3").call_kwargs() == {"num_inference_steps": 5, "eta": 0.0, "stochastic": True,
+                                                          "autoguidance_scale": 3.0}
 
 
 def test_row_records_the_choices_actually_used():

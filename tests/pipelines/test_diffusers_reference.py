@@ -159,12 +159,17 @@ class TestDDIMPipelineFast:
         assert np.abs(output - output_loaded).max() < 3e-3
 
     def test_save_load_optional_components(self):
+        # the mixin's test: every optional component set to None survives a save / load round trip as None
         pipe = ddim_pipe()
-        assert pipe._optional_components == []  # nothing to set to None: a plain save / load round trip
+        assert pipe._optional_components == ["guide_unet"]  # the autoguidance guide
+        for name in pipe._optional_components:
+            setattr(pipe, name, None)
         output = pipe(**ddim_inputs())[0]
         with tempfile.TemporaryDirectory() as tmpdir:
             pipe.save_pretrained(tmpdir)
             loaded = DDPMExtPipeline.from_pretrained(tmpdir)
+        for name in pipe._optional_components:
+            assert getattr(loaded, name) is None, name
         assert np.abs(output - loaded(**ddim_inputs())[0]).max() < 3e-3
 
     def test_inference_batch_single_identical(self):
@@ -188,7 +193,9 @@ class TestDDIMPipelineFast:
 
     def test_components_function(self):
         pipe = DDPMExtPipeline(**ddim_components())
-        assert set(pipe.components) == {"unet", "scheduler"}
+        assert set(pipe.components) == {"unet", "scheduler", "guide_unet"}  # the optional guide, None here
+        assert pipe.components["guide_unet"] is None
+        assert set(DDPMExtPipeline(**pipe.components).components) == set(pipe.components)
 
     def test_to_dtype(self):
         pipe = ddim_pipe()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -15,6 +16,10 @@ import pytest
 import torch
 from PIL import Image
 from safetensors.torch import load_file
+
+from ddpm_ext import DDPMExtPipeline
+from ddpm_ext.images import save_image_grid
+from ddpm_ext.seeding import image_generators
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "training" / "train_ddpm.py"
@@ -271,6 +276,10 @@ def test_failed_push_keeps_output_and_says_how_to_retry(tmp_path, upload_hub):
         (["--timestep_sampling", "importance", "--snr_gamma", "5", "--loss_type", "hybrid", "--variance_type", "learned_range"],
          "--timestep_sampling importance needs --loss_type simple, got 'hybrid'"),
         (["--timestep_sampling", "sometimes"], "argument --timestep_sampling: invalid choice: 'sometimes'"),
+        (["--autoguidance_scale", "0.5"], "`--autoguidance_scale` must be a number >= 1, got 0.5."),
+        (["--autoguidance_scale", "nan"], "`--autoguidance_scale` must be a number >= 1, got nan."),
+        (["--autoguidance_guide_fraction", "1"], "`--autoguidance_guide_fraction` must be a number in (0, 1), got 1.0."),
+        (["--autoguidance_guide_fraction", "0"], "`--autoguidance_guide_fraction` must be a number > 0, got 0.0."),
     ],
 )
 def test_bad_flags(args, message, tmp_path):
@@ -320,3 +329,55 @@ def test_bad_data(case, message, tmp_path):
     assert result.returncode == 2, result.stderr[-2000:]
     assert "error:" in result.stderr and message in result.stderr
     assert not (tmp_path / "o" / "model_index.json").exists()
+
+
+# --------------------------------------------------------------------------------------------------
+# Autoguidance: the guide is the EMA of a fixed step, saved with the pipeline, checkpointed, resumed exactly
+# --------------------------------------------------------------------------------------------------
+AUTOGUIDED = TINY + ["--max_train_steps", "8", "--checkpointing_steps", "2", "--checkpoints_total_limit", "10",
+                     "--autoguidance_scale", "3", "--autoguidance_guide_fraction", "0.5"]
+
+
+@pytest.mark.slow
+def test_autoguidance_guide_is_the_ema_of_its_step_and_resumes_exactly(tmp_path):
+    full = tmp_path / "full"
+    run(AUTOGUIDED + ["--output_dir", str(full)])
+    # the guide: the EMA weights after step 0.5 × 8 = 4, as checkpoint-4 holds them; not the final ones
+    assert_same_weights(full, full / "checkpoint-4", sub="guide_unet")
+    guide, ema4 = weights(full, "guide_unet"), weights(full / "checkpoint-4", "unet_ema")
+    assert all(torch.equal(guide[k], ema4[k]) for k in guide)
+    assert not all(torch.equal(guide[k], weights(full)[k]) for k in guide)
+    assert not (full / "checkpoint-2" / "guide_unet").exists() and (full / "checkpoint-6" / "guide_unet").is_dir()
+    config = json.loads((full / "guide_unet" / "config.json").read_text())
+    assert config["_ddpm_ext_autoguidance_scale"] == 3.0 and config["_ddpm_ext_guide_step"] == 4
+    info = json.loads((full / "training_info.json").read_text())
+    assert info["autoguidance"] == {"scale": 3.0, "guide_step": 4, "guide": "the EMA weights of that step"}
+    pipe = DDPMExtPipeline.from_pretrained(full)
+    assert pipe.guide_unet is not None and pipe.autoguidance_scale == 3.0
+    card = (full / "README.md").read_text()
+    assert "| autoguidance | guide = EMA weights of step 4, default w = 3.0 |" in card
+    assert "autoguidance w = 3.0, seed 0" in card and "autoguidance_scale=1.0).images  # the UNet alone" in card
+    # the final grid is the pipeline's default call: autoguided at w = 3
+    grid = np.asarray(Image.open(full / "samples.png"))
+    pipe.set_progress_bar_config(disable=True)
+    images = pipe(batch_size=4, generator=image_generators(0, 0, 4), num_inference_steps=4, output_type="np").images
+    unguided = pipe(batch_size=4, generator=image_generators(0, 0, 4), num_inference_steps=4, output_type="np",
+                    autoguidance_scale=1).images
+    assert np.array_equal(grid, np.asarray(save_image_grid(images, tmp_path / "g.png")))
+    assert not np.array_equal(grid, np.asarray(save_image_grid(unguided, tmp_path / "u.png")))
+    # resumed before the guide's step (it is taken in the resumed part) and after it (it comes from the checkpoint)
+    for step in (2, 6):
+        part = tmp_path / f"resumed-{step}"
+        shutil.copytree(full, part)
+        run(AUTOGUIDED + ["--output_dir", str(part), "--resume_from_checkpoint", str(part / f"checkpoint-{step}")])
+        for sub in ("unet", "guide_unet"):
+            assert_same_weights(full, part, sub=sub)
+    # a run started without a guide cannot gain one after the guide's step has passed: a clear error, nothing lost
+    plain = tmp_path / "plain"
+    i = AUTOGUIDED.index("--autoguidance_scale")
+    run(AUTOGUIDED[:i] + AUTOGUIDED[i + 2 :] + ["--output_dir", str(plain)])
+    before = sorted(p.name for p in plain.iterdir())
+    result = run(AUTOGUIDED + ["--output_dir", str(plain), "--resume_from_checkpoint", str(plain / "checkpoint-6")], check=False)
+    assert result.returncode == 2
+    assert "--autoguidance_scale 3 needs the guide of step 4" in result.stderr and "holds no guide" in result.stderr
+    assert sorted(p.name for p in plain.iterdir()) == before and not (plain / "guide_unet").exists()

@@ -1,6 +1,6 @@
 """Pushes of pipeline folders to the Hugging Face Hub, and `python -m ddpm_ext.hub push` to retry a failed one.
 
-Only the pipeline (`model_index.json`, `unet/`, `scheduler/`), the model card and the sample grid are uploaded:
+Only the pipeline (`model_index.json`, `unet/`, `scheduler/`, an autoguidance `guide_unet/`), the model card and the sample grid are uploaded:
 never checkpoints, logs or anything holding a token. The token is handed to `huggingface_hub` and nowhere else.
 A re-push makes the repo hold exactly these files: files of an earlier push that are no longer part of the output
 are deleted in the same commit (`.gitattributes` is kept).
@@ -18,7 +18,7 @@ from pathlib import Path
 __all__ = ["UPLOAD_PATTERNS", "describe_error", "main", "push_pipeline"]
 
 UPLOAD_PATTERNS = ["model_index.json", "unet/config.json", "unet/*.safetensors", "scheduler/scheduler_config.json",
-                   "README.md", "samples.png"]
+                   "guide_unet/config.json", "guide_unet/*.safetensors", "README.md", "samples.png"]
 
 
 def push_pipeline(

@@ -80,3 +80,19 @@ def test_token_flag_pushes_and_a_repush_removes_files_no_longer_in_the_output(pi
     assert second.returncode == 0, second.stderr[-3000:]
     commits = upload_hub.commits_for(repo)
     assert len(commits) == 2 and commits[1].deleted_files == ["samples.png"]
+
+
+def test_an_autoguidance_guide_is_pushed_with_the_pipeline(tmp_path, upload_hub):
+    import torch
+
+    from ddpm_ext import DDPMExtPipeline, DDPMExtScheduler, build_unet
+
+    torch.manual_seed(0)
+    folder = tmp_path / "guided"
+    DDPMExtPipeline(unet=build_unet("tiny"), scheduler=DDPMExtScheduler(), guide_unet=build_unet("tiny")).save_pretrained(folder)
+    result = push(folder, "ddpm-ext-tests/guided", endpoint=upload_hub.url, token=upload_hub.token)
+    assert result.returncode == 0, result.stderr[-3000:]
+    [commit] = upload_hub.commits_for("ddpm-ext-tests/guided")
+    assert {"model_index.json", "unet/config.json", "unet/diffusion_pytorch_model.safetensors",
+            "scheduler/scheduler_config.json", "guide_unet/config.json",
+            "guide_unet/diffusion_pytorch_model.safetensors"} == set(commit.added)  # the index names the guide

@@ -198,3 +198,17 @@ def test_sample_command_uses_the_saved_scale_or_the_given_one(tmp_path):
                         autoguidance_scale=w).images
         got = np.asarray(Image.open(out).convert("L"))[2:10, 2:10]
         assert np.abs(got.astype(int) - np.round(expected[0, ..., 0] * 255).astype(int)).max() <= 1, w
+
+
+def test_hub_round_trip_with_a_guide(olah_hub, tmp_path):
+    from hub_servers import publish_folder
+
+    pipe = make_pipe(scheduler=DDPMExtScheduler(num_train_timesteps=50, beta_schedule="cosine"), scale=2.0)
+    pipe.save_pretrained(tmp_path / "pipe")
+    publish_folder(olah_hub.mirrors_root, "ddpm-ext-tests/autoguided", tmp_path / "pipe")
+    ours = DDPMExtPipeline.from_pretrained("ddpm-ext-tests/autoguided")
+    assert ours.autoguidance_scale == 2.0
+    for a, b in zip(pipe.guide_unet.state_dict().values(), ours.guide_unet.state_dict().values()):
+        assert torch.equal(a, b)
+    vanilla = DDPMPipeline.from_pretrained("ddpm-ext-tests/autoguided", revision="main")  # the guide is not its
+    assert set(vanilla.components) == {"unet", "scheduler"}

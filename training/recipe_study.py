@@ -41,7 +41,7 @@ TRAIN_SCRIPT = ROOT / "training" / "train_ddpm.py"
 # README runs exactly these). Chosen with this study; the table in the README lists the variants tried.
 QUICK_START = (
     "--ddpm_beta_schedule cosine --prediction_type v_prediction --snr_gamma 5 --train_batch_size 64 "
-    "--learning_rate 3e-3 --lr_warmup_steps 50 --max_train_steps 1700"
+    "--learning_rate 3e-3 --lr_warmup_steps 50 --max_train_steps 1700 --autoguidance_scale 3"
 )
 # Every study run saves no intermediate checkpoint (they do not change the training, only cost time).
 STUDY_FLAGS = "--checkpointing_steps 100000"

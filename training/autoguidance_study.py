@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from recipe_study import QUICK_START, _run, merge_flags, train_command  # noqa: E402 (the study's recipe and runner)
+from recipe_study import QUICK_START, _f, _run, merge_flags, train_command  # noqa: E402 (the study's recipe, runner, format)
 
 JSON_NAME, MD_NAME = "autoguidance_study.json", "autoguidance_study.md"
 # settings that must be the same for every row of one study file
@@ -78,10 +78,6 @@ def guide_folder(run: Path, step: int) -> Path:
             return ckpt / sub
     found = sorted(int(c.name.split("-")[1]) for c in run.glob("checkpoint-*") if c.name.split("-")[1].isdigit())
     raise ValueError(f"--guide_steps {step}: {run} has no checkpoint-{step} with weights; its checkpoints are at steps {found}")
-
-
-def _f(value: Any, fmt: str) -> str:
-    return "–" if value is None or (isinstance(value, float) and not math.isfinite(value)) else format(value, fmt)
 
 
 def markdown_table(study: dict[str, Any]) -> str:

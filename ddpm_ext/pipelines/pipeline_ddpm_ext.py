@@ -24,14 +24,14 @@ from ..likelihood import BitsPerDimOutput, bits_per_dim
 from ..schedulers.scheduling_common import SAMPLING_TIMESTEP_SPACING, TIMESTEP_SPACINGS, ScheduleMixin
 from ..validation import check_choice, check_int, check_number
 from .checkpoint_io import (
+    GUIDE_DIR,
     check_component_classes,
     check_components,
     check_unet_weights,
     load_scheduler,
-    saved_guide,
-    GUIDE_DIR,
     resolve_pipeline_folder,
     save_pipeline,
+    saved_guide,
     square_sample_size,
 )
 from .guidance import (

@@ -229,9 +229,9 @@ def check_args(args: argparse.Namespace) -> None:
     if args.snr_gamma is not None:
         _check_flag_number("snr_gamma", args.snr_gamma, 0, None, low_open=True)
     _check_flag_number("ema_inv_gamma", args.ema_inv_gamma, 0, None, low_open=True)
+    _check_flag_number("ema_power", args.ema_power, 0, None, low_open=True)
     _check_flag_number("autoguidance_scale", args.autoguidance_scale, 1, None)
     _check_flag_number("autoguidance_guide_fraction", args.autoguidance_guide_fraction, 0, 1, low_open=True, high_open=True)
-    _check_flag_number("ema_power", args.ema_power, 0, None, low_open=True)
     if args.resolution is not None and args.resolution > MAX_RESOLUTION:
         raise ValueError(f"--resolution must be <= {MAX_RESOLUTION}, got {args.resolution} (one image alone would not fit in memory)")
     if args.dataset_name is not None and args.train_data_dir is not None:

@@ -47,8 +47,9 @@ def test_rows_equal_evaluate_with_that_guide_and_the_study_resumes(study, tiny_r
     pipe = DDPMExtPipeline.from_pretrained(tiny_run)
     pipe.register_modules(guide_unet=UNet2DModel.from_pretrained(tiny_run / "checkpoint-2" / "unet_ema"))
     pipe.save_pretrained(tmp_path / "guided")
+    # one thread, as the study's --threads 1: float sums (sampling, features) depend on the thread count
     config = dict(num_bpd_images=0, num_samples=4, kid_subset_size=2, max_real_images=8, digit_judge="on",
-                  stats_cache_dir=str(tmp_path / "stats"), no_progress=True)
+                  stats_cache_dir=str(tmp_path / "stats"), no_progress=True, cpu_threads=1)
     rows = evaluate(EvaluationConfig(str(tmp_path / "guided"), samplers=["ddim:4:0:ag=2.5", "ddim:4:0:ag=1"], **config))["samples"]
     for mine, theirs in zip(result["rows"][::-1], rows):
         for key in ("classifier_is", "fid", "precision", "recall", "mean_pixel"):

@@ -363,8 +363,10 @@ def test_autoguidance_guide_is_the_ema_of_its_step_and_resumes_exactly(tmp_path)
     images = pipe(batch_size=4, generator=image_generators(0, 0, 4), num_inference_steps=4, output_type="np").images
     unguided = pipe(batch_size=4, generator=image_generators(0, 0, 4), num_inference_steps=4, output_type="np",
                     autoguidance_scale=1).images
-    assert np.array_equal(grid, np.asarray(save_image_grid(images, tmp_path / "g.png")))
-    assert not np.array_equal(grid, np.asarray(save_image_grid(unguided, tmp_path / "u.png")))
+    # (within one grey level: the script samples on one thread, this process perhaps on more)
+    diff = lambda a, b: np.abs(a.astype(int) - np.asarray(save_image_grid(b, tmp_path / "g.png")).astype(int))  # noqa: E731
+    assert diff(grid, images).max() <= 1
+    assert diff(grid, unguided).max() > 10  # the guide changes the images
     # resumed before the guide's step (it is taken in the resumed part) and after it (it comes from the checkpoint)
     for step in (2, 6):
         part = tmp_path / f"resumed-{step}"

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from recipe_study import QUICK_START, _f, _run, merge_flags, train_command  # noqa: E402 (the study's recipe, runner, format)
+from recipe_study import QUICK_START, _f, _run, merge_flags, settings_conflict, train_command  # noqa: E402 (the study's recipe, runner, format)
 
 JSON_NAME, MD_NAME = "autoguidance_study.json", "autoguidance_study.md"
 # settings that must be the same for every row of one study file
@@ -151,11 +151,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     settings = {**{k: getattr(args, k) for k in SETTINGS}, "pipeline": str(run_dir)}
     path = out / JSON_NAME
     study = json.loads(path.read_text()) if path.exists() else {"settings": settings, "global_step": info["global_step"], "rows": []}
-    differ = {k: (study["settings"].get(k), v) for k, v in settings.items() if study["settings"].get(k) != v}
-    if differ:
-        print(f"error: {path} holds a study with other settings "
-              f"({', '.join(f'{k}: {a!r} there, {b!r} now' for k, (a, b) in differ.items())}); use another --output_dir",
-              file=sys.stderr)  # fmt: skip
+    conflict = settings_conflict(path, study, settings)
+    if conflict:
+        print(f"error: {conflict}", file=sys.stderr)
         return 2
     done = {(r["guide_step"], r["w"]) for r in study["rows"]}
     for spec in specs.values():  # the same sampler, at each w (the guide is installed below)

@@ -220,6 +220,15 @@ def markdown_table(study: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def settings_conflict(path: Path, study: dict[str, Any], settings: dict[str, Any]) -> str | None:
+    """Why the study file at `path` cannot be resumed with `settings` (the settings that differ), or None."""
+    differ = {k: (study["settings"].get(k), v) for k, v in settings.items() if study["settings"].get(k) != v}
+    if not differ:
+        return None
+    return (f"{path} holds a study with other settings "
+            f"({', '.join(f'{k}: {a!r} there, {b!r} now' for k, (a, b) in differ.items())}); use another --output_dir")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     out = Path(args.output_dir).resolve()
@@ -233,10 +242,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     path = out / JSON_NAME
     study = json.loads(path.read_text()) if path.exists() else {"settings": settings, "rows": []}
-    differ = {k: (study["settings"].get(k), v) for k, v in settings.items() if study["settings"].get(k) != v}
-    if differ:
-        raise SystemExit(f"error: {path} holds a study with other settings "
-                         f"({', '.join(f'{k}: {a!r} there, {b!r} now' for k, (a, b) in differ.items())}); use another --output_dir")
+    conflict = settings_conflict(path, study, settings)
+    if conflict:
+        raise SystemExit(f"error: {conflict}")
     done = {r["name"]: r["flags"] for r in study["rows"]}
     for name, flags in plan.items():
         if name in done and done[name] != shlex.join(flags):

@@ -714,13 +714,14 @@ class Trainer:
                 if self.global_step % args.checkpointing_steps == 0:
                     at_end = seen == len(self.loader)
                     self._checkpoint(self.epoch + at_end, 0 if at_end else seen)
-                if args.save_images_steps and self.global_step % args.save_images_steps == 0 and self.global_step < self.max_steps:
-                    _write_samples(accelerator, args, self.global_step, self.pipeline())
+                if (args.save_images_steps and self.global_step % args.save_images_steps == 0
+                        and self.global_step < self.max_steps and accelerator.is_main_process):
+                    _write_samples(accelerator, args, self.global_step, self.pipeline())  # (a copy: main process only)
                 if self.global_step >= self.max_steps:
                     break
             self.epoch += 1
             done = self.global_step >= self.max_steps
-            if not done and args.save_images_epochs and self.epoch % args.save_images_epochs == 0:
+            if not done and args.save_images_epochs and self.epoch % args.save_images_epochs == 0 and accelerator.is_main_process:
                 _write_samples(accelerator, args, self.global_step, self.pipeline())
             if not done and args.save_model_epochs and self.epoch % args.save_model_epochs == 0 and accelerator.is_main_process:
                 save_pipeline_atomically(self.pipeline(), Path(args.output_dir))

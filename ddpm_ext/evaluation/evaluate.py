@@ -47,7 +47,7 @@ command and the date between the metrics markers of `<pipeline folder>/README.md
 
 A class-conditional pipeline (classifier-free guidance, [`ddpm_ext.pipelines.guidance`]) gets one row per sampler
 and guidance scale w (`--guidance_scales`, default 1: p(x | y)). Image i keeps its x_T and is asked for class
-i mod K ([`balanced_class_labels`]), so every class is asked for equally often and the rows differ only by the
+i mod K ([`~pipelines.guidance.balanced_class_labels`]), so every class is asked for equally often and the rows differ only by the
 sampler and w; DDIM samplers recompute ε̂ from the clipped x̂_0 (`use_clipped_model_output=True`), without which
 guidance loses the class. When the K classes are the digits '0'..'9' the digit judge adds the **class accuracy**,
 the fraction of samples it reads as their requested digit (otherwise the row says why it is skipped). Bits/dim
@@ -83,6 +83,7 @@ import torch
 
 from ..files import atomic_write_text
 from ..images import normalize, save_image_grid, to_uint8
+from ..pipelines.guidance import balanced_class_labels
 from ..seeding import image_generators
 from ..cpu_threads import AdaptiveThreads, parse_cpu_threads
 from ..validation import check_choice, check_int, check_number, learns_variance, resolve_device
@@ -96,7 +97,6 @@ __all__ = [
     "EvaluationRun",
     "SampledImages",
     "SamplerSpec",
-    "balanced_class_labels",
     "draw_samples",
     "evaluate",
     "judge_scores",
@@ -659,24 +659,6 @@ def _class_accuracy_skip_reason(names: list[str], judge_on: bool, digit_judge: s
         return (f"the model's {len(names)} classes ({shown}) are not the digits '0'..'9', the digit judge's classes; "
                 "the judge's scores (classifier IS, digits present) are still given")
     return None
-
-
-def balanced_class_labels(num_images: int, num_classes: int, start: int = 0) -> list[int]:
-    """The requested class of images `start .. start + num_images − 1` when every class is asked for equally often:
-    image i gets class i mod K (K = `num_classes`), whatever the batch size.
-
-    Example:
-
-    ```py
-    >>> balanced_class_labels(7, 3)
-    [0, 1, 2, 0, 1, 2, 0]
-    >>> balanced_class_labels(3, 3, start=4)
-    [1, 2, 0]
-
-    ```
-    """
-    num_classes = check_int("num_classes", num_classes, 1)
-    return [(start + i) % num_classes for i in range(check_int("num_images", num_images, 0))]
 
 
 def score_likelihood(run: EvaluationRun) -> list[dict[str, Any]]:

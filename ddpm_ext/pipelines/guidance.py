@@ -45,7 +45,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
-from ..validation import check_number
+from ..validation import check_int, check_number
 
 __all__ = [
     "AUTOGUIDANCE_SCALE_KEY",
@@ -53,6 +53,7 @@ __all__ = [
     "CLASS_NAMES_KEY",
     "ClassGuidance",
     "autoguide",
+    "balanced_class_labels",
     "check_autoguidance_scale",
     "check_guide_unet",
     "check_guidance_scale",
@@ -195,6 +196,27 @@ def resolve_class_labels(unet: Any, class_labels: Any, batch_size: int | None = 
             )
         ids.append(int(label))
     return ids
+
+
+def balanced_class_labels(num_images: int, num_classes: int, start: int = 0) -> list[int]:
+    """The requested class of images `start .. start + num_images − 1` when every class is asked for equally often:
+    image i gets class i mod K (K = `num_classes`), whatever the batch size. The package's one pairing of image
+    index (hence x_T, [`~seeding.image_generators`]) and class: `ddpm-ext evaluate` and the training script's
+    sample grids both use it, so a grid's images are evaluate's first ones.
+
+    Example:
+
+    ```py
+    >>> from ddpm_ext.pipelines.guidance import balanced_class_labels
+    >>> balanced_class_labels(7, 3)
+    [0, 1, 2, 0, 1, 2, 0]
+    >>> balanced_class_labels(3, 3, start=4)
+    [1, 2, 0]
+
+    ```
+    """
+    num_classes = check_int("num_classes", num_classes, 1)
+    return [(start + i) % num_classes for i in range(check_int("num_images", num_images, 0))]
 
 
 def check_guidance_scale(guidance_scale: Any) -> float:

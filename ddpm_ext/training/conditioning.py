@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from diffusers import UNet2DModel
 
-from ..pipelines.guidance import class_names, is_class_conditional, num_classes, set_class_names
+from ..pipelines.guidance import balanced_class_labels, class_names, is_class_conditional, num_classes, set_class_names
 from ..validation import check_number
 
 __all__ = [
@@ -268,9 +268,16 @@ def setup_conditioning(
     return unet, Conditioning(labels, names, float(args.class_dropout_prob))
 
 
-def sample_grid_call(unet: UNet2DModel, num_images: int, guidance_scale: float = 1.0) -> tuple[dict[str, Any], int | None]:
-    """Pipeline keywords and the grid's row length for a sample grid: `num_images` images for an unconditional
-    UNet; for a conditional one, one row per class of `max(1, num_images // K)` images.
+def sample_grid_call(
+    unet: UNet2DModel, num_images: int, guidance_scale: float = 1.0
+) -> tuple[dict[str, Any], int | None, list[int] | None]:
+    """Pipeline keywords, the grid's row length and its display order for a sample grid: `num_images` images
+    for an unconditional UNet; for a conditional one, `max(1, num_images // K)` images per class, shown one row
+    per class.
+
+    A conditional grid asks image i for class i mod K ([`~pipelines.guidance.balanced_class_labels`], the
+    pairing `ddpm-ext evaluate` uses), so its images are evaluate's first ones, pixel for pixel; the display
+    order puts image r·K + c at row c, column r.
 
     Example:
 
@@ -278,13 +285,16 @@ def sample_grid_call(unet: UNet2DModel, num_images: int, guidance_scale: float =
     >>> from ddpm_ext import build_unet
     >>> from ddpm_ext.training.conditioning import sample_grid_call
     >>> sample_grid_call(build_unet("tiny", num_class_embeds=3), 4, 2.0)
-    ({'batch_size': 4, 'class_labels': [0, 0, 1, 1], 'guidance_scale': 2.0}, 2)
+    ({'batch_size': 4, 'class_labels': [0, 1, 0, 1], 'guidance_scale': 2.0}, 2, [0, 2, 1, 3])
+    >>> sample_grid_call(build_unet("tiny"), 4)
+    ({'batch_size': 4}, None, None)
 
     ```
     """
     if not is_class_conditional(unet):
-        return {"batch_size": num_images}, None
+        return {"batch_size": num_images}, None, None
     k = num_classes(unet)
     per_class = max(1, num_images // k)
-    labels = [c for c in range(k) for _ in range(per_class)]
-    return {"batch_size": len(labels), "class_labels": labels, "guidance_scale": float(guidance_scale)}, per_class
+    labels = balanced_class_labels(per_class * k, k)
+    order = [r * k + c for c in range(k) for r in range(per_class)]
+    return {"batch_size": len(labels), "class_labels": labels, "guidance_scale": float(guidance_scale)}, per_class, order

@@ -896,11 +896,13 @@ def _write_samples(accelerator, args, step, pipe: DDPMExtPipeline) -> Path | Non
     seed and write samples/step-<step>.png (main process)."""
     if not accelerator.is_main_process:
         return None
-    call, nrow = sample_grid_call(pipe.unet, args.eval_batch_size, args.guidance_scale)  # a row per class
+    call, nrow, order = sample_grid_call(pipe.unet, args.eval_batch_size, args.guidance_scale)  # a row per class
     images = pipe(
         generator=image_generators(args.seed, 0, call["batch_size"]),  # the package's seeding rule
         num_inference_steps=args.ddpm_num_inference_steps, output_type="np", **call,
     ).images
+    if order is not None:
+        images = images[order]
     path = Path(args.output_dir) / "samples" / f"step-{step:06d}.png"
     write_with(path, lambda tmp: save_image_grid(images, tmp, nrow))
     write_with(Path(args.output_dir) / "samples.png", lambda tmp: shutil.copyfile(path, tmp))

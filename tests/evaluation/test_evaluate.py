@@ -286,7 +286,7 @@ def record_pipeline_calls(monkeypatch) -> list[dict]:
 
 
 def test_balanced_class_labels():
-    from ddpm_ext.evaluation.evaluate import balanced_class_labels
+    from ddpm_ext.pipelines.guidance import balanced_class_labels
 
     assert balanced_class_labels(12, 10) == [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 0, 1]
     assert balanced_class_labels(4, 10, start=8) == [8, 9, 0, 1]  # a batch starting at image 8

@@ -15,7 +15,9 @@ from PIL import Image
 
 from ddpm_ext import DDIMExtScheduler, DDPMExtPipeline, DDPMExtScheduler, build_unet
 from ddpm_ext.data import load_image_dataset
-from ddpm_ext.pipelines.guidance import class_names
+from ddpm_ext.images import save_image_grid
+from ddpm_ext.pipelines.guidance import balanced_class_labels, class_names
+from ddpm_ext.seeding import image_generators
 from ddpm_ext.training.conditioning import (
     Conditioning,
     add_conditioning_arguments,
@@ -128,9 +130,14 @@ def test_make_class_conditional_keeps_every_weight():
 
 def test_sample_grid_has_a_row_per_class():
     unet = build_unet("tiny", num_class_embeds=11)
-    call, nrow = sample_grid_call(unet, 64, 2.0)
-    assert nrow == 6 and call["batch_size"] == 60 and call["class_labels"][:7] == [0] * 6 + [1]
-    assert sample_grid_call(build_unet("tiny"), 64) == ({"batch_size": 64}, None)
+    call, nrow, order = sample_grid_call(unet, 64, 2.0)
+    assert nrow == 6 and call["batch_size"] == 60 and call["guidance_scale"] == 2.0
+    assert call["class_labels"] == [i % 10 for i in range(60)]  # evaluate's pairing of image i and class
+    assert sorted(order) == list(range(60))
+    shown = [call["class_labels"][i] for i in order]
+    assert shown == [c for c in range(10) for _ in range(6)]  # displayed one row per class
+    assert order[:6] == [0, 10, 20, 30, 40, 50]  # row 0: images 0, K, 2K, ... in index order
+    assert sample_grid_call(build_unet("tiny"), 64) == ({"batch_size": 64}, None, None)
 
 
 @pytest.mark.parametrize(
@@ -164,6 +171,15 @@ def test_script_trains_a_conditional_model(tmp_path):
     assert info["num_classes"] == 10 and info["class_dropout_prob"] == 0.1
     grid = Image.open(out / "samples.png")  # 10 rows (one per digit) of 2 images of 8 px, padding 2
     assert grid.size == (2 + 2 * 10, 2 + 10 * 10)
+    # the grid's images are the 20 `ddpm-ext evaluate` draws first: image i asked for digit i mod 10, from the
+    # package's seeding rule; row d shows images d and d + 10 (within one grey level: thread counts may differ)
+    pipe.set_progress_bar_config(disable=True)
+    images = pipe(batch_size=20, class_labels=balanced_class_labels(20, 10), guidance_scale=2.0, num_inference_steps=4,
+                  generator=image_generators(0, 0, 20), output_type="np").images
+    shown = np.asarray(save_image_grid(images[[i for d in range(10) for i in (d, d + 10)]], tmp_path / "g.png", 2))
+    assert np.abs(np.asarray(grid).astype(int) - shown.astype(int)).max() <= 1
+    swapped = np.asarray(save_image_grid(images, tmp_path / "h.png", 2))  # the draw order is not the display order
+    assert np.abs(np.asarray(grid).astype(int) - swapped.astype(int)).max() > 10
 
 
 def test_script_refuses_data_without_labels_before_training(tmp_path, capsys):

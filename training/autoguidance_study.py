@@ -8,7 +8,8 @@ every candidate guide is on disk), installs each checkpoint's EMA weights as the
 the digit judge's classifier IS with its bootstrap spread, the digits present, FID/KID on the offline features,
 precision, recall, density and coverage. w = 1 (the UNet alone) is scored once.
 
-Without `--pipeline` the run is trained first: the quick start's flags (`recipe_study.QUICK_START`) plus
+Without `--pipeline` the run is trained first: the unconditional recipe's flags (`recipe_study.UNCONDITIONAL`,
+on which the README's study was measured) plus
 `--checkpointing_steps <checkpoint_every>`, on `--threads` threads, into `<output_dir>/run`.
 
 Rows go to `<output_dir>/autoguidance_study.json` as they are scored (atomically) and the table to
@@ -30,7 +31,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from recipe_study import QUICK_START, _f, _run, merge_flags, settings_conflict, train_command  # noqa: E402 (the study's recipe, runner, format)
+from recipe_study import UNCONDITIONAL, _f, _run, merge_flags, settings_conflict, train_command  # noqa: E402 (the study's recipe, runner, format)
 
 JSON_NAME, MD_NAME = "autoguidance_study.json", "autoguidance_study.md"
 # settings that must be the same for every row of one study file
@@ -116,7 +117,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 2
     out.mkdir(parents=True, exist_ok=True)
     if args.pipeline is None and not (run_dir / "training_info.json").is_file():
-        flags = merge_flags(QUICK_START, f"--checkpointing_steps {args.checkpoint_every} --checkpoints_total_limit 100000")
+        flags = merge_flags(UNCONDITIONAL, f"--checkpointing_steps {args.checkpoint_every} --checkpoints_total_limit 100000")
         command = train_command(flags, run_dir, args.threads)
         print(f"training: {shlex.join(command)}", flush=True)
         _run(command, out / "train.log", args.threads)

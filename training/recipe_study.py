@@ -1,11 +1,14 @@
 """Recipe study (issue 15): train variants of the quick-start recipe and score every one the same way.
 
-A variant is the quick-start recipe (`QUICK_START`, the flags of the README's main-job command) with some flags
-changed. Each is trained by `training/train_ddpm.py` on a fixed number of threads (`--threads`, default 1, so
+A variant is a base recipe with some flags changed: the quick start (`QUICK_START`, the flags of the README's
+main-job command, class-conditional) for `--variant` and the `quick-start` row, the unconditional recipe
+(`UNCONDITIONAL`) for the named variants, which were measured on it. Each is trained by `training/train_ddpm.py` on a fixed number of threads (`--threads`, default 1, so
 `--jobs 2` variants train at once on a 2-core machine without disturbing each other's thread count) and scored
 by `ddpm-ext evaluate` on `--num_samples` samples of `--sampler` from the same seeds: the digit judge's
 classifier IS with its bootstrap spread and the digits present, FID/KID on the offline features, precision and
-recall. The training time is the script's own (`training_info.json`), so a variant's s / step is comparable
+recall. A class-conditional variant's samples are asked for every digit equally often (evaluate's rule), so its
+classifier IS compares with balanced real subsets (`benchmarks/judge_real_subsets.py --balanced`), an
+unconditional one's with random ones. The training time is the script's own (`training_info.json`), so a variant's s / step is comparable
 only with variants trained on the same thread count.
 
 One row per variant goes to `<output_dir>/recipe_study.json` as soon as it is scored (atomically), and the table
@@ -16,7 +19,8 @@ holding a run of other flags is refused, never overwritten.
     # the variants of the README's recipe table, two at a time (about 15 min per pair on a 2-core CPU)
     python training/recipe_study.py --output_dir outputs/recipe-study --jobs 2
 
-    # your own variant: NAME=FLAGS, the flags replacing the quick start's
+    # your own variant: NAME=FLAGS, the flags replacing the quick start's (the named variants change the
+    # unconditional recipe, `UNCONDITIONAL`, on which they were measured)
     python training/recipe_study.py --output_dir outputs/recipe-study --variant bs48="--train_batch_size 48 --max_train_steps 2200"
 """
 
@@ -37,32 +41,38 @@ from typing import Any, Sequence
 ROOT = Path(__file__).resolve().parents[1]
 TRAIN_SCRIPT = ROOT / "training" / "train_ddpm.py"
 
-# The training flags of the README's quick-start command (tests/training/test_recipe_study.py checks that the
-# README runs exactly these). Chosen with this study; the table in the README lists the variants tried.
-QUICK_START = (
+# The unconditional recipe: the README's main job until 2026-12-02 (grid IS 7.97), the base of the named
+# variants below, which were measured on it. Chosen with this study; the README's table lists the variants tried.
+UNCONDITIONAL = (
     "--ddpm_beta_schedule cosine --prediction_type v_prediction --snr_gamma 5 --train_batch_size 64 "
     "--learning_rate 3e-3 --lr_warmup_steps 50 --max_train_steps 1700 --autoguidance_scale 3"
 )
+# The training flags of the README's quick-start command (tests/training/test_recipe_study.py checks that the
+# README runs exactly these): the same recipe, class-conditional on the digits (label dropout 0.1), its grid ten
+# images of each digit (one row per digit).
+QUICK_START = f"{UNCONDITIONAL} --class_conditional --eval_batch_size 100"
 # Every study run saves no intermediate checkpoint (they do not change the training, only cost time).
 STUDY_FLAGS = "--checkpointing_steps 100000"
-# Named variants: flags that replace the quick start's (a flag given here overrides the same flag there).
+# Named variants: (base recipe, flags that replace the base's: a flag given here overrides the same flag there).
 # The widened UNet (16, 32, 96 channels) costs 1.29x mnist-small's time per step: it gets fewer steps.
 # The batch-32 rows keep 100 warm-up steps (the same number of images as batch 64's 50).
 BS32 = "--train_batch_size 32 --lr_warmup_steps 100"
-# The variants below were measured before the quick start gained autoguidance: they keep it off
+# The variants on UNCONDITIONAL were measured before the recipe gained autoguidance: they keep it off
 # (--autoguidance_scale 1, the UNet alone), so that they train and score as the README's table reports.
 NO_AG = "--autoguidance_scale 1"
-VARIANTS: dict[str, str] = {
-    "quick-start": "",
-    "bs64-1600": f"--max_train_steps 1600 --timestep_sampling uniform {NO_AG}",
-    "bs64-1600-lr6e-3": f"--max_train_steps 1600 --learning_rate 6e-3 --timestep_sampling uniform {NO_AG}",
-    "bs32-3200": f"{BS32} --max_train_steps 3200 --timestep_sampling uniform {NO_AG}",
-    "bs32-3200-seed1": f"{BS32} --max_train_steps 3200 --timestep_sampling uniform --seed 1 {NO_AG}",
-    "bs32-3200-lr2e-3": f"{BS32} --max_train_steps 3200 --learning_rate 2e-3 --timestep_sampling uniform {NO_AG}",
-    "bs32-3200-adam-beta2-0.99": f"{BS32} --max_train_steps 3200 --adam_beta2 0.99 --timestep_sampling uniform {NO_AG}",
-    "bs16-6400": f"--train_batch_size 16 --max_train_steps 6400 --lr_warmup_steps 200 --timestep_sampling uniform {NO_AG}",
-    "bs32-3200-importance": f"{BS32} --max_train_steps 3200 --timestep_sampling importance {NO_AG}",
-    "bs32-2500-unet-16-32-96": f"{BS32} --max_train_steps 2500 --timestep_sampling uniform --model_config training/configs/unet-16-32-96.json {NO_AG}",
+BASES = {"quick start": QUICK_START, "unconditional": UNCONDITIONAL}
+VARIANTS: dict[str, tuple[str, str]] = {
+    "quick-start": ("quick start", ""),
+    "unconditional": ("unconditional", ""),
+    "bs64-1600": ("unconditional", f"--max_train_steps 1600 --timestep_sampling uniform {NO_AG}"),
+    "bs64-1600-lr6e-3": ("unconditional", f"--max_train_steps 1600 --learning_rate 6e-3 --timestep_sampling uniform {NO_AG}"),
+    "bs32-3200": ("unconditional", f"{BS32} --max_train_steps 3200 --timestep_sampling uniform {NO_AG}"),
+    "bs32-3200-seed1": ("unconditional", f"{BS32} --max_train_steps 3200 --timestep_sampling uniform --seed 1 {NO_AG}"),
+    "bs32-3200-lr2e-3": ("unconditional", f"{BS32} --max_train_steps 3200 --learning_rate 2e-3 --timestep_sampling uniform {NO_AG}"),
+    "bs32-3200-adam-beta2-0.99": ("unconditional", f"{BS32} --max_train_steps 3200 --adam_beta2 0.99 --timestep_sampling uniform {NO_AG}"),
+    "bs16-6400": ("unconditional", f"--train_batch_size 16 --max_train_steps 6400 --lr_warmup_steps 200 --timestep_sampling uniform {NO_AG}"),
+    "bs32-3200-importance": ("unconditional", f"{BS32} --max_train_steps 3200 --timestep_sampling importance {NO_AG}"),
+    "bs32-2500-unet-16-32-96": ("unconditional", f"{BS32} --max_train_steps 2500 --timestep_sampling uniform --model_config training/configs/unet-16-32-96.json {NO_AG}"),
 }
 DEFAULT_VARIANTS = tuple(VARIANTS)
 # settings that must be the same for every row of one study file
@@ -97,7 +107,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         p.error(f"--kid_subset_size ({args.kid_subset_size}) must not exceed --num_samples ({args.num_samples})")
     if args.variants is None:
         args.variants = [] if args.variant else list(DEFAULT_VARIANTS)
-    args.plan = {name: VARIANTS[name] for name in args.variants}
+    args.plan = {name: VARIANTS[name] for name in args.variants}  # name -> (base, changes)
     for item in args.variant:
         name, sep, flags = item.partition("=")
         if not sep or not name.strip() or "/" in name or name.startswith("."):
@@ -106,7 +116,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
             merge_flags(QUICK_START, flags)
         except ValueError as e:
             p.error(f"--variant {item!r}: {e}")
-        args.plan[name.strip()] = flags
+        args.plan[name.strip()] = ("quick start", flags)
     return args
 
 
@@ -201,7 +211,8 @@ def markdown_table(study: dict[str, Any]) -> str:
     lines = [
         "## Recipe study",
         "",
-        f"Every variant: the quick start's flags with the ones shown changed (quick start: `{QUICK_START}`), trained "
+        f"Every variant: its base recipe's flags with the ones shown changed (quick start: `{QUICK_START}`; "
+        f"unconditional: `{UNCONDITIONAL}`), trained "
         f"by training/train_ddpm.py on {s['threads']} thread(s); scored on {s['num_samples']} samples of "
         f"`{s['sampler']}` (seed {s['seed']}) against {s['dataset']}'s held-out digits. Classifier IS ± its bootstrap "
         "spread; FID/KID on EfficientNet-Lite0 features (not comparable to published FIDs).",
@@ -212,7 +223,7 @@ def markdown_table(study: dict[str, Any]) -> str:
     ]
     for r in study["rows"]:
         lines.append(
-            f"| {r['name']} | `{r['changes'] or '(none)'}` | {r['batch_size']} | {r['steps']} | {r['images_seen']:,} | "
+            f"| {r['name']} | {r.get('base', 'unconditional')}: `{r['changes'] or '(none)'}` | {r['batch_size']} | {r['steps']} | {r['images_seen']:,} | "
             f"{r['train_seconds']:.0f} | {r['seconds_per_step']:.3f} | {_f(r['classifier_is'], '.2f')} ± "
             f"{_f(r['classifier_is_std'], '.2f')} | {r['classes_present']} | {_f(r['fid'], '.1f')} | "
             f"{_f(1e3 * r['kid_mean'], '.1f')} | {_f(r['precision'], '.2f')} | {_f(r['recall'], '.2f')} |"
@@ -233,7 +244,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     out = Path(args.output_dir).resolve()
     settings = {k: getattr(args, k) for k in SETTINGS}
-    plan = {name: merge_flags(f"{QUICK_START} {STUDY_FLAGS}", changes) for name, changes in args.plan.items()}
+    plan = {name: merge_flags(f"{BASES[base]} {STUDY_FLAGS}", changes) for name, (base, changes) in args.plan.items()}
     if args.dry_run:
         for name, flags in plan.items():
             print(f"# {name}\n{shlex.join(train_command(flags, out / name, args.threads))}\n"
@@ -255,7 +266,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     def one(name: str) -> None:
         row = run_variant(name, todo[name], out, args)
-        row["changes"] = args.plan[name]
+        row["base"], row["changes"] = args.plan[name]
         with lock:
             study["rows"].append(row)
             atomic_write_text(path, json.dumps(study, indent=2) + "\n")

@@ -1,7 +1,8 @@
 """`--class_labels` and `--guidance_scale` of `ddpm-ext sample` (classifier-free guidance of a conditional model).
 
 With `--class_labels 3 7`, `--num_images` is split into one block per label, in order, and the grid has one row
-per label (unless `--nrow` says otherwise); image i keeps its generator (the package's seeding rule).
+per label (unless `--nrow` says otherwise); image i keeps its generator (the package's seeding rule). Without
+`--class_labels` a conditional model draws p(x), its null class (the pipeline's default).
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ from __future__ import annotations
 import argparse
 from typing import Any, Callable
 
-from ..pipelines.guidance import check_guidance_scale, is_class_conditional, prepare_guidance, resolve_class_labels
+from ..pipelines.guidance import prepare_guidance, resolve_class_labels
 
 __all__ = ["add_guidance_arguments", "cli_guidance"]
 
@@ -22,13 +23,14 @@ def add_guidance_arguments(parser: argparse.ArgumentParser) -> None:
         "them, one grid row per label.",
     )
     parser.add_argument(
-        "--guidance_scale", type=float, default=1.0,
-        help="Classifier-free guidance w >= 0: 0 unconditional, 1 conditional (default), > 1 guided.",
+        "--guidance_scale", type=float, default=None,
+        help="Classifier-free guidance w >= 0: 0 unconditional, 1 conditional, > 1 guided (default: 1 with "
+        "--class_labels; without them a conditional model draws p(x), w = 0).",
     )
 
 
 def cli_guidance(
-    pipe: Any, class_labels: list[str] | None, guidance_scale: float, num_images: int, nrow: int | None
+    pipe: Any, class_labels: list[str] | None, guidance_scale: float | None, num_images: int, nrow: int | None
 ) -> tuple[list[int] | None, Callable[[int, int], dict[str, Any]], int | None]:
     """Check the options against the pipeline before sampling.
 
@@ -39,10 +41,9 @@ def cli_guidance(
     Raises:
         ValueError: as [`prepare_guidance`] does, or when `num_images` is not a multiple of the number of labels.
     """
-    w = check_guidance_scale(guidance_scale)
     if class_labels is None:
-        prepare_guidance(pipe.unet, None, w, num_images)  # a conditional model needs labels unless w = 0
-        extra = {"guidance_scale": w} if is_class_conditional(pipe.unet) else {}
+        guidance = prepare_guidance(pipe.unet, None, guidance_scale, num_images)  # conditional: p(x) unless w given
+        extra = {} if guidance is None else {"guidance_scale": guidance.guidance_scale}
         return None, lambda start, count: dict(extra), nrow
     if num_images % len(class_labels):
         n = len(class_labels)
@@ -52,7 +53,7 @@ def cli_guidance(
         )
     per_label = num_images // len(class_labels)
     ids = resolve_class_labels(pipe.unet, [label for label in class_labels for _ in range(per_label)], num_images)
-    prepare_guidance(pipe.unet, ids, w, num_images)
+    w = prepare_guidance(pipe.unet, ids, guidance_scale, num_images).guidance_scale
     return (
         ids,
         lambda start, count: {"class_labels": ids[start : start + count], "guidance_scale": w},

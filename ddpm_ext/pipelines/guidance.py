@@ -10,7 +10,7 @@ Legend (code name -> symbol):
 | result | ε̂ = ε_θ(x_t, t, ∅) + w (ε_θ(x_t, t, y) − ε_θ(x_t, t, ∅)) |
 
 w = 1 is plain conditional sampling (only the conditional branch is run), w = 0 unconditional sampling with
-the null class (only that branch is run), w > 1 sharpens p(y | x)^(w−1) p(x | y) as in the paper. For any other
+the null class (only that branch is run; a call without class labels samples so by default), w > 1 sharpens p(y | x)^(w−1) p(x | y) as in the paper. For any other
 w both branches go through ONE batched UNet call per step: [x, x] with labels [y, ∅].
 
 Autoguidance ("Guiding a Diffusion Model with a Bad Version of Itself", Karras et al. 2024) takes the same
@@ -289,30 +289,52 @@ def prepare_guidance(
 ) -> ClassGuidance | None:
     """Check a call's `class_labels` / `guidance_scale` against the UNet, before any sampling work.
 
+    `guidance_scale=None` is the default of a call: 1 (p(x | y)) when labels are given, and for a conditional
+    UNet called without labels 0: p(x), the null class that label dropout trains (no class asked, none imposed).
+
     Returns:
         [`ClassGuidance`] for a conditional UNet, `None` for an unconditional one called without labels.
 
     Raises:
-        ValueError: a conditional UNet called without labels (unless `guidance_scale=0`), labels for an
-            unconditional UNet, bad labels (see [`resolve_class_labels`]) or a `guidance_scale` that is negative,
-            not finite, or not 1 for an unconditional UNet.
+        ValueError: a conditional UNet called without labels but with a `guidance_scale` other than 0 (there is
+            no class to guide towards), labels for an unconditional UNet, bad labels (see
+            [`resolve_class_labels`]) or a `guidance_scale` that is negative, not finite, or not 1 for an
+            unconditional UNet.
+
+    Example:
+
+    ```py
+    >>> from ddpm_ext import build_unet
+    >>> from ddpm_ext.pipelines.guidance import prepare_guidance
+    >>> unet = build_unet("tiny", num_class_embeds=3)  # 2 classes and the null class (id 2)
+    >>> prepare_guidance(unet, None, None, 2).guidance_scale  # no labels: p(x)
+    0.0
+    >>> prepare_guidance(unet, [0, 1], None, 2).guidance_scale  # labels: p(x | y)
+    1.0
+
+    ```
     """
-    w = check_guidance_scale(guidance_scale)
-    if not is_class_conditional(unet):
+    conditional = is_class_conditional(unet)
+    if guidance_scale is None:
+        w = 0.0 if conditional and class_labels is None else 1.0
+    else:
+        w = check_guidance_scale(guidance_scale)
+    if not conditional:
         if class_labels is not None:
             resolve_class_labels(unet, class_labels, batch_size)  # raises the "unconditional" error
         if w != 1.0:
             raise ValueError(
                 f"`guidance_scale`={guidance_scale!r} needs a class-conditional UNet; this one is unconditional "
-                "(leave `guidance_scale` at 1)."
+                "(leave `guidance_scale` unset or at 1)."
             )
         return None
     k = num_classes(unet)
     if class_labels is None:
         if w != 0.0:
             raise ValueError(
-                f"The UNet is class-conditional ({k} classes: {_listing(class_names(unet))}): pass `class_labels` "
-                "(one id or name per image), or `guidance_scale=0` for unconditional samples."
+                f"`guidance_scale`={guidance_scale!r} needs `class_labels`: the UNet is class-conditional ({k} classes: "
+                f"{_listing(class_names(unet))}); pass `class_labels` (one id or name per image), or leave "
+                "`guidance_scale` unset (or 0) for unconditional samples p(x) (the null class)."
             )
         ids = [k] * batch_size  # never used: w = 0 calls the null class only
     else:

@@ -376,7 +376,7 @@ class DDPMExtPipeline(DiffusionPipeline):
         latents: torch.Tensor | None = None,
         timesteps: list[int] | None = None,
         class_labels: Sequence[int | str] | torch.Tensor | int | str | None = None,
-        guidance_scale: float = 1.0,
+        guidance_scale: float | None = None,
         use_clipped_model_output: bool | None = None,
         timestep_spacing: str | None = None,
         autoguidance_scale: float | None = None,
@@ -410,10 +410,12 @@ class DDPMExtPipeline(DiffusionPipeline):
             timesteps (`list[int]`, *optional*): custom descending timesteps, for schedulers whose `set_timesteps`
                 accepts them; replaces `num_inference_steps`.
             class_labels (`list[int | str]`, *optional*): for a class-conditional UNet, one class id or name per
-                image (a single one is repeated); see [`id2label`]. Required unless `guidance_scale=0`.
-            guidance_scale (`float`, defaults to 1.0): classifier-free guidance w >= 0: ε̂ = ε(x, ∅) + w (ε(x, y) −
+                image (a single one is repeated); see [`id2label`]. Without them a conditional UNet samples p(x),
+                the null class that label dropout trains.
+            guidance_scale (`float`, *optional*): classifier-free guidance w >= 0: ε̂ = ε(x, ∅) + w (ε(x, y) −
                 ε(x, ∅)); 1 samples p(x | y), 0 samples p(x) (the null class), > 1 trades diversity for fidelity to
-                the class. Both branches go through one batched UNet call per step.
+                the class. Both branches go through one batched UNet call per step. `None` (default): 1 with
+                `class_labels`, 0 without.
             use_clipped_model_output (`bool`, *optional*): for schedulers whose `step` takes it (DDIM: ours and
                 diffusers'), as in diffusers' `DDIMPipeline`: `True` uses the ε̂ consistent with the x̂_0 actually used
                 (clipped or thresholded), ε̂ = (x_t − √ᾱ_t x̂_0) / √(1 − ᾱ_t), so that the DDIM update does not mix a

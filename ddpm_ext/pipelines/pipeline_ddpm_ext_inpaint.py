@@ -312,7 +312,7 @@ class DDPMExtInpaintPipeline(DDPMExtPipeline):
         return_dict: bool = True,
         return_trajectory: bool = False,
         class_labels: Sequence[int | str] | torch.Tensor | int | str | None = None,
-        guidance_scale: float = 1.0,
+        guidance_scale: float | None = None,
         use_clipped_model_output: bool | None = None,
         timestep_spacing: str | None = None,
     ) -> DDPMExtInpaintPipelineOutput | tuple:

@@ -26,6 +26,21 @@ def conditional_dir(tmp_path_factory):
     return folder
 
 
+def test_sample_without_labels_draws_the_null_class(conditional_dir, tmp_path):
+    # no --class_labels: p(x), the same images as the pipeline called with guidance_scale=0
+    grid = tmp_path / "grid.png"
+    assert main(["sample", str(conditional_dir), "--num_images", "4", "--steps", "3", "--seed", "2", "--nrow", "4",
+                 "--output", str(grid)]) == 0
+    pipe = DDPMExtPipeline.from_pretrained(conditional_dir)
+    pipe.set_progress_bar_config(disable=True)
+    expected = pipe(batch_size=4, guidance_scale=0.0, num_inference_steps=3, generator=image_generators(2, 0, 4),
+                    output_type="np").images
+    shown = np.asarray(Image.open(grid).convert("L")).astype(int)
+    for i in range(4):  # padding 2 around each 8-px image
+        x = 2 + i * (SIZE + 2)
+        assert np.abs(shown[2:2 + SIZE, x:x + SIZE] - np.round(expected[i, ..., 0] * 255)).max() <= 1
+
+
 def test_sample_with_labels_writes_a_row_per_label(conditional_dir, tmp_path):
     grid = tmp_path / "grid.png"
     args = ["sample", str(conditional_dir), "--class_labels", "left", "0", "--guidance_scale", "2", "--num_images", "6",
@@ -43,7 +58,7 @@ def test_sample_with_labels_writes_a_row_per_label(conditional_dir, tmp_path):
 @pytest.mark.parametrize(
     "extra, message",
     [
-        ([], "class-conditional (3 classes: 0='top', 1='bottom', 2='left'): pass `class_labels`"),
+        (["--guidance_scale", "2"], "`guidance_scale`=2.0 needs `class_labels`: the UNet is class-conditional (3 classes: 0='top', 1='bottom', 2='left')"),
         (["--class_labels", "cat"], "unknown class name 'cat'"),
         (["--class_labels", "3"], "holds 3, outside the model's classes 0..2"),
         (["--class_labels", "0", "1", "2"], "`--num_images` (4) must be a multiple of the number of `--class_labels` (3)"),

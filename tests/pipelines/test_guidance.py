@@ -107,6 +107,20 @@ def test_w1_and_w0_use_one_branch_of_batch_b():
     assert seen == [[1, 2]] * 3 + [[3, 3]] * 3
 
 
+def test_default_guidance_scale_is_p_x_without_labels_and_p_x_given_y_with_them():
+    pipe = conditional_pipe()
+    seen = []
+    pipe.unet.register_forward_pre_hook(lambda mod, args, kwargs: seen.append(kwargs["class_labels"].tolist()), with_kwargs=True)
+    run = lambda **kw: pipe(batch_size=2, num_inference_steps=3, generator=torch.manual_seed(4), output_type="pt", **kw).images  # noqa: E731
+    no_labels = run()  # a conditional model asked for no class: the null class (id 3), p(x)
+    assert seen == [[3, 3]] * 3
+    assert torch.equal(no_labels, run(guidance_scale=0.0))
+    with_labels = run(class_labels=[1, 2])  # labels without w: p(x | y), w = 1
+    assert torch.equal(with_labels, run(class_labels=[1, 2], guidance_scale=1.0))
+    assert not torch.equal(with_labels, no_labels)
+    assert seen[-6:] == [[1, 2]] * 6
+
+
 def test_labels_as_ints_names_strings_tensors_are_the_same():
     unet = conditional_pipe().unet
     expect = [2, 0, 1]
@@ -118,7 +132,8 @@ def test_labels_as_ints_names_strings_tensors_are_the_same():
 @pytest.mark.parametrize(
     "kwargs, match",
     [
-        ({}, "class-conditional .*pass `class_labels`"),
+        ({"guidance_scale": 2.0}, r"`guidance_scale`=2.0 needs `class_labels`: the UNet is class-conditional .*pass `class_labels`"),
+        ({"guidance_scale": 1.0}, r"`guidance_scale`=1.0 needs `class_labels`"),
         ({"class_labels": [0]}, "one label per image: 2"),
         ({"class_labels": [0, 1, 2]}, "one label per image: 2"),
         ({"class_labels": [0, 3]}, "holds 3, outside the model's classes 0..2"),

@@ -32,6 +32,24 @@ def test_readme_quick_start_trains_the_study_recipe(study):
     assert readme_training_flags() == shlex.split(study.QUICK_START)
 
 
+def test_named_variants_train_the_recipe_they_were_measured_on(study, tmp_path, capsys):
+    # the README's table was measured on the unconditional recipe: its rows must not turn conditional with
+    # the quick start; the quick-start row and --variant rows are the quick start's (class-conditional) flags
+    argv = ["--output_dir", str(tmp_path / "s"), "--variants", "quick-start", "unconditional", "bs64-1600",
+            "--variant", "mine=--seed 3", "--dry_run"]
+    assert study.main(argv) == 0
+    commands = {}
+    for block in capsys.readouterr().out.split("# ")[1:]:
+        name, train, _ = block.split("\n", 2)
+        commands[name] = shlex.split(train)
+    assert "--class_conditional" in commands["quick-start"] and "--class_conditional" in commands["mine"]
+    assert "--class_conditional" not in commands["unconditional"] and "--class_conditional" not in commands["bs64-1600"]
+    flags = commands["bs64-1600"]
+    assert flags[flags.index("--max_train_steps") + 1] == "1600" and flags[flags.index("--autoguidance_scale") + 1] == "1"
+    assert commands["mine"][commands["mine"].index("--seed") + 1] == "3"
+    assert not (tmp_path / "s").exists()
+
+
 def test_merge_flags_replaces_and_appends(study):
     assert study.merge_flags("--a 1 --b 2 --c", "--b 3 --d x y") == ["--a", "1", "--b", "3", "--c", "--d", "x", "y"]
     assert study.merge_flags("--a 1", "") == ["--a", "1"]

@@ -118,7 +118,7 @@ def write_model_card(
         template_path=str(template_path),
         model_name=repo_id.split("/")[-1],
         repo_id=repo_id,
-        num_samples=safe_args.get("eval_batch_size", ""),
+        grid_text=_grid_text(safe_args, info.get("class_names")),
         sample_steps=safe_args.get("ddpm_num_inference_steps", ""),
         inference_steps=min(int(safe_args.get("ddpm_num_inference_steps") or DEFAULT_SAMPLING_STEPS), T),
         ddim_steps=min(20, T),  # deterministic DDIM's best FID in the README's sampler study
@@ -151,9 +151,21 @@ def write_model_card(
         class_dropout_prob=info.get("class_dropout_prob"),
         example_labels=", ".join(repr(n) for n in (info.get("class_names") or [])[:2]),
         example_count=len((info.get("class_names") or [])[:2]),
+        guidance_scale=f"{float(safe_args.get('guidance_scale') or 1.0):g}",
         autoguidance=info.get("autoguidance"),
     )
     return atomic_write_text(out / "README.md", str(card))
+
+
+def _grid_text(args: dict[str, Any], class_names: list[str] | None) -> str:
+    """What the training grid shows: its image count (a conditional grid: one row per class, the training
+    script's `sample_grid_call`) and its classifier-free guidance."""
+    n = args.get("eval_batch_size", "")
+    if not class_names or not isinstance(n, int):
+        return f"{n} samples"
+    per_class = max(1, n // len(class_names))
+    w = float(args.get("guidance_scale") or 1.0)
+    return f"{per_class * len(class_names)} samples, one row of {per_class} per class, guidance w = {w:g}"
 
 
 def _schedule_text(scheduler: dict[str, Any]) -> str:

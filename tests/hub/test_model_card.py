@@ -96,8 +96,12 @@ def test_conditional_card_names_the_classes_and_its_snippet_samples_a_class(tmp_
     folder = tmp_path / "cond"
     DDPMExtPipeline(unet=unet, scheduler=DDPMExtScheduler(num_train_timesteps=10)).save_pretrained(folder)
     info = {**INFO, "num_classes": 2, "class_names": ["cat", "dog"], "class_dropout_prob": 0.1}
-    text = write_model_card(folder, args=ARGS, info=info, dataset_name=None, train_data_dir="/data/pets").read_text()
+    args = {**ARGS, "eval_batch_size": 5, "guidance_scale": 1.5}
+    text = write_model_card(folder, args=args, info=info, dataset_name=None, train_data_dir="/data/pets").read_text()
     assert "A class-conditional image-generation" in text
+    # the training grid: eval_batch_size // K images per class, one row per class (sample_grid_call)
+    assert "*4 samples, one row of 2 per class, guidance w = 1.5, 100 respaced DDPM steps, seed 0.*" in text
+    assert "class_labels=['cat', 'dog'], guidance_scale=1.5," in text
     assert "| classes | 2: cat, dog (null class id 2, label dropout 0.1) |" in text
     assert "cannot sample it" in text  # vanilla DDPMPipeline never passes labels
     (code,) = re.findall(r"```python\n(.*?)```", text, flags=re.DOTALL)

@@ -9,7 +9,7 @@ subset has digit i mod 10, as `ddpm-ext evaluate` asks a class-conditional model
 class-conditional grid, whose balanced labels lift the IS's marginal term that random subsets lose.
 
     python benchmarks/judge_real_subsets.py --sizes 64 256 500
-    python benchmarks/judge_real_subsets.py --balanced --sizes 60 64 100 500
+    python benchmarks/judge_real_subsets.py --balanced --sizes 64 100 500
 """
 
 from __future__ import annotations

@@ -2,14 +2,15 @@
 
 A variant is a base recipe with some flags changed: the quick start (`QUICK_START`, the flags of the README's
 main-job command, class-conditional) for `--variant` and the `quick-start` row, the unconditional recipe
-(`UNCONDITIONAL`) for the named variants, which were measured on it. Each is trained by `training/train_ddpm.py` on a fixed number of threads (`--threads`, default 1, so
-`--jobs 2` variants train at once on a 2-core machine without disturbing each other's thread count) and scored
-by `ddpm-ext evaluate` on `--num_samples` samples of `--sampler` from the same seeds: the digit judge's
-classifier IS with its bootstrap spread and the digits present, FID/KID on the offline features, precision and
-recall. A class-conditional variant's samples are asked for every digit equally often (evaluate's rule), so its
-classifier IS compares with balanced real subsets (`benchmarks/judge_real_subsets.py --balanced`), an
-unconditional one's with random ones. The training time is the script's own (`training_info.json`), so a variant's s / step is comparable
-only with variants trained on the same thread count.
+(`UNCONDITIONAL`) for the named variants, which were measured on it. Each is trained by `training/train_ddpm.py`
+on a fixed number of threads (`--threads`, default 1, so `--jobs 2` variants train at once on a 2-core machine
+without disturbing each other's thread count) and scored by `ddpm-ext evaluate` on `--num_samples` samples of
+`--sampler` from the same seeds: the digit judge's classifier IS with its bootstrap spread and the digits
+present, FID/KID on the offline features, precision and recall. A class-conditional variant's samples are asked
+for every digit equally often (evaluate's rule), so its classifier IS compares with balanced real subsets
+(`benchmarks/judge_real_subsets.py --balanced`), an unconditional one's with random ones. The training time is
+the script's own (`training_info.json`), so a variant's s / step is comparable only with variants trained on the
+same thread count.
 
 One row per variant goes to `<output_dir>/recipe_study.json` as soon as it is scored (atomically), and the table
 to `recipe_study.md`: run the same command again and the variants already scored with the same flags and

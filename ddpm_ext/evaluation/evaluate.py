@@ -47,8 +47,8 @@ command and the date between the metrics markers of `<pipeline folder>/README.md
 
 A class-conditional pipeline (classifier-free guidance, [`ddpm_ext.pipelines.guidance`]) gets one row per sampler
 and guidance scale w (`--guidance_scales`, default 1: p(x | y)). Image i keeps its x_T and is asked for class
-i mod K ([`~pipelines.guidance.balanced_class_labels`]), so every class is asked for equally often and the rows differ only by the
-sampler and w; DDIM samplers recompute ε̂ from the clipped x̂_0 (`use_clipped_model_output=True`), without which
+i mod K ([`~pipelines.guidance.balanced_class_labels`]), so every class is asked for equally often and the rows
+differ only by the sampler and w; DDIM samplers recompute ε̂ from the clipped x̂_0 (`use_clipped_model_output=True`), without which
 guidance loses the class. When the K classes are the digits '0'..'9' the digit judge adds the **class accuracy**,
 the fraction of samples it reads as their requested digit (otherwise the row says why it is skipped). Bits/dim
 is scored under the null class ∅ (id K): the unconditional p(x) that label dropout trains.

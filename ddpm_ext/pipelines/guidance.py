@@ -10,8 +10,9 @@ Legend (code name -> symbol):
 | result | ε̂ = ε_θ(x_t, t, ∅) + w (ε_θ(x_t, t, y) − ε_θ(x_t, t, ∅)) |
 
 w = 1 is plain conditional sampling (only the conditional branch is run), w = 0 unconditional sampling with
-the null class (only that branch is run; a call without class labels samples so by default), w > 1 sharpens p(y | x)^(w−1) p(x | y) as in the paper. For any other
-w both branches go through ONE batched UNet call per step: [x, x] with labels [y, ∅].
+the null class (only that branch is run; a call without class labels samples so by default), w > 1 sharpens
+p(y | x)^(w−1) p(x | y) as in the paper. For any other w both branches go through ONE batched UNet call per step:
+[x, x] with labels [y, ∅].
 
 Autoguidance ("Guiding a Diffusion Model with a Bad Version of Itself", Karras et al. 2024) takes the same
 combination with a second, weaker model of the same kind in place of the null class: D̂ = D_guide + w (D − D_guide).

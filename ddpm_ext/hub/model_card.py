@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from ..files import atomic_write_text
+from ..pipelines.guidance import grid_images_per_class
 from ..schedulers.scheduling_common import DEFAULT_SAMPLING_STEPS
 
 __all__ = ["METRICS_END", "METRICS_START", "TEMPLATE", "data_description", "write_model_card"]
@@ -113,12 +114,13 @@ def write_model_card(
     n_params = _count_parameters(out / "unet")
     T = scheduler["num_train_timesteps"]
     final_loss = info.get("final_loss")
+    guidance_scale = float(safe_args.get("guidance_scale") or 1.0)  # the conditional grids' w (training default 1)
     card = ModelCard.from_template(
         card_data,
         template_path=str(template_path),
         model_name=repo_id.split("/")[-1],
         repo_id=repo_id,
-        grid_text=_grid_text(safe_args, info.get("class_names")),
+        grid_text=_grid_text(safe_args.get("eval_batch_size", ""), info.get("class_names"), guidance_scale),
         sample_steps=safe_args.get("ddpm_num_inference_steps", ""),
         inference_steps=min(int(safe_args.get("ddpm_num_inference_steps") or DEFAULT_SAMPLING_STEPS), T),
         ddim_steps=min(20, T),  # deterministic DDIM's best FID in the README's sampler study
@@ -151,21 +153,19 @@ def write_model_card(
         class_dropout_prob=info.get("class_dropout_prob"),
         example_labels=", ".join(repr(n) for n in (info.get("class_names") or [])[:2]),
         example_count=len((info.get("class_names") or [])[:2]),
-        guidance_scale=f"{float(safe_args.get('guidance_scale') or 1.0):g}",
+        guidance_scale=f"{guidance_scale:g}",
         autoguidance=info.get("autoguidance"),
     )
     return atomic_write_text(out / "README.md", str(card))
 
 
-def _grid_text(args: dict[str, Any], class_names: list[str] | None) -> str:
+def _grid_text(num_images: Any, class_names: list[str] | None, guidance_scale: float) -> str:
     """What the training grid shows: its image count (a conditional grid: one row per class, the training
     script's `sample_grid_call`) and its classifier-free guidance."""
-    n = args.get("eval_batch_size", "")
-    if not class_names or not isinstance(n, int):
-        return f"{n} samples"
-    per_class = max(1, n // len(class_names))
-    w = float(args.get("guidance_scale") or 1.0)
-    return f"{per_class * len(class_names)} samples, one row of {per_class} per class, guidance w = {w:g}"
+    if not class_names or not isinstance(num_images, int):
+        return f"{num_images} samples"
+    per_class = grid_images_per_class(num_images, len(class_names))
+    return f"{per_class * len(class_names)} samples, one row of {per_class} per class, guidance w = {guidance_scale:g}"
 
 
 def _schedule_text(scheduler: dict[str, Any]) -> str:

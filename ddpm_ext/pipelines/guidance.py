@@ -55,6 +55,7 @@ __all__ = [
     "ClassGuidance",
     "autoguide",
     "balanced_class_labels",
+    "grid_images_per_class",
     "check_autoguidance_scale",
     "check_guide_unet",
     "check_guidance_scale",
@@ -218,6 +219,22 @@ def balanced_class_labels(num_images: int, num_classes: int, start: int = 0) -> 
     """
     num_classes = check_int("num_classes", num_classes, 1)
     return [(start + i) % num_classes for i in range(check_int("num_images", num_images, 0))]
+
+
+def grid_images_per_class(num_images: int, num_classes: int) -> int:
+    """Images per class (one grid row each) of a conditional sample grid asked for `num_images` images: at least
+    one, else as many whole rows of K as fit. The training script draws its grids so and the model card says so.
+
+    Example:
+
+    ```py
+    >>> from ddpm_ext.pipelines.guidance import grid_images_per_class
+    >>> grid_images_per_class(64, 10), grid_images_per_class(4, 10)
+    (6, 1)
+
+    ```
+    """
+    return max(1, check_int("num_images", num_images, 0) // check_int("num_classes", num_classes, 1))
 
 
 def check_guidance_scale(guidance_scale: Any) -> float:

@@ -31,7 +31,14 @@ import numpy as np
 import torch
 from diffusers import UNet2DModel
 
-from ..pipelines.guidance import balanced_class_labels, class_names, is_class_conditional, num_classes, set_class_names
+from ..pipelines.guidance import (
+    balanced_class_labels,
+    class_names,
+    grid_images_per_class,
+    is_class_conditional,
+    num_classes,
+    set_class_names,
+)
 from ..validation import check_number
 
 __all__ = [
@@ -294,7 +301,7 @@ def sample_grid_call(
     if not is_class_conditional(unet):
         return {"batch_size": num_images}, None, None
     k = num_classes(unet)
-    per_class = max(1, num_images // k)
+    per_class = grid_images_per_class(num_images, k)
     labels = balanced_class_labels(per_class * k, k)
     order = [r * k + c for c in range(k) for r in range(per_class)]
     return {"batch_size": len(labels), "class_labels": labels, "guidance_scale": float(guidance_scale)}, per_class, order

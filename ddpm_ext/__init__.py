@@ -1,6 +1,5 @@
 """ddpm_ext: exact, complete DDPM (Ho et al. 2020) and DDIM for Hugging Face diffusers."""
 
-from . import _moved_modules
 from .likelihood import BitsPerDimOutput, bits_per_dim, bits_per_dim_variances
 from .models import UNET_PRESETS, build_unet, unet_config
 from .pipelines import DDPMExtInpaintPipeline, DDPMExtInpaintPipelineOutput, DDPMExtPipeline, DDPMExtPipelineOutput
@@ -21,12 +20,11 @@ from .schedulers import (
     make_betas,
     posterior_coefficients,
 )
+from .version import __version__
 
-__version__ = "0.1.0"
-
-_moved_modules.install()
 
 __all__ = [
+    "__version__",
     "BETA_SCHEDULES",
     "PREDICTION_TYPES",
     "TIMESTEP_SPACINGS",

@@ -1,14 +1,11 @@
-"""The layout's rules, checked: the core never imports commands, evaluation or training, and every module path
-of before the subpackage layout still imports (with a FutureWarning naming the new one)."""
+"""The layout's rules, checked: the core never imports commands, evaluation or training, and every public name
+of the package imports from `ddpm_ext` itself."""
 
 from __future__ import annotations
 
-import importlib
 import subprocess
 import sys
-import warnings
 
-import pytest
 
 CORE = [
     "ddpm_ext",
@@ -35,20 +32,6 @@ def test_the_core_imports_no_commands_evaluation_or_training():
     assert out.strip() == "[]"
 
 
-@pytest.mark.parametrize("old", ["ddpm_ext.utils", "ddpm_ext.schedules", "ddpm_ext.metrics", "ddpm_ext.evaluate",
-                                 "ddpm_ext.cli", "ddpm_ext.sample", "ddpm_ext.unet_presets", "ddpm_ext.pipeline_ddpm_ext",
-                                 "ddpm_ext.scheduling_ddpm_ext", "ddpm_ext.scheduling_ddim_ext"])
-def test_old_module_paths_alias_the_new_modules(old):
-    from ddpm_ext._moved_modules import MOVED_MODULES
-
-    sys.modules.pop(old, None)
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        module = importlib.import_module(old)
-    assert module is importlib.import_module(MOVED_MODULES[old])  # the same object, not a copy
-    assert any(issubclass(w.category, FutureWarning) and MOVED_MODULES[old] in str(w.message) for w in caught)
-
-
 def test_every_public_name_of_before_still_imports_from_the_package():
     import ddpm_ext
 
@@ -57,3 +40,12 @@ def test_every_public_name_of_before_still_imports_from_the_package():
               "DDPMExtPipeline", "DDPMExtPipelineOutput", "UNET_PRESETS", "build_unet", "unet_config", "DDIMExtScheduler",
               "DDIMExtSchedulerOutput", "DDPMExtScheduler", "DDPMExtSchedulerOutput", "posterior_coefficients"]
     assert all(hasattr(ddpm_ext, name) for name in before) and set(before) <= set(ddpm_ext.__all__)
+
+
+def test_the_version_has_one_owner_read_by_the_package_and_its_metadata():
+    from importlib.metadata import version
+
+    import ddpm_ext
+    from ddpm_ext.version import __version__
+
+    assert ddpm_ext.__version__ == __version__ == version("ddpm_ext")

@@ -28,6 +28,7 @@ from ..schedulers.scheduling_common import ScheduleMixin
 from ..schedulers.scheduling_ddim_ext import DDIMExtScheduler
 from ..schedulers.scheduling_ddpm_ext import DDPMExtScheduler
 from ..validation import learns_variance
+from ..version import __version__
 
 # diffusers' scheduler class -> the ddpm_ext scheduler that loads its config with full fidelity
 _FROM_DIFFUSERS = {"DDPMScheduler": DDPMExtScheduler, "DDIMScheduler": DDIMExtScheduler}
@@ -127,7 +128,6 @@ def save_pipeline(
         variant (`str`, *optional*): weights saved as `diffusion_pytorch_model.<variant>.safetensors` (diffusers').
         max_shard_size (`int` or `str`, *optional*): diffusers' sharding threshold for the UNet weights.
     """
-    from .. import __version__
     from .guidance import check_guide_unet
 
     check_components(unet, scheduler)

@@ -32,6 +32,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "figures": ("Write the lecture's figures (forward process, schedules, reverse process, samplers).", "ddpm_ext.commands.figures"),
     "evaluate": ("Score a pipeline: bits/dim on held-out images, FID/KID of samples per sampler.", "ddpm_ext.commands.evaluate"),
     "inpaint": ("Fill the masked part of an image with a trained pipeline (RePaint).", "ddpm_ext.commands.inpaint"),
+    "push": ("Upload a saved pipeline folder with its model card and samples to the Hub.", "ddpm_ext.commands.push"),
 }
 
 

@@ -6,10 +6,10 @@ size (nothing is resized, so the kept pixels come back unchanged). Every option 
 both images loaded, before sampling starts; the output is written atomically.
 
 ```bash
-ddpm-ext inpaint --pipeline outputs/mnist --image digit.png --mask left_half.png --output completed.png
-ddpm-ext inpaint --pipeline outputs/mnist --image digit.png --mask box.png --output out.png \\
+ddpm-ext inpaint outputs/mnist --image digit.png --mask left_half.png --output completed.png
+ddpm-ext inpaint outputs/mnist --image digit.png --mask box.png --output out.png \\
     --steps 250 --jump_length 10 --jump_n_sample 10 --seed 3
-ddpm-ext inpaint --pipeline outputs/mnist --image digit.png --mask box.png --output out.png --scheduler ddim --eta 0
+ddpm-ext inpaint outputs/mnist --image digit.png --mask box.png --output out.png --scheduler ddim --eta 0
 ```
 """
 
@@ -39,7 +39,7 @@ DEFAULT_STEPS = 250  # RePaint's setting (or T when the pipeline's chain is shor
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of `ddpm-ext inpaint`."""
     parser.add_argument(
-        "--pipeline", required=True,
+        "pipeline",
         help="A pipeline folder (e.g. the training script's --output_dir) or a Hub repo id 'org/name'.",
     )
     parser.add_argument("--image", required=True, help="The image to complete (any format Pillow reads).")

@@ -1,21 +1,19 @@
-"""Pushes of pipeline folders to the Hugging Face Hub, and `python -m ddpm_ext.hub push` to retry a failed one.
+"""Pushes of pipeline folders to the Hugging Face Hub (the command line is `ddpm-ext push`).
 
 Only the pipeline (`model_index.json`, `unet/`, `scheduler/`, an autoguidance `guide_unet/`), the model card and the sample grid are uploaded:
 never checkpoints, logs or anything holding a token. The token is handed to `huggingface_hub` and nowhere else.
 A re-push makes the repo hold exactly these files: files of an earlier push that are no longer part of the output
 are deleted in the same commit (`.gitattributes` is kept).
 
-    python -m ddpm_ext.hub push outputs/mnist --repo_id me/ddpm-mnist [--private] [--token hf_...]
+    ddpm-ext push outputs/mnist --repo_id me/ddpm-mnist [--private] [--token hf_...]
 """
 
 from __future__ import annotations
 
-import argparse
 import os
-import sys
 from pathlib import Path
 
-__all__ = ["UPLOAD_PATTERNS", "describe_error", "main", "push_pipeline"]
+__all__ = ["UPLOAD_PATTERNS", "describe_error", "push_pipeline"]
 
 UPLOAD_PATTERNS = ["model_index.json", "unet/config.json", "unet/*.safetensors", "scheduler/scheduler_config.json",
                    "guide_unet/config.json", "guide_unet/*.safetensors", "README.md", "samples.png"]
@@ -70,30 +68,3 @@ def describe_error(error: BaseException, token: str | None = None) -> str:
         if secret:
             text = text.replace(secret, "***")
     return text
-
-
-def main(argv: list[str] | None = None) -> int:
-    """`python -m ddpm_ext.hub push FOLDER --repo_id ID`: 0 on success, 2 for a bad folder, 1 when the Hub fails."""
-    p = argparse.ArgumentParser(prog="python -m ddpm_ext.hub", description="Push a pipeline folder to the Hub.")
-    sub = p.add_subparsers(dest="command", required=True)
-    push = sub.add_parser("push", help="Upload a saved pipeline folder with its model card and samples.")
-    push.add_argument("folder", help="The pipeline folder (the training script's --output_dir).")
-    push.add_argument("--repo_id", required=True, help="The Hub repo id, 'name' or 'org/name'.")
-    push.add_argument("--private", action="store_true", help="Create the repo as private.")
-    push.add_argument("--token", default=None, help="Hub token (default: HF_TOKEN or the stored `hf auth login`; a token "
-                                                    "on the command line is visible to other users).")
-    args = p.parse_args(argv)
-    try:
-        url = push_pipeline(args.folder, repo_id=args.repo_id, private=args.private, token=args.token)
-    except ValueError as e:
-        print(f"error: {describe_error(e, args.token).split(': ', 1)[-1]}", file=sys.stderr)
-        return 2
-    except Exception as e:  # noqa: BLE001 HfHubHTTPError (refused token, 404...), OSError/httpx errors (offline, refused connection)
-        print(f"error: the push to {args.repo_id} failed ({describe_error(e, args.token)}).", file=sys.stderr)
-        return 1
-    print(url)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -267,3 +267,17 @@ def test_sample_leaves_the_callers_thread_count(tiny_pipeline_dir, tmp_path):
     assert main(["sample", str(tiny_pipeline_dir), "--num_images", "1", "--steps", "2", "--output", str(out),
                  "--cpu_threads", str(before + 1)]) == 0
     assert torch.get_num_threads() == before and out.is_file()
+
+
+def test_push_refuses_a_folder_that_is_not_a_pipeline_before_any_network(tmp_path, capsys):
+    # the folder is checked before the Hub is contacted: a Hub error would be exit 1, not 2
+    (tmp_path / "not-a-pipeline").mkdir()
+    assert main(["push", str(tmp_path / "not-a-pipeline"), "--repo_id", "me/x", "--token", "hf_secret_x"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "is not a saved pipeline (no model_index.json)" in err
+    assert "hf_secret_x" not in err and "Traceback" not in err
+
+
+def test_push_requires_the_repo_id(tmp_path, capsys):
+    assert main(["push", str(tmp_path)]) == 2
+    assert "--repo_id" in capsys.readouterr().err

@@ -29,7 +29,7 @@ def files(tmp_path):
 def test_inpaint_writes_the_pipeline_completion(tiny_pipeline_dir, files, capsys):
     d, image, mask = files
     out = d / "sub" / "out.png"
-    argv = ["inpaint", "--pipeline", str(tiny_pipeline_dir), "--image", str(d / "x.png"), "--mask", str(d / "m.png"),
+    argv = ["inpaint", str(tiny_pipeline_dir), "--image", str(d / "x.png"), "--mask", str(d / "m.png"),
             "--output", str(out), "--steps", "6", "--jump_length", "2", "--jump_n_sample", "2", "--seed", "3"]
     assert main(argv) == 0
     assert capsys.readouterr().out.strip() == str(out)
@@ -45,7 +45,7 @@ def test_inpaint_writes_the_pipeline_completion(tiny_pipeline_dir, files, capsys
 def test_inpaint_ddim(tiny_pipeline_dir, files):
     d, image, _ = files
     out = d / "ddim.png"
-    argv = ["inpaint", "--pipeline", str(tiny_pipeline_dir), "--image", str(d / "x.png"), "--mask", str(d / "m.png"),
+    argv = ["inpaint", str(tiny_pipeline_dir), "--image", str(d / "x.png"), "--mask", str(d / "m.png"),
             "--output", str(out), "--steps", "4", "--jump_n_sample", "1", "--scheduler", "ddim", "--eta", "0"]
     assert main(argv) == 0
     np.testing.assert_array_equal(np.asarray(Image.open(out))[:, S // 2 :], image[:, S // 2 :])
@@ -68,7 +68,7 @@ def test_inpaint_bad_input_exits_2_before_writing(tiny_pipeline_dir, files, caps
     d, _, _ = files
     Image.new("L", (8, 8)).save(d / "small.png")
     out = d / "never.png"
-    argv = ["inpaint", "--pipeline", str(tiny_pipeline_dir), "--image", str(d / "x.png"), "--mask", str(d / "m.png"),
+    argv = ["inpaint", str(tiny_pipeline_dir), "--image", str(d / "x.png"), "--mask", str(d / "m.png"),
             "--output", str(out), "--steps", "5"]
     extra = [str(d / "small.png") if e == "SMALL" else str(d / "missing.png") if e == "MISSING" else
              str(d / e) if e == "out.txt" else e for e in extra]

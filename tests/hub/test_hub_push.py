@@ -1,4 +1,4 @@
-"""`python -m ddpm_ext.hub push` against the local upload test server: one-line errors, --token, re-push cleanup."""
+"""`ddpm-ext push` against the local upload test server: one-line errors, --token, re-push cleanup."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ def push(folder: Path, repo_id: str, *, endpoint: str, token: str | None = None,
     env.update(HF_ENDPOINT=endpoint, HF_HOME=str(folder.parent / "hf-home"))
     if env_token:
         env["HF_TOKEN"] = env_token
-    cmd = [sys.executable, "-m", "ddpm_ext.hub", "push", str(folder), "--repo_id", repo_id] + (extra or [])
+    cmd = [sys.executable, "-m", "ddpm_ext", "push", str(folder), "--repo_id", repo_id] + (extra or [])
     if token:
         cmd += ["--token", token]
     return subprocess.run(cmd, check=False, cwd=ROOT, env=env, capture_output=True, text=True, timeout=180)

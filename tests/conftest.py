@@ -23,3 +23,29 @@ def tiny_pipeline_dir(tmp_path_factory):
     folder = tmp_path_factory.mktemp("tiny_pipeline")
     make_tiny_pipeline().save_pretrained(folder)
     return folder
+
+
+# --------------------------------------------------------------------------- #
+# Test tiers, as diffusers does it: the fast tier by default, the slow tier (end-to-end training runs, subprocesses,
+# long sampling) opted into with `--runslow` or RUN_SLOW=1 (or by selecting it with `-m slow`).
+# --------------------------------------------------------------------------- #
+
+
+def pytest_addoption(parser):
+    parser.addoption("--runslow", action="store_true", default=False,
+                     help="also run the slow tier (tests marked `slow`); RUN_SLOW=1 does the same")
+
+
+def _run_slow(config) -> bool:
+    if config.getoption("--runslow") or os.environ.get("RUN_SLOW", "").strip().lower() in ("1", "true", "yes", "on"):
+        return True
+    return "slow" in (config.getoption("-m") or "").replace("not slow", "")  # `-m slow` asks for them by name
+
+
+def pytest_collection_modifyitems(config, items):
+    if _run_slow(config):
+        return
+    skip = pytest.mark.skip(reason="slow tier: run with --runslow or RUN_SLOW=1")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)

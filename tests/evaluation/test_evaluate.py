@@ -257,10 +257,13 @@ def test_evaluation_reads_16bit_images_at_8_bits(tiny_pipeline, tmp_path):
 def test_docstring_examples():
     import doctest
 
+    import ddpm_ext.evaluation.config as config_mod
     import ddpm_ext.evaluation.evaluate as evaluate_mod
+    import ddpm_ext.evaluation.samplers as samplers_mod
 
-    result = doctest.testmod(evaluate_mod, optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
-    assert result.failed == 0 and result.attempted > 0
+    for module in (config_mod, evaluate_mod, samplers_mod):
+        result = doctest.testmod(module, optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
+        assert result.failed == 0 and result.attempted > 0, module.__name__
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -75,6 +75,7 @@ from typing import Any, Sequence
 
 import numpy as np
 import torch
+from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from tqdm.auto import tqdm
 
 from ..cpu_threads import AdaptiveThreads
@@ -259,9 +260,8 @@ def load_evaluation(config: EvaluationConfig) -> EvaluationRun:
 
     # the pipeline and the checks that need it
     pipe = DDPMExtPipeline.from_pretrained(config.pipeline, revision=config.revision)
-    unet, base_scheduler = pipe.unet, pipe.scheduler
+    unet = pipe.unet
     names, scales = _conditioning(config, unet)  # before any data or feature work
-    T = int(base_scheduler.config.num_train_timesteps)
     size = square_sample_size(unet, "Evaluation's images")
     channels = int(unet.config.in_channels)
     learned = int(unet.config.out_channels) == 2 * channels
@@ -279,19 +279,7 @@ def load_evaluation(config: EvaluationConfig) -> EvaluationRun:
             f"`--variance_types` {variance_types} includes a learned variance, but the UNet has out_channels="
             f"{unet.config.out_channels} = in_channels (it does not learn σ²); allowed: fixed_small, fixed_large."
         )
-    schedulers = {}
-    for s in config.samplers if config.do_samples else []:
-        if s.steps > T:
-            raise ValueError(
-                f"`--samplers` {s.spec!r}: {s.steps} steps is more than the pipeline's num_train_timesteps={T}; "
-                f"allowed STEPS: 1..{T}."
-            )
-        try:
-            schedulers[s.spec] = s.build(base_scheduler.config)
-            check_components(unet, schedulers[s.spec])
-            pipe.resolve_autoguidance_scale(s.autoguidance_scale)  # ag=W > 1 needs the pipeline's guide
-        except ValueError as err:
-            raise ValueError(f"`--samplers` {s.spec!r} does not fit this pipeline: {err}") from err
+    schedulers = _build_schedulers(config, pipe) if config.do_samples else {}
 
     # the real images, at the model's size and channels
     ds, data_identity, split = _load_data(config)
@@ -306,20 +294,7 @@ def load_evaluation(config: EvaluationConfig) -> EvaluationRun:
         )
     n_data = len(ds)
     n_real = n_data if config.max_real_images is None else min(config.max_real_images, n_data)
-    if config.do_samples:
-        if n_real < 2:
-            raise ValueError(f"`--dataset` {config.dataset!r} (split {split!r}) has {n_data} image(s); FID needs >= 2.")
-        if config.kid_subset_size > min(config.num_samples, n_real):
-            raise ValueError(
-                f"`--kid_subset_size` {config.kid_subset_size} is larger than the number of images: --num_samples "
-                f"{config.num_samples} and {n_real} real images ({config.dataset!r}, split {split!r}); allowed: "
-                f"2..{min(config.num_samples, n_real)}, or raise --num_samples."
-            )
-    if config.num_bpd_images > n_data:
-        raise ValueError(
-            f"`--num_bpd_images` {config.num_bpd_images} is more than the {n_data} images of {config.dataset!r} "
-            f"(split {split!r}); allowed: 0..{n_data}."
-        )
+    _check_image_counts(config, n_data, n_real, split)
     extractor = judge = skip = accuracy_skip = None
     if config.do_samples:  # built before any long computation: a missing backend fails fast
         extractor = build_feature_extractor(config.feature_extractor, inception_weights=config.inception_weights,
@@ -346,6 +321,45 @@ def load_evaluation(config: EvaluationConfig) -> EvaluationRun:
         prdc_skip_reason=skip, model_card=card, class_names=names,
         guidance_scales=scales, class_accuracy_skip_reason=accuracy_skip,
     )
+
+
+def _build_schedulers(config: EvaluationConfig, pipe: DDPMExtPipeline) -> dict[str, SchedulerMixin]:
+    """One scheduler per sampler spec, each checked against the pipeline (steps <= T, a variance the UNet can give,
+    a guide for `ag=W`)."""
+    T = int(pipe.scheduler.config.num_train_timesteps)
+    schedulers = {}
+    for s in config.samplers:
+        if s.steps > T:
+            raise ValueError(
+                f"`--samplers` {s.spec!r}: {s.steps} steps is more than the pipeline's num_train_timesteps={T}; "
+                f"allowed STEPS: 1..{T}."
+            )
+        try:
+            schedulers[s.spec] = s.build(pipe.scheduler.config)
+            check_components(pipe.unet, schedulers[s.spec])
+            pipe.resolve_autoguidance_scale(s.autoguidance_scale)  # ag=W > 1 needs the pipeline's guide
+        except ValueError as err:
+            raise ValueError(f"`--samplers` {s.spec!r} does not fit this pipeline: {err}") from err
+    return schedulers
+
+
+def _check_image_counts(config: EvaluationConfig, n_data: int, n_real: int, split: str) -> None:
+    """Enough real images for FID, KID's subset size and bits/dim (`n_data` in the split, `n_real` of them in the
+    reference statistics)."""
+    if config.do_samples:
+        if n_real < 2:
+            raise ValueError(f"`--dataset` {config.dataset!r} (split {split!r}) has {n_data} image(s); FID needs >= 2.")
+        if config.kid_subset_size > min(config.num_samples, n_real):
+            raise ValueError(
+                f"`--kid_subset_size` {config.kid_subset_size} is larger than the number of images: --num_samples "
+                f"{config.num_samples} and {n_real} real images ({config.dataset!r}, split {split!r}); allowed: "
+                f"2..{min(config.num_samples, n_real)}, or raise --num_samples."
+            )
+    if config.num_bpd_images > n_data:
+        raise ValueError(
+            f"`--num_bpd_images` {config.num_bpd_images} is more than the {n_data} images of {config.dataset!r} "
+            f"(split {split!r}); allowed: 0..{n_data}."
+        )
 
 
 DIGIT_NAMES = [str(d) for d in range(10)]  # the digit judge's classes, in its order
@@ -671,17 +685,7 @@ def evaluate(config: EvaluationConfig | argparse.Namespace) -> dict[str, Any]:
         "bits_per_dim": score_likelihood(run),
         "samples": [],
         "reference": None,
-        "conditioning": None if run.class_names is None else {
-            "num_classes": run.num_classes,
-            "class_names": run.class_names,
-            "guidance_scales": run.guidance_scales,
-            "sample_labels": "image i is asked for class i mod K (every class equally often)",
-            "bits_per_dim_label": (f"the null class ∅ (id {run.null_class}): the unconditional p(x) that label "
-                                   "dropout trains"),
-            "class_accuracy_skipped": run.class_accuracy_skip_reason,
-            "ddim": ("use_clipped_model_output=True (ε̂ recomputed from the clipped x̂_0) unless the spec says "
-                     ":eps=model"),
-        },
+        "conditioning": _conditioning_summary(run),
     }
     grids: dict[str, torch.Tensor] = {}
     if config.do_samples:
@@ -706,17 +710,7 @@ def evaluate(config: EvaluationConfig | argparse.Namespace) -> dict[str, Any]:
                                         "comparable_to_published": extractor.comparable_to_published,
                                         "label": extractor.label}
         if run.judge is not None:
-            heldout = json.loads(run.judge.metadata.get("heldout_test", "{}"))
-            results["digit_judge"] = {
-                "reference": score_reference(run),
-                "heldout_accuracy": heldout.get("accuracy"),
-                "rule": f"digit_judge={config.digit_judge!r}: " + (
-                    "on for 1-channel (grayscale) models" if config.digit_judge == "auto" else "on"),
-                "description": (
-                    "Inception Score with ddpm_ext's digit classifier in place of Inception-v3 "
-                    f"(ddpm_ext.evaluation.digit_classifier; {100 * heldout.get('accuracy', float('nan')):.1f}% "
-                    "accuracy on the 500 held-out mnist-5k digits; max 10)"),
-            }
+            results["digit_judge"] = _digit_judge_summary(run)
 
     results["config"] = {k: ([s.spec for s in v] if k == "samplers" else v) for k, v in vars(config).items()}
     results["config"]["variance_types"] = run.variance_types
@@ -735,3 +729,37 @@ def evaluate(config: EvaluationConfig | argparse.Namespace) -> dict[str, Any]:
     if config.output_dir is not None:
         write_results(results, grids, config.output_dir)
     return results
+
+
+def _conditioning_summary(run: EvaluationRun) -> dict[str, Any] | None:
+    """The results' `conditioning`: a conditional pipeline's classes and labelling rules (None when unconditional)."""
+    if run.class_names is None:
+        return None
+    return {
+        "num_classes": run.num_classes,
+        "class_names": run.class_names,
+        "guidance_scales": run.guidance_scales,
+        "sample_labels": "image i is asked for class i mod K (every class equally often)",
+        "bits_per_dim_label": (f"the null class ∅ (id {run.null_class}): the unconditional p(x) that label "
+                               "dropout trains"),
+        "class_accuracy_skipped": run.class_accuracy_skip_reason,
+        "ddim": ("use_clipped_model_output=True (ε̂ recomputed from the clipped x̂_0) unless the spec says "
+                 ":eps=model"),
+    }
+
+
+def _digit_judge_summary(run: EvaluationRun) -> dict[str, Any]:
+    """The results' `digit_judge`: the real images scored ([`score_reference`]), the judge's held-out accuracy
+    (from its metadata), the rule that turned it on and a description for the tables."""
+    heldout = json.loads(run.judge.metadata.get("heldout_test", "{}"))
+    digit_judge = run.config.digit_judge
+    return {
+        "reference": score_reference(run),
+        "heldout_accuracy": heldout.get("accuracy"),
+        "rule": f"digit_judge={digit_judge!r}: " + (
+            "on for 1-channel (grayscale) models" if digit_judge == "auto" else "on"),
+        "description": (
+            "Inception Score with ddpm_ext's digit classifier in place of Inception-v3 "
+            f"(ddpm_ext.evaluation.digit_classifier; {100 * heldout.get('accuracy', float('nan')):.1f}% "
+            "accuracy on the 500 held-out mnist-5k digits; max 10)"),
+    }

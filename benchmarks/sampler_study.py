@@ -220,15 +220,15 @@ def run_study(args: argparse.Namespace) -> dict[str, Any]:
     """Score every point not yet in the study file, appending each row as soon as it is scored."""
     import torch
 
+    from ddpm_ext.evaluation.config import EvaluationConfig
     from ddpm_ext.evaluation.evaluate import (
-        EvaluationConfig,
         load_evaluation,
-        parse_sampler,
         reference_features,
         sample_images,
         score_reference,
         score_samples,
     )
+    from ddpm_ext.evaluation.samplers import parse_sampler
     from ddpm_ext.images import save_image_grid
 
     out = Path(args.output_dir)

@@ -13,7 +13,8 @@ from PIL import Image
 import ddpm_ext.seeding as seeding_mod
 from ddpm_ext import DDPMExtPipeline
 from ddpm_ext.commands.cli import main
-from ddpm_ext.evaluation.evaluate import EvaluationConfig, load_evaluation, sample_images
+from ddpm_ext.evaluation.config import EvaluationConfig
+from ddpm_ext.evaluation.evaluate import load_evaluation, sample_images
 from ddpm_ext.figures import noise_comparison_figure
 from ddpm_ext.images import to_uint8
 from ddpm_ext.seeding import image_generators, image_seed

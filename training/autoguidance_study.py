@@ -124,14 +124,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     from diffusers import UNet2DModel
 
-    from ddpm_ext.evaluation.evaluate import (
-        EvaluationConfig,
-        load_evaluation,
-        parse_sampler,
-        reference_features,
-        sample_images,
-        score_samples,
-    )
+    from ddpm_ext.evaluation.config import EvaluationConfig
+    from ddpm_ext.evaluation.evaluate import load_evaluation, reference_features, sample_images, score_samples
+    from ddpm_ext.evaluation.samplers import parse_sampler
     from ddpm_ext.files import atomic_write_text
 
     try:

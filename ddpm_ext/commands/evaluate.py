@@ -6,7 +6,11 @@ import argparse
 import sys
 from typing import Sequence
 
-from ..evaluation.evaluate import _SAMPLER_GRAMMAR, EvaluationConfig, SamplerSpec, evaluate, parse_sampler
+from ..evaluation.config import CLIP_DENOISED_CHOICES, DIGIT_JUDGE_CHOICES, EvaluationConfig
+from ..evaluation.evaluate import evaluate
+from ..evaluation.metrics import FEATURE_EXTRACTORS
+from ..evaluation.samplers import SAMPLER_GRAMMAR, SamplerSpec, parse_sampler
+from ..schedulers import VARIANCE_TYPES
 from .cli import add_cpu_threads_argument, int_at_least
 
 __all__ = ["add_arguments", "run", "main"]
@@ -26,10 +30,6 @@ def _argparse_sampler(spec: str) -> SamplerSpec:
 
 def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """Add the evaluation options to `parser` (`ddpm-ext evaluate`); the defaults are [`EvaluationConfig`]'s."""
-    from ..evaluation.evaluate import CLIP_DENOISED_CHOICES, DIGIT_JUDGE_CHOICES
-    from ..evaluation.metrics import FEATURE_EXTRACTORS
-    from ..schedulers.scheduling_common import VARIANCE_TYPES
-
     d = EvaluationConfig.defaults()
 
     def a(*names, **kwargs):
@@ -56,7 +56,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
            "i.e. scores p_θ as the sampler draws from it (improved DDPM's image_nll.py clips).")
     a("--num_samples", type=int_at_least(0), help="Samples per sampler for FID/KID; 0 skips them.")
     a("--samplers", nargs="+", type=_argparse_sampler, metavar="SPEC",
-      help=f"Samplers to evaluate: {_SAMPLER_GRAMMAR}. Default ddim:50:0.")
+      help=f"Samplers to evaluate: {SAMPLER_GRAMMAR}. Default ddim:50:0.")
     a("--kid_subset_size", type=int_at_least(2),
       help="Images per KID subset; at most --num_samples and the number of real images.")
     a("--kid_subsets", type=int_at_least(1), help="Number of KID subsets.")

@@ -1,4 +1,9 @@
-"""Evaluation: FID/KID on pluggable features ([`metrics`]) and the evaluation of a pipeline ([`evaluate`]).
+"""Evaluation: the scores of a trained pipeline, one job per module.
+
+[`samplers`] the `--samplers` spec grammar; [`config`] [`EvaluationConfig`] and its checks; [`evaluate`] the run
+and its steps; [`report`] the results written out (results.md, results.json, grids, the model card's metrics);
+[`metrics`] FID/KID on pluggable features; [`precision_recall`] precision/recall/density/coverage;
+[`digit_classifier`] the digit judge.
 
 Not imported by the core (schedulers, pipelines, models, likelihood); import it explicitly.
 """

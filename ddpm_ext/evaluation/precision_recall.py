@@ -21,7 +21,9 @@ import torch
 
 from ..validation import check_int
 
-__all__ = ["precision_recall_density_coverage"]
+__all__ = ["PRDC_KEYS", "precision_recall_density_coverage"]
+
+PRDC_KEYS = ("precision", "recall", "density", "coverage")  # the keys of [`precision_recall_density_coverage`]
 
 
 def _as_features(name: str, value: Any) -> np.ndarray:
@@ -90,7 +92,7 @@ def precision_recall_density_coverage(
                 f"`{name}` has {feats.shape[0]} rows; `nearest_k`={nearest_k} needs at least {nearest_k + 2} "
                 f"(the k-th nearest neighbour of each point besides itself)."
             )
-    try:
+    try:  # an optional dependency (the `metrics` extra): imported only when the metrics are computed
         from prdc import compute_prdc
     except ImportError as e:
         raise ImportError(
@@ -99,4 +101,4 @@ def precision_recall_density_coverage(
         ) from e
     with contextlib.redirect_stdout(io.StringIO()):  # prdc prints "Num real: ... Num fake: ..."
         result = compute_prdc(real_features=real, fake_features=fake, nearest_k=nearest_k)
-    return {key: float(result[key]) for key in ("precision", "recall", "density", "coverage")}
+    return {key: float(result[key]) for key in PRDC_KEYS}

@@ -1,23 +1,36 @@
-"""Evaluation results written into a pipeline's model card (`ddpm-ext evaluate --update_model_card`).
+"""Writing an evaluation's results: results.md, results.json and sample grids, and a model card's metrics section.
+
+[`write_results`] writes an [`evaluate`] result into a folder: one sample grid per sampler, [`results_markdown`]
+(a bits/dim table and a sample-quality table) as `results.md`, and the result as `results.json`.
 
 The card template (`ddpm_ext/hub/model_card_template.md`) wraps its metrics section in two HTML comments,
-[`METRICS_START`] and [`METRICS_END`]. [`update_model_card`] replaces what lies between them in
-`<pipeline folder>/README.md` by [`model_card_metrics`] of an [`evaluate`] result (a compact table: bits/dim per
-σ², per sampler FID/KID with the feature extractor named, precision/recall and the digit judge's classifier IS,
-then the command that produced them and the date); every byte outside the markers is kept, and the file is
-replaced atomically ([`ddpm_ext.files.atomic_write_text`]).
+[`METRICS_START`] and [`METRICS_END`]. [`update_model_card`] (`ddpm-ext evaluate --update_model_card`) replaces
+what lies between them in `<pipeline folder>/README.md` by [`model_card_metrics`] of an [`evaluate`] result (a
+compact table: bits/dim per σ², per sampler FID/KID with the feature extractor named, precision/recall and the
+digit judge's classifier IS, then the command that produced them and the date); every byte outside the markers is
+kept. Every file is replaced atomically ([`ddpm_ext.files.atomic_write_text`]).
 """
 
 from __future__ import annotations
 
 import datetime
+import json
+import math
 import os
 import shlex
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import torch
+
 from ..files import atomic_write_text
 from ..hub.model_card import METRICS_END, METRICS_START  # the card format's owner; the template holds them
+from ..images import save_image_grid
+from .config import EvaluationConfig
+from .precision_recall import PRDC_KEYS
+from .samplers import SamplerSpec, parse_sampler, row_key
 
 __all__ = [
     "METRICS_END",
@@ -26,9 +39,10 @@ __all__ = [
     "evaluation_command",
     "model_card_metrics",
     "replace_marked_section",
+    "results_markdown",
     "update_model_card",
+    "write_results",
 ]
-
 
 
 def replace_marked_section(text: str, content: str, start: str = METRICS_START, end: str = METRICS_END) -> str:
@@ -84,20 +98,18 @@ def check_model_card(pipeline: str | os.PathLike) -> Path:
     return card
 
 
-def evaluation_command(config: Any) -> str:
+def evaluation_command(config: EvaluationConfig) -> str:
     """The `ddpm-ext evaluate` command line of an [`EvaluationConfig`]: the pipeline and every non-default option.
 
     Example:
 
     ```py
-    >>> from ddpm_ext.evaluation.evaluate import EvaluationConfig
+    >>> from ddpm_ext.evaluation.config import EvaluationConfig
     >>> evaluation_command(EvaluationConfig("outputs/mnist", num_samples=50, samplers=["ddim:10:0", "ddpm:100"]))
     'ddpm-ext evaluate outputs/mnist --num_samples 50 --samplers ddim:10:0 ddpm:100'
 
     ```
     """
-    from dataclasses import fields
-
     defaults = type(config).defaults()
     words = ["ddpm-ext", "evaluate", str(config.pipeline)]
     for f in fields(config):
@@ -120,7 +132,7 @@ def evaluation_command(config: Any) -> str:
 
 
 def _num(value: float | None, fmt: str) -> str:
-    return "–" if value is None else format(value, fmt)
+    return "–" if value is None else format(value + 0.0, fmt)  # + 0.0: an entropy of -0.0 prints as 0.000
 
 
 def model_card_metrics(results: dict[str, Any], date: str | None = None) -> str:
@@ -189,3 +201,143 @@ def update_model_card(pipeline: str | os.PathLike, results: dict[str, Any], date
     text = replace_marked_section(card.read_bytes().decode("utf-8"), model_card_metrics(results, date))  # keeps \r\n
     atomic_write_text(card, text)
     return card
+
+
+def results_markdown(results: dict[str, Any]) -> str:
+    """The results as markdown: a bits/dim table and a FID/KID table (headed by the extractor's label)."""
+    env = results.get("environment", {})
+    lines = [
+        f"# Evaluation of `{results['pipeline']}`",
+        "",
+        f"Data: `{results['dataset']}` (split `{results['split']}`), "
+        f"{results['image_size']}×{results['image_size']}, {results['channels']} channel(s); "
+        f"T = {results['num_train_timesteps']}; device {env.get('device', '?')}; "
+        f"total {_fmt(results.get('total_time_s'), 3)} s.",
+    ]
+    cond = results.get("conditioning")
+    if cond:
+        names = ", ".join(cond["class_names"][:12]) + (", ..." if cond["num_classes"] > 12 else "")
+        lines += [
+            "",
+            f"Class-conditional: {cond['num_classes']} classes ({names}); samples: {cond['sample_labels']}, "
+            f"classifier-free guidance w per row (DDIM with {cond['ddim']}); "
+            f"bits/dim under {cond['bits_per_dim_label']}."
+            + (f" Class accuracy skipped: {cond['class_accuracy_skipped']}." if cond["class_accuracy_skipped"] else ""),
+        ]
+    if results["bits_per_dim"]:
+        n = results["bits_per_dim"][0]["num_images"]
+        clip = results["bits_per_dim"][0].get("clip_denoised")
+        clipped = "x̂₀ clipped to [−1, 1]" if clip else "x̂₀ not clipped"
+        lines += [
+            "",
+            f"## Bits/dim ({n} held-out images, {clipped}; upper bound on −log₂ p(x₀) per dimension, "
+            "± standard error"
+            + (f"; class label ∅ = {cond['num_classes']}, the null class)" if cond else ")"),
+            "",
+            "| σ² (variance_type) | bits/dim | ± s.e. | L_T (prior) | L_0 (decoder) | wall time (s, shared) |",
+            "|---|---|---|---|---|---|",
+        ]
+        for r in results["bits_per_dim"]:
+            lines.append(
+                f"| {r['variance_type']} | {r['bits_per_dim']:.4f} | {_fmt(r['sem'], 2)} | {r['prior']:.2e} | "
+                f"{r['decoder']:.4f} | {r['wall_time_s']:.1f} |"
+            )
+    if results["samples"]:
+        fe = results["feature_extractor"]
+        ref = results["reference"]
+        judge = results.get("digit_judge")
+        first = results["samples"][0]
+        prdc = "PRDC skipped: " + first["prdc_skipped"] if first.get("prdc_skipped") else (
+            f"precision/recall (Kynkäänniemi et al. 2019) and density/coverage (Naeem et al. 2020) on the same "
+            f"features, k = {first.get('nearest_k')}")
+        accuracy = bool(cond) and not cond["class_accuracy_skipped"] and bool(judge)
+        lines += [
+            "",
+            f"## Sample quality: {fe['label']}",
+            "",
+            f"Reference: {ref['num_images']} real images ({'cached' if ref['cache_hit'] else 'computed'}); KID "
+            f"(×10³) over {first['kid_subsets']} subsets of {first['kid_subset_size']}; {prdc}; "
+            "mean pixel in [0, 1]."
+            + (f" Classifier IS, digits present (of 10) and class entropy (normalized): {judge['description']}; "
+               "the first row is the real reference images." if judge else "")
+            + (" Class accuracy: the fraction of samples the judge reads as their requested digit."
+               if accuracy else ""),
+            "",
+            "| sampler | " + ("w | " if cond else "") + "steps | η | noise z | samples | FID | KID ×10³ | ± std | "
+            "precision | recall | density | coverage | mean pixel | "
+            + ("class accuracy | " if accuracy else "")
+            + ("classifier IS | digits present | class entropy | " if judge else "") + "wall time (s) | grid |",
+            "|---|" + ("---|" if cond else "") + "---|---|---|---|---|---|---|---|---|---|---|---|"
+            + ("---|" if accuracy else "") + ("---|---|---|" if judge else "") + "---|---|",
+        ]
+        if judge:
+            real = judge["reference"]
+            lines.append(
+                "| real images | " + ("– | " if cond else "")
+                + f"– | – | – | {real['num_images']} | – | – | – | – | "
+                f"– | – | – | {real['mean_pixel']:.3f} | " + ("– | " if accuracy else "")
+                + f"{real['classifier_is']:.2f} | {real['classes_present']} | "
+                f"{_num(real['class_entropy'], '.3f')} | – | – |"
+            )
+        for r in results["samples"]:
+            grid = f"[{r['grid']}]({r['grid']})" if r.get("grid") else "–"
+            eta = _fmt(r["eta"]) if r["eta"] is not None else "–"
+            new = [_num(r.get(k), ".3f") for k in PRDC_KEYS] + [_num(r.get("mean_pixel"), ".3f")]
+            if accuracy:
+                new.append(_num(r.get("class_accuracy"), ".3f"))
+            if judge:
+                spread = f" ± {r['classifier_is_std']:.2f}" if r.get("classifier_is_std") is not None else ""
+                new += [f"{r['classifier_is']:.2f}{spread}", str(r["classes_present"]),
+                        _num(r["class_entropy"], ".3f")]
+            w = f"{r['guidance_scale']:g} | " if cond else ""
+            ag = r.get("autoguidance_scale") or 1.0
+            sampler = r["sampler"] + (f" (autoguidance {ag:g})" if ag != 1.0 and ":ag=" not in r["sampler"] else "")
+            lines.append(
+                f"| {sampler} | {w}{r['steps']} | {eta} | {'yes' if r['adds_noise'] else 'no'} | {r['num_fake']} | "
+                f"{r['fid']:.2f} | {1e3 * r['kid_mean']:.2f} | {1e3 * r['kid_std']:.2f} | {' | '.join(new)} | "
+                f"{r['wall_time_s']:.1f} | {grid} |"
+            )
+    return "\n".join(lines) + "\n"
+
+
+def _fmt(value: float | None, digits: int = 4) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "–"
+    return f"{value:.{digits}g}" if abs(value) < 1e4 else f"{value:.0f}"
+
+
+def write_results(
+    results: dict[str, Any], grids: dict[str, torch.Tensor], output_dir: str | os.PathLike
+) -> dict[str, Any]:
+    """Step 5 of [`evaluate`]: one sample grid per sampler (and guidance scale: `samples_<sampler>-w<w>.png`, one
+    class per column), `results.md` and `results.json` in `output_dir`, each written atomically; the rows get their
+    grid's file name and `results` its `markdown` and `files`."""
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    conditioning = results.get("conditioning")
+    for row in results["samples"]:
+        key = row_key(parse_sampler(row["sampler"]).slug, row.get("guidance_scale"))
+        if key in grids:
+            path = out / f"samples_{key}.png"
+            # conditional: image i is class i mod K, so K per row puts one class in each column
+            nrow = conditioning["num_classes"] if conditioning else math.ceil(math.sqrt(len(grids[key])))
+            save_image_grid(grids[key], path, nrow=nrow)
+            row["grid"] = path.name
+    results["markdown"] = results_markdown(results)
+    atomic_write_text(out / "results.md", results["markdown"])
+    results["files"] = {**results.get("files", {}), "json": str(out / "results.json"),
+                        "markdown": str(out / "results.md"),
+                        "grids": [str(out / r["grid"]) for r in results["samples"] if "grid" in r]}
+    saved = {k: v for k, v in results.items() if k != "markdown"}
+    atomic_write_text(out / "results.json", json.dumps(saved, indent=2, default=_json_default) + "\n")
+    return results["files"]
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, SamplerSpec):
+        return value.spec
+    if isinstance(value, (np.integer, np.floating)):
+        return value.item()
+    raise TypeError(f"not JSON-serialisable: {type(value).__name__}")

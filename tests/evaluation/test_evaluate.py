@@ -14,7 +14,9 @@ from PIL import Image
 
 from ddpm_ext import DDPMExtPipeline, DDPMExtScheduler, build_unet
 from ddpm_ext.commands.evaluate import build_parser, main
-from ddpm_ext.evaluation.evaluate import EvaluationConfig, SamplerSpec, evaluate, parse_sampler
+from ddpm_ext.evaluation.config import EvaluationConfig
+from ddpm_ext.evaluation.evaluate import evaluate
+from ddpm_ext.evaluation.samplers import SamplerSpec, parse_sampler
 from ddpm_ext.seeding import image_generators
 from ddpm_ext.images import make_grid
 
@@ -194,7 +196,7 @@ def test_clip_denoised_option(tiny_pipeline, tmp_path):
 
 def test_evaluate_from_python_config_equals_the_command(tiny_pipeline, tmp_path):
     """`evaluate(EvaluationConfig(...))` needs no argparse and gives the command's numbers."""
-    from ddpm_ext.evaluation.evaluate import EvaluationConfig
+    from ddpm_ext.evaluation.config import EvaluationConfig
 
     stats = str(tmp_path / "stats")
     config = EvaluationConfig(tiny_pipeline, num_bpd_images=2, num_samples=6, kid_subset_size=3, kid_subsets=4,
@@ -230,7 +232,7 @@ def test_evaluate_from_python_config_equals_the_command(tiny_pipeline, tmp_path)
     ],
 )
 def test_config_rejects_bad_values_on_construction(kwargs, message):
-    from ddpm_ext.evaluation.evaluate import EvaluationConfig
+    from ddpm_ext.evaluation.config import EvaluationConfig
 
     with pytest.raises(ValueError, match=message):
         EvaluationConfig(**{"pipeline": "outputs/mnist", **kwargs})
@@ -238,7 +240,8 @@ def test_config_rejects_bad_values_on_construction(kwargs, message):
 
 def test_evaluation_reads_16bit_images_at_8_bits(tiny_pipeline, tmp_path):
     """A folder of full-range 16-bit PNGs is scaled to 8 bits (Pillow alone would clip it to white)."""
-    from ddpm_ext.evaluation.evaluate import EvaluationConfig, load_evaluation
+    from ddpm_ext.evaluation.config import EvaluationConfig
+    from ddpm_ext.evaluation.evaluate import load_evaluation
 
     folder = tmp_path / "gray16"
     folder.mkdir()
@@ -254,10 +257,13 @@ def test_evaluation_reads_16bit_images_at_8_bits(tiny_pipeline, tmp_path):
 def test_docstring_examples():
     import doctest
 
+    import ddpm_ext.evaluation.config as config_mod
     import ddpm_ext.evaluation.evaluate as evaluate_mod
+    import ddpm_ext.evaluation.samplers as samplers_mod
 
-    result = doctest.testmod(evaluate_mod, optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
-    assert result.failed == 0 and result.attempted > 0
+    for module in (config_mod, evaluate_mod, samplers_mod):
+        result = doctest.testmod(module, optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
+        assert result.failed == 0 and result.attempted > 0, module.__name__
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -13,8 +13,8 @@ import torch
 
 from ddpm_ext import DDPMExtPipeline, DDPMExtScheduler, build_unet
 from ddpm_ext.commands.evaluate import build_parser, main
+from ddpm_ext.evaluation.config import EvaluationConfig
 from ddpm_ext.evaluation.evaluate import (
-    EvaluationConfig,
     evaluate,
     load_evaluation,
     reference_features,

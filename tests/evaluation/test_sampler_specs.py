@@ -7,7 +7,7 @@ import diffusers
 import pytest
 
 from ddpm_ext import DDIMExtScheduler, DDPMExtScheduler
-from ddpm_ext.evaluation.evaluate import SamplerSpec, parse_sampler
+from ddpm_ext.evaluation.samplers import SamplerSpec, parse_sampler
 
 
 @pytest.mark.parametrize(

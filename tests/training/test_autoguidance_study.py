@@ -12,7 +12,8 @@ from diffusers import UNet2DModel
 from repo_scripts import load_script
 
 from ddpm_ext import DDPMExtPipeline
-from ddpm_ext.evaluation.evaluate import EvaluationConfig, evaluate
+from ddpm_ext.evaluation.config import EvaluationConfig
+from ddpm_ext.evaluation.evaluate import evaluate
 
 ROOT = Path(__file__).resolve().parents[2]
 TINY = ["--model_config", "tiny", "--resolution", "8", "--train_batch_size", "8", "--max_train_samples", "48",

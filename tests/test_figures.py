@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import doctest
+import importlib
 import math
+import pkgutil
 
 import numpy as np
 import pytest
@@ -212,6 +214,8 @@ def test_model_figures_bad_input(pipe, tmp_path, call, message):
     assert not list(tmp_path.iterdir())
 
 
-def test_docstring_examples():
-    result = doctest.testmod(figures, optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
+@pytest.mark.parametrize("module", sorted(m.name for m in pkgutil.iter_modules(figures.__path__)))
+def test_docstring_examples(module):
+    mod = importlib.import_module(f"ddpm_ext.figures.{module}")
+    result = doctest.testmod(mod, optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
     assert result.attempted > 0 and result.failed == 0

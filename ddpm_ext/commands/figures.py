@@ -6,7 +6,8 @@ import argparse
 
 import torch
 
-from ..figures import _check_steps, ddpm_vs_ddim_figure, forward_process_figure, noise_comparison_figure, reverse_trajectory_figure, schedule_figure
+from ..figures import ddpm_vs_ddim_figure, forward_process_figure, noise_comparison_figure, reverse_trajectory_figure, schedule_figure
+from ..figures.common import check_steps
 from ..pipelines.pipeline_ddpm_ext import DDPMExtPipeline
 from ..validation import resolve_device
 from .cli import check_output_dir, nonnegative_int, positive_int
@@ -74,7 +75,7 @@ def run(args: argparse.Namespace) -> int:
     if args.pipeline is not None:
         pipe = DDPMExtPipeline.from_pretrained(args.pipeline).to(resolve_device(args.device))
         for s in [args.steps, *args.step_counts]:
-            _check_steps(pipe, "--steps / --step_counts", s)
+            check_steps(pipe, "--steps / --step_counts", s)
     T = args.num_train_timesteps or (pipe.scheduler.config.num_train_timesteps if pipe is not None else 1000)
     image = _data_image(args)
 

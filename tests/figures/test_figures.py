@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import doctest
 import importlib
+import inspect
 import math
 import pkgutil
 
@@ -27,6 +29,17 @@ from ddpm_ext.figures import (
 )
 
 PAD = 2  # grid padding of the figures
+
+# each figure function and the dataclass it returns
+SEVEN_FIGURES = {
+    "forward_process_figure": "ForwardProcessFigure",
+    "schedule_figure": "ScheduleFigure",
+    "reverse_trajectory_figure": "ReverseTrajectoryFigure",
+    "noise_comparison_figure": "NoiseComparisonFigure",
+    "ddpm_vs_ddim_figure": "SamplerComparisonFigure",
+    "inpainting_figure": "InpaintingFigure",
+    "class_grid_figure": "ClassGridFigure",
+}
 
 
 def closed_form_betas(name: str, T: int) -> np.ndarray:
@@ -219,3 +232,17 @@ def test_docstring_examples(module):
     mod = importlib.import_module(f"ddpm_ext.figures.{module}")
     result = doctest.testmod(mod, optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
     assert result.attempted > 0 and result.failed == 0
+
+
+def test_all_names_the_seven_figures_each_next_to_its_dataclass():
+    assert sorted(figures.__all__) == sorted({*SEVEN_FIGURES, *SEVEN_FIGURES.values(), "LECTURE_SCHEDULES"})
+    namespace: dict = {}
+    exec("from ddpm_ext.figures import *", namespace)
+    assert set(figures.__all__) <= set(namespace)
+    for function_name, class_name in SEVEN_FIGURES.items():
+        function, cls = getattr(figures, function_name), getattr(figures, class_name)
+        assert dataclasses.is_dataclass(cls) and "path" in {f.name for f in dataclasses.fields(cls)}
+        assert function.__module__ == cls.__module__ != "ddpm_ext.figures"  # in the same module of the package
+        assert inspect.signature(function).return_annotation == class_name  # it returns that dataclass
+        assert f"[`{function_name}`]" in figures.__doc__  # the package docstring lists it
+    assert figures.__doc__.count("_figure`]") == 7 and "Seven figures" in figures.__doc__

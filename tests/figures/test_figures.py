@@ -12,14 +12,11 @@ import pkgutil
 import numpy as np
 import pytest
 import torch
-
-from ddpm_ext.seeding import image_seed
 from diffusers.utils.torch_utils import randn_tensor
 from PIL import Image
 from tiny_pipeline import TINY_SIZE, TINY_T, make_tiny_pipeline
 
-from ddpm_ext import DDIMExtScheduler, DDPMExtPipeline, DDPMExtScheduler
-from ddpm_ext import figures
+from ddpm_ext import DDIMExtScheduler, DDPMExtPipeline, DDPMExtScheduler, figures
 from ddpm_ext.figures import (
     ddpm_vs_ddim_figure,
     forward_process_figure,
@@ -27,6 +24,7 @@ from ddpm_ext.figures import (
     reverse_trajectory_figure,
     schedule_figure,
 )
+from ddpm_ext.seeding import image_seed
 
 PAD = 2  # grid padding of the figures
 
@@ -116,7 +114,8 @@ def test_schedule_curves_equal_closed_forms(tmp_path):
         np.testing.assert_allclose(fig.betas[name], betas, rtol=1e-12)
         np.testing.assert_allclose(fig.alphas_cumprod[name], ab, rtol=1e-12)
         np.testing.assert_allclose(fig.log_snr[name], np.log(ab / (1 - ab)), rtol=1e-9, atol=1e-9)
-        np.testing.assert_allclose(fig.posterior_variance[name], (1 - ab_prev) / (1 - ab) * betas, rtol=1e-9, atol=1e-15)
+        np.testing.assert_allclose(fig.posterior_variance[name], (1 - ab_prev) / (1 - ab) * betas,
+                                   rtol=1e-9, atol=1e-15)
         assert fig.posterior_variance[name][0] == 0 and (fig.posterior_variance[name][1:] < betas[1:]).all()
     assert Image.open(fig.path).size == fig.size == (1500, 460)
 
@@ -202,7 +201,8 @@ def test_ddpm_vs_ddim_panels_equal_their_loops(pipe, tmp_path):
             for t in ddim.timesteps:
                 x = ddim.step(pipe.unet(x, t).sample, t, x, eta=0.0, use_clipped_model_output=True).prev_sample
         torch.testing.assert_close(fig.samples[("ddim", steps)], x.clamp(-1, 1), rtol=0, atol=1e-5)
-        ddpm = pipe(batch_size=2, generator=manual_generators(seeds), num_inference_steps=steps, output_type="pt").images
+        ddpm = pipe(batch_size=2, generator=manual_generators(seeds), num_inference_steps=steps,
+                    output_type="pt").images
         torch.testing.assert_close(fig.samples[("ddpm", steps)], ddpm * 2 - 1, rtol=0, atol=1e-6)
     assert Image.open(fig.path).size == fig.size
     assert fig.size[0] == strip_width(2, 3 * TINY_SIZE)
@@ -213,10 +213,12 @@ def test_ddpm_vs_ddim_panels_equal_their_loops(pipe, tmp_path):
     "call, message",
     [
         (lambda p, d: noise_comparison_figure(p, d / "a.png", num_inference_steps=TINY_T + 1), "at most"),
-        (lambda p, d: noise_comparison_figure(p, d / "a.png", num_inference_steps=2, num_images=0), "`num_images` must be an integer >= 1"),
+        (lambda p, d: noise_comparison_figure(p, d / "a.png", num_inference_steps=2, num_images=0),
+         "`num_images` must be an integer >= 1"),
         (lambda p, d: ddpm_vs_ddim_figure(p, d / "a.png", step_counts=(0, 5)), "`step_counts` must be an integer"),
         (lambda p, d: ddpm_vs_ddim_figure(p, d / "a.png", step_counts=()), "at least one"),
-        (lambda p, d: ddpm_vs_ddim_figure(p, d / "a.png", step_counts=(2,), eta=1.5), r"`eta` must be a number in \[0, 1\]"),
+        (lambda p, d: ddpm_vs_ddim_figure(p, d / "a.png", step_counts=(2,), eta=1.5),
+         r"`eta` must be a number in \[0, 1\]"),
         (lambda p, d: reverse_trajectory_figure(p, d / "a.png", num_inference_steps=2, num_columns=0), "`num_columns`"),
         (lambda p, d: reverse_trajectory_figure(object(), d / "a.png", num_inference_steps=2), "DDPMExtPipeline"),
     ],

@@ -171,7 +171,7 @@ def _figures_to_draw(args: argparse.Namespace, pipe: DDPMExtPipeline | None) -> 
 
 
 def _held_out_split(args: argparse.Namespace) -> str:
-    """'test' for a built-in data set that has one (never trained on), else 'train' (all a folder has)."""
+    """'test' for a built-in data set that has one (held out, as in `ddpm-ext evaluate`), else 'train'."""
     builtin = None if args.train_data_dir else BUILTIN_DATASETS.get(args.dataset)
     return "test" if builtin is not None and "test" in builtin.splits else "train"
 

@@ -10,7 +10,7 @@ Examples:
 ```bash
 ddpm-ext sample outputs/mnist --num_images 64 --steps 100 --output samples.png
 ddpm-ext sample outputs/mnist --scheduler ddim --steps 50 --eta 0.0 --images_dir samples/
-ddpm-ext figures --pipeline outputs/mnist --output_dir figures
+ddpm-ext figures outputs/mnist --output_dir figures
 ddpm-ext evaluate outputs/mnist --num_samples 100 --samplers ddpm:1000 ddim:50:0 --output_dir eval
 ```
 """
@@ -29,7 +29,8 @@ __all__ = ["COMMANDS", "main", "build_parser", "int_at_least", "positive_int", "
 # name -> (help, module exposing add_arguments(parser) and run(args) -> int)
 COMMANDS: dict[str, tuple[str, str]] = {
     "sample": ("Sample images from a trained pipeline into a PNG grid.", "ddpm_ext.commands.sample"),
-    "figures": ("Write the lecture's figures (forward process, schedules, reverse process, samplers).", "ddpm_ext.commands.figures"),
+    "figures": ("Write the lecture's figures (forward and reverse process, schedules, samplers, inpainting, classes).",
+                "ddpm_ext.commands.figures"),
     "evaluate": ("Score a pipeline: bits/dim on held-out images, FID/KID of samples per sampler.", "ddpm_ext.commands.evaluate"),
     "inpaint": ("Fill the masked part of an image with a trained pipeline (RePaint).", "ddpm_ext.commands.inpaint"),
     "push": ("Upload a saved pipeline folder with its model card and samples to the Hub.", "ddpm_ext.commands.push"),

@@ -1,4 +1,4 @@
-"""`ddpm-ext`: sample and figures run in-process through `main([...])`; one subprocess test of the entry point."""
+"""`ddpm-ext`: sample runs in-process through `main([...])`; one subprocess test of the entry point."""
 
 from __future__ import annotations
 
@@ -153,52 +153,6 @@ def test_sample_bad_pipeline_path(tmp_path, capsys):
     assert main(["sample", str(tmp_path / "empty"), "--output", str(tmp_path / "g.png")]) == 2
     assert "has no model_index.json" in capsys.readouterr().err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["empty"]
-
-
-def test_figures_without_and_with_a_pipeline(tiny_pipeline_dir, tmp_path, capsys):
-    out = tmp_path / "figs"
-    images = str(_image_folder(tmp_path))
-    assert main(["figures", "--output_dir", str(out), "--num_train_timesteps", "50", "--train_data_dir", images]) == 0
-    assert sorted(p.name for p in out.iterdir()) == ["forward_process.png", "schedules.png"]
-    assert Image.open(out / "schedules.png").size == (1500, 460)
-    capsys.readouterr()
-
-    out2 = tmp_path / "figs2"
-    assert main(["figures", "--pipeline", str(tiny_pipeline_dir), "--output_dir", str(out2), "--steps", "4",
-                 "--step_counts", "2,4", "--num_images", "2", "--train_data_dir", images]) == 0
-    names = ["ddpm_vs_ddim.png", "forward_process.png", "noise_comparison.png", "reverse_trajectory.gif",
-             "reverse_trajectory.png", "schedules.png"]
-    assert sorted(p.name for p in out2.iterdir()) == names
-    printed = capsys.readouterr().out.split()
-    assert sorted(Path(p).name for p in printed) == names
-    assert Image.open(out2 / "reverse_trajectory.gif").n_frames == 5  # x_T and 4 steps
-
-
-def _image_folder(tmp_path) -> Path:
-    folder = tmp_path / "images"
-    folder.mkdir()
-    Image.fromarray(np.tile(np.arange(12, dtype=np.uint8) * 20, (12, 1))).save(folder / "a.png")
-    return folder
-
-
-@pytest.mark.parametrize(
-    "extra, message",
-    [
-        (["--output_dir", "{tmp}/afile"], "exists and is not a folder"),
-        (["--step_counts", "10,0"], "argument --step_counts: must be comma-separated integers >= 1"),
-        (["--pipeline", "{tmp}/missing"], "neither an existing folder"),
-        (["--pipeline", "{pipe}", "--steps", str(TINY_T + 1)], "must be at most"),
-        (["--image_index", "5000"], "`--image_index` must be below"),
-    ],
-)
-def test_figures_bad_option(tiny_pipeline_dir, tmp_path, capsys, extra, message):
-    (tmp_path / "afile").write_text("x")
-    extra = [e.replace("{tmp}", str(tmp_path)).replace("{pipe}", str(tiny_pipeline_dir)) for e in extra]
-    if "--output_dir" not in extra:
-        extra += ["--output_dir", str(tmp_path / "figs")]
-    assert main(["figures", "--train_data_dir", str(_image_folder(tmp_path)), *extra]) == 2
-    assert message in capsys.readouterr().err
-    assert not (tmp_path / "figs").exists()
 
 
 def test_help_and_unknown_command(capsys):

@@ -2,20 +2,21 @@
 
 from __future__ import annotations
 
+import dataclasses
 import doctest
+import importlib
+import inspect
 import math
+import pkgutil
 
 import numpy as np
 import pytest
 import torch
-
-from ddpm_ext.seeding import image_seed
 from diffusers.utils.torch_utils import randn_tensor
 from PIL import Image
 from tiny_pipeline import TINY_SIZE, TINY_T, make_tiny_pipeline
 
-from ddpm_ext import DDIMExtScheduler, DDPMExtPipeline, DDPMExtScheduler
-from ddpm_ext import figures
+from ddpm_ext import DDIMExtScheduler, DDPMExtPipeline, DDPMExtScheduler, figures
 from ddpm_ext.figures import (
     ddpm_vs_ddim_figure,
     forward_process_figure,
@@ -23,8 +24,20 @@ from ddpm_ext.figures import (
     reverse_trajectory_figure,
     schedule_figure,
 )
+from ddpm_ext.seeding import image_seed
 
 PAD = 2  # grid padding of the figures
+
+# each figure function and the dataclass it returns
+SEVEN_FIGURES = {
+    "forward_process_figure": "ForwardProcessFigure",
+    "schedule_figure": "ScheduleFigure",
+    "reverse_trajectory_figure": "ReverseTrajectoryFigure",
+    "noise_comparison_figure": "NoiseComparisonFigure",
+    "ddpm_vs_ddim_figure": "SamplerComparisonFigure",
+    "inpainting_figure": "InpaintingFigure",
+    "class_grid_figure": "ClassGridFigure",
+}
 
 
 def closed_form_betas(name: str, T: int) -> np.ndarray:
@@ -101,7 +114,8 @@ def test_schedule_curves_equal_closed_forms(tmp_path):
         np.testing.assert_allclose(fig.betas[name], betas, rtol=1e-12)
         np.testing.assert_allclose(fig.alphas_cumprod[name], ab, rtol=1e-12)
         np.testing.assert_allclose(fig.log_snr[name], np.log(ab / (1 - ab)), rtol=1e-9, atol=1e-9)
-        np.testing.assert_allclose(fig.posterior_variance[name], (1 - ab_prev) / (1 - ab) * betas, rtol=1e-9, atol=1e-15)
+        np.testing.assert_allclose(fig.posterior_variance[name], (1 - ab_prev) / (1 - ab) * betas,
+                                   rtol=1e-9, atol=1e-15)
         assert fig.posterior_variance[name][0] == 0 and (fig.posterior_variance[name][1:] < betas[1:]).all()
     assert Image.open(fig.path).size == fig.size == (1500, 460)
 
@@ -187,7 +201,8 @@ def test_ddpm_vs_ddim_panels_equal_their_loops(pipe, tmp_path):
             for t in ddim.timesteps:
                 x = ddim.step(pipe.unet(x, t).sample, t, x, eta=0.0, use_clipped_model_output=True).prev_sample
         torch.testing.assert_close(fig.samples[("ddim", steps)], x.clamp(-1, 1), rtol=0, atol=1e-5)
-        ddpm = pipe(batch_size=2, generator=manual_generators(seeds), num_inference_steps=steps, output_type="pt").images
+        ddpm = pipe(batch_size=2, generator=manual_generators(seeds), num_inference_steps=steps,
+                    output_type="pt").images
         torch.testing.assert_close(fig.samples[("ddpm", steps)], ddpm * 2 - 1, rtol=0, atol=1e-6)
     assert Image.open(fig.path).size == fig.size
     assert fig.size[0] == strip_width(2, 3 * TINY_SIZE)
@@ -198,10 +213,12 @@ def test_ddpm_vs_ddim_panels_equal_their_loops(pipe, tmp_path):
     "call, message",
     [
         (lambda p, d: noise_comparison_figure(p, d / "a.png", num_inference_steps=TINY_T + 1), "at most"),
-        (lambda p, d: noise_comparison_figure(p, d / "a.png", num_inference_steps=2, num_images=0), "`num_images` must be an integer >= 1"),
+        (lambda p, d: noise_comparison_figure(p, d / "a.png", num_inference_steps=2, num_images=0),
+         "`num_images` must be an integer >= 1"),
         (lambda p, d: ddpm_vs_ddim_figure(p, d / "a.png", step_counts=(0, 5)), "`step_counts` must be an integer"),
         (lambda p, d: ddpm_vs_ddim_figure(p, d / "a.png", step_counts=()), "at least one"),
-        (lambda p, d: ddpm_vs_ddim_figure(p, d / "a.png", step_counts=(2,), eta=1.5), r"`eta` must be a number in \[0, 1\]"),
+        (lambda p, d: ddpm_vs_ddim_figure(p, d / "a.png", step_counts=(2,), eta=1.5),
+         r"`eta` must be a number in \[0, 1\]"),
         (lambda p, d: reverse_trajectory_figure(p, d / "a.png", num_inference_steps=2, num_columns=0), "`num_columns`"),
         (lambda p, d: reverse_trajectory_figure(object(), d / "a.png", num_inference_steps=2), "DDPMExtPipeline"),
     ],
@@ -212,6 +229,22 @@ def test_model_figures_bad_input(pipe, tmp_path, call, message):
     assert not list(tmp_path.iterdir())
 
 
-def test_docstring_examples():
-    result = doctest.testmod(figures, optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
+@pytest.mark.parametrize("module", sorted(m.name for m in pkgutil.iter_modules(figures.__path__)))
+def test_docstring_examples(module):
+    mod = importlib.import_module(f"ddpm_ext.figures.{module}")
+    result = doctest.testmod(mod, optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
     assert result.attempted > 0 and result.failed == 0
+
+
+def test_all_names_the_seven_figures_each_next_to_its_dataclass():
+    assert sorted(figures.__all__) == sorted({*SEVEN_FIGURES, *SEVEN_FIGURES.values(), "LECTURE_SCHEDULES"})
+    namespace: dict = {}
+    exec("from ddpm_ext.figures import *", namespace)
+    assert set(figures.__all__) <= set(namespace)
+    for function_name, class_name in SEVEN_FIGURES.items():
+        function, cls = getattr(figures, function_name), getattr(figures, class_name)
+        assert dataclasses.is_dataclass(cls) and "path" in {f.name for f in dataclasses.fields(cls)}
+        assert function.__module__ == cls.__module__ != "ddpm_ext.figures"  # in the same module of the package
+        assert inspect.signature(function).return_annotation == class_name  # it returns that dataclass
+        assert f"[`{function_name}`]" in figures.__doc__  # the package docstring lists it
+    assert figures.__doc__.count("_figure`]") == 7 and "Seven figures" in figures.__doc__

@@ -1,7 +1,8 @@
-"""`DDPMExtPipeline`: unconditional DDPM / DDIM sampling from one trained UNet, with an opt-in fast path.
+"""`DDPMExtPipeline`: sampling from a trained UNet with DDPM, DDIM or a compatible diffusers scheduler.
 
 Saving and loading (diffusers' `DDPMPipeline` layout, which vanilla diffusers loads) live in
-[`checkpoint_io`](checkpoint_io.py).
+[`checkpoint_io`](checkpoint_io.py), and the opt-in fast path of the UNet calls in
+[`fast_path`](fast_path.py).
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from .checkpoint_io import (
     saved_guide,
     square_sample_size,
 )
+from .fast_path import FastPath, unet_call
 from .guidance import (
     autoguide,
     check_autoguidance_scale,
@@ -47,9 +49,6 @@ from .guidance import (
 
 OutputType = Literal["pil", "np", "pt", "latent", "numpy"]
 OUTPUT_TYPES: tuple[str, ...] = get_args(OutputType)
-AUTOCAST_DTYPES = (None, torch.bfloat16, torch.float16)
-COMPILE_MODES = (None, "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
-
 
 
 def draw_initial_noise(
@@ -207,11 +206,10 @@ class DDPMExtPipeline(DiffusionPipeline):
         self.register_modules(unet=unet, scheduler=scheduler, guide_unet=guide_unet)
         self._num_timesteps = 0
         self._interrupt = False
-        self._fast_path: dict[str, Any] | None = None
-        self._compiled: dict[str, Callable[..., Any]] = {}  # compiled UNets by component name (fast path)
+        self._fast_path: FastPath | None = None  # the enabled fast path (see fast_path.py)
 
     # ----------------------------------------------------------------------------------------------
-    # Fast path (opt-in; see the README's "Speed" section for the measured effect of every option)
+    # Fast path (opt-in; the machinery is in fast_path.py, the README's "Speed" section measures it)
     # ----------------------------------------------------------------------------------------------
     def enable_fast_path(
         self,
@@ -230,8 +228,8 @@ class DDPMExtPipeline(DiffusionPipeline):
                 `torch.float16`; the scheduler step stays in the sample's dtype. Fast only on hardware with such
                 arithmetic (tensor cores, AVX512-BF16 / AMX CPUs); elsewhere it is slower. Images differ from
                 float32 ones by the UNet's reduced-precision error.
-            compile (`bool`, defaults to `False`): `torch.compile` the UNet (compiled at the first call, which
-                takes from seconds on a GPU to minutes on a CPU; later calls reuse it).
+            compile (`bool`, defaults to `False`): `torch.compile` the UNet (compiled at its first call; later
+                calls reuse it).
             compile_mode (`str`, *optional*): `torch.compile`'s `mode`: `"default"`, `"reduce-overhead"` (CUDA
                 graphs on a GPU), `"max-autotune"` or `"max-autotune-no-cudagraphs"`; needs `compile=True`.
 
@@ -258,35 +256,17 @@ class DDPMExtPipeline(DiffusionPipeline):
 
         ```
         """
-        for name, value in (("channels_last", channels_last), ("compile", compile)):
-            if not isinstance(value, bool):
-                raise ValueError(f"`{name}` must be True or False, got {value!r}.")
-        if autocast_dtype not in AUTOCAST_DTYPES:
-            raise ValueError(f"`autocast_dtype` must be one of {list(AUTOCAST_DTYPES)}, got {autocast_dtype!r}.")
-        if compile_mode not in COMPILE_MODES:
-            raise ValueError(f"`compile_mode` must be one of {list(COMPILE_MODES)}, got {compile_mode!r}.")
-        if compile_mode is not None and not compile:
-            raise ValueError(f"`compile_mode`={compile_mode!r} needs `compile=True`.")
+        fast = FastPath(channels_last, autocast_dtype, compile, compile_mode)  # checked before anything changes
         self.disable_fast_path()
-        for name, model in self._unets().items():  # the UNet and, when there is one, the autoguidance guide
-            if channels_last:
-                model.to(memory_format=torch.channels_last)
-            if compile:
-                self._compiled[name] = torch.compile(model, mode=compile_mode)
-        self._fast_path = {
-            "channels_last": channels_last,
-            "autocast_dtype": autocast_dtype,
-            "compile": compile,
-            "compile_mode": compile_mode,
-        }
+        fast.apply(self._unets())  # the UNet and, when there is one, the autoguidance guide
+        self._fast_path = fast
         return self
 
     def disable_fast_path(self) -> "DDPMExtPipeline":
         """Back to the default path: contiguous weights, float32 UNet calls, no compiled UNet."""
-        if self._fast_path is not None and self._fast_path["channels_last"]:
-            for model in self._unets().values():
-                model.to(memory_format=torch.contiguous_format)
-        self._fast_path, self._compiled = None, {}
+        if self._fast_path is not None:
+            self._fast_path.remove(self._unets())
+        self._fast_path = None
         return self
 
     def _unets(self) -> dict[str, UNet2DModel]:
@@ -319,7 +299,7 @@ class DDPMExtPipeline(DiffusionPipeline):
     @property
     def fast_path(self) -> dict[str, Any] | None:
         """The options given to [`enable_fast_path`], or `None` when sampling takes the default path."""
-        return None if self._fast_path is None else dict(self._fast_path)
+        return None if self._fast_path is None else self._fast_path.options
 
     @property
     def id2label(self) -> dict[int, str] | None:
@@ -328,24 +308,9 @@ class DDPMExtPipeline(DiffusionPipeline):
         return dict(enumerate(class_names(self.unet))) if is_class_conditional(self.unet) else None
 
     def _unet_call(self, device: torch.device, component: str = "unet") -> Callable[..., torch.Tensor]:
-        """`(x_t, t, **labels) -> model output` of the `component` UNet ("unet" or "guide_unet") in x_t's dtype,
-        through the fast path when it is enabled (`labels`: `class_labels=` for a class-conditional UNet, see
-        `guidance.py`)."""
-        fast = self._fast_path
-        model = getattr(self, component)
-        if fast is None:
-            return lambda x, t, **labels: model(x, t, **labels).sample
-        unet = self._compiled.get(component, model)
-        dtype = fast["autocast_dtype"]
-        if dtype is None:
-            return lambda x, t, **labels: unet(x, t, **labels).sample
-
-        def call(x: torch.Tensor, t: torch.Tensor, **labels: torch.Tensor) -> torch.Tensor:
-            with torch.autocast(device.type, dtype=dtype):
-                out = unet(x, t, **labels).sample
-            return out.to(x.dtype)
-
-        return call
+        """The `component` UNet's call ("unet" or "guide_unet") through the fast path when it is enabled
+        ([`unet_call`])."""
+        return unet_call(getattr(self, component), device, self._fast_path, component)
 
     @property
     def num_timesteps(self) -> int:
@@ -478,8 +443,8 @@ class DDPMExtPipeline(DiffusionPipeline):
         if scheduler.init_noise_sigma != 1.0:
             latents = latents * scheduler.init_noise_sigma
         trajectory, x0s = ([latents.cpu()], []) if return_trajectory else (None, None)
-        if self._fast_path is not None and self._fast_path["channels_last"]:
-            latents = latents.contiguous(memory_format=torch.channels_last)
+        if self._fast_path is not None:
+            latents = self._fast_path.sample_layout(latents)
         model = self._unet_call(device)
         if guidance is not None:  # class labels (and the null class for guidance) in one batched call
             model = guidance.wrap(model)

@@ -388,8 +388,8 @@ class DDPMExtInpaintPipeline(DDPMExtPipeline):
         model = self._unet_call(device)
         if guidance is not None:  # the guided ε̂ in step 2; masking and jumps are unchanged
             model = guidance.wrap(model)
-        if self._fast_path is not None and self._fast_path["channels_last"]:
-            x = x.contiguous(memory_format=torch.channels_last)
+        if self._fast_path is not None:
+            x = self._fast_path.sample_layout(x)
 
         def timestep(level: int) -> int:
             return grid[S - 1 - level] if level >= 0 else -1

@@ -37,15 +37,9 @@ import torch
 from ..images import convert_image, normalize, to_unit
 from ..schedulers.scheduling_common import ScheduleMixin, draw_noise
 from ..validation import check_int
+from .chain_start import draw_initial_noise, resolve_timestep_spacing, set_sampling_timesteps
 from .guidance import prepare_guidance
-from .pipeline_ddpm_ext import (
-    DDPMExtPipeline,
-    DDPMExtPipelineOutput,
-    OutputType,
-    draw_initial_noise,
-    resolve_timestep_spacing,
-    set_sampling_timesteps,
-)
+from .pipeline_ddpm_ext import DDPMExtPipeline, DDPMExtPipelineOutput, OutputType
 
 __all__ = [
     "DDPMExtInpaintPipeline",

@@ -1,7 +1,8 @@
-"""`DDPMExtPipeline`: unconditional DDPM / DDIM sampling from one trained UNet, with an opt-in fast path.
+"""`DDPMExtPipeline`: sampling from a trained UNet with DDPM, DDIM or a compatible diffusers scheduler.
 
 Saving and loading (diffusers' `DDPMPipeline` layout, which vanilla diffusers loads) live in
-[`checkpoint_io`](checkpoint_io.py).
+[`checkpoint_io`](checkpoint_io.py), the opt-in fast path of the UNet calls in [`fast_path`](fast_path.py), and
+the start of the chain (x_T, the call's timesteps) in [`chain_start`](chain_start.py).
 """
 
 from __future__ import annotations
@@ -17,11 +18,10 @@ import torch
 from diffusers import DiffusionPipeline, ImagePipelineOutput, UNet2DModel
 from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
-from diffusers.utils.torch_utils import randn_tensor
 
 from ..images import images_to_uint8
 from ..likelihood import BitsPerDimOutput, bits_per_dim
-from ..schedulers.scheduling_common import SAMPLING_TIMESTEP_SPACING, TIMESTEP_SPACINGS, ScheduleMixin
+from ..schedulers.scheduling_common import ScheduleMixin
 from ..validation import check_choice, check_int, check_number
 from .checkpoint_io import (
     GUIDE_DIR,
@@ -34,6 +34,8 @@ from .checkpoint_io import (
     saved_guide,
     square_sample_size,
 )
+from .chain_start import draw_initial_noise, resolve_timestep_spacing, set_sampling_timesteps
+from .fast_path import FastPath, unet_call
 from .guidance import (
     autoguide,
     check_autoguidance_scale,
@@ -47,107 +49,6 @@ from .guidance import (
 
 OutputType = Literal["pil", "np", "pt", "latent", "numpy"]
 OUTPUT_TYPES: tuple[str, ...] = get_args(OutputType)
-AUTOCAST_DTYPES = (None, torch.bfloat16, torch.float16)
-COMPILE_MODES = (None, "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
-
-
-
-def draw_initial_noise(
-    shape: tuple[int, ...],
-    generator: torch.Generator | list[torch.Generator] | None,
-    device: torch.device,
-    dtype: torch.dtype,
-) -> torch.Tensor:
-    """x_T ~ N(0, I), drawn exactly as diffusers' `DDPMPipeline` (and `DDPMExtPipeline`) draw it.
-
-    On "mps" the numbers are drawn on the CPU and moved (randn on mps is not reproducible).
-    """
-    if device.type == "mps":
-        return randn_tensor(shape, generator=generator, dtype=dtype).to(device)
-    return randn_tensor(shape, generator=generator, device=device, dtype=dtype)
-
-
-def resolve_timestep_spacing(
-    scheduler: SchedulerMixin, timestep_spacing: str | None = None, *, custom_timesteps: bool = False
-) -> str | None:
-    """The timestep spacing a [`DDPMExtPipeline`] call samples with, after checking the call's `timestep_spacing`.
-
-    `None` (the pipeline's default) means the scheduler config's own spacing, except that diffusers' default
-    `"leading"` becomes `"trailing"` ([`SAMPLING_TIMESTEP_SPACING`]: few-step chains start at t = T - 1, not at
-    (S - 1)·T/S). An explicit value is used as it is (`"leading"` with a leading config: diffusers' behaviour).
-
-    Args:
-        scheduler (`SchedulerMixin`): the sampler; it needs `timestep_spacing` in its config for a spacing to apply.
-        timestep_spacing (`str`, *optional*): `"leading"`, `"trailing"`, `"linspace"`, or `None`.
-        custom_timesteps (`bool`, defaults to `False`): the call passes its own `timesteps` (no spacing applies).
-
-    Returns:
-        `str` or `None`: the spacing, or `None` where none applies (custom timesteps, or a scheduler without the
-        option).
-
-    Raises:
-        `ValueError`: for a value outside the three, or an explicit value with custom `timesteps` or with a
-            scheduler whose config has no `timestep_spacing`.
-
-    Example:
-
-    ```py
-    >>> from ddpm_ext import DDPMExtScheduler
-    >>> from ddpm_ext.pipelines.pipeline_ddpm_ext import resolve_timestep_spacing
-    >>> resolve_timestep_spacing(DDPMExtScheduler()), resolve_timestep_spacing(DDPMExtScheduler(), "leading")
-    ('trailing', 'leading')
-
-    ```
-    """
-    if timestep_spacing is not None:
-        check_choice("timestep_spacing", timestep_spacing, TIMESTEP_SPACINGS)
-        if custom_timesteps:
-            raise ValueError(
-                f"`timestep_spacing`={timestep_spacing!r} does not apply with custom `timesteps`; pass one or the other."
-            )
-    configured = scheduler.config.get("timestep_spacing")
-    if custom_timesteps:
-        return None
-    if configured is None:
-        if timestep_spacing is not None:
-            raise ValueError(
-                f"`timestep_spacing`={timestep_spacing!r} needs a scheduler with a `timestep_spacing` option; "
-                f"{type(scheduler).__name__} has none (allowed for it: None)."
-            )
-        return None
-    if timestep_spacing is None:
-        return SAMPLING_TIMESTEP_SPACING if configured == "leading" else configured
-    return timestep_spacing
-
-
-def set_sampling_timesteps(
-    scheduler: SchedulerMixin,
-    num_inference_steps: int | None = None,
-    *,
-    timesteps: list[int] | None = None,
-    timestep_spacing: str | None = None,
-    device: torch.device | str | None = None,
-) -> None:
-    """`scheduler.set_timesteps` with `timestep_spacing` (as [`resolve_timestep_spacing`] gives it) in place of the
-    config's for this one call: the config is restored right after, so the user's scheduler keeps its own config
-    (and saves it unchanged); only `timesteps`, which every `set_timesteps` call sets, reflect the spacing.
-
-    Every scheduler's `step` then walks `scheduler.timesteps` (ddpm_ext's land on the next kept timestep for every
-    spacing; diffusers' `DDPMScheduler` / `DDIMScheduler` step to t − T // S, the next kept timestep only when S
-    divides T).
-    """
-    if timesteps is not None:
-        scheduler.set_timesteps(timesteps=timesteps, device=device)
-        return
-    saved = scheduler._internal_dict
-    if timestep_spacing is None or timestep_spacing == saved.get("timestep_spacing"):
-        scheduler.set_timesteps(num_inference_steps, device=device)
-        return
-    scheduler.register_to_config(timestep_spacing=timestep_spacing)
-    try:
-        scheduler.set_timesteps(num_inference_steps, device=device)
-    finally:
-        scheduler._internal_dict = saved  # the very same config object as before the call
 
 
 @dataclass
@@ -207,11 +108,10 @@ class DDPMExtPipeline(DiffusionPipeline):
         self.register_modules(unet=unet, scheduler=scheduler, guide_unet=guide_unet)
         self._num_timesteps = 0
         self._interrupt = False
-        self._fast_path: dict[str, Any] | None = None
-        self._compiled: dict[str, Callable[..., Any]] = {}  # compiled UNets by component name (fast path)
+        self._fast_path: FastPath | None = None  # the enabled fast path (see fast_path.py)
 
     # ----------------------------------------------------------------------------------------------
-    # Fast path (opt-in; see the README's "Speed" section for the measured effect of every option)
+    # Fast path (opt-in; the machinery is in fast_path.py, the README's "Speed" section measures it)
     # ----------------------------------------------------------------------------------------------
     def enable_fast_path(
         self,
@@ -230,8 +130,8 @@ class DDPMExtPipeline(DiffusionPipeline):
                 `torch.float16`; the scheduler step stays in the sample's dtype. Fast only on hardware with such
                 arithmetic (tensor cores, AVX512-BF16 / AMX CPUs); elsewhere it is slower. Images differ from
                 float32 ones by the UNet's reduced-precision error.
-            compile (`bool`, defaults to `False`): `torch.compile` the UNet (compiled at the first call, which
-                takes from seconds on a GPU to minutes on a CPU; later calls reuse it).
+            compile (`bool`, defaults to `False`): `torch.compile` the UNet (compiled at its first call; later
+                calls reuse it).
             compile_mode (`str`, *optional*): `torch.compile`'s `mode`: `"default"`, `"reduce-overhead"` (CUDA
                 graphs on a GPU), `"max-autotune"` or `"max-autotune-no-cudagraphs"`; needs `compile=True`.
 
@@ -258,35 +158,17 @@ class DDPMExtPipeline(DiffusionPipeline):
 
         ```
         """
-        for name, value in (("channels_last", channels_last), ("compile", compile)):
-            if not isinstance(value, bool):
-                raise ValueError(f"`{name}` must be True or False, got {value!r}.")
-        if autocast_dtype not in AUTOCAST_DTYPES:
-            raise ValueError(f"`autocast_dtype` must be one of {list(AUTOCAST_DTYPES)}, got {autocast_dtype!r}.")
-        if compile_mode not in COMPILE_MODES:
-            raise ValueError(f"`compile_mode` must be one of {list(COMPILE_MODES)}, got {compile_mode!r}.")
-        if compile_mode is not None and not compile:
-            raise ValueError(f"`compile_mode`={compile_mode!r} needs `compile=True`.")
+        fast = FastPath(channels_last, autocast_dtype, compile, compile_mode)  # checked before anything changes
         self.disable_fast_path()
-        for name, model in self._unets().items():  # the UNet and, when there is one, the autoguidance guide
-            if channels_last:
-                model.to(memory_format=torch.channels_last)
-            if compile:
-                self._compiled[name] = torch.compile(model, mode=compile_mode)
-        self._fast_path = {
-            "channels_last": channels_last,
-            "autocast_dtype": autocast_dtype,
-            "compile": compile,
-            "compile_mode": compile_mode,
-        }
+        fast.apply(self._unets())  # the UNet and, when there is one, the autoguidance guide
+        self._fast_path = fast
         return self
 
     def disable_fast_path(self) -> "DDPMExtPipeline":
         """Back to the default path: contiguous weights, float32 UNet calls, no compiled UNet."""
-        if self._fast_path is not None and self._fast_path["channels_last"]:
-            for model in self._unets().values():
-                model.to(memory_format=torch.contiguous_format)
-        self._fast_path, self._compiled = None, {}
+        if self._fast_path is not None:
+            self._fast_path.remove(self._unets())
+        self._fast_path = None
         return self
 
     def _unets(self) -> dict[str, UNet2DModel]:
@@ -319,7 +201,7 @@ class DDPMExtPipeline(DiffusionPipeline):
     @property
     def fast_path(self) -> dict[str, Any] | None:
         """The options given to [`enable_fast_path`], or `None` when sampling takes the default path."""
-        return None if self._fast_path is None else dict(self._fast_path)
+        return None if self._fast_path is None else self._fast_path.options
 
     @property
     def id2label(self) -> dict[int, str] | None:
@@ -328,24 +210,9 @@ class DDPMExtPipeline(DiffusionPipeline):
         return dict(enumerate(class_names(self.unet))) if is_class_conditional(self.unet) else None
 
     def _unet_call(self, device: torch.device, component: str = "unet") -> Callable[..., torch.Tensor]:
-        """`(x_t, t, **labels) -> model output` of the `component` UNet ("unet" or "guide_unet") in x_t's dtype,
-        through the fast path when it is enabled (`labels`: `class_labels=` for a class-conditional UNet, see
-        `guidance.py`)."""
-        fast = self._fast_path
-        model = getattr(self, component)
-        if fast is None:
-            return lambda x, t, **labels: model(x, t, **labels).sample
-        unet = self._compiled.get(component, model)
-        dtype = fast["autocast_dtype"]
-        if dtype is None:
-            return lambda x, t, **labels: unet(x, t, **labels).sample
-
-        def call(x: torch.Tensor, t: torch.Tensor, **labels: torch.Tensor) -> torch.Tensor:
-            with torch.autocast(device.type, dtype=dtype):
-                out = unet(x, t, **labels).sample
-            return out.to(x.dtype)
-
-        return call
+        """The `component` UNet's call ("unet" or "guide_unet") through the fast path when it is enabled
+        ([`unet_call`])."""
+        return unet_call(getattr(self, component), device, self._fast_path, component)
 
     @property
     def num_timesteps(self) -> int:
@@ -478,8 +345,8 @@ class DDPMExtPipeline(DiffusionPipeline):
         if scheduler.init_noise_sigma != 1.0:
             latents = latents * scheduler.init_noise_sigma
         trajectory, x0s = ([latents.cpu()], []) if return_trajectory else (None, None)
-        if self._fast_path is not None and self._fast_path["channels_last"]:
-            latents = latents.contiguous(memory_format=torch.channels_last)
+        if self._fast_path is not None:
+            latents = self._fast_path.sample_layout(latents)
         model = self._unet_call(device)
         if guidance is not None:  # class labels (and the null class for guidance) in one batched call
             model = guidance.wrap(model)

@@ -37,15 +37,9 @@ import torch
 from ..images import convert_image, normalize, to_unit
 from ..schedulers.scheduling_common import ScheduleMixin, draw_noise
 from ..validation import check_int
+from .chain_start import draw_initial_noise, resolve_timestep_spacing, set_sampling_timesteps
 from .guidance import prepare_guidance
-from .pipeline_ddpm_ext import (
-    DDPMExtPipeline,
-    DDPMExtPipelineOutput,
-    OutputType,
-    draw_initial_noise,
-    resolve_timestep_spacing,
-    set_sampling_timesteps,
-)
+from .pipeline_ddpm_ext import DDPMExtPipeline, DDPMExtPipelineOutput, OutputType
 
 __all__ = [
     "DDPMExtInpaintPipeline",
@@ -388,8 +382,8 @@ class DDPMExtInpaintPipeline(DDPMExtPipeline):
         model = self._unet_call(device)
         if guidance is not None:  # the guided ε̂ in step 2; masking and jumps are unchanged
             model = guidance.wrap(model)
-        if self._fast_path is not None and self._fast_path["channels_last"]:
-            x = x.contiguous(memory_format=torch.channels_last)
+        if self._fast_path is not None:
+            x = self._fast_path.sample_layout(x)
 
         def timestep(level: int) -> int:
             return grid[S - 1 - level] if level >= 0 else -1

@@ -48,7 +48,7 @@ TIMESTEP_SPACINGS: tuple[str, ...] = get_args(TimestepSpacing)
 SAMPLING_TIMESTEP_SPACING: TimestepSpacing = "trailing"
 # The number of (respaced, trailing) DDPM steps that `ddpm-ext sample`, the training script's sample grid and the
 # model card's snippet use: the fewest whose samples are within noise of DDPM-1000 on every measure of the sampler
-# study (README "Sampler study": classifier IS 7.25 ± 0.14 against 7.39, FID/KID/precision/recall better).
+# study (the README's "Sampler study" has the numbers and the command).
 DEFAULT_SAMPLING_STEPS: int = 50
 
 # The lecture's schedule names -> the names diffusers stores in its configs. We store the diffusers
@@ -161,8 +161,8 @@ def draw_noise(
     """z ~ N(0, I) of `like`'s shape, device and dtype, the same numbers diffusers' `randn_tensor` draws.
 
     With no generator, or one generator on `like`'s device, this is the single `torch.randn` call that
-    `randn_tensor` makes, without its per-call checks (a fifth of a lean sampling step on a CPU). A list of
-    generators (one per image), or a CPU generator for an accelerator tensor, goes through `randn_tensor` itself.
+    `randn_tensor` makes, without its per-call checks. A list of generators (one per image), or a CPU generator
+    for an accelerator tensor, goes through `randn_tensor` itself.
     """
     device = like.device
     if device.type != "neuron" and (
@@ -179,7 +179,7 @@ def broadcast_to(coef: torch.Tensor, ndim: int) -> torch.Tensor:
 
 # diffusers' schedulers that `DDPMExtPipeline`'s loop samples correctly from a DDPM-trained ε-model (each is
 # tested with an exact-ε Gaussian model in tests/pipelines/test_scheduler_swaps.py). Left out: Heun and KDPM2
-# (/Ancestral), whose samples stayed ~9% too wide at 50 and 200 steps in that test; DPMSolverSDE (needs
+# (/Ancestral), whose samples came out too wide at 50 and 200 steps in that test; DPMSolverSDE (needs
 # torchsde); EDMEuler (feeds the model EDM's c_noise, not a DDPM timestep); DDIMInverse, LCM, TCD and the
 # flow-matching schedulers (other parameterisations or no step from noise to data).
 COMPATIBLE_DIFFUSERS_SCHEDULERS: tuple[str, ...] = (
@@ -234,8 +234,8 @@ class StepOutput(BaseOutput):
     pred_original_sample: torch.Tensor | None = None
 
     def __post_init__(self) -> None:
-        # BaseOutput.__post_init__ fills the same entries after introspecting the dataclass fields on every call,
-        # a tenth of a lean sampling step on a CPU; these two fields are known.
+        # BaseOutput.__post_init__ fills the same entries after introspecting the dataclass fields on every call;
+        # these two fields are known.
         for name, value in (("prev_sample", self.prev_sample), ("pred_original_sample", self.pred_original_sample)):
             if value is not None:
                 OrderedDict.__setitem__(self, name, value)
@@ -472,9 +472,9 @@ class ScheduleMixin(SchedulerMixin):
     def _as_scalars(self, key: tuple, floats: NamedTuple, like: torch.Tensor) -> NamedTuple:
         """`floats` (one step's coefficients) with every float as a 0-dim CPU tensor of `like`'s dtype; cached.
 
-        A Python number in `x * c` is wrapped into a new tensor on every call, which doubles the cost of a small
-        elementwise op; a ready 0-dim CPU tensor of `like`'s dtype is passed to the kernel the same way (as a
-        host-side scalar, also for CUDA tensors: no copy, no sync) and gives the same bits. That holds for
+        A Python number in `x * c` is wrapped into a new tensor on every call; a ready 0-dim CPU tensor of
+        `like`'s dtype is passed to the kernel the same way (as a host-side scalar, also for CUDA tensors: no copy,
+        no sync) and gives the same bits. That holds for
         float32 and float64; for other dtypes (float16, bfloat16: PyTorch computes them in float32, and a
         float32 0-dim tensor would be rounded to the sample's dtype on the CPU) the Python floats are kept.
         Non-float fields (flags) are kept as they are. `key` names the step; `set_timesteps` clears the cache.

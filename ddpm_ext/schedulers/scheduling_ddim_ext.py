@@ -197,7 +197,7 @@ class DDIMExtScheduler(ScheduleMixin, ConfigMixin):
         s = self._step_cache.get(key)
         if s is None:
             s = self._step_cache[key] = self._coefficients(i, eta)  # Python floats
-        c = self._as_scalars(key, s, sample)  # the same as 0-dim tensors of the sample's dtype (same bits, faster)
+        c = self._as_scalars(key, s, sample)  # as 0-dim tensors of the sample's dtype (same bits)
         channels = sample.shape[1]
         if model_output.shape[1] == 2 * channels and learns_variance(self.variance_kind):
             model_output = model_output[:, :channels]  # DDIM uses the mean channels only
@@ -213,13 +213,14 @@ class DDIMExtScheduler(ScheduleMixin, ConfigMixin):
             eps = eps + c.eps_per_x0 * (raw_x0 - x0)
 
         # 2. x_prev = √ᾱ_prev x̂_0 + √(1 - ᾱ_prev - σ_t²) ε̂ (eq. 12)
-        prev_sample = c.sqrt_alpha_bar_prev * x0 + c.direction * eps
+        prev_sample = c.sqrt_alpha_bar_prev * x0
+        prev_sample += c.direction * eps  # in place on the new tensor: the same sum, one allocation less
 
         # 3. + σ_t z, z ~ N(0, I) (eq. 12)
         if s.noisy and stochastic:
             if variance_noise is None:
                 variance_noise = draw_noise(model_output, generator)
-            prev_sample = prev_sample + c.sigma * variance_noise
+            prev_sample += c.sigma * variance_noise
 
         if not return_dict:
             return (prev_sample, x0)

@@ -275,7 +275,7 @@ class DDPMExtScheduler(ScheduleMixin, ConfigMixin):
         """
         i = self._step_index(timestep)
         s = self._steps[i]  # this step's coefficients (Python floats)
-        c = self._as_scalars((i,), s, sample)  # the same as 0-dim tensors of the sample's dtype (same bits, faster)
+        c = self._as_scalars((i,), s, sample)  # as 0-dim tensors of the sample's dtype (same bits)
         model_output, var_output = self._split_output(model_output, sample)
 
         # 1. x̂_0 from the model output (eq. 15 for ε: x̂_0 = (x_t - √(1-ᾱ_t) ε_θ) / √ᾱ_t), clipped or thresholded
@@ -284,14 +284,15 @@ class DDPMExtScheduler(ScheduleMixin, ConfigMixin):
 
         # 2. μ_θ(x_t, t) = μ̃_t(x_t, x̂_0) = coef_x0 · x̂_0 + coef_xt · x_t (eq. 7); for ε-prediction without clipping
         #    this is Algorithm 2's 1/√α_t (x_t - β_t/√(1-ᾱ_t) ε_θ)
-        prev_sample = c.coef_x0 * x0 + c.coef_xt * sample
+        prev_sample = c.coef_x0 * x0
+        prev_sample += c.coef_xt * sample  # in place on the new tensor: the same sum, one allocation less
 
         # 3. x_prev = μ_θ + σ_t z, z ~ N(0, I), except at the step that lands on x_0 (Algorithm 2: z = 0 if t = 1)
         if stochastic and not s.last:
             if variance_noise is None:
                 variance_noise = draw_noise(model_output, generator)
             std = c.std if var_output is None else torch.exp(0.5 * self._learned_log_variance(s, var_output))
-            prev_sample = prev_sample + std * variance_noise
+            prev_sample += std * variance_noise
 
         if not return_dict:
             return (prev_sample, x0)

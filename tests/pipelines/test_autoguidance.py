@@ -140,8 +140,8 @@ def test_the_guide_gets_the_fast_path_too():
     pipe.disable_fast_path()
     assert pipe.guide_unet.conv_in.weight.is_contiguous()
     pipe.enable_fast_path(channels_last=False, compile=True)
-    assert set(pipe._compiled) == {"unet", "guide_unet"}
-    assert pipe._compiled["guide_unet"]._orig_mod is pipe.guide_unet
+    assert set(pipe._fast_path.compiled) == {"unet", "guide_unet"}
+    assert pipe._fast_path.compiled["guide_unet"]._orig_mod is pipe.guide_unet
 
 
 def test_save_load_round_trip_and_plain_diffusers_ignores_the_guide(tmp_path):

@@ -209,12 +209,12 @@ def test_sampling_goes_through_the_compiled_unet(monkeypatch):
 def test_compile_wraps_the_unet_lazily_and_disable_drops_it():
     pipe = make_pipe()
     pipe.enable_fast_path(channels_last=False, compile=True, compile_mode="reduce-overhead")
-    compiled = pipe._compiled["unet"]
+    compiled = pipe._fast_path.compiled["unet"]
     assert isinstance(compiled, torch._dynamo.eval_frame.OptimizedModule)
     assert compiled._orig_mod is pipe.unet and pipe.fast_path["compile_mode"] == "reduce-overhead"
-    assert set(pipe._compiled) == {"unet"}  # no guide, nothing else compiled
+    assert set(pipe._fast_path.compiled) == {"unet"}  # no guide, nothing else compiled
     pipe.disable_fast_path()
-    assert pipe._compiled == {}
+    assert pipe._fast_path is None  # and with it every compiled UNet
 
 
 def test_enable_fast_path_docstring_example():

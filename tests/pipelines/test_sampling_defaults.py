@@ -9,7 +9,7 @@ import torch
 from diffusers import DDIMPipeline, DDIMScheduler
 
 from ddpm_ext import DDIMExtScheduler, DDPMExtInpaintPipeline, DDPMExtPipeline, DDPMExtScheduler, build_unet
-from ddpm_ext.pipelines.pipeline_ddpm_ext import resolve_timestep_spacing
+from ddpm_ext.pipelines.chain_start import resolve_timestep_spacing
 
 
 def tiny_pipe(scheduler) -> DDPMExtPipeline:

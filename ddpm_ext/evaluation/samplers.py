@@ -28,8 +28,13 @@ from typing import Any
 
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 
-from ..pipelines.pipeline_ddpm_ext import resolve_timestep_spacing
-from ..schedulers import VARIANCE_TYPES, DDIMExtScheduler, DDPMExtScheduler, fast_sampler
+from ..pipelines.chain_start import resolve_timestep_spacing
+from ..schedulers import (
+    VARIANCE_TYPES,
+    DDIMExtScheduler,
+    DDPMExtScheduler,
+    fast_sampler,
+)
 from ..validation import check_number
 
 __all__ = ["SAMPLER_GRAMMAR", "SAMPLER_KINDS", "SamplerSpec", "parse_sampler", "row_key"]

@@ -22,7 +22,7 @@ from typing import Any, Callable
 import torch
 from PIL import Image
 
-from ..data import BUILTIN_DATASETS, build_transform, find_image_column, load_image_dataset
+from ..data import build_transform, find_image_column, held_out_split, load_image_dataset
 from ..figures import (
     class_grid_figure,
     ddpm_vs_ddim_figure,
@@ -170,12 +170,6 @@ def _figures_to_draw(args: argparse.Namespace, pipe: DDPMExtPipeline | None) -> 
     return names
 
 
-def _held_out_split(args: argparse.Namespace) -> str:
-    """'test' for a built-in data set that has one (held out, as in `ddpm-ext evaluate`), else 'train'."""
-    builtin = None if args.train_data_dir else BUILTIN_DATASETS.get(args.dataset)
-    return "test" if builtin is not None and "test" in builtin.splits else "train"
-
-
 def _data_image(args: argparse.Namespace, split: str) -> tuple[Image.Image, Any]:
     """The `--image_index` image of the data set's `split`, and the data set."""
     ds = load_image_dataset(None if args.train_data_dir else args.dataset, args.train_data_dir, split=split)
@@ -195,7 +189,7 @@ def _forward_image(args: argparse.Namespace) -> torch.Tensor:
 
 def _inpainting_image(args: argparse.Namespace, pipe: DDPMExtPipeline) -> torch.Tensor:
     """The inpainting figure's input: (C, H, W) in [-1, 1] from the held-out split, at the pipeline's size."""
-    image, _ = _data_image(args, _held_out_split(args))
+    image, _ = _data_image(args, held_out_split(None if args.train_data_dir else args.dataset))
     return pipe.preprocess([image])[0]  # the training transform, to the UNet's sample_size and channels
 
 

@@ -436,3 +436,21 @@ def load_builtin_dataset(
     return info.loader(cache_dir=cache_dir, split=split)
 
 
+
+
+def held_out_split(name: str | None) -> str:
+    """The split that scores and figures use for data a model did not train on: `"test"` for a built-in data set
+    that has one (mnist-5k keeps 500 of its 5,000 digits out of `"train"`), else `"train"` (a folder or Hub data
+    set: the caller says which split, if any, is held out).
+
+    Example:
+
+    ```py
+    >>> from ddpm_ext.data import held_out_split
+    >>> held_out_split("mnist-5k"), held_out_split("openmoji-32"), held_out_split(None)
+    ('test', 'train', 'train')
+
+    ```
+    """
+    builtin = BUILTIN_DATASETS.get(name) if name is not None else None
+    return "test" if builtin is not None and "test" in builtin.splits else "train"

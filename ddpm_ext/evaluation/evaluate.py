@@ -83,6 +83,7 @@ from ..data import (
     BUILTIN_DATASETS,
     ImageTransform,
     find_image_column,
+    held_out_split,
     infer_channels,
     load_image_dataset,
     validate_image_folder,
@@ -146,10 +147,9 @@ def _load_data(config: EvaluationConfig) -> tuple[Any, str, str]:
         identity = f"folder:{root}:{hashlib.sha256(listing.encode()).hexdigest()[:16]}"
         ds = load_image_dataset(train_data_dir=root, split=split, image_column=config.image_column)
     else:
-        builtin = BUILTIN_DATASETS.get(name)
-        split = config.split or ("test" if builtin is not None and "test" in builtin.splits else "train")
+        split = config.split or held_out_split(name)
         ds = load_image_dataset(name, split=split, image_column=config.image_column)
-        identity = name if builtin is not None else f"hub:{name}:{getattr(ds, '_fingerprint', '')}"
+        identity = name if name in BUILTIN_DATASETS else f"hub:{name}:{getattr(ds, '_fingerprint', '')}"
     return ds, identity, split
 
 

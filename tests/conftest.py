@@ -1,4 +1,5 @@
-"""Test setup: the Hub endpoint must be chosen before huggingface_hub is imported (it reads HF_ENDPOINT once)."""
+"""Test setup: the Hub endpoint must be chosen before huggingface_hub is imported (it reads HF_ENDPOINT once);
+the user's own HF_* variables (HF_HUB_OFFLINE, HF_TOKEN, HF_HOME, ...) are cleared first (hub_servers.py)."""
 
 import os
 import sys

@@ -1,5 +1,4 @@
-"""Test setup: the Hub endpoint must be chosen before huggingface_hub is imported (it reads HF_ENDPOINT once);
-the user's own HF_* variables (HF_HUB_OFFLINE, HF_TOKEN, HF_HOME, ...) are cleared first (hub_servers.py)."""
+"""Test setup: the Hub endpoint must be chosen before huggingface_hub is imported (it reads HF_ENDPOINT once)."""
 
 import os
 import sys

@@ -81,6 +81,8 @@ _REPO_TYPE_DIRS = {"model": "models", "dataset": "datasets"}
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}$")
 _ENV_RESERVATION = "DDPM_EXT_TEST_HUB_RESERVATION"  # "<pid>:<port>:<root>"
 _MAX_BODY_BYTES = 512 * 1024 * 1024
+# read by huggingface_hub / diffusers (most at import time): cleared from the suite's environment
+_USER_HUB_VARIABLES = ("HF_", "HUGGINGFACE_", "HUGGING_FACE_", "TRANSFORMERS_OFFLINE", "DIFFUSERS_")
 
 
 # --------------------------------------------------------------------------- #
@@ -332,7 +334,13 @@ def reserve_hub_endpoint() -> HubEndpoint:
     """Reserve a port for the olah server and point the Hub client environment at it.
 
     Call from ``pytest_configure`` before huggingface_hub/diffusers are imported.
-    Sets ``HF_ENDPOINT`` (olah's future URL), a fresh empty ``HF_HOME``,
+    First removes every Hub/diffusers variable the user's shell may hold (``HF_*``,
+    ``HUGGINGFACE_*``, ``HUGGING_FACE_*``, ``TRANSFORMERS_OFFLINE``, ``DIFFUSERS_*``):
+    ``HF_HUB_OFFLINE=1`` (common behind a firewall) would make every client refuse
+    the suite's own loopback servers, ``HF_TOKEN`` would be sent where a test expects
+    none, ``HF_HUB_CACHE``/``HF_TOKEN_PATH`` would point at the user's real cache and
+    login, ``HF_HUB_DISABLE_*`` would change what the clients do.  Then sets
+    ``HF_ENDPOINT`` (olah's future URL), a fresh empty ``HF_HOME``,
     ``HF_HUB_DISABLE_TELEMETRY=1`` and ``HF_HUB_DISABLE_PROGRESS_BARS=1``.
     Idempotent within a process.  Subprocesses inherit these variables.
     """
@@ -348,6 +356,8 @@ def reserve_hub_endpoint() -> HubEndpoint:
     atexit.register(shutil.rmtree, root, ignore_errors=True)
     endpoint = HubEndpoint(port=free_loopback_port(), root=root)
     (root / "hf_home").mkdir()
+    for name in [k for k in os.environ if k.startswith(_USER_HUB_VARIABLES)]:
+        del os.environ[name]
     os.environ.update(
         HF_ENDPOINT=endpoint.url,
         HF_HOME=str(root / "hf_home"),

@@ -65,7 +65,9 @@ def test_study_end_to_end(conditional_dir, capsys):
     pipe.set_progress_bar_config(disable=True)
     direct = pipe(batch_size=12, class_labels=requested.tolist(), num_inference_steps=4, eta=1.0, use_clipped_model_output=True, output_type="pt",  # the study's sampler
                   generator=image_generators(0, 0, 12)).images
-    torch.testing.assert_close(seen[1], (direct * 255).round() / 127.5 - 1, rtol=0, atol=1e-5)
+    # within one uint8 level (2/255): the study sampled in batches of 5, this in one of 12; other float32 kernels
+    # may round a pixel the other way on another CPU (other seeds or labels move pixels by tens of levels)
+    torch.testing.assert_close(seen[1], (direct * 255).round() / 127.5 - 1, rtol=0, atol=2 / 255 + 1e-5)
     table = capsys.readouterr().out
     assert "| w | class accuracy | FID (pooled pixels) |" in table and table.count("\n| ") == 3  # one row per w
 

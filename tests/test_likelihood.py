@@ -189,6 +189,7 @@ def test_deterministic_given_generator(unet, images):
     a = bits_per_dim(unet, scheduler(), images, generator=torch.manual_seed(7))
     b = bits_per_dim(unet, scheduler(), images, generator=torch.manual_seed(7))
     c = bits_per_dim(unet, scheduler(), images, generator=torch.manual_seed(8))
+    # exact by construction: same weights, shapes, process and thread count (same kernels)
     assert torch.equal(a.terms, b.terms) and torch.equal(a.total, b.total)
     assert not torch.allclose(a.terms[:, 1:], c.terms[:, 1:])
     assert torch.equal(a.prior, c.prior) and torch.isfinite(a.total).all()
@@ -217,6 +218,7 @@ def test_shared_forwards_equal_separate_calls(unet, images):
     assert len(calls) == math.ceil(3 * T_SMALL / 8) and sum(calls) == 3 * T_SMALL  # one forward per pair
     for name in ("fixed_small", "fixed_large"):
         alone = bits_per_dim(unet, scheduler(), images, generator=torch.manual_seed(4), variance_type=name, batch_size=8)
+        # exact by construction: same weights, shapes, process and thread count (same kernels); one forward per pair
         torch.testing.assert_close(shared[name].terms, alone.terms, rtol=0, atol=0)
     # the scheduler's own variance_type is the default
     default = bits_per_dim(unet, scheduler(variance_type="fixed_large"), images, generator=torch.manual_seed(4), batch_size=8)
@@ -234,6 +236,7 @@ def test_learned_range_with_real_unet_and_other_schedulers(unet, images):
     ref = bits_per_dim(unet, scheduler(), images, generator=torch.manual_seed(0))
     for other in (DDPMScheduler.from_config(scheduler().config), DDIMExtScheduler.from_config(scheduler().config)):
         got = bits_per_dim(unet, other, images, generator=torch.manual_seed(0))
+        # exact: bits_per_dim rebuilds the same DDPMExtScheduler from either config; the same UNet calls
         torch.testing.assert_close(got.total, ref.total, rtol=0, atol=0)
 
 
@@ -250,6 +253,7 @@ def test_pipeline_method_equals_function(unet, images):
     }
     for kind, x in inputs.items():
         got = pipe.bits_per_dim(x, generator=torch.manual_seed(9))
+        # exact: every input form becomes the same float tensor (uint8 / 127.5 - 1), then the same calls
         torch.testing.assert_close(got.total, ref.total, rtol=0, atol=0, msg=kind)
     # whichever sampler the pipeline holds, the bound uses the training chain
     pipe.scheduler = DDIMExtScheduler.from_config(pipe.scheduler.config)
@@ -312,6 +316,7 @@ def test_clip_denoised_defaults_to_the_schedulers_clip_sample(images):
         for explicit in (True, False):
             got = bits_per_dim(model, s, x0, generator=torch.manual_seed(0), clip_denoised=explicit)
             if explicit == clip_sample:
+                # exact by construction: same weights, shapes, process and thread count (same kernels)
                 assert torch.equal(got.terms, runs[clip_sample].terms)
     assert torch.equal(runs[True].prior, runs[False].prior)
     # the last step's KL is where the unclipped x̂_0 blows up
@@ -348,6 +353,7 @@ def test_class_labels_reach_a_conditional_unet(images):
     null = bits_per_dim(unet, scheduler(), images, generator=torch.manual_seed(2), batch_size=n, class_labels=3)
     direct = bits_per_dim(FixedLabels(unet, torch.full((n,), 3)), scheduler(), images, generator=torch.manual_seed(2),
                           batch_size=n)
+    # exact by construction: same weights, shapes, process and thread count; batch_size = N
     torch.testing.assert_close(null.terms, direct.terms, rtol=0, atol=0)
     assert torch.equal(null.total, direct.total) and torch.isfinite(null.total).all()
     # the same ids as a list and a tensor; another class gives other numbers (the labels do reach the UNet)

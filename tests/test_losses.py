@@ -134,6 +134,7 @@ def test_timestep_proposal_is_the_normalised_min_snr_weight(prediction_type):
     p = timestep_proposal(scheduler, 5.0)
     weight = min_snr_weight(scheduler, torch.arange(1000), 5.0)
     assert p.shape == (1000,) and p.dtype == torch.float64 and float(p.sum()) == pytest.approx(1.0, abs=1e-12)
+    # exact by construction: the same float64 weights summed by the same kernel in the same process
     torch.testing.assert_close(p, weight / weight.sum(), rtol=0, atol=0)
     t = torch.tensor([0, 250, 999])
     torch.testing.assert_close(importance_scale(p, t), 1 / (1000 * p[t]), rtol=0, atol=0)

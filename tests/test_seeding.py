@@ -50,8 +50,11 @@ def test_image_seed_is_keyed_by_seed_and_index():
 
 def test_image_i_is_the_same_everywhere(tiny_pipeline_dir, tmp_path):
     reference = pipeline_uint8(tiny_pipeline_dir, COUNT)  # (5, 1, 16, 16), one batch
+    # Within 1 level, not bit for bit: other batch sizes (and the commands' adaptive thread counts) may run other
+    # float32 kernels, and a last-bit difference can round a pixel the other way. Another seeding moves them by tens.
     for batch_size in (1, 2, 3):
-        assert torch.equal(pipeline_uint8(tiny_pipeline_dir, batch_size), reference), batch_size
+        torch.testing.assert_close(pipeline_uint8(tiny_pipeline_dir, batch_size), reference, rtol=0, atol=1,
+                                   msg=str(batch_size))
 
     # ddpm-ext sample: one PNG per image, in batches of 2
     single = tmp_path / "single"
@@ -60,19 +63,19 @@ def test_image_i_is_the_same_everywhere(tiny_pipeline_dir, tmp_path):
                  "--images_dir", str(single)]) == 0
     files = sorted(single.iterdir())
     sampled = np.stack([np.asarray(Image.open(f)) for f in files])  # (5, 16, 16)
-    assert np.array_equal(sampled, reference[:, 0].numpy())
+    assert np.abs(sampled.astype(int) - reference[:, 0].numpy().astype(int)).max() <= 1
 
     # ddpm-ext evaluate's sampling step, in batches of 3
     config = EvaluationConfig(tiny_pipeline_dir, num_bpd_images=0, num_samples=COUNT, samplers=[f"ddpm:{STEPS}"],
                               kid_subset_size=2, batch_size=3, seed=SEED, device="cpu", no_progress=True)
     run = load_evaluation(config)
-    assert torch.equal(sample_images(run, f"ddpm:{STEPS}").images, reference)
+    torch.testing.assert_close(sample_images(run, f"ddpm:{STEPS}").images, reference, rtol=0, atol=1)
 
     # the figures (with-z row of the noise comparison)
     pipe = DDPMExtPipeline.from_pretrained(tiny_pipeline_dir)
     fig = noise_comparison_figure(pipe, tmp_path / "z.png", num_inference_steps=STEPS, num_images=COUNT, seed=SEED)
     assert fig.seeds == [image_seed(SEED, i) for i in range(COUNT)]
-    assert torch.equal(to_uint8(fig.with_noise), reference)
+    torch.testing.assert_close(to_uint8(fig.with_noise), reference, rtol=0, atol=1)
 
 
 def test_docstring_examples():

@@ -42,7 +42,9 @@ def read(path) -> np.ndarray:
 
 def test_sample_grid_single_images_and_seeds(tiny_pipeline_dir, tmp_path, capsys):
     grid, single = tmp_path / "grid.png", tmp_path / "single"
-    args = ["sample", str(tiny_pipeline_dir), "--num_images", "5", "--steps", "4", "--seed", "7", "--nrow", "5"]
+    # --cpu_threads 1: "auto" may change the thread count between two runs on a busy machine (other float sums)
+    args = ["sample", str(tiny_pipeline_dir), "--num_images", "5", "--steps", "4", "--seed", "7", "--nrow", "5",
+            "--cpu_threads", "1"]
     assert main([*args, "--batch_size", "2", "--output", str(grid), "--images_dir", str(single)]) == 0
     assert str(grid) in capsys.readouterr().out
 
@@ -51,12 +53,14 @@ def test_sample_grid_single_images_and_seeds(tiny_pipeline_dir, tmp_path, capsys
     assert [f.name for f in files] == [f"{i:05d}.png" for i in range(5)]
     assert all(Image.open(f).size == (TINY_SIZE, TINY_SIZE) for f in files)
 
-    # image i is the pipeline's sample from image_generators(7, i, 1), whatever the batch size, pixel for pixel
+    # image i is the pipeline's sample from image_generators(7, i, 1), whatever the batch size
     expected = pipeline_images(tiny_pipeline_dir, 7, 5, 4)
     got = np.stack([read(f) for f in files])
-    assert np.array_equal(got, expected[..., 0])
+    # within 1 level: batches of 2 vs one of 5 (and 1 thread vs this process's count) may run other float32
+    # kernels; a last-bit difference can round a pixel the other way (another seed moves them by tens)
+    assert np.abs(got - expected[..., 0].astype(int)).max() <= 1
     tiles = read(grid)[2 : 2 + TINY_SIZE]  # the grid's row holds the same images
-    assert np.abs(tiles[:, 2 : 2 + TINY_SIZE] - got[0]).max() == 0
+    assert np.abs(tiles[:, 2 : 2 + TINY_SIZE] - got[0]).max() == 0  # the same tensor, written twice: exact
 
     # deterministic: the same command gives the same bytes; another batch size the same images; another seed not
     again = tmp_path / "again.png"
@@ -66,7 +70,7 @@ def test_sample_grid_single_images_and_seeds(tiny_pipeline_dir, tmp_path, capsys
     assert main([*args, "--batch_size", "2", "--output", str(other), "--seed", "8"]) == 0
     assert (read(other) != read(grid)).any()
     assert main([*args, "--batch_size", "2", "--output", str(again)]) == 0
-    assert again.read_bytes() == grid.read_bytes()
+    assert again.read_bytes() == grid.read_bytes()  # same batches, same process and thread count: exact
 
 
 def test_sample_ddim_and_without_noise(tiny_pipeline_dir, tmp_path):

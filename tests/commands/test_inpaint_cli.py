@@ -34,11 +34,13 @@ def test_inpaint_writes_the_pipeline_completion(tiny_pipeline_dir, files, capsys
     assert main(argv) == 0
     assert capsys.readouterr().out.strip() == str(out)
     got = np.asarray(Image.open(out))
+    # exact: the kept half is the input's pixels pasted back
     np.testing.assert_array_equal(got[:, S // 2 :], image[:, S // 2 :])
     pipe = DDPMExtInpaintPipeline.from_pretrained(tiny_pipeline_dir)
     pipe.set_progress_bar_config(disable=True)
     expected = pipe(Image.fromarray(image), Image.fromarray(mask), num_inference_steps=6, jump_length=2,
                     jump_n_sample=2, generator=image_generators(3, 0, 1)).images[0]
+    # exact by construction: batch 1 in both, same process, same thread count (inpaint has no adaptive threads)
     np.testing.assert_array_equal(got, np.asarray(expected))
 
 

@@ -85,7 +85,10 @@ def test_evaluate_end_to_end(tiny_pipeline, tmp_path, capsys):
     direct = pipe(batch_size=12, generator=image_generators(0, 0, 12), num_inference_steps=5, eta=0.0,
                   output_type="pt").images
     expected = make_grid((direct * 255).round().to(torch.uint8), nrow=4)
-    assert np.array_equal(np.asarray(Image.open(out / rows["ddim:5:0"]["grid"])), np.asarray(expected))
+    # within 1 level: evaluate sampled in batches of 5 (adaptive threads), this in one of 12; other float32 kernels
+    # may round a pixel the other way. Other samples would differ by tens of levels.
+    grid = np.asarray(Image.open(out / rows["ddim:5:0"]["grid"])).astype(int)
+    assert np.abs(grid - np.asarray(expected).astype(int)).max() <= 1
 
     # a second run reads the cached reference features and reproduces the numbers
     again = quick_eval(tiny_pipeline, tmp_path, "--num_bpd_images", "0", "--max_real_images", "16", "--num_samples",
@@ -199,14 +202,17 @@ def test_evaluate_from_python_config_equals_the_command(tiny_pipeline, tmp_path)
     from ddpm_ext.evaluation.config import EvaluationConfig
 
     stats = str(tmp_path / "stats")
+    # one thread in both runs ("auto" may change the count mid-run on a busy machine): the same batches in the
+    # same process and thread count give the same numbers up to the last bits of FID's eigendecomposition
     config = EvaluationConfig(tiny_pipeline, num_bpd_images=2, num_samples=6, kid_subset_size=3, kid_subsets=4,
-                              max_real_images=8, samplers=["ddim:5:0"], stats_cache_dir=stats, no_progress=True)
+                              max_real_images=8, samplers=["ddim:5:0"], stats_cache_dir=stats, no_progress=True,
+                              cpu_threads=1)
     assert config.samplers == [SamplerSpec("ddim", 5, eta=0.0)]
     with pytest.warns(UserWarning, match=r"FID from 8 real and 6 generated images is not a meaningful number.*at least 1280 images"):
         direct = evaluate(config)
     with pytest.warns(UserWarning, match="not a meaningful number"):
         command = quick_eval(tiny_pipeline, tmp_path, "--num_bpd_images", "2", "--num_samples", "6", "--kid_subset_size",
-                             "3", "--kid_subsets", "4", "--max_real_images", "8")
+                             "3", "--kid_subsets", "4", "--max_real_images", "8", "--cpu_threads", "1")
     assert direct["samples"][0]["fid"] == pytest.approx(command["samples"][0]["fid"], rel=1e-9)
     assert direct["bits_per_dim"][0]["bits_per_dim"] == pytest.approx(command["bits_per_dim"][0]["bits_per_dim"], rel=1e-9)
     assert direct["config"]["samplers"] == ["ddim:5:0"] and direct["config"]["num_samples"] == 6
@@ -343,7 +349,8 @@ def test_a_class_conditional_pipeline_evaluates_end_to_end(digit_pipeline, tmp_p
     assert rows[3]["class_accuracy"] == pytest.approx(class_accuracy(probs, torch.tensor(requested)))
     # the grid holds those samples, one digit per column (10 per row)
     expected = make_grid((direct * 255).round().to(torch.uint8), nrow=10)
-    assert np.array_equal(np.asarray(Image.open(out / rows[3]["grid"])), np.asarray(expected))
+    grid = np.asarray(Image.open(out / rows[3]["grid"])).astype(int)  # batches of 5 vs 12: within 1 level (above)
+    assert np.abs(grid - np.asarray(expected).astype(int)).max() <= 1
     assert rows[3]["grid"] == "samples_ddpm-5-w2.png" and rows[0]["grid"] == "samples_ddim-4-eta1-w0.png"
 
     # bits/dim under the null class (id 10): a direct computation on the same held-out images agrees

@@ -29,8 +29,10 @@ from ddpm_ext.evaluation.report import (
     replace_marked_section,
 )
 
+# cpu_threads=1: the tests sample again and compare with the run's row exactly; "auto" may change the thread count
+# (and so the float sums of the convolutions) between the two samplings on a busy machine
 SMALL = dict(num_bpd_images=2, max_real_images=12, num_samples=10, kid_subset_size=5, kid_subsets=5,
-             samplers=["ddim:3:0"], nearest_k=3, batch_size=10, no_progress=True)
+             samplers=["ddim:3:0"], nearest_k=3, batch_size=10, no_progress=True, cpu_threads=1)
 
 
 @pytest.fixture(scope="module")
@@ -78,6 +80,7 @@ def test_new_columns_equal_the_metrics_called_directly(small_run):
     assert row["mean_pixel"] == pytest.approx(samples.images.double().mean().item() / 255, rel=1e-12)
 
     # score_samples on these samples gives the evaluate row (FID too): one definition
+    # same process, same thread count, same samples, same functions: equal up to nothing but summation order
     direct = score_samples(run, samples, reference)
     for key in ("fid", "kid_mean", "precision", "recall", "density", "coverage", "classifier_is", "mean_pixel"):
         assert direct[key] == pytest.approx(row[key], rel=1e-9)
@@ -277,7 +280,10 @@ def test_real_row_reproduces_the_judges_held_out_score(tmp_path):
     ref = score_reference(run)
     heldout = json.loads(run.judge.metadata["heldout_test"])
     assert ref["num_images"] == heldout["num_images"] == 500
-    assert ref["classifier_is"] == pytest.approx(heldout["classifier_inception_score"], rel=1e-9)
+    # stored on the developers' CPU, recomputed here through float32 convolutions whose last bits depend on the
+    # CPU and thread count (4e-9 relative measured): rel 1e-6, as tests/evaluation/test_digit_classifier.py
+    assert ref["classifier_is"] == pytest.approx(heldout["classifier_inception_score"], rel=1e-6)
     assert round(ref["classifier_is"], 2) == 9.55 and ref["classes_present"] == 10
+    # from integer class counts (argmaxes with a 0.06 margin): only log's last ulp may differ between machines
     assert ref["class_entropy"] == pytest.approx(heldout["normalized_entropy"], rel=1e-9)
     assert round(ref["mean_pixel"], 3) == 0.135

@@ -261,12 +261,13 @@ def test_reference_statistics_are_cached_and_a_hit_skips_extraction(tmp_path):
     first = reference_statistics(load, extractor, key=key, cache_dir=tmp_path, batch_size=4)
     assert not first.cache_hit and len(loads) == 1 and extractor.calls == 3  # 10 images in batches of 4
     assert first.path.parent == tmp_path and first.path.suffix == ".safetensors"
-    assert torch.allclose(first.mean, extractor(images).mean(0)) and first.num_images == 10
+    # batches of 4 vs one of 10: float32 matrix products of other shapes may differ in the last bits
+    assert torch.allclose(first.mean, extractor(images).mean(0), rtol=1e-5, atol=1e-6) and first.num_images == 10
     calls = extractor.calls
 
     again = reference_statistics(load, extractor, key=dict(key), cache_dir=tmp_path)
     assert again.cache_hit and len(loads) == 1 and extractor.calls == calls  # nothing loaded, nothing extracted
-    assert torch.equal(again.features, first.features) and torch.equal(again.cov, first.cov)
+    assert torch.equal(again.features, first.features) and torch.equal(again.cov, first.cov)  # read back from the file: float64, bit for bit
     assert again.key["extractor"] == extractor.identity
 
     other = reference_statistics(load, extractor, key={**key, "split": "train"}, cache_dir=tmp_path)
@@ -274,7 +275,9 @@ def test_reference_statistics_are_cached_and_a_hit_skips_extraction(tmp_path):
 
     first.path.write_bytes(b"garbage")  # a corrupt file is recomputed and rewritten
     redo = reference_statistics(load, extractor, key=key, cache_dir=tmp_path)
-    assert not redo.cache_hit and torch.equal(redo.features, first.features) and len(loads) == 3
+    assert not redo.cache_hit and len(loads) == 3
+    # extracted again, in batches of 64 rather than 4: float32 features in (-1, 1), equal up to rounding on any CPU
+    torch.testing.assert_close(redo.features, first.features, rtol=0, atol=1e-5)
     assert reference_statistics(load, extractor, key=key, cache_dir=tmp_path).cache_hit
 
 

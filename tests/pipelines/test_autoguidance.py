@@ -71,6 +71,7 @@ def test_sampling_equals_the_written_out_rule():
     alone.set_progress_bar_config(disable=True)
     a = pipe(batch_size=2, latents=x_T, num_inference_steps=5, autoguidance_scale=1, output_type="latent").images
     b = alone(batch_size=2, latents=x_T, num_inference_steps=5, output_type="latent").images
+    # exact by construction: same weights, shapes, process and thread count (same kernels); w = 1 never runs the guide
     assert torch.equal(a, b) and calls == []
 
 
@@ -80,6 +81,7 @@ def test_default_scale_is_the_guides_saved_one():
     assert pipe.autoguidance_scale == 3.0 and pipe.resolve_autoguidance_scale(None) == 3.0
     default = pipe(batch_size=1, latents=x_T, num_inference_steps=4, output_type="latent").images
     explicit = pipe(batch_size=1, latents=x_T, num_inference_steps=4, autoguidance_scale=3.0, output_type="latent").images
+    # exact by construction: same weights, shapes, process and thread count (same kernels)
     assert torch.equal(default, explicit)
     assert make_pipe().autoguidance_scale == 1.0  # a guide without a saved scale: off unless asked
     assert DDPMExtPipeline(unet=build_unet("tiny"), scheduler=DDPMExtScheduler()).autoguidance_scale == 1.0

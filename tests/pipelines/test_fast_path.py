@@ -172,6 +172,7 @@ def test_channels_last_gives_the_same_images_and_disable_restores():
     assert pipe.fast_path["channels_last"] is True
     pipe.disable_fast_path()
     assert pipe.fast_path is None and all(p.is_contiguous() for p in pipe.unet.parameters())
+    # exact: fast path off, contiguous weights again: the same kernels as `default`
     assert torch.equal(sample(pipe), default)
 
 
@@ -203,6 +204,7 @@ def test_sampling_goes_through_the_compiled_unet(monkeypatch):
     pipe = make_pipe()
     default = sample(pipe)
     compiled = sample(pipe.enable_fast_path(channels_last=False, compile=True, compile_mode="max-autotune"))
+    # exact: the stand-in compile wrapper runs the same eager UNet
     assert calls == ["max-autotune"] * 6 and torch.equal(compiled, default)
 
 

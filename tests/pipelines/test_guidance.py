@@ -114,6 +114,7 @@ def test_default_guidance_scale_is_p_x_without_labels_and_p_x_given_y_with_them(
     run = lambda **kw: pipe(batch_size=2, num_inference_steps=3, generator=torch.manual_seed(4), output_type="pt", **kw).images  # noqa: E731
     no_labels = run()  # a conditional model asked for no class: the null class (id 3), p(x)
     assert seen == [[3, 3]] * 3
+    # exact by construction: same weights, shapes, process and thread count (same kernels)
     assert torch.equal(no_labels, run(guidance_scale=0.0))
     with_labels = run(class_labels=[1, 2])  # labels without w: p(x | y), w = 1
     assert torch.equal(with_labels, run(class_labels=[1, 2], guidance_scale=1.0))
@@ -188,6 +189,7 @@ def test_round_trip_through_save_load_and_vanilla_unet(tmp_path, conditional):
     loaded.set_progress_bar_config(disable=True)
     assert loaded.id2label == ({0: "top", 1: "bottom", 2: "left"} if conditional else None)
     after = loaded(batch_size=2, num_inference_steps=4, generator=torch.manual_seed(1), output_type="pt", **kwargs).images
+    # exact by construction: same weights, shapes, process and thread count; weights reloaded bit for bit
     torch.testing.assert_close(after, before, rtol=0, atol=0)
 
     vanilla = UNet2DModel.from_pretrained(tmp_path / "unet")  # diffusers ignores the private names key

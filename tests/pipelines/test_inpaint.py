@@ -169,6 +169,7 @@ def test_all_fill_without_resampling_is_plain_sampling(scheduler, out_channels, 
     with pytest.warns(UserWarning, match="fills every pixel"):
         got = pipe(digits(3), torch.ones(S, S), num_inference_steps=steps, jump_length=3, jump_n_sample=1,
                    generator=g(), output_type="pt", **kwargs).images
+    # exact by construction: same weights, shapes, process and thread count; all fill = plain sampling
     assert torch.equal(got, expected)
 
 
@@ -190,6 +191,7 @@ def test_resampling_changes_the_completion_and_is_reproducible():
     run = lambda r: pipe(x, m, num_inference_steps=8, jump_length=2, jump_n_sample=r, generator=gens(1),
                          output_type="pt").images
     a, b = run(3), run(3)
+    # exact by construction: same weights, shapes, process and thread count (same kernels)
     assert torch.equal(a, b) and not torch.equal(a, run(1))
 
 

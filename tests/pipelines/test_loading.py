@@ -67,6 +67,7 @@ def test_dtype_and_torch_dtype_and_low_cpu_mem_usage(saved):
         assert DDPMExtPipeline.from_pretrained(folder, torch_dtype=torch.float64).unet.dtype == torch.float64
     for low in (True, False):
         loaded = DDPMExtPipeline.from_pretrained(folder, low_cpu_mem_usage=low)
+        # exact by construction: same weights, shapes, process and thread count; weights reloaded bit for bit
         np.testing.assert_array_equal(images(loaded), images(pipe))
 
 
@@ -206,6 +207,7 @@ def test_failed_weights_write_leaves_no_partial_file(saved, monkeypatch):
         make_pipe().save_pretrained(folder)
     after = {p: p.read_bytes() for p in folder.rglob("*") if p.is_file()}
     assert after == before and not [p for p in folder.iterdir() if p.name.startswith(".")]
+    # exact by construction: same weights, shapes, process and thread count; old weights kept
     np.testing.assert_array_equal(images(DDPMExtPipeline.from_pretrained(folder)), images(pipe))
 
 
@@ -214,6 +216,7 @@ def test_resave_with_other_sharding_removes_stale_shards(saved):
     pipe.save_pretrained(folder, max_shard_size="20KB")
     names = sorted(os.listdir(folder / "unet"))
     assert WEIGHTS not in names and f"{WEIGHTS}.index.json" in names
+    # exact by construction: same weights, shapes, process and thread count; re-sharded weights
     np.testing.assert_array_equal(images(DDPMExtPipeline.from_pretrained(folder)), images(pipe))
     pipe.save_pretrained(folder)
     assert sorted(os.listdir(folder / "unet")) == ["config.json", WEIGHTS]

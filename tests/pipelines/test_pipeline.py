@@ -65,6 +65,7 @@ class TestSampling:
     def test_determinism_and_generator_list(self):
         pipe = make_pipe()
         a, b, c = sample(pipe, seed=1), sample(pipe, seed=1), sample(pipe, seed=2)
+        # exact by construction: same weights, shapes, process and thread count (same kernels)
         np.testing.assert_array_equal(a, b)
         assert not np.allclose(a, c)
         gens = [torch.Generator().manual_seed(5), torch.Generator().manual_seed(6)]
@@ -98,6 +99,7 @@ class TestSampling:
         pipe = make_pipe()
         a = sample(pipe, stochastic=False, seed=3)
         b = sample(pipe, stochastic=False, seed=3)
+        # exact by construction: same weights, shapes, process and thread count (same kernels)
         np.testing.assert_array_equal(a, b)
         assert not np.allclose(a, sample(pipe, seed=3))
 
@@ -219,6 +221,7 @@ def test_ddpm_ext_round_trip_keeps_every_setting(tmp_path):
     assert public(loaded.scheduler.config) == public(scheduler.config)
     for a, b in zip(loaded.unet.state_dict().values(), pipe.unet.state_dict().values()):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
+    # exact by construction: same weights, shapes, process and thread count; weights reloaded bit for bit
     np.testing.assert_array_equal(sample(loaded), sample(pipe))
 
 
@@ -327,6 +330,7 @@ def test_hub_round_trip_through_local_server(olah_hub, tmp_path):
     ours = DDPMExtPipeline.from_pretrained("ddpm-ext-tests/hub-round-trip")
     ours.set_progress_bar_config(disable=True)
     assert type(ours.scheduler) is DDPMExtScheduler and ours.scheduler.config.cosine_s == 0.02
+    # exact by construction: same weights, shapes, process and thread count; weights from the Hub, bit for bit
     np.testing.assert_array_equal(sample(ours, num_inference_steps=20), ref)
 
     vanilla = DDPMPipeline.from_pretrained("ddpm-ext-tests/hub-round-trip", revision="main")

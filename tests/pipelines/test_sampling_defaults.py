@@ -41,6 +41,7 @@ def test_config_spacing_other_than_leading_is_kept():
     for spacing in ("trailing", "linspace"):
         pipe = tiny_pipe(DDPMExtScheduler(timestep_spacing=spacing))
         assert resolve_timestep_spacing(pipe.scheduler) == spacing
+        # exact by construction: same weights, shapes, process and thread count; the same spacing
         torch.testing.assert_close(run(pipe, num_inference_steps=7).images,
                                    run(pipe, num_inference_steps=7, timestep_spacing=spacing).images, rtol=0, atol=0)
 
@@ -51,6 +52,7 @@ def test_all_spacings_coincide_at_T_steps():
     for spacing in (None, "trailing", "linspace"):
         out = run(pipe, num_inference_steps=20, timestep_spacing=spacing)
         assert out.timesteps == ref.timesteps == list(range(19, -1, -1))
+        # exact by construction: same weights, shapes, process and thread count; same timesteps at T
         assert torch.equal(out.images, ref.images)
 
 
@@ -80,6 +82,7 @@ def test_default_eps_differs_only_when_x0_is_clipped():
     x_T = torch.randn(2, 1, 8, 8, generator=torch.Generator().manual_seed(1))
     call = {"batch_size": 2, "num_inference_steps": 5, "output_type": "latent"}
     unclipped = tiny_pipe(DDIMExtScheduler(clip_sample=False))
+    # exact by construction: same weights, shapes, process and thread count; x̂_0 never clipped: the same ε̂
     assert torch.equal(unclipped(latents=x_T.clone(), **call).images,
                        unclipped(latents=x_T.clone(), use_clipped_model_output=False, **call).images)
     clipped = tiny_pipe(DDIMExtScheduler(clip_sample=True))

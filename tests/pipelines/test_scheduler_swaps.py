@@ -122,6 +122,7 @@ def test_latents_start_from_the_given_x_T():
     drawn = pipe(batch_size=2, num_inference_steps=4, generator=torch.Generator().manual_seed(0), output_type="latent").images
     given = pipe(batch_size=2, num_inference_steps=4, latents=x_T.clone(), stochastic=False, output_type="latent").images
     again = pipe(batch_size=2, num_inference_steps=4, latents=x_T.clone(), stochastic=False, output_type="latent").images
+    # exact by construction: same weights, shapes, process and thread count (same kernels)
     assert torch.equal(given, again)
     # the same x_T as drawn from the seed: the first step sees the same input
     out = pipe(batch_size=2, num_inference_steps=4, latents=x_T.clone(), generator=torch.Generator().manual_seed(0),
@@ -179,6 +180,7 @@ def test_output_type_latent_and_numpy_alias():
     latent = pipe(num_inference_steps=3, generator=g(), output_type="latent").images
     np_ = pipe(num_inference_steps=3, generator=g(), output_type="np").images
     numpy_ = pipe(num_inference_steps=3, generator=g(), output_type="numpy").images
+    # exact by construction: same weights, shapes, process and thread count (same kernels)
     np.testing.assert_array_equal(np_, numpy_)
     np.testing.assert_allclose(np_, (latent / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 1).numpy(), atol=1e-6)
 
@@ -281,6 +283,7 @@ def test_use_clipped_model_output_is_the_consistent_ddim_step():
             x = scheduler.step(pipe.unet(x, t).sample, int(t), x, use_clipped_model_output=True).prev_sample
     torch.testing.assert_close(out, x, rtol=0, atol=1e-6)
     default = pipe(latents=x_T.clone(), **call).images
+    # exact by construction: same weights, shapes, process and thread count (same kernels)
     torch.testing.assert_close(default, out, rtol=0, atol=0)
     raw = pipe(latents=x_T.clone(), use_clipped_model_output=False, **call).images
     assert not torch.allclose(raw, out)  # the clipping happened, so the two DDIM updates differ

@@ -61,6 +61,7 @@ def test_checkpoint_holds_diffusers_unets_and_no_pickle(trained):
     raw = UNet2DModel.from_pretrained(ckpt, subfolder="unet")
     # the final pipeline is the EMA of step 6; the raw weights differ from it
     for k, v in weights(trained).items():
+        # exact: the final pipeline is a copy of the step-6 EMA weights of the same run
         torch.testing.assert_close(ema.state_dict()[k], v, rtol=0, atol=0)
     assert any((raw.state_dict()[k] != v).any() for k, v in weights(trained).items())
     scalars = json.loads((ckpt / "ema_state.json").read_text())

@@ -250,8 +250,10 @@ def test_resumed_conditional_run_equals_an_uninterrupted_one(tmp_path):
     """Label dropout comes from the step's generator: 2 steps + resume to 4 give the weights of 4 straight steps."""
     from safetensors.torch import load_file
 
+    # --cpu_threads 1: compared bit for bit, so all three runs must sum in the same order ("auto" may change the
+    # thread count mid-run on a busy machine); same process, same thread count: exact by construction
     common = TINY + ["--class_conditional", "--class_dropout_prob", "0.5", "--checkpointing_steps", "2",
-                     "--eval_batch_size", "10", "--no-use_ema"]
+                     "--eval_batch_size", "10", "--no-use_ema", "--cpu_threads", "1"]
     assert main(common + ["--max_train_steps", "4", "--output_dir", str(tmp_path / "straight")]) == 0
     assert main(common + ["--max_train_steps", "2", "--output_dir", str(tmp_path / "resumed")]) == 0
     assert main(common + ["--max_train_steps", "4", "--output_dir", str(tmp_path / "resumed"),

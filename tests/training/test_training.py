@@ -50,6 +50,7 @@ def assert_same_weights(a: Path, b: Path, sub: str = "unet") -> None:
     wa, wb = weights(a, sub), weights(b, sub)
     assert wa.keys() == wb.keys()
     for k in wa:
+        # exact by construction: both runs on this machine, in processes with OMP_NUM_THREADS=1 (ENV above)
         torch.testing.assert_close(wa[k], wb[k], rtol=0, atol=0, msg=f"{k} differs")
 
 
@@ -236,6 +237,7 @@ def test_push_to_hub_round_trip(tmp_path, upload_hub, olah_hub):
     # pull side through the real local Hub server
     pulled = DDPMExtPipeline.from_pretrained("ddpm-ext-tests/pushed")
     for k, v in weights(out).items():
+        # exact: the safetensors file pulled back through the Hub, byte for byte
         torch.testing.assert_close(pulled.unet.state_dict()[k], v, rtol=0, atol=0)
     card = ModelCard.load("ddpm-ext-tests/pushed")
     assert card.data.library_name == "diffusers" and card.data.pipeline_tag == "unconditional-image-generation"
@@ -345,6 +347,7 @@ def test_autoguidance_guide_is_the_ema_of_its_step_and_resumes_exactly(tmp_path)
     # the guide: the EMA weights after step 0.5 × 8 = 4, as checkpoint-4 holds them; not the final ones
     assert_same_weights(full, full / "checkpoint-4", sub="guide_unet")
     guide, ema4 = weights(full, "guide_unet"), weights(full / "checkpoint-4", "unet_ema")
+    # exact: the guide is a copy of checkpoint-4's EMA weights (same run, same file contents)
     assert all(torch.equal(guide[k], ema4[k]) for k in guide)
     assert not all(torch.equal(guide[k], weights(full)[k]) for k in guide)
     assert not (full / "checkpoint-2" / "guide_unet").exists() and (full / "checkpoint-6" / "guide_unet").is_dir()

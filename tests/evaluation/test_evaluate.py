@@ -95,8 +95,10 @@ def test_evaluate_end_to_end(tiny_pipeline, tmp_path, capsys):
                      "12", "--kid_subset_size", "6", "--kid_subsets", "10", "--samplers", "ddim:5:0", "--batch_size", "12")
     assert again["reference"]["cache_hit"] is True and again["reference"]["cache_file"] == results["reference"]["cache_file"]
     assert again["bits_per_dim"] == [] and again["files"] == {}
-    assert again["samples"][0]["fid"] == pytest.approx(rows["ddim:5:0"]["fid"], rel=1e-6)
-    assert again["samples"][0]["kid_mean"] == pytest.approx(rows["ddim:5:0"]["kid_mean"], rel=1e-6)
+    # batches of 12 against batches of 5: a pixel may round the other way on other float32 kernels (see above), which
+    # moves FID/KID far less than 1e-3 relative; other samples or other reference features move them by far more
+    assert again["samples"][0]["fid"] == pytest.approx(rows["ddim:5:0"]["fid"], rel=1e-3)
+    assert again["samples"][0]["kid_mean"] == pytest.approx(rows["ddim:5:0"]["kid_mean"], rel=1e-3)
 
 
 @pytest.mark.parametrize(

@@ -218,8 +218,16 @@ def test_judge_is_exact_on_the_training_data():
     assert torch.equal(judge(x), y)
 
 
-def test_briefly_trained_model_draws_the_requested_classes():
+@pytest.fixture
+def one_thread():
+    """One torch thread for the test, the process's count restored after it."""
+    threads = torch.get_num_threads()
     torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_briefly_trained_model_draws_the_requested_classes(one_thread):
     torch.manual_seed(0)
     scheduler = DDPMExtScheduler(num_train_timesteps=100, beta_schedule="cosine")
     unet = make_class_conditional(build_unet("tiny"), ["top", "bottom", "left"], seed=0)

@@ -22,9 +22,9 @@ import numpy as np
 from PIL import Image
 from tqdm.auto import tqdm
 
+from ..cpu_threads import AdaptiveThreads
 from ..files import write_with
 from ..images import save_image_grid, to_pil
-from .guidance_options import add_guidance_arguments, cli_guidance
 from ..pipelines.pipeline_ddpm_ext import DDPMExtPipeline
 from ..schedulers.fast_samplers import FAST_SAMPLERS, fast_sampler
 from ..schedulers.scheduling_common import DEFAULT_SAMPLING_STEPS, TIMESTEP_SPACINGS
@@ -32,8 +32,8 @@ from ..schedulers.scheduling_ddim_ext import DDIMExtScheduler
 from ..schedulers.scheduling_ddpm_ext import DDPMExtScheduler
 from ..seeding import image_generators
 from ..validation import check_number, resolve_device
-from ..cpu_threads import AdaptiveThreads
 from .cli import add_cpu_threads_argument, check_output_dir, nonnegative_int, positive_int
+from .guidance_options import add_guidance_arguments, cli_guidance
 
 __all__ = ["SCHEDULERS", "add_arguments", "run", "check_output_file"]
 

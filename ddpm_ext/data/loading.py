@@ -10,7 +10,6 @@ from PIL import Image
 from ..validation import check_int
 from .builtin import BUILTIN_DATASETS, DEFAULT_DATASET, _builtin_lookalike, list_builtin_datasets, load_builtin_dataset
 
-
 # The file extensions `datasets`' "imagefolder" builder loads (all formats Pillow can open).
 try:
     from datasets.packaged_modules.imagefolder.imagefolder import ImageFolder as _ImageFolder

@@ -23,6 +23,7 @@ from ..images import images_to_uint8
 from ..likelihood import BitsPerDimOutput, bits_per_dim
 from ..schedulers.scheduling_common import ScheduleMixin
 from ..validation import check_choice, check_int, check_number
+from .chain_start import draw_initial_noise, resolve_timestep_spacing, set_sampling_timesteps
 from .checkpoint_io import (
     GUIDE_DIR,
     check_component_classes,
@@ -34,7 +35,6 @@ from .checkpoint_io import (
     saved_guide,
     square_sample_size,
 )
-from .chain_start import draw_initial_noise, resolve_timestep_spacing, set_sampling_timesteps
 from .fast_path import FastPath, unet_call
 from .guidance import (
     autoguide,

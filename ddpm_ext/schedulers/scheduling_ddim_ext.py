@@ -24,9 +24,9 @@ from .scheduling_common import (
     BetaSchedule,
     PredictionType,
     ScheduleMixin,
+    StepOutput,
     TimestepSpacing,
     VarianceType,
-    StepOutput,
     draw_noise,
 )
 

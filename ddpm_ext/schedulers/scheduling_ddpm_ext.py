@@ -26,10 +26,10 @@ from .scheduling_common import (
     BetaSchedule,
     PredictionType,
     ScheduleMixin,
+    StepOutput,
     TimestepSpacing,
     VarianceType,
     canonical_variance_type,
-    StepOutput,
     draw_noise,
 )
 

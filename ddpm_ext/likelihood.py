@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from diffusers.utils import BaseOutput
 from diffusers.utils.torch_utils import randn_tensor
+from tqdm.auto import tqdm
 
 from .images import normalize
 from .losses import mean_flat, normal_kl, vlb_terms
@@ -288,8 +289,6 @@ def bits_per_dim_variances(
     try:
         iterator = starts
         if progress:
-            from tqdm.auto import tqdm
-
             iterator = tqdm(starts, desc="bits/dim", unit="call")
         for start in iterator:
             pairs = torch.arange(start, min(start + int(batch_size), total_pairs))

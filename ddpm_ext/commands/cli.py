@@ -24,6 +24,8 @@ import sys
 from pathlib import Path
 from typing import Callable, Sequence
 
+from ..cpu_threads import parse_cpu_threads
+
 __all__ = ["COMMANDS", "main", "build_parser", "int_at_least", "positive_int", "nonnegative_int", "check_output_dir"]
 
 # name -> (help, module exposing add_arguments(parser) and run(args) -> int)
@@ -59,8 +61,6 @@ nonnegative_int = int_at_least(0)
 
 def cpu_threads_option(text: str) -> str | int:
     """An argparse `type` for `--cpu_threads`: 'auto' or an integer >= 1 ([`ddpm_ext.cpu_threads.parse_cpu_threads`])."""
-    from ..cpu_threads import parse_cpu_threads
-
     try:
         return parse_cpu_threads(text, "--cpu_threads")
     except ValueError as err:

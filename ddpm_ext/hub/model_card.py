@@ -8,9 +8,13 @@ import os
 from pathlib import Path
 from typing import Any
 
+from huggingface_hub import ModelCard, ModelCardData
+from safetensors import safe_open
+
+from ..data import BUILTIN_DATASETS
 from ..files import atomic_write_text
 from ..pipelines.guidance import grid_images_per_class
-from ..schedulers.scheduling_common import DEFAULT_SAMPLING_STEPS
+from ..schedulers.scheduling_common import DEFAULT_SAMPLING_STEPS, lecture_beta_schedule
 
 __all__ = ["METRICS_END", "METRICS_START", "TEMPLATE", "data_description", "write_model_card"]
 
@@ -23,8 +27,6 @@ _SECRET_KEYS = {"hub_token", "token"}
 
 def _dataset_info(dataset_name: str | None) -> dict[str, str]:
     """License id (Hub spelling), attribution and description of a built-in data set; empty for other data."""
-    from ..data import BUILTIN_DATASETS
-
     info = BUILTIN_DATASETS.get(dataset_name) if dataset_name else None
     if info is None:
         return {}
@@ -85,8 +87,6 @@ def write_model_card(
     PosixPath('outputs/mnist/README.md')
     ```
     """
-    from huggingface_hub import ModelCard, ModelCardData
-
     out = Path(output_dir)
     if not Path(template_path).is_file():
         raise ValueError(f"`template_path` {template_path} does not exist.")
@@ -169,8 +169,6 @@ def _grid_text(num_images: Any, class_names: list[str] | None, guidance_scale: f
 
 
 def _schedule_text(scheduler: dict[str, Any]) -> str:
-    from ..schedulers.scheduling_common import lecture_beta_schedule
-
     name = lecture_beta_schedule(scheduler["beta_schedule"])
     if name == "cosine":
         extra = scheduler.get("_ddpm_ext_config", {})
@@ -179,8 +177,6 @@ def _schedule_text(scheduler: dict[str, Any]) -> str:
 
 
 def _count_parameters(unet_dir: Path) -> int:
-    from safetensors import safe_open
-
     total = 0
     for f in unet_dir.glob("*.safetensors"):
         with safe_open(str(f), framework="pt") as st:

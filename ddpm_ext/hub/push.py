@@ -13,6 +13,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from huggingface_hub import HfApi
+
 __all__ = ["UPLOAD_PATTERNS", "describe_error", "push_pipeline"]
 
 UPLOAD_PATTERNS = ["model_index.json", "unet/config.json", "unet/*.safetensors", "scheduler/scheduler_config.json",
@@ -46,8 +48,6 @@ def push_pipeline(
     'https://huggingface.co/me/ddpm-mnist'
     ```
     """
-    from huggingface_hub import HfApi
-
     path = Path(folder)
     if not (path / "model_index.json").is_file():
         raise ValueError(f"`folder` {path} is not a saved pipeline (no model_index.json).")

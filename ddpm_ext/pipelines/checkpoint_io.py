@@ -20,8 +20,11 @@ from pathlib import Path
 from typing import Any
 
 import diffusers
+from accelerate import init_empty_weights
 from diffusers import UNet2DModel
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
+from huggingface_hub import snapshot_download
+from safetensors import safe_open
 
 from ..files import atomic_path, atomic_write_text
 from ..schedulers.scheduling_common import ScheduleMixin
@@ -29,6 +32,7 @@ from ..schedulers.scheduling_ddim_ext import DDIMExtScheduler
 from ..schedulers.scheduling_ddpm_ext import DDPMExtScheduler
 from ..validation import learns_variance
 from ..version import __version__
+from .guidance import check_guide_unet
 
 # diffusers' scheduler class -> the ddpm_ext scheduler that loads its config with full fidelity
 _FROM_DIFFUSERS = {"DDPMScheduler": DDPMExtScheduler, "DDIMScheduler": DDIMExtScheduler}
@@ -128,8 +132,6 @@ def save_pipeline(
         variant (`str`, *optional*): weights saved as `diffusion_pytorch_model.<variant>.safetensors` (diffusers').
         max_shard_size (`int` or `str`, *optional*): diffusers' sharding threshold for the UNet weights.
     """
-    from .guidance import check_guide_unet
-
     check_components(unet, scheduler)
     if guide_unet is not None:
         check_guide_unet(unet, guide_unet)
@@ -193,8 +195,6 @@ def resolve_pipeline_folder(
     elif os.path.exists(name):
         raise ValueError(f"`pretrained_model_name_or_path` {name!r} is a file, not a pipeline folder.")
     elif _looks_like_repo_id(name):
-        from huggingface_hub import snapshot_download
-
         def fetch(patterns: list[str]) -> Path:
             return Path(
                 snapshot_download(
@@ -275,9 +275,6 @@ def check_unet_weights(
         ValueError: no weights for `variant`; pickle weights without `allow_pickle=True` (or `use_safetensors=True`
             without safetensors); missing or unexpected tensors, named.
     """
-    from accelerate import init_empty_weights
-    from safetensors import safe_open
-
     unet_dir = folder / component
     if not (unet_dir / "config.json").is_file():
         raise ValueError(f"{unet_dir / 'config.json'} is missing: the pipeline's `{component}` is incomplete.")

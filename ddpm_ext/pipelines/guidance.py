@@ -45,6 +45,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
+from diffusers import UNet2DModel
 
 from ..validation import check_int, check_number
 
@@ -378,8 +379,6 @@ def check_guide_unet(unet: Any, guide_unet: Any) -> None:
     Both must agree in `sample_size`, `in_channels`, `out_channels` and class conditioning; the guide's width,
     depth or attention may differ (Karras et al. use a smaller model as well as a shorter-trained one).
     """
-    from diffusers import UNet2DModel
-
     if not isinstance(guide_unet, UNet2DModel):
         raise ValueError(f"`guide_unet` must be a diffusers `UNet2DModel` or None, got {type(guide_unet).__name__}.")
     differ = [f"{k}: {guide_unet.config.get(k)!r} (guide) vs {unet.config.get(k)!r} (unet)" for k in _GUIDE_MUST_MATCH

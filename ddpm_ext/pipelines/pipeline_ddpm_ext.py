@@ -19,7 +19,8 @@ from diffusers import DiffusionPipeline, ImagePipelineOutput, UNet2DModel
 from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 
-from ..images import images_to_uint8
+from ..data import ImageTransform
+from ..images import images_to_uint8, normalize, tensor_to_numpy, to_pil, to_unit
 from ..likelihood import BitsPerDimOutput, bits_per_dim
 from ..schedulers.scheduling_common import ScheduleMixin
 from ..validation import check_choice, check_int, check_number
@@ -462,9 +463,6 @@ class DDPMExtPipeline(DiffusionPipeline):
         u / 127.5 - 1; PIL images get the training transform ([`ddpm_ext.data.ImageTransform`] with centre crop
         to the UNet's `sample_size` and its number of channels).
         """
-        from ..data import ImageTransform  # imports `datasets`; only needed here
-        from ..images import normalize
-
         if isinstance(images, torch.Tensor):
             return normalize(images) if images.dtype == torch.uint8 else images
         if isinstance(images, np.ndarray):
@@ -486,8 +484,6 @@ class DDPMExtPipeline(DiffusionPipeline):
 
     def postprocess(self, sample: torch.Tensor, output_type: OutputType = "pil"):
         """(B, C, H, W) in [-1, 1] -> images in [0, 1] as PIL, NumPy (B, H, W, C) or torch (B, C, H, W)."""
-        from ..images import tensor_to_numpy, to_pil, to_unit
-
         image = to_unit(sample)  # (B, C, H, W) in [0, 1]
         if output_type == "pt":
             return image

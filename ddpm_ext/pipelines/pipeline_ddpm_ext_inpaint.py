@@ -33,10 +33,11 @@ from typing import Any, Literal, Sequence, get_args
 import numpy as np
 import PIL.Image
 import torch
+from PIL import ImageDraw
 
 from ..images import convert_image, normalize, to_unit
 from ..schedulers.scheduling_common import ScheduleMixin, draw_noise
-from ..validation import check_int
+from ..validation import check_choice, check_int
 from .chain_start import draw_initial_noise, resolve_timestep_spacing, set_sampling_timesteps
 from .guidance import prepare_guidance
 from .pipeline_ddpm_ext import DDPMExtPipeline, DDPMExtPipelineOutput, OutputType
@@ -137,8 +138,6 @@ def make_mask(kind: MaskKind, height: int, width: int, *, seed: int = 0) -> torc
 
     ```
     """
-    from ..validation import check_choice
-
     check_choice("kind", kind, MASK_KINDS)
     height, width = check_int("height", height, 1), check_int("width", width, 1)
     mask = torch.zeros(1, 1, height, width)
@@ -149,8 +148,6 @@ def make_mask(kind: MaskKind, height: int, width: int, *, seed: int = 0) -> torc
     elif kind == "centre_box":
         mask[..., height // 4 : height // 4 + height // 2, width // 4 : width // 4 + width // 2] = 1
     else:
-        from PIL import ImageDraw
-
         rng = np.random.default_rng(check_int("seed", seed, 0))
         canvas = PIL.Image.new("L", (width, height), 0)
         draw = ImageDraw.Draw(canvas)

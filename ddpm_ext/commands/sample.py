@@ -78,8 +78,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--no-noise", dest="no_noise", action="store_true",
         help="Sample without the added noise z: every step returns the mean μ_θ (the lecture's comparison).",
     )
-    parser.add_argument("--seed", type=nonnegative_int, default=0, help="Seed of the images: image i has its own generator from (seed, i), as in `ddpm-ext evaluate` "
-                        "and the figures (default: 0).")
+    parser.add_argument(
+        "--seed", type=nonnegative_int, default=0,
+        help="Seed of the images: image i has its own generator from (seed, i), as in `ddpm-ext evaluate` "
+        "and the figures (default: 0).",
+    )
     parser.add_argument("--output", default="samples.png", help="The grid image to write (default: samples.png).")
     parser.add_argument("--nrow", type=positive_int, default=None, help="Images per grid row (default: ceil(sqrt(N))).")
     parser.add_argument("--images_dir", default=None, help="Also write each image as 00000.png, 00001.png, ... here.")
@@ -128,7 +131,8 @@ def run(args: argparse.Namespace) -> int:
     is_ddim = isinstance(pipe.scheduler, DDIMExtScheduler)
     if args.ddim_eps is not None and not is_ddim:
         raise ValueError(
-            f"`--ddim_eps` {args.ddim_eps} needs a DDIM scheduler, but the pipeline's is {type(pipe.scheduler).__name__}; "
+            f"`--ddim_eps` {args.ddim_eps} needs a DDIM scheduler, but the pipeline's is "
+            f"{type(pipe.scheduler).__name__}; "
             "add `--scheduler ddim`."
         )
     if args.eta is not None and not is_ddim:
@@ -167,7 +171,9 @@ def run(args: argparse.Namespace) -> int:
         threads.tick()
 
     try:
-        with tqdm(total=len(starts) * steps, desc=f"sampling {args.num_images} images", unit="step", file=sys.stderr) as bar:
+        with tqdm(
+            total=len(starts) * steps, desc=f"sampling {args.num_images} images", unit="step", file=sys.stderr
+        ) as bar:
             for start in starts:
                 count = min(args.batch_size, args.num_images - start)
                 out = pipe(

@@ -242,7 +242,8 @@ class AdaptiveThreads:
     def summary(self) -> dict[str, Any]:
         """What the run used: `adaptive` (on or off), `max_threads`, steps per thread count, number of changes."""
         return {"adaptive": self.enabled, "max_threads": self.max_threads,
-                "steps_per_thread_count": {str(k): v for k, v in sorted(self.steps_at.items())}, "changes": self.changes}
+                "steps_per_thread_count": {str(k): v for k, v in sorted(self.steps_at.items())},
+                "changes": self.changes}
 
     def restore(self) -> None:
         """Set the thread count back to what it was at creation."""

@@ -52,7 +52,9 @@ def check_number(
     if ok and high is not None:
         ok = value <= high
     if not ok:
-        raise ValueError(f"`{name}` must be {_allowed('a number', 'a finite number', low, high, low_open)}, got {value!r}.")
+        raise ValueError(
+            f"`{name}` must be {_allowed('a number', 'a finite number', low, high, low_open)}, got {value!r}."
+        )
     return float(value)
 
 

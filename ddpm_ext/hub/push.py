@@ -1,7 +1,8 @@
 """Pushes of pipeline folders to the Hugging Face Hub (the command line is `ddpm-ext push`).
 
-Only the pipeline (`model_index.json`, `unet/`, `scheduler/`, an autoguidance `guide_unet/`), the model card and the sample grid are uploaded:
-never checkpoints, logs or anything holding a token. The token is handed to `huggingface_hub` and nowhere else.
+Only the pipeline (`model_index.json`, `unet/`, `scheduler/`, an autoguidance `guide_unet/`), the model card and the
+sample grid are uploaded: never checkpoints, logs or anything holding a token. The token is handed to
+`huggingface_hub` and nowhere else.
 A re-push makes the repo hold exactly these files: files of an earlier push that are no longer part of the output
 are deleted in the same commit (`.gitattributes` is kept).
 

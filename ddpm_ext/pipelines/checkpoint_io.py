@@ -59,7 +59,9 @@ def check_components(unet: Any, scheduler: Any) -> None:
     if not isinstance(unet, UNet2DModel):
         raise ValueError(f"`unet` must be a diffusers `UNet2DModel`, got {type(unet).__name__}.")
     if not isinstance(scheduler, SchedulerMixin):
-        raise ValueError(f"`scheduler` must be a diffusers scheduler (`SchedulerMixin`), got {type(scheduler).__name__}.")
+        raise ValueError(
+            f"`scheduler` must be a diffusers scheduler (`SchedulerMixin`), got {type(scheduler).__name__}."
+        )
     c_in, c_out = unet.config.in_channels, unet.config.out_channels
     variance = getattr(scheduler.config, "variance_type", "fixed_small")
     learned = learns_variance(variance)
@@ -91,7 +93,9 @@ def _move_into(src_dir: Path, dst_dir: Path) -> None:
             os.replace(src, tmp)
 
 
-def _save_unet(unet: UNet2DModel, out: Path, component: str, variant: str | None, max_shard_size: int | str | None) -> None:
+def _save_unet(
+    unet: UNet2DModel, out: Path, component: str, variant: str | None, max_shard_size: int | str | None
+) -> None:
     """Write `unet` into `out/component` (safetensors), each file atomically; stale weights of the variant go."""
     staging = Path(tempfile.mkdtemp(prefix=f".{component}.", suffix=".tmp", dir=out))
     try:
@@ -102,7 +106,9 @@ def _save_unet(unet: UNet2DModel, out: Path, component: str, variant: str | None
         # weights of an earlier save of the same variant that this one does not overwrite (other sharding)
         stem = re.escape(WEIGHTS_STEM + (f".{variant}" if variant else ""))
         for old in (out / component).iterdir():
-            if old.name not in written and re.fullmatch(stem + r"(-\d{5}-of-\d{5})?\.safetensors(\.index\.json)?", old.name):
+            if old.name not in written and re.fullmatch(
+                stem + r"(-\d{5}-of-\d{5})?\.safetensors(\.index\.json)?", old.name
+            ):
                 old.unlink()
     finally:
         shutil.rmtree(staging, ignore_errors=True)
@@ -221,7 +227,8 @@ def resolve_pipeline_folder(
             ) from e
     else:
         raise ValueError(
-            f"`pretrained_model_name_or_path` {name!r} is neither an existing folder nor a Hub repo id of the form 'org/name'."
+            f"`pretrained_model_name_or_path` {name!r} is neither an existing folder nor a Hub repo id of the form "
+            "'org/name'."
         )
     if not (folder / "model_index.json").is_file():
         raise ValueError(f"{name!r} is not a pipeline: it has no model_index.json.")

@@ -102,7 +102,8 @@ def num_classes(unet: Any) -> int:
             "The UNet is unconditional (`num_class_embeds` is not set); it takes no class labels."
             if unet.config.get("class_embed_type") is None
             else f"The UNet's class embedding `class_embed_type`={unet.config.class_embed_type!r} is not supported; "
-            "ddpm_ext's conditional UNets use `num_class_embeds` = number of classes + 1 (the last id is the null class)."
+            "ddpm_ext's conditional UNets use `num_class_embeds` = number of classes + 1 "
+            "(the last id is the null class)."
         )
     if n < 2:
         raise ValueError(
@@ -159,7 +160,8 @@ def resolve_class_labels(unet: Any, class_labels: Any, batch_size: int | None = 
     """
     if not is_class_conditional(unet):
         raise ValueError(
-            f"`class_labels` were given ({_short(class_labels)}), but the UNet is unconditional (no `num_class_embeds`); "
+            f"`class_labels` were given ({_short(class_labels)}), but the UNet is unconditional "
+            "(no `num_class_embeds`); "
             "drop `class_labels` (and `guidance_scale`) or load a class-conditional model."
         )
     k = num_classes(unet)
@@ -172,7 +174,8 @@ def resolve_class_labels(unet: Any, class_labels: Any, batch_size: int | None = 
         class_labels = [class_labels] * (batch_size or 1)
     if not isinstance(class_labels, (list, tuple)) or not class_labels:
         raise ValueError(
-            f"`class_labels` must be a non-empty list of class ids in [0, {k - 1}] or names, got {_short(class_labels)}."
+            f"`class_labels` must be a non-empty list of class ids in [0, {k - 1}] or names, "
+            f"got {_short(class_labels)}."
         )
     if batch_size is not None and len(class_labels) != batch_size:
         raise ValueError(
@@ -294,7 +297,9 @@ class ClassGuidance:
         return call
 
 
-def combine_guidance(cond: torch.Tensor, uncond: torch.Tensor, guidance_scale: float, guided_channels: int) -> torch.Tensor:
+def combine_guidance(
+    cond: torch.Tensor, uncond: torch.Tensor, guidance_scale: float, guided_channels: int
+) -> torch.Tensor:
     """ε̂ = uncond + w (cond − uncond) on the first `guided_channels` channels; the rest (a learned variance)
     are `cond`'s. Shapes (B, C_out, H, W)."""
     mean = uncond[:, :guided_channels] + guidance_scale * (cond[:, :guided_channels] - uncond[:, :guided_channels])
@@ -351,7 +356,8 @@ def prepare_guidance(
     if class_labels is None:
         if w != 0.0:
             raise ValueError(
-                f"`guidance_scale`={guidance_scale!r} needs `class_labels`: the UNet is class-conditional ({k} classes: "
+                f"`guidance_scale`={guidance_scale!r} needs `class_labels`: the UNet is class-conditional "
+                f"({k} classes: "
                 f"{_listing(class_names(unet))}); pass `class_labels` (one id or name per image), or leave "
                 "`guidance_scale` unset (or 0) for unconditional samples p(x) (the null class)."
             )

@@ -194,7 +194,8 @@ class DDPMExtPipeline(DiffusionPipeline):
         w = check_autoguidance_scale(autoguidance_scale)
         if w != 1.0 and getattr(self, "guide_unet", None) is None:
             raise ValueError(
-                f"`autoguidance_scale`={autoguidance_scale!r} needs a guide model, but this pipeline has no `guide_unet` "
+                f"`autoguidance_scale`={autoguidance_scale!r} needs a guide model, but this pipeline has no "
+                "`guide_unet` "
                 "(train with --autoguidance_scale, or pass `guide_unet=` to the pipeline); leave it at None or 1."
             )
         return w
@@ -331,7 +332,9 @@ class DDPMExtPipeline(DiffusionPipeline):
         self._interrupt = False
 
         # 1. The timesteps, with this call's spacing (the scheduler checks its own options: the count, the list)
-        set_sampling_timesteps(scheduler, num_inference_steps, timesteps=timesteps, timestep_spacing=spacing, device=device)
+        set_sampling_timesteps(
+            scheduler, num_inference_steps, timesteps=timesteps, timestep_spacing=spacing, device=device
+        )
         self._num_timesteps = len(scheduler.timesteps)
         # ddpm_ext's schedulers take the host-side int (no device sync per step); others their own timestep tensors
         host_steps = scheduler.timesteps.tolist()
@@ -340,7 +343,9 @@ class DDPMExtPipeline(DiffusionPipeline):
         # 2. x_T ~ N(0, I) (drawn exactly as diffusers' DDPMPipeline draws it), or the given latents, scaled by
         #    the scheduler's initial σ (1 for DDPM / DDIM; σ_max for the Karras-style schedulers)
         if latents is None:
-            latents = draw_initial_noise((batch_size, unet.config.in_channels, *self._sample_hw()), generator, device, unet.dtype)
+            latents = draw_initial_noise(
+                (batch_size, unet.config.in_channels, *self._sample_hw()), generator, device, unet.dtype
+            )
         else:
             latents = latents.to(device=device, dtype=unet.dtype)
         if scheduler.init_noise_sigma != 1.0:
@@ -365,7 +370,9 @@ class DDPMExtPipeline(DiffusionPipeline):
             latents = out.prev_sample
             pred_original_sample = getattr(out, "pred_original_sample", None)
             if callback_on_step_end is not None:
-                available = {"latents": latents, "pred_original_sample": pred_original_sample, "model_output": model_output}
+                available = {
+                    "latents": latents, "pred_original_sample": pred_original_sample, "model_output": model_output
+                }
                 changed = callback_on_step_end(self, i, host_steps[i], {k: available[k] for k in tensor_inputs})
                 if changed:
                     latents = changed.pop("latents", latents)
@@ -468,7 +475,8 @@ class DDPMExtPipeline(DiffusionPipeline):
         if isinstance(images, np.ndarray):
             if images.dtype != np.uint8:
                 raise ValueError(
-                    f"A NumPy array of `images` must hold uint8 pixels (N, H, W, C) or (N, H, W), got dtype {images.dtype}; "
+                    "A NumPy array of `images` must hold uint8 pixels (N, H, W, C) or (N, H, W), "
+                    f"got dtype {images.dtype}; "
                     "pass floats as a torch tensor (N, C, H, W) in [-1, 1]."
                 )
             return normalize(torch.from_numpy(images_to_uint8(images)).permute(0, 3, 1, 2))
@@ -529,13 +537,19 @@ class DDPMExtPipeline(DiffusionPipeline):
         # None: passed when the step takes it, dropped otherwise)
         wanted = {
             "generator": (generator, None, None),
-            "eta": (float(eta), 0.0, "a DDIM scheduler (`pipe.scheduler = DDIMExtScheduler.from_config(pipe.scheduler.config)`)"),
+            "eta": (
+                float(eta),
+                0.0,
+                "a DDIM scheduler (`pipe.scheduler = DDIMExtScheduler.from_config(pipe.scheduler.config)`)",
+            ),
             "stochastic": (stochastic, True, "a ddpm_ext scheduler (the others always add their noise)"),
         }
         if use_clipped_model_output is None:  # the consistent ε̂ wherever the step offers it
             wanted["use_clipped_model_output"] = (True, None, None)
         elif not isinstance(use_clipped_model_output, bool):
-            raise ValueError(f"`use_clipped_model_output` must be True, False or None, got {use_clipped_model_output!r}.")
+            raise ValueError(
+                f"`use_clipped_model_output` must be True, False or None, got {use_clipped_model_output!r}."
+            )
         else:
             wanted["use_clipped_model_output"] = (use_clipped_model_output, False, "a DDIM scheduler")
         params = inspect.signature(self.scheduler.step).parameters  # by name, as diffusers' prepare_extra_step_kwargs
@@ -544,7 +558,9 @@ class DDPMExtPipeline(DiffusionPipeline):
             if name in params:
                 kwargs[name] = value
             elif needs is not None and value != neutral:
-                raise ValueError(f"`{name}`={value!r} needs {needs}; {type(self.scheduler).__name__}.step has no `{name}`.")
+                raise ValueError(
+                    f"`{name}`={value!r} needs {needs}; {type(self.scheduler).__name__}.step has no `{name}`."
+                )
         return kwargs, list(tensor_inputs)
 
     # ----------------------------------------------------------------------------------------------
@@ -580,8 +596,13 @@ class DDPMExtPipeline(DiffusionPipeline):
         >>> from diffusers import DDPMPipeline
         >>> from ddpm_ext import DDPMExtPipeline, DDPMExtScheduler, build_unet
         >>> folder = tempfile.mkdtemp()
-        >>> DDPMExtPipeline(unet=build_unet("tiny"), scheduler=DDPMExtScheduler(beta_schedule="cosine")).save_pretrained(folder)
-        >>> type(DDPMPipeline.from_pretrained(folder).scheduler).__name__, type(DDPMExtPipeline.from_pretrained(folder).scheduler).__name__
+        >>> DDPMExtPipeline(
+        ...     unet=build_unet("tiny"), scheduler=DDPMExtScheduler(beta_schedule="cosine")
+        ... ).save_pretrained(folder)
+        >>> (
+        ...     type(DDPMPipeline.from_pretrained(folder).scheduler).__name__,
+        ...     type(DDPMExtPipeline.from_pretrained(folder).scheduler).__name__,
+        ... )
         ('DDPMScheduler', 'DDPMExtScheduler')
 
         ```
@@ -657,7 +678,8 @@ class DDPMExtPipeline(DiffusionPipeline):
         asked_safetensors = kwargs.get("use_safetensors")  # the caller's, before the UNet's check sets it
         if "unet" not in overrides:
             kwargs["use_safetensors"] = check_unet_weights(
-                folder, variant=kwargs.get("variant"), use_safetensors=kwargs.get("use_safetensors"), allow_pickle=allow_pickle
+                folder, variant=kwargs.get("variant"), use_safetensors=kwargs.get("use_safetensors"),
+                allow_pickle=allow_pickle,
             )
         if load_guide and saved_guide(folder):
             safe = check_unet_weights(folder, variant=kwargs.get("variant"), use_safetensors=asked_safetensors,

@@ -26,6 +26,10 @@ import time
 from collections import Counter
 from typing import Any, Callable
 
+import torch
+
+from .validation import check_int, check_number
+
 __all__ = ["AdaptiveThreads", "other_processes_cpu", "parse_cpu_threads", "threads_chosen_by_user"]
 
 _PROC_STAT = "/proc/stat"
@@ -166,10 +170,6 @@ class AdaptiveThreads:
         device: Any = None,
         machine_cores: int | None = None,
     ) -> None:
-        import torch
-
-        from .validation import check_int, check_number
-
         self._initial = torch.get_num_threads()
         self.max_threads = check_int("max_threads", self._initial if max_threads is None else max_threads, 1)
         self.machine_cores = check_int("machine_cores", machine_cores or os.cpu_count() or self.max_threads, 1)
@@ -195,8 +195,6 @@ class AdaptiveThreads:
         option = parse_cpu_threads(option)
         if option == "auto":
             return cls(device=device)
-        import torch
-
         before = torch.get_num_threads()
         torch.set_num_threads(option)
         fixed = cls(max_threads=option, enabled=False)
@@ -227,8 +225,6 @@ class AdaptiveThreads:
         self._streak = self._streak + 1 if wanted == self._wanted else 1
         self._wanted = wanted
         if self._streak >= self.patience:
-            import torch
-
             torch.set_num_threads(wanted)
             self.threads, self._streak = wanted, 0
             self.changes += 1
@@ -246,12 +242,11 @@ class AdaptiveThreads:
     def summary(self) -> dict[str, Any]:
         """What the run used: `adaptive` (on or off), `max_threads`, steps per thread count, number of changes."""
         return {"adaptive": self.enabled, "max_threads": self.max_threads,
-                "steps_per_thread_count": {str(k): v for k, v in sorted(self.steps_at.items())}, "changes": self.changes}
+                "steps_per_thread_count": {str(k): v for k, v in sorted(self.steps_at.items())},
+                "changes": self.changes}
 
     def restore(self) -> None:
         """Set the thread count back to what it was at creation."""
-        import torch
-
         if torch.get_num_threads() != self._initial:
             torch.set_num_threads(self._initial)
         self.threads = self._initial

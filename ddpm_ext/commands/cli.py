@@ -24,6 +24,8 @@ import sys
 from pathlib import Path
 from typing import Callable, Sequence
 
+from ..cpu_threads import parse_cpu_threads
+
 __all__ = ["COMMANDS", "main", "build_parser", "int_at_least", "positive_int", "nonnegative_int", "check_output_dir"]
 
 # name -> (help, module exposing add_arguments(parser) and run(args) -> int)
@@ -31,7 +33,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "sample": ("Sample images from a trained pipeline into a PNG grid.", "ddpm_ext.commands.sample"),
     "figures": ("Write the lecture's figures (forward and reverse process, schedules, samplers, inpainting, classes).",
                 "ddpm_ext.commands.figures"),
-    "evaluate": ("Score a pipeline: bits/dim on held-out images, FID/KID of samples per sampler.", "ddpm_ext.commands.evaluate"),
+    "evaluate": ("Score a pipeline: bits/dim on held-out images, FID/KID of samples per sampler.",
+                 "ddpm_ext.commands.evaluate"),
     "inpaint": ("Fill the masked part of an image with a trained pipeline (RePaint).", "ddpm_ext.commands.inpaint"),
     "push": ("Upload a saved pipeline folder with its model card and samples to the Hub.", "ddpm_ext.commands.push"),
 }
@@ -58,9 +61,8 @@ nonnegative_int = int_at_least(0)
 
 
 def cpu_threads_option(text: str) -> str | int:
-    """An argparse `type` for `--cpu_threads`: 'auto' or an integer >= 1 ([`ddpm_ext.cpu_threads.parse_cpu_threads`])."""
-    from ..cpu_threads import parse_cpu_threads
-
+    """An argparse `type` for `--cpu_threads`: 'auto' or an integer >= 1
+    ([`ddpm_ext.cpu_threads.parse_cpu_threads`])."""
     try:
         return parse_cpu_threads(text, "--cpu_threads")
     except ValueError as err:
@@ -93,7 +95,8 @@ def build_parser(command: str | None = None) -> tuple[argparse.ArgumentParser, o
     module is returned in place of the module so that `main` can report it.
     """
     parser = argparse.ArgumentParser(
-        prog="ddpm-ext", description="DDPM / DDIM for diffusers: sample from a pipeline, draw the lecture's figures, evaluate a model."
+        prog="ddpm-ext",
+        description="DDPM / DDIM for diffusers: sample from a pipeline, draw the lecture's figures, evaluate a model.",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     loaded: object = None

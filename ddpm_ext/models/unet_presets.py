@@ -113,7 +113,9 @@ def unet_config(preset: str | os.PathLike = "ddpm-cifar10", **overrides: Any) ->
         config = copy.deepcopy(UNET_PRESETS[name])
     elif name.endswith(".json") or os.path.exists(name):
         if not os.path.isfile(name):
-            raise ValueError(f"`preset` {name!r} is not a preset and no such JSON file exists; presets: {sorted(UNET_PRESETS)}.")
+            raise ValueError(
+                f"`preset` {name!r} is not a preset and no such JSON file exists; presets: {sorted(UNET_PRESETS)}."
+            )
         try:
             with open(name, encoding="utf-8") as f:
                 config = json.load(f)

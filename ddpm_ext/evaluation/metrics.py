@@ -192,7 +192,7 @@ class EfficientNetLite0Features(FeatureExtractor):
 
     ```py
     >>> import torch
-    >>> from ddpm_ext.metrics import EfficientNetLite0Features
+    >>> from ddpm_ext.evaluation.metrics import EfficientNetLite0Features
     >>> extractor = EfficientNetLite0Features()
     >>> extractor(torch.zeros(2, 1, 28, 28, dtype=torch.uint8)).shape
     torch.Size([2, 1280])
@@ -555,7 +555,7 @@ def reference_statistics(
 
     ```py
     >>> import tempfile, torch
-    >>> from ddpm_ext.metrics import EfficientNetLite0Features, reference_statistics
+    >>> from ddpm_ext.evaluation.metrics import EfficientNetLite0Features, reference_statistics
     >>> extractor = EfficientNetLite0Features()
     >>> images = lambda: torch.randint(
     ...     0, 256, (4, 1, 28, 28), dtype=torch.uint8, generator=torch.Generator().manual_seed(0)

@@ -2,9 +2,9 @@
 
 PyTorch runs its CPU kernels on one OpenMP thread per core, and OpenMP's threads busy-wait between kernels.
 On an idle machine that is the fastest choice; as soon as another CPU-bound process runs, the spinning threads
-fight it for the cores and a training step of the quick start becomes 5–6× slower (the README's "Threading"
-table, `python benchmarks/bench_contention.py`). One thread is robust but almost 2× slower on an idle machine,
-and `OMP_WAIT_POLICY=PASSIVE` costs 40% idle. No setting fixed at start-up is right for both, so
+fight it for the cores and every step slows down several times (`python benchmarks/bench_contention.py`
+measures it). One thread is robust but slower on an idle machine, and so is `OMP_WAIT_POLICY=PASSIVE`. No
+setting fixed at start-up is right for both, so
 [`AdaptiveThreads`] decides while the job runs: once per `interval` seconds it reads how much CPU the *other*
 processes used (Linux `/proc/stat` minus this process's own CPU time, so its own spinning threads do not
 count) and sets `torch.set_num_threads` to the cores they leave free (at least 1, at most the number the job

@@ -143,8 +143,8 @@ def timestep_proposal(scheduler, snr_gamma: float) -> torch.Tensor:
     same min-SNR-γ objective as t ~ U{0..T−1}, with less variance: the weight is nearly zero at both ends of the
     schedule (pure noise, and almost no noise), so a uniform draw spends much of each batch on images that add
     almost nothing to the loss. Each image's weighted loss becomes Z / T times its unweighted loss, Z = Σ_t w(t).
-    Less variance in the loss is not faster training: on the README's quick start (v-prediction, min-SNR-5) this
-    proposal trained to a worse classifier IS than uniform t (the recipe study's table).
+    Less variance in the loss is not necessarily faster training: `training/recipe_study.py` compares this proposal
+    with uniform t on the same recipe.
 
     Example:
 

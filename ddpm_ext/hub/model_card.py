@@ -126,7 +126,7 @@ def write_model_card(
         grid_text=_grid_text(safe_args.get("eval_batch_size", ""), info.get("class_names"), guidance_scale),
         sample_steps=safe_args.get("ddpm_num_inference_steps", ""),
         inference_steps=min(int(safe_args.get("ddpm_num_inference_steps") or DEFAULT_SAMPLING_STEPS), T),
-        ddim_steps=min(20, T),  # deterministic DDIM's best FID in the README's sampler study
+        ddim_steps=min(20, T),  # the card's DDIM example: 20 deterministic steps (or T, if fewer)
         seed=safe_args.get("seed", ""),
         num_train_timesteps=T,
         beta_schedule=_schedule_text(scheduler),

@@ -1,8 +1,9 @@
 """Train a DDPM with accelerate: `accelerate launch training/train_ddpm.py --output_dir outputs/mnist`.
 
-A thin launcher: the script lives in the package as [`ddpm_ext.training.train`] (its docstring lists the
-commands), so an installed ddpm_ext trains with `python -m ddpm_ext.training` too. Run from a checkout, it uses
-that checkout's ddpm_ext (Python puts `training/`, not the repository root, first on the import path).
+A thin launcher: the training lives in the package as [`ddpm_ext.training.train`] (its docstring lists example
+commands), so an installed ddpm_ext trains with `ddpm-ext train` (or `accelerate launch -m ddpm_ext train`) and
+the same flags too. Run from a checkout, it uses that checkout's ddpm_ext (Python puts `training/`, not the
+repository root, first on the import path).
 """
 
 import sys

@@ -43,7 +43,7 @@ from .conditioning import sample_grid_call
 if TYPE_CHECKING:  # the loop's state, read here; train.py imports this module
     from .train import Trainer
 
-__all__ = ["pipeline_to_save", "save_outputs", "save_pipeline_whole", "write_samples"]
+__all__ = ["pipeline_to_save", "push", "save_outputs", "save_pipeline_whole", "training_info", "write_samples"]
 
 INDEX = "model_index.json"
 

@@ -13,7 +13,7 @@ _ROOT = Path(__file__).resolve().parents[1]
 if (_ROOT / "ddpm_ext" / "__init__.py").is_file() and str(_ROOT) not in sys.path:
     sys.path.insert(0, str(_ROOT))
 
-from ddpm_ext.training.train import main
+from ddpm_ext.training.train import main  # noqa: E402 (after the checkout is put on the import path)
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -111,7 +111,7 @@ def write_samples(accelerator: Any, args: argparse.Namespace, step: int, pipe: D
         if tracker.name == "tensorboard":
             tracker.writer.add_images("samples", images, step, dataformats="NHWC")
         elif tracker.name == "wandb":
-            import wandb  # optional (--logger wandb only)
+            import wandb  # noqa: PLC0415 (an optional dependency, needed with --logger wandb only)
 
             tracker.log({"samples": [wandb.Image(img) for img in images]}, step=step)
     return path
@@ -162,7 +162,7 @@ def push(args: argparse.Namespace, output_dir: Path, accelerator: Any) -> int:
     except Exception as e:  # noqa: BLE001 (the local output stays; say how to retry)
         accelerator.print(
             f"error: the push to the Hub failed ({describe_error(e, args.hub_token)}). The trained pipeline is intact "
-            f"in {output_dir}; retry with: python -m ddpm_ext.hub push {output_dir} --repo_id "
+            f"in {output_dir}; retry with: ddpm-ext push {output_dir} --repo_id "
             f"{repo_id}{' --private' if args.hub_private_repo else ''}"
         )
         return 3

@@ -268,7 +268,7 @@ def test_failed_push_keeps_output_and_says_how_to_retry(tmp_path, upload_hub):
     assert result.returncode == 3
     text = result.stdout + result.stderr
     assert "the push to the Hub failed" in text
-    assert f"python -m ddpm_ext.hub push {out} --repo_id ddpm-ext-tests/refused" in text
+    assert f"ddpm-ext push {out} --repo_id ddpm-ext-tests/refused" in text
     assert (out / "model_index.json").is_file() and (out / "unet" / "diffusion_pytorch_model.safetensors").is_file()
     assert "wrong-token" not in text
 

@@ -48,8 +48,9 @@ class OursTrainer:
 
     def __init__(self, unet, device, flags: list[str], autocast_dtype=None, compile=False, compile_mode=None):
         import ddpm_ext.training.train as train_ddpm
+        from ddpm_ext.training.flags import parse_args
 
-        self.args = train_ddpm.parse_args(["--learning_rate", str(LEARNING_RATE), *flags])
+        self.args = parse_args(["--learning_rate", str(LEARNING_RATE), *flags])
         self.train_ddpm = train_ddpm
         self.unet = unet.to(device).train()
         if self.args.channels_last:

@@ -37,6 +37,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
                  "ddpm_ext.commands.evaluate"),
     "inpaint": ("Fill the masked part of an image with a trained pipeline (RePaint).", "ddpm_ext.commands.inpaint"),
     "push": ("Upload a saved pipeline folder with its model card and samples to the Hub.", "ddpm_ext.commands.push"),
+    "train": ("Train a DDPM with accelerate and save it as a pipeline.", "ddpm_ext.commands.train"),
 }
 
 

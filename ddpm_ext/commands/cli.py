@@ -1,17 +1,19 @@
 """`ddpm-ext`: the command line (also `python -m ddpm_ext`).
 
 Each subcommand is a module with `add_arguments(parser)` and `run(args) -> int`, listed in [`COMMANDS`] and
-imported only when it runs, so a missing optional dependency of one command (matplotlib for `figures`) does not
-break the others. A `ValueError` from a command is printed as `error: ...` with exit status 2, as argparse does
-for bad options.
+imported only when it runs, so a command starts without importing the others' dependencies, and an
+`ImportError` of one command's module is reported for that command alone. A `ValueError` from a command is
+printed as `error: ...` with exit status 2, as argparse does for bad options.
 
 Examples:
 
 ```bash
+ddpm-ext train --output_dir outputs/mnist --max_train_steps 1700      # or: accelerate launch -m ddpm_ext train ...
 ddpm-ext sample outputs/mnist --num_images 64 --steps 100 --output samples.png
 ddpm-ext sample outputs/mnist --scheduler ddim --steps 50 --eta 0.0 --images_dir samples/
 ddpm-ext figures outputs/mnist --output_dir figures
 ddpm-ext evaluate outputs/mnist --num_samples 100 --samplers ddpm:1000 ddim:50:0 --output_dir eval
+ddpm-ext push outputs/mnist --repo_id me/ddpm-mnist
 ```
 """
 

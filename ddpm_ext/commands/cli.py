@@ -32,6 +32,7 @@ __all__ = ["COMMANDS", "main", "build_parser", "int_at_least", "positive_int", "
 
 # name -> (help, module exposing add_arguments(parser) and run(args) -> int)
 COMMANDS: dict[str, tuple[str, str]] = {
+    "train": ("Train a DDPM with accelerate and save it as a pipeline.", "ddpm_ext.commands.train"),
     "sample": ("Sample images from a trained pipeline into a PNG grid.", "ddpm_ext.commands.sample"),
     "figures": ("Write the lecture's figures (forward and reverse process, schedules, samplers, inpainting, classes).",
                 "ddpm_ext.commands.figures"),
@@ -39,7 +40,6 @@ COMMANDS: dict[str, tuple[str, str]] = {
                  "ddpm_ext.commands.evaluate"),
     "inpaint": ("Fill the masked part of an image with a trained pipeline (RePaint).", "ddpm_ext.commands.inpaint"),
     "push": ("Upload a saved pipeline folder with its model card and samples to the Hub.", "ddpm_ext.commands.push"),
-    "train": ("Train a DDPM with accelerate and save it as a pipeline.", "ddpm_ext.commands.train"),
 }
 
 
@@ -99,7 +99,8 @@ def build_parser(command: str | None = None) -> tuple[argparse.ArgumentParser, o
     """
     parser = argparse.ArgumentParser(
         prog="ddpm-ext",
-        description="DDPM / DDIM for diffusers: sample from a pipeline, draw the lecture's figures, evaluate a model.",
+        description="DDPM / DDIM for diffusers: train a model, sample from it, evaluate it, draw the lecture's "
+        "figures, inpaint, push it to the Hub.",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     loaded: object = None

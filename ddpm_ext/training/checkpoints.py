@@ -8,7 +8,8 @@ A checkpoint is a folder `checkpoint-<step>` in the output folder:
 ```
 checkpoint-<step>/
   unet/              the trained UNet, diffusers format (config.json + safetensors)
-  unet_ema/          the EMA weights, diffusers format (with --use_ema): UNet2DModel.from_pretrained(ckpt, subfolder="unet_ema")
+  unet_ema/          the EMA weights, diffusers format (with --use_ema):
+                     UNet2DModel.from_pretrained(ckpt, subfolder="unet_ema")
   ema_state.json     the EMA's scalars (optimisation step, decay settings)
   guide_unet/        the autoguidance guide (with --autoguidance_scale > 1, once its step has passed): the EMA
                      weights of that step, diffusers format
@@ -280,8 +281,8 @@ def validate_checkpoint(
     for legacy in _LEGACY_PICKLES:
         if (ckpt / legacy).exists():
             raise CheckpointError(
-                f"{ckpt / legacy} is a pickle (the EMA state of an older ddpm_ext); it is not loaded because unpickling "
-                "can execute code. Resume from a checkpoint written by this version, or start a new run."
+                f"{ckpt / legacy} is a pickle (the EMA state of an older ddpm_ext); it is not loaded because "
+                "unpickling can execute code. Resume from a checkpoint written by this version, or start a new run."
             )
     state = read_training_state(ckpt)
     mismatched = [f"--{k} is {config.get(k)!r} here but {v!r} in the checkpoint" for k, v in state["config"].items()
@@ -298,9 +299,13 @@ def validate_checkpoint(
             saved_cfg = json.loads(cfg_path.read_text())
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
             raise CheckpointError(f"{cfg_path} is missing or damaged ({e}).") from None
-        differ = sorted(k for k in unet_config if not k.startswith("_") and _jsonable(unet_config[k]) != saved_cfg.get(k))
+        differ = sorted(
+            k for k in unet_config if not k.startswith("_") and _jsonable(unet_config[k]) != saved_cfg.get(k)
+        )
         if differ:
-            raise CheckpointError(f"{cfg_path} describes another UNet (differs in {differ}); it cannot be resumed here.")
+            raise CheckpointError(
+                f"{cfg_path} describes another UNet (differs in {differ}); it cannot be resumed here."
+            )
         weights = ckpt / sub / WEIGHTS_NAME
         try:
             with safe_open(str(weights), framework="pt") as f:

@@ -110,7 +110,9 @@ def dataset_class_labels(dataset: datasets.Dataset, label_column: str | None = N
     elif isinstance(feature, datasets.Value) and feature.dtype.startswith(("int", "uint")):
         ids = np.asarray(values, dtype=np.int64)
         if (ids < 0).any():
-            raise ValueError(f"The label column {column!r} holds negative ids (e.g. {int(ids[ids < 0][0])}); ids must be >= 0.")
+            raise ValueError(
+                f"The label column {column!r} holds negative ids (e.g. {int(ids[ids < 0][0])}); ids must be >= 0."
+            )
         names = [str(i) for i in range(int(ids.max()) + 1)] if len(ids) else []
     elif isinstance(feature, datasets.Value) and feature.dtype in ("string", "large_string"):
         names = sorted(set(values))
@@ -122,7 +124,9 @@ def dataset_class_labels(dataset: datasets.Dataset, label_column: str | None = N
             "or strings."
         )
     if len(names) < 2:
-        raise ValueError(f"The label column {column!r} holds {len(names)} class(es); a conditional model needs at least 2.")
+        raise ValueError(
+            f"The label column {column!r} holds {len(names)} class(es); a conditional model needs at least 2."
+        )
     return torch.from_numpy(ids), [str(n) for n in names]
 
 
@@ -181,7 +185,8 @@ def make_class_conditional(unet: UNet2DModel, names: list[str], seed: int) -> UN
         have = num_classes(unet)
         if have != k:
             raise ValueError(
-                f"The pretrained UNet is conditional on {have} classes ({class_names(unet)}), but the data has {k} ({names})."
+                f"The pretrained UNet is conditional on {have} classes ({class_names(unet)}), "
+                f"but the data has {k} ({names})."
             )
         set_class_names(unet, names)
         return unet
@@ -228,7 +233,9 @@ class Conditioning:
 
     def info(self) -> dict[str, Any]:
         """For training_info.json and the model card."""
-        return {"num_classes": len(self.names), "class_names": list(self.names), "class_dropout_prob": self.dropout_prob}
+        return {
+            "num_classes": len(self.names), "class_names": list(self.names), "class_dropout_prob": self.dropout_prob
+        }
 
 
 def setup_conditioning(
@@ -281,4 +288,5 @@ def sample_grid_call(
     per_class = grid_images_per_class(num_images, k)
     labels = balanced_class_labels(per_class * k, k)
     order = [r * k + c for c in range(k) for r in range(per_class)]
-    return {"batch_size": len(labels), "class_labels": labels, "guidance_scale": float(guidance_scale)}, per_class, order
+    kwargs = {"batch_size": len(labels), "class_labels": labels, "guidance_scale": float(guidance_scale)}
+    return kwargs, per_class, order

@@ -11,6 +11,7 @@ import pytest
 from diffusers import UNet2DModel
 from repo_scripts import load_script
 
+import ddpm_ext.evaluation.evaluate as ev
 from ddpm_ext import DDPMExtPipeline
 from ddpm_ext.evaluation.config import EvaluationConfig
 from ddpm_ext.evaluation.evaluate import evaluate
@@ -30,8 +31,9 @@ def study():
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("run") / "run"
-    subprocess.run([sys.executable, str(ROOT / "training" / "train_ddpm.py"), *TINY, "--output_dir", str(out)], check=True,
-                   cwd=ROOT, env={"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"}, capture_output=True, timeout=600)
+    subprocess.run([sys.executable, str(ROOT / "training" / "train_ddpm.py"), *TINY, "--output_dir", str(out)],
+                   check=True, cwd=ROOT, env={"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"}, capture_output=True,
+                   timeout=600)
     return out
 
 
@@ -51,14 +53,14 @@ def test_rows_equal_evaluate_with_that_guide_and_the_study_resumes(study, tiny_r
     # one thread, as the study's --threads 1: float sums (sampling, features) depend on the thread count
     config = dict(num_bpd_images=0, num_samples=4, kid_subset_size=2, max_real_images=8, digit_judge="on",
                   stats_cache_dir=str(tmp_path / "stats"), no_progress=True, cpu_threads=1)
-    rows = evaluate(EvaluationConfig(str(tmp_path / "guided"), samplers=["ddim:4:0:ag=2.5", "ddim:4:0:ag=1"], **config))["samples"]
+    rows = evaluate(
+        EvaluationConfig(str(tmp_path / "guided"), samplers=["ddim:4:0:ag=2.5", "ddim:4:0:ag=1"], **config)
+    )["samples"]
     for mine, theirs in zip(result["rows"][::-1], rows):
         for key in ("classifier_is", "fid", "precision", "recall", "mean_pixel"):
             assert mine[key] == theirs[key], key
     assert "| 2 | 0.50 | 2.5 |" in (out / "autoguidance_study.md").read_text()
     # run again with one more guide: only the new rows are scored
-    import ddpm_ext.evaluation.evaluate as ev
-
     scored = []
     real = ev.sample_images
     monkeypatch.setattr(ev, "sample_images", lambda run, spec: scored.append(spec.spec) or real(run, spec))
@@ -68,7 +70,8 @@ def test_rows_equal_evaluate_with_that_guide_and_the_study_resumes(study, tiny_r
 
 
 @pytest.mark.parametrize("extra, message", [
-    (["--guide_steps", "3"], "--guide_steps 3: {run} has no checkpoint-3 with weights; its checkpoints are at steps [2, 4]"),
+    (["--guide_steps", "3"],
+     "--guide_steps 3: {run} has no checkpoint-3 with weights; its checkpoints are at steps [2, 4]"),
 ])
 def test_a_missing_guide_is_refused_before_anything_is_written(study, tiny_run, tmp_path, capsys, extra, message):
     assert study.main(["--output_dir", str(tmp_path / "s"), "--pipeline", str(tiny_run), *extra, *SCORING]) == 2

@@ -7,7 +7,8 @@ by `validate_checkpoint` naming the file, and the scenarios of issue 18 run the 
 from __future__ import annotations
 
 import json
-import os
+import math
+import pickle
 import shutil
 import subprocess
 import sys
@@ -15,6 +16,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from diffusers import UNet2DModel
+from diffusers.optimization import get_scheduler
 from test_training import ENV, ROOT, TINY, assert_same_weights, run, weights
 
 from ddpm_ext.training import flags as train_flags
@@ -54,8 +57,6 @@ def validate(ckpt: Path):
 # --------------------------------------------------------------------------------------------------
 @pytest.mark.slow
 def test_checkpoint_holds_diffusers_unets_and_no_pickle(trained):
-    from diffusers import UNet2DModel
-
     ckpt = trained / "checkpoint-6"
     assert [p.name for p in sorted(trained.glob("checkpoint-*"))] == ["checkpoint-2", "checkpoint-4", "checkpoint-6"]
     assert not (ckpt / "custom_checkpoint_0.pkl").exists() and not (ckpt / "model.safetensors").exists()
@@ -73,8 +74,6 @@ def test_checkpoint_holds_diffusers_unets_and_no_pickle(trained):
 
 def _crafted_pickle(path: Path, marker: Path) -> None:
     """A pickle that, when fully unpickled, creates `marker` (what a crafted checkpoint could do)."""
-    import pickle
-
     class Exploit:
         def __reduce__(self):
             return (open, (str(marker), "w"))
@@ -159,7 +158,8 @@ def test_new_run_never_prunes_or_resumes_another_runs_checkpoints(trained, tmp_p
     shutil.copytree(trained / "checkpoint-6", out / "checkpoint-6")  # an earlier run's checkpoint
     refused = run(TINY + ["--max_train_steps", "2", "--output_dir", str(out)], check=False, timeout=120)
     assert refused.returncode == 2
-    assert "holds checkpoints of another run (checkpoint-6)" in refused.stderr and "--overwrite_output_dir" in refused.stderr
+    assert "holds checkpoints of another run (checkpoint-6)" in refused.stderr
+    assert "--overwrite_output_dir" in refused.stderr
 
     # told to start anew: the old checkpoint is moved aside (not deleted), the new run keeps its own checkpoint-2
     result = run(TINY + ["--max_train_steps", "2", "--checkpointing_steps", "2", "--checkpoints_total_limit", "1",
@@ -220,8 +220,8 @@ sys.exit(train_ddpm.main({argv!r}))
 
 def run_with_full_disk(fail_under: str, argv: list[str]) -> subprocess.CompletedProcess:
     code = _FULL_DISK.format(fail_under=fail_under, argv=argv)
-    return subprocess.run([sys.executable, "-c", code], check=False, cwd=ROOT, capture_output=True, text=True, timeout=600,
-                          env=ENV)
+    return subprocess.run([sys.executable, "-c", code], check=False, cwd=ROOT, capture_output=True, text=True,
+                          timeout=600, env=ENV)
 
 
 @pytest.mark.slow
@@ -259,7 +259,8 @@ def test_full_disk_during_the_final_save_keeps_the_earlier_pipeline(trained, tmp
 @pytest.mark.parametrize(
     "flags, message",
     [
-        (["--resolution", "7"], "--resolution must be a multiple of 2 (each of the UNet's 1 downsampling steps halves the image), got 7"),
+        (["--resolution", "7"],
+         "--resolution must be a multiple of 2 (each of the UNet's 1 downsampling steps halves the image), got 7"),
         (["--resolution", "100000"], "--resolution must be <= 4096, got 100000"),
         (["--learning_rate", "inf"], "`--learning_rate` must be a number > 0, got inf."),
         (["--learning_rate", "nan"], "`--learning_rate` must be a number > 0, got nan."),
@@ -270,7 +271,8 @@ def test_full_disk_during_the_final_save_keeps_the_earlier_pipeline(trained, tmp
         (["--adam_epsilon", "0"], "`--adam_epsilon` must be a number > 0, got 0.0."),
         (["--pretrained_model_name_or_path", "x", "--ddpm_beta_schedule", "cosine", "--ddpm_num_steps", "50"],
          "--ddpm_num_steps, --ddpm_beta_schedule cannot apply to --pretrained_model_name_or_path"),
-        (["--enable_xformers_memory_efficient_attention"], "--enable_xformers_memory_efficient_attention needs xformers"),
+        (["--enable_xformers_memory_efficient_attention"],
+         "--enable_xformers_memory_efficient_attention needs xformers"),
         (["--logger", "wandb"], "--logger wandb needs the wandb package"),
     ],
 )
@@ -313,7 +315,8 @@ def test_new_model_scheduler_samples_with_trailing_spacing(tmp_path):
     class keeps diffusers' "leading" default."""
     args = train_flags.parse_args(["--model_config", "tiny", "--output_dir", str(tmp_path / "o")])
     _, scheduler = train_ddpm.build_model_and_scheduler(args)
-    assert scheduler.config.timestep_spacing == "trailing" and train_ddpm.DDPMExtScheduler().config.timestep_spacing == "leading"
+    assert scheduler.config.timestep_spacing == "trailing"
+    assert train_ddpm.DDPMExtScheduler().config.timestep_spacing == "leading"
     scheduler.set_timesteps(10)
     assert scheduler.timesteps[0] == 999
 
@@ -325,8 +328,6 @@ def test_hub_token_on_the_command_line_warns(tmp_path):
 
 
 def test_resume_applies_a_changed_learning_rate_and_keeps_an_unchanged_one_exact():
-    from diffusers.optimization import get_scheduler
-
     def setup(lr):
         p = torch.nn.Parameter(torch.ones(3))
         opt = torch.optim.AdamW([p], lr=lr)
@@ -355,8 +356,6 @@ def test_resume_applies_a_changed_learning_rate_and_keeps_an_unchanged_one_exact
             assert opt2.param_groups[0]["lr"] == expected  # bit-identical when unchanged
         else:
             # the cosine schedule at step 4 of 10 (2 warm-up), scaled to the new peak
-            import math
-
             factor = 0.5 * (1 + math.cos(math.pi * (4 - 2) / (10 - 2)))
             assert opt2.param_groups[0]["lr"] == pytest.approx(1e-4 * factor, rel=1e-12)
             sched2.step()

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from safetensors.torch import load_file
 
 from ddpm_ext import DDIMExtScheduler, DDPMExtPipeline, DDPMExtScheduler, build_unet
 from ddpm_ext.data import load_image_dataset
@@ -255,8 +256,6 @@ def test_briefly_trained_model_draws_the_requested_classes(one_thread):
 
 def test_resumed_conditional_run_equals_an_uninterrupted_one(tmp_path):
     """Label dropout comes from the step's generator: 2 steps + resume to 4 give the weights of 4 straight steps."""
-    from safetensors.torch import load_file
-
     # --cpu_threads 1: compared bit for bit, so all three runs must sum in the same order ("auto" may change the
     # thread count mid-run on a busy machine); same process, same thread count: exact by construction
     common = TINY + ["--class_conditional", "--class_dropout_prob", "0.5", "--checkpointing_steps", "2",
@@ -275,5 +274,7 @@ def test_fine_tuning_a_conditional_pipeline_needs_the_flag(tmp_path, capsys):
     unet = build_unet("tiny", num_class_embeds=11)
     DDPMExtPipeline(unet=unet, scheduler=DDPMExtScheduler(num_train_timesteps=100)).save_pretrained(tmp_path / "cond")
     finetune = [a for i, a in enumerate(TINY) if a != "--ddpm_num_steps" and TINY[i - 1] != "--ddpm_num_steps"]
-    code = main(finetune + ["--pretrained_model_name_or_path", str(tmp_path / "cond"), "--output_dir", str(tmp_path / "out")])
+    code = main(
+        finetune + ["--pretrained_model_name_or_path", str(tmp_path / "cond"), "--output_dir", str(tmp_path / "out")]
+    )
     assert code == 2 and "is class-conditional (10 classes" in capsys.readouterr().err

@@ -45,7 +45,8 @@ def test_named_variants_train_the_recipe_they_were_measured_on(study, tmp_path, 
     assert "--class_conditional" in commands["quick-start"] and "--class_conditional" in commands["mine"]
     assert "--class_conditional" not in commands["unconditional"] and "--class_conditional" not in commands["bs64-1600"]
     flags = commands["bs64-1600"]
-    assert flags[flags.index("--max_train_steps") + 1] == "1600" and flags[flags.index("--autoguidance_scale") + 1] == "1"
+    assert flags[flags.index("--max_train_steps") + 1] == "1600"
+    assert flags[flags.index("--autoguidance_scale") + 1] == "1"
     assert commands["mine"][commands["mine"].index("--seed") + 1] == "3"
     assert not (tmp_path / "s").exists()
 
@@ -93,7 +94,8 @@ def test_tiny_variant_trains_scores_and_resumes(study, tmp_path, capsys):
     assert flags[flags.index("--prediction_type") + 1] == "v_prediction"  # the quick start's flags are kept
     info = json.loads((out / "tiny" / "training_info.json").read_text())
     assert (row["steps"], row["batch_size"], row["images_seen"]) == (3, 8, 24) == (info["global_step"], 8, 24)
-    assert row["train_seconds"] == info["train_seconds_this_run"] and row["seconds_per_step"] == pytest.approx(row["train_seconds"] / 3)
+    assert row["train_seconds"] == info["train_seconds_this_run"]
+    assert row["seconds_per_step"] == pytest.approx(row["train_seconds"] / 3)
     evaluated = json.loads((out / "tiny" / "recipe_eval" / "results.json").read_text())["samples"][0]
     assert evaluated["sampler"] == "ddpm:3"
     for key in ("classifier_is", "classifier_is_std", "classes_present", "fid", "kid_mean", "precision", "recall"):

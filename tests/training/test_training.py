@@ -15,10 +15,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from diffusers import DDPMPipeline, DDPMScheduler
+from huggingface_hub import ModelCard
 from PIL import Image
 from safetensors.torch import load_file
 
-from ddpm_ext import DDPMExtPipeline
+from ddpm_ext import DDPMExtPipeline, DDPMExtScheduler, build_unet
 from ddpm_ext.commands import cli
 from ddpm_ext.images import save_image_grid
 from ddpm_ext.seeding import image_generators
@@ -29,7 +31,8 @@ SCRIPT = ROOT / "training" / "train_ddpm.py"
 CLI = ["-m", "ddpm_ext", "train"]  # `ddpm-ext train`, as `python -m` and `accelerate launch -m` run it
 # A tiny UNet on 8x8 MNIST crops: each run takes seconds.
 TINY = ["--model_config", "tiny", "--resolution", "8", "--train_batch_size", "8", "--max_train_samples", "48",
-        "--eval_batch_size", "4", "--ddpm_num_inference_steps", "4", "--ddpm_num_steps", "100", "--lr_warmup_steps", "2"]
+        "--eval_batch_size", "4", "--ddpm_num_inference_steps", "4", "--ddpm_num_steps", "100",
+        "--lr_warmup_steps", "2"]
 # fine-tuning keeps the pretrained scheduler: its flags are refused with --pretrained_model_name_or_path
 TINY_FINETUNE = [a for i, a in enumerate(TINY) if a != "--ddpm_num_steps" and TINY[i - 1] != "--ddpm_num_steps"]
 # Every training subprocess runs with one OpenMP thread: runs compared bit for bit must use the same thread
@@ -41,7 +44,8 @@ def run(args: list[str], *, env: dict | None = None, timeout: int = 600, launche
         check: bool = True, entry: list[str] | None = None) -> subprocess.CompletedProcess:
     """Run the training with `args`: `training/train_ddpm.py`, or `entry` (e.g. `CLI`), under `launcher`."""
     cmd = (launcher or [sys.executable]) + (entry or [str(SCRIPT)]) + args
-    result = subprocess.run(cmd, check=False, cwd=ROOT, env={**ENV, **(env or {})}, capture_output=True, text=True, timeout=timeout)
+    result = subprocess.run(cmd, check=False, cwd=ROOT, env={**ENV, **(env or {})}, capture_output=True, text=True,
+                            timeout=timeout)
     if check and result.returncode != 0:
         raise AssertionError(f"{cmd} failed ({result.returncode}):\n{result.stderr[-4000:]}")
     return result
@@ -73,12 +77,9 @@ def test_smoke_training_writes_a_pipeline_diffusers_loads(tmp_path):
     grid = Image.open(out / "samples.png")
     assert grid.size[0] > 8 and grid.mode in ("L", "RGB")
 
-    from diffusers import DDPMPipeline
-
-    from ddpm_ext import DDPMExtPipeline
-
     ours = DDPMExtPipeline.from_pretrained(out)
-    assert ours.scheduler.config.beta_schedule == "squaredcos_cap_v2" and ours.scheduler.config.num_train_timesteps == 100
+    assert ours.scheduler.config.beta_schedule == "squaredcos_cap_v2"
+    assert ours.scheduler.config.num_train_timesteps == 100
     assert ours.scheduler.config.variance_type == "fixed_large"
     vanilla = DDPMPipeline.from_pretrained(out)
     vanilla.set_progress_bar_config(disable=True)
@@ -95,10 +96,6 @@ def test_hybrid_loss_bf16_and_gradient_accumulation(tmp_path):
     run(TINY + ["--max_train_steps", "2", "--loss_type", "hybrid", "--variance_type", "learned_range",
                 "--mixed_precision", "bf16", "--gradient_accumulation_steps", "2", "--prediction_type", "epsilon",
                 "--output_dir", str(out)])
-    from diffusers import DDPMPipeline
-
-    from ddpm_ext import DDPMExtPipeline
-
     assert json.loads((out / "training_info.json").read_text())["global_step"] == 2
     pipe = DDPMExtPipeline.from_pretrained(out)
     assert pipe.unet.config.out_channels == 2 and pipe.scheduler.config.variance_type == "learned_range"
@@ -150,16 +147,14 @@ def test_resume_after_sigkill_equals_uninterrupted_run(tmp_path):
 
 @pytest.mark.slow
 def test_fine_tune_from_ddpm_ext_and_diffusers_pipelines(tmp_path):
-    from diffusers import DDPMPipeline, DDPMScheduler
-
-    from ddpm_ext import DDPMExtPipeline, DDPMExtScheduler, build_unet
-
     torch.manual_seed(0)
     unet = build_unet("tiny", sample_size=8)
-    DDPMPipeline(unet=unet, scheduler=DDPMScheduler(num_train_timesteps=50, beta_schedule="squaredcos_cap_v2")).save_pretrained(
-        tmp_path / "diffusers")
-    DDPMExtPipeline(unet=unet, scheduler=DDPMExtScheduler(num_train_timesteps=60, beta_schedule="quadratic")).save_pretrained(
-        tmp_path / "ext")
+    DDPMPipeline(
+        unet=unet, scheduler=DDPMScheduler(num_train_timesteps=50, beta_schedule="squaredcos_cap_v2")
+    ).save_pretrained(tmp_path / "diffusers")
+    DDPMExtPipeline(
+        unet=unet, scheduler=DDPMExtScheduler(num_train_timesteps=60, beta_schedule="quadratic")
+    ).save_pretrained(tmp_path / "ext")
     for source, T, schedule in (("diffusers", 50, "squaredcos_cap_v2"), ("ext", 60, "scaled_linear")):
         out = tmp_path / f"ft-{source}"
         run(TINY_FINETUNE + ["--max_train_steps", "2", "--pretrained_model_name_or_path", str(tmp_path / source),
@@ -197,6 +192,8 @@ def test_accelerate_launches_the_train_command(tmp_path):
 @pytest.mark.slow
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
     out = tmp_path / "nan"
+    argv = TINY + ["--max_train_steps", "8", "--checkpointing_steps", "2", "--checkpoints_total_limit", "1",
+                   "--output_dir", str(out)]
     code = (
         "import sys, torch\n"
         f"sys.path.insert(0, {str(SCRIPT.parent)!r})\n"
@@ -208,9 +205,10 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
         "    loss = real(*a, **k)\n"
         "    return loss * float('nan') if len(calls) == 5 else loss\n"
         "train_ddpm.training_step = poisoned\n"
-        f"sys.exit(train_ddpm.main({TINY + ['--max_train_steps', '8', '--checkpointing_steps', '2', '--checkpoints_total_limit', '1', '--output_dir', str(out)]!r}))\n"
+        f"sys.exit(train_ddpm.main({argv!r}))\n"
     )
-    result = subprocess.run([sys.executable, "-c", code], check=False, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=600)
+    result = subprocess.run([sys.executable, "-c", code], check=False, cwd=ROOT, env=ENV, capture_output=True,
+                            text=True, timeout=600)
     assert result.returncode == 1, result.stderr[-3000:]
     text = result.stdout + result.stderr
     assert "the loss became nan at step 4" in text
@@ -233,10 +231,6 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
 
 @pytest.mark.slow
 def test_push_to_hub_round_trip(tmp_path, upload_hub, olah_hub):
-    from huggingface_hub import ModelCard
-
-    from ddpm_ext import DDPMExtPipeline
-
     out = tmp_path / "push"
     env = {"HF_ENDPOINT": upload_hub.url, "HF_TOKEN": upload_hub.token}
     result = run(TINY + ["--max_train_steps", "2", "--output_dir", str(out), "--push_to_hub",
@@ -287,16 +281,21 @@ def test_failed_push_keeps_output_and_says_how_to_retry(tmp_path, upload_hub):
         (["--loss_type", "hybrid"], "--loss_type hybrid needs --variance_type learned_range"),
         (["--dataset_name", "mnist-5k", "--train_data_dir", "x"], "give either --dataset_name or --train_data_dir"),
         (["--model_config", "huge"], "--model_config must be one of"),
-        (["--resume_from_checkpoint", "/nonexistent"], "--resume_from_checkpoint must be 'latest' or an existing checkpoint"),
-        (["--ddpm_num_inference_steps", "2000"], "--ddpm_num_inference_steps (2000) must not exceed --ddpm_num_steps (1000)"),
+        (["--resume_from_checkpoint", "/nonexistent"],
+         "--resume_from_checkpoint must be 'latest' or an existing checkpoint"),
+        (["--ddpm_num_inference_steps", "2000"],
+         "--ddpm_num_inference_steps (2000) must not exceed --ddpm_num_steps (1000)"),
         (["--cpu_threads", "0"], "`--cpu_threads` must be 'auto' or an integer >= 1, got '0'."),
-        (["--timestep_sampling", "importance"], "--timestep_sampling importance draws t in proportion to the min-SNR-γ weight: it needs --snr_gamma"),
-        (["--timestep_sampling", "importance", "--snr_gamma", "5", "--loss_type", "hybrid", "--variance_type", "learned_range"],
+        (["--timestep_sampling", "importance"],
+         "--timestep_sampling importance draws t in proportion to the min-SNR-γ weight: it needs --snr_gamma"),
+        (["--timestep_sampling", "importance", "--snr_gamma", "5", "--loss_type", "hybrid",
+          "--variance_type", "learned_range"],
          "--timestep_sampling importance needs --loss_type simple, got 'hybrid'"),
         (["--timestep_sampling", "sometimes"], "argument --timestep_sampling: invalid choice: 'sometimes'"),
         (["--autoguidance_scale", "0.5"], "`--autoguidance_scale` must be a number >= 1, got 0.5."),
         (["--autoguidance_scale", "nan"], "`--autoguidance_scale` must be a number >= 1, got nan."),
-        (["--autoguidance_guide_fraction", "1"], "`--autoguidance_guide_fraction` must be a number in (0, 1), got 1.0."),
+        (["--autoguidance_guide_fraction", "1"],
+         "`--autoguidance_guide_fraction` must be a number in (0, 1), got 1.0."),
         (["--autoguidance_guide_fraction", "0"], "`--autoguidance_guide_fraction` must be a number > 0, got 0.0."),
     ],
 )
@@ -423,7 +422,8 @@ def test_autoguidance_guide_is_the_ema_of_its_step_and_resumes_exactly(tmp_path)
     i = AUTOGUIDED.index("--autoguidance_scale")
     run(AUTOGUIDED[:i] + AUTOGUIDED[i + 2 :] + ["--output_dir", str(plain)])
     before = sorted(p.name for p in plain.iterdir())
-    result = run(AUTOGUIDED + ["--output_dir", str(plain), "--resume_from_checkpoint", str(plain / "checkpoint-6")], check=False)
+    result = run(AUTOGUIDED + ["--output_dir", str(plain), "--resume_from_checkpoint", str(plain / "checkpoint-6")],
+                 check=False)
     assert result.returncode == 2
     assert "--autoguidance_scale 3 needs the guide of step 4" in result.stderr and "holds no guide" in result.stderr
     assert sorted(p.name for p in plain.iterdir()) == before and not (plain / "guide_unet").exists()

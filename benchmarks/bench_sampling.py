@@ -16,7 +16,6 @@ import copy
 import time
 
 import torch
-
 from _common import Row, add_common_args, alternate, generator, median, peak_memory, report, rounds, setup
 
 # max |Δ| in [0, 1] pixel units that counts as "the same images"

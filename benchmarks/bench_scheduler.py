@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 
 import torch
-
 from _common import Row, add_common_args, alternate, generator, median, peak_memory, report, rounds, setup
 
 SHAPE = (1, 3, 32, 32)

@@ -27,7 +27,6 @@ import time
 import numpy as np
 import torch
 import torch.nn.functional as F
-
 from _common import Row, add_common_args, alternate, median, peak_memory, report, rounds, setup
 from bench_sampling import bench_unet
 

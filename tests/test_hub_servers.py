@@ -14,7 +14,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from hub_servers import OlahServer, UploadHubServer, publish_folder  # fixtures come from conftest.py
 
 README = """---

@@ -6,7 +6,6 @@ from __future__ import annotations
 import subprocess
 import sys
 
-
 CORE = [
     "ddpm_ext",
     "ddpm_ext.schedulers",

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
-from ddpm_ext.seeding import image_generators
 from PIL import Image
 from tiny_pipeline import TINY_SIZE
 
 from ddpm_ext.commands.cli import main
 from ddpm_ext.pipelines.pipeline_ddpm_ext_inpaint import DDPMExtInpaintPipeline
+from ddpm_ext.seeding import image_generators
 
 S = TINY_SIZE
 

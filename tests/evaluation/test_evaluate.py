@@ -17,8 +17,8 @@ from ddpm_ext.commands.evaluate import build_parser, main
 from ddpm_ext.evaluation.config import EvaluationConfig
 from ddpm_ext.evaluation.evaluate import evaluate
 from ddpm_ext.evaluation.samplers import SamplerSpec, parse_sampler
-from ddpm_ext.seeding import image_generators
 from ddpm_ext.images import make_grid
+from ddpm_ext.seeding import image_generators
 
 
 @pytest.fixture(scope="module")

@@ -9,6 +9,7 @@ import pytest
 import torch
 from diffusers import DDPMScheduler, RePaintScheduler
 from PIL import Image
+from tiny_pipeline import TINY_SIZE, make_tiny_pipeline
 
 from ddpm_ext import DDIMExtScheduler, DDPMExtPipeline, DDPMExtScheduler, build_unet
 from ddpm_ext.pipelines.pipeline_ddpm_ext_inpaint import (
@@ -19,7 +20,6 @@ from ddpm_ext.pipelines.pipeline_ddpm_ext_inpaint import (
     repaint_schedule,
 )
 from ddpm_ext.seeding import image_generators
-from tiny_pipeline import TINY_SIZE, make_tiny_pipeline
 
 S = TINY_SIZE  # 16
 
@@ -329,8 +329,8 @@ def test_inpainting_figure_draws_what_the_pipeline_gives(tmp_path):
 # ------------------------------------------------------------------------------------------------
 def test_inpainting_study_end_to_end_with_a_stand_in_judge(tmp_path, monkeypatch):
     import importlib.util
-    import sys
     import json
+    import sys
     from pathlib import Path
 
     from ddpm_ext.pipelines.pipeline_ddpm_ext_inpaint import make_mask

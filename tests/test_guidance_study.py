@@ -8,7 +8,7 @@ import pytest
 import torch
 from repo_scripts import load_script
 
-from ddpm_ext import DDPMExtPipeline, DDPMExtScheduler, build_unet
+from ddpm_ext import DDIMExtScheduler, DDPMExtPipeline, DDPMExtScheduler, build_unet
 from ddpm_ext.evaluation.metrics import fid_from_features
 from ddpm_ext.pipelines.guidance import set_class_names
 from ddpm_ext.seeding import image_generators
@@ -59,8 +59,6 @@ def test_study_end_to_end(conditional_dir, capsys):
     assert not torch.equal(seen[0], seen[1]) and not torch.equal(seen[1], seen[2])  # w changes the samples
     # w = 1 is plain conditional sampling: the same images as a direct pipeline call with the same seeds
     pipe = DDPMExtPipeline.from_pretrained(conditional_dir / "pipe")
-    from ddpm_ext import DDIMExtScheduler
-
     pipe.scheduler = DDIMExtScheduler.from_config(pipe.scheduler.config)
     pipe.set_progress_bar_config(disable=True)
     direct = pipe(batch_size=12, class_labels=requested.tolist(), num_inference_steps=4, eta=1.0, use_clipped_model_output=True, output_type="pt",  # the study's sampler

@@ -17,6 +17,7 @@ from ddpm_ext.losses import (
     timestep_proposal,
     vlb_terms,
 )
+from ddpm_ext.training.train import training_step
 
 
 def test_normal_kl_closed_form():
@@ -146,8 +147,6 @@ def test_importance_sampled_training_loss_is_unbiased_with_less_variance():
     # The training step's loss with a zero model: the v-target's mean square is ᾱ_t + (1 − ᾱ_t) mean(x_0²) in
     # expectation over ε, so the min-SNR-5 objective over t ~ U{0..T−1} has a closed form. Both estimators must
     # average to it; the importance-sampled one must scatter less.
-    from ddpm_ext.training.train import training_step
-
     scheduler = DDPMExtScheduler(beta_schedule="squaredcos_cap_v2", prediction_type="v_prediction", clip_sample=False)
 
     class Zero(torch.nn.Module):

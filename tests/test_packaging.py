@@ -22,6 +22,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
+from huggingface_hub import ModelCard
 
 ROOT = Path(__file__).resolve().parents[1]
 TEMPLATE = "ddpm_ext/hub/model_card_template.md"
@@ -93,8 +94,6 @@ def test_wheel_installs_trains_and_writes_a_loadable_model_card(tmp_path):
     assert f"ddpm_ext from {venv.resolve()}" in printed
 
     # 4. the card: written at the end of training, loadable by huggingface_hub
-    from huggingface_hub import ModelCard
-
     card = ModelCard.load(out / "README.md")
     assert card.data.library_name == "diffusers"
     assert "unconditional-image-generation" in str(card.data.to_dict())

@@ -12,10 +12,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 from tiny_pipeline import TINY_SIZE, TINY_T
 
-from ddpm_ext import DDIMExtScheduler, DDPMExtPipeline
+from ddpm_ext import DDIMExtScheduler, DDPMExtPipeline, fast_sampler
 from ddpm_ext.commands import cli
 from ddpm_ext.commands.cli import main
 from ddpm_ext.seeding import image_generators
@@ -99,8 +100,6 @@ def test_sample_ddim_and_without_noise(tiny_pipeline_dir, tmp_path):
     ],
 )
 def test_sample_sampler_options(tiny_pipeline_dir, tmp_path, extra, scheduler, call):
-    from ddpm_ext import fast_sampler
-
     out = tmp_path / "grid.png"
     assert main(["sample", str(tiny_pipeline_dir), "--num_images", "2", "--steps", "4", "--nrow", "2", "--seed", "5",
                  "--output", str(out), *extra]) == 0
@@ -218,8 +217,6 @@ def test_evaluate_command(tiny_pipeline_dir, tmp_path, capsys):
 
 
 def test_sample_leaves_the_callers_thread_count(tiny_pipeline_dir, tmp_path):
-    import torch
-
     before = torch.get_num_threads()
     out = tmp_path / "grid.png"
     assert main(["sample", str(tiny_pipeline_dir), "--num_images", "1", "--steps", "2", "--output", str(out),

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -74,7 +76,5 @@ def test_inpaint_bad_input_exits_2_before_writing(tiny_pipeline_dir, files, caps
     extra = [str(d / "small.png") if e == "SMALL" else str(d / "missing.png") if e == "MISSING" else
              str(d / e) if e == "out.txt" else e for e in extra]
     assert main(argv + extra) == 2
-    import re
-
     assert re.search(match, capsys.readouterr().err)
     assert not out.exists()

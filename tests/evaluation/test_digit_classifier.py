@@ -12,6 +12,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from PIL import Image
+from safetensors.torch import save_file
 
 from ddpm_ext.evaluation.digit_classifier import (
     PRETRAINED_PATH,
@@ -162,8 +163,6 @@ def test_save_and_load_round_trip(judge, test_digits, tmp_path):
 def test_pretrained_refuses_missing_or_foreign_files(tmp_path):
     with pytest.raises(ValueError, match="does not exist"):
         DigitClassifier.pretrained(tmp_path / "missing.safetensors")
-    from safetensors.torch import save_file
-
     save_file({"w": torch.zeros(1)}, str(tmp_path / "other.safetensors"))
     with pytest.raises(ValueError, match="does not hold a 'digit-cnn-v1'"):
         DigitClassifier.pretrained(tmp_path / "other.safetensors")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import doctest
 import json
 import math
 import subprocess
@@ -12,12 +13,19 @@ import pytest
 import torch
 from PIL import Image
 
+import ddpm_ext.evaluation.config as config_mod
+import ddpm_ext.evaluation.evaluate as evaluate_mod
+import ddpm_ext.evaluation.samplers as samplers_mod
 from ddpm_ext import DDPMExtPipeline, DDPMExtScheduler, build_unet
 from ddpm_ext.commands.evaluate import build_parser, main
 from ddpm_ext.evaluation.config import EvaluationConfig
-from ddpm_ext.evaluation.evaluate import evaluate
+from ddpm_ext.evaluation.digit_classifier import DigitClassifier, class_accuracy
+from ddpm_ext.evaluation.evaluate import evaluate, judge_scores, load_evaluation
+from ddpm_ext.evaluation.report import model_card_metrics
 from ddpm_ext.evaluation.samplers import SamplerSpec, parse_sampler
 from ddpm_ext.images import make_grid
+from ddpm_ext.likelihood import bits_per_dim_variances
+from ddpm_ext.pipelines.guidance import AUTOGUIDANCE_SCALE_KEY, balanced_class_labels, set_class_names
 from ddpm_ext.seeding import image_generators
 
 
@@ -201,8 +209,6 @@ def test_clip_denoised_option(tiny_pipeline, tmp_path):
 
 def test_evaluate_from_python_config_equals_the_command(tiny_pipeline, tmp_path):
     """`evaluate(EvaluationConfig(...))` needs no argparse and gives the command's numbers."""
-    from ddpm_ext.evaluation.config import EvaluationConfig
-
     stats = str(tmp_path / "stats")
     # one thread in both runs ("auto" may change the count mid-run on a busy machine): the same batches in the
     # same process and thread count give the same numbers up to the last bits of FID's eigendecomposition
@@ -240,17 +246,12 @@ def test_evaluate_from_python_config_equals_the_command(tiny_pipeline, tmp_path)
     ],
 )
 def test_config_rejects_bad_values_on_construction(kwargs, message):
-    from ddpm_ext.evaluation.config import EvaluationConfig
-
     with pytest.raises(ValueError, match=message):
         EvaluationConfig(**{"pipeline": "outputs/mnist", **kwargs})
 
 
 def test_evaluation_reads_16bit_images_at_8_bits(tiny_pipeline, tmp_path):
     """A folder of full-range 16-bit PNGs is scaled to 8 bits (Pillow alone would clip it to white)."""
-    from ddpm_ext.evaluation.config import EvaluationConfig
-    from ddpm_ext.evaluation.evaluate import load_evaluation
-
     folder = tmp_path / "gray16"
     folder.mkdir()
     values = np.round(np.linspace(0, 65535, 64)).astype(np.uint16).reshape(8, 8)
@@ -263,12 +264,6 @@ def test_evaluation_reads_16bit_images_at_8_bits(tiny_pipeline, tmp_path):
 
 
 def test_docstring_examples():
-    import doctest
-
-    import ddpm_ext.evaluation.config as config_mod
-    import ddpm_ext.evaluation.evaluate as evaluate_mod
-    import ddpm_ext.evaluation.samplers as samplers_mod
-
     for module in (config_mod, evaluate_mod, samplers_mod):
         result = doctest.testmod(module, optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
         assert result.failed == 0 and result.attempted > 0, module.__name__
@@ -300,8 +295,6 @@ def record_pipeline_calls(monkeypatch) -> list[dict]:
 
 
 def test_balanced_class_labels():
-    from ddpm_ext.pipelines.guidance import balanced_class_labels
-
     assert balanced_class_labels(12, 10) == [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 0, 1]
     assert balanced_class_labels(4, 10, start=8) == [8, 9, 0, 1]  # a batch starting at image 8
     assert balanced_class_labels(0, 3) == []
@@ -310,10 +303,6 @@ def test_balanced_class_labels():
 
 
 def test_a_class_conditional_pipeline_evaluates_end_to_end(digit_pipeline, tmp_path, monkeypatch):
-    from ddpm_ext.evaluation.digit_classifier import DigitClassifier, class_accuracy
-    from ddpm_ext.evaluation.evaluate import load_evaluation
-    from ddpm_ext.likelihood import bits_per_dim_variances
-
     calls = record_pipeline_calls(monkeypatch)
     out = tmp_path / "eval"
     argv = [str(digit_pipeline), "--num_bpd_images", "2", "--max_real_images", "16", "--num_samples", "12",
@@ -371,8 +360,6 @@ def test_a_class_conditional_pipeline_evaluates_end_to_end(digit_pipeline, tmp_p
     assert "class label ∅ = 10, the null class" in markdown and "image i is asked for class i mod K" in markdown
     assert "--guidance_scales 0.0 2.0" in results["command"]
     # and so does the model card's compact table
-    from ddpm_ext.evaluation.report import model_card_metrics
-
     card = model_card_metrics(results, date="2026-01-02")
     assert "| sampler | w | FID | KID ×10³ | precision | recall | class accuracy | classifier IS |" in card
     r = rows[3]
@@ -382,8 +369,6 @@ def test_a_class_conditional_pipeline_evaluates_end_to_end(digit_pipeline, tmp_p
 
 
 def test_class_accuracy_of_hand_made_judgements():
-    from ddpm_ext.evaluation.evaluate import judge_scores
-
     class Judge:  # known probabilities: argmax 3, 3, 7, 1, 0
         def predict_proba(self, images, batch_size):
             logits = torch.full((5, 10), -5.0)
@@ -397,8 +382,6 @@ def test_class_accuracy_of_hand_made_judgements():
 
 
 def test_class_accuracy_is_skipped_with_the_reason_for_classes_that_are_not_digits(tmp_path):
-    from ddpm_ext.pipelines.guidance import set_class_names
-
     torch.manual_seed(0)
     unet = build_unet("tiny", num_class_embeds=3).eval()
     set_class_names(unet, ["dark", "bright"])
@@ -436,8 +419,6 @@ def test_bad_guidance_scales_are_refused_on_construction(value, message):
 
 
 def test_bad_guidance_is_a_command_line_error_before_any_work(tiny_pipeline, digit_pipeline, tmp_path, monkeypatch, capsys):
-    import ddpm_ext.evaluation.evaluate as evaluate_mod
-
     loaded = []
     monkeypatch.setattr(evaluate_mod, "_load_data", lambda *a: loaded.append(a) or pytest.fail("data was loaded"))
     calls = record_pipeline_calls(monkeypatch)
@@ -459,8 +440,6 @@ def test_bad_guidance_is_a_command_line_error_before_any_work(tiny_pipeline, dig
 
 def test_autoguided_rows_record_the_scale_used(tmp_path, monkeypatch):
     """The guide's saved w by default, a spec's ag=W otherwise; the pipeline gets exactly that w."""
-    from ddpm_ext.pipelines.guidance import AUTOGUIDANCE_SCALE_KEY
-
     torch.manual_seed(2)
     guide = build_unet("tiny").eval()
     guide.register_to_config(**{AUTOGUIDANCE_SCALE_KEY: 2.5})

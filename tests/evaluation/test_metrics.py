@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 import pytest
 import torch
+from torchmetrics.image.fid import FrechetInceptionDistance
+from torchmetrics.image.kid import KernelInceptionDistance
+from torchmetrics.utilities.imports import _TORCH_FIDELITY_AVAILABLE
 
+from ddpm_ext.data import build_transform, load_image_dataset
 from ddpm_ext.evaluation.metrics import (
     EfficientNetLite0Features,
     FeatureExtractor,
@@ -108,9 +113,6 @@ def test_fid_from_features_uses_the_unbiased_statistics():
 
 @pytest.mark.filterwarnings("ignore:Metric `Kernel Inception Distance` will save")
 def test_fid_and_kid_equal_torchmetrics_metrics_with_the_same_extractor():
-    from torchmetrics.image.fid import FrechetInceptionDistance
-    from torchmetrics.image.kid import KernelInceptionDistance
-
     extractor = ProjectionFeatures()
     g = torch.Generator().manual_seed(3)
     real = torch.randint(0, 256, (24, 3, 8, 8), dtype=torch.uint8, generator=g)
@@ -215,8 +217,6 @@ def test_efficientnet_features_shape_determinism_and_label(efficientnet):
 
 def test_efficientnet_features_separate_digits_from_noise(efficientnet):
     """The pretrained features see structure: real digits sit closer to each other than to noise."""
-    from ddpm_ext.data import build_transform, load_image_dataset
-
     ds = load_image_dataset("mnist-5k", split="test", max_train_samples=8, seed=0)
     t = build_transform(28, center_crop=True, channels=1)
     digits = torch.stack([t.to_uint8(im) for im in ds["image"]])
@@ -234,8 +234,6 @@ def test_build_feature_extractor_names_and_inception_errors(tmp_path):
         build_feature_extractor("inception", inception_weights=tmp_path / "nope.pt")
     with pytest.raises(ValueError, match="only used with feature_extractor='inception'"):
         build_feature_extractor("efficientnet-lite0", inception_weights=tmp_path / "w.pth")
-    from torchmetrics.utilities.imports import _TORCH_FIDELITY_AVAILABLE
-
     if not _TORCH_FIDELITY_AVAILABLE:  # the usual case here: a clear message on what to install, no fake Inception
         weights = tmp_path / "pt_inception-2015-12-05-6726825d.pth"
         weights.write_bytes(b"not used")
@@ -312,8 +310,6 @@ def test_fid_from_very_few_images_warns_with_the_number_needed():
                                          r"fewer images than the 8 features.*at least 8 images on each side"):
         fid = fid_from_features(real, fake)
     assert math.isfinite(fid) and fid > 0
-    import warnings
-
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # enough images: no warning
         fid_from_features(torch.randn(20, 8, generator=g, dtype=torch.float64), torch.randn(20, 8, generator=g, dtype=torch.float64))

@@ -9,7 +9,10 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from hub_servers import free_loopback_port
+
+from ddpm_ext import DDPMExtPipeline, DDPMExtScheduler, build_unet
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow  # each test starts a Python process that imports torch and diffusers
@@ -83,10 +86,6 @@ def test_token_flag_pushes_and_a_repush_removes_files_no_longer_in_the_output(pi
 
 
 def test_an_autoguidance_guide_is_pushed_with_the_pipeline(tmp_path, upload_hub):
-    import torch
-
-    from ddpm_ext import DDPMExtPipeline, DDPMExtScheduler, build_unet
-
     torch.manual_seed(0)
     folder = tmp_path / "guided"
     DDPMExtPipeline(unet=build_unet("tiny"), scheduler=DDPMExtScheduler(), guide_unet=build_unet("tiny")).save_pretrained(folder)

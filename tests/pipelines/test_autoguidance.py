@@ -9,10 +9,15 @@ import numpy as np
 import pytest
 import torch
 from diffusers import DDPMPipeline, DiffusionPipeline
+from hub_servers import publish_folder
+from PIL import Image
+from safetensors.torch import load_file, save_file
 
 from ddpm_ext import DDIMExtScheduler, DDPMExtPipeline, DDPMExtScheduler, build_unet
+from ddpm_ext.commands.cli import main as cli_main
 from ddpm_ext.pipelines.checkpoint_io import GUIDE_DIR, GUIDE_INDEX_KEY
 from ddpm_ext.pipelines.guidance import AUTOGUIDANCE_SCALE_KEY, autoguide, combine_guidance
+from ddpm_ext.seeding import image_generators
 
 
 def unets(seed: int = 0, **kwargs):
@@ -170,8 +175,6 @@ def test_save_load_round_trip_and_plain_diffusers_ignores_the_guide(tmp_path):
 
 
 def test_guide_weights_are_checked_like_the_unets(tmp_path):
-    from safetensors.torch import load_file, save_file
-
     make_pipe(scale=2.0).save_pretrained(tmp_path)
     weights = tmp_path / GUIDE_DIR / "diffusion_pytorch_model.safetensors"
     tensors = load_file(weights)
@@ -185,16 +188,11 @@ def test_guide_weights_are_checked_like_the_unets(tmp_path):
 
 
 def test_sample_command_uses_the_saved_scale_or_the_given_one(tmp_path):
-    from PIL import Image
-
-    from ddpm_ext.commands.cli import main
-    from ddpm_ext.seeding import image_generators
-
     pipe = make_pipe(scheduler=DDPMExtScheduler(num_train_timesteps=20, beta_schedule="cosine"), scale=3.0)
     pipe.save_pretrained(tmp_path / "pipe")
     for extra, w in (([], 3.0), (["--autoguidance_scale", "1"], 1.0), (["--autoguidance_scale", "1.5"], 1.5)):
         out = tmp_path / f"grid-{w}.png"
-        assert main(["sample", str(tmp_path / "pipe"), "--num_images", "1", "--steps", "4", "--seed", "2",
+        assert cli_main(["sample", str(tmp_path / "pipe"), "--num_images", "1", "--steps", "4", "--seed", "2",
                      "--output", str(out), *extra]) == 0
         expected = pipe(batch_size=1, generator=image_generators(2, 0, 1), num_inference_steps=4, output_type="np",
                         autoguidance_scale=w).images
@@ -203,8 +201,6 @@ def test_sample_command_uses_the_saved_scale_or_the_given_one(tmp_path):
 
 
 def test_hub_round_trip_with_a_guide(olah_hub, tmp_path):
-    from hub_servers import publish_folder
-
     pipe = make_pipe(scheduler=DDPMExtScheduler(num_train_timesteps=50, beta_schedule="cosine"), scale=2.0)
     pipe.save_pretrained(tmp_path / "pipe")
     publish_folder(olah_hub.mirrors_root, "ddpm-ext-tests/autoguided", tmp_path / "pipe")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import doctest
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -12,11 +14,11 @@ import torch
 from diffusers import DDIMScheduler, DDPMPipeline, DDPMScheduler
 from diffusers.utils.torch_utils import randn_tensor
 
+import ddpm_ext.training.train as train_ddpm
 from ddpm_ext import DDIMExtScheduler, DDPMExtPipeline, DDPMExtScheduler, build_unet
 from ddpm_ext.schedulers.scheduling_common import draw_noise
 
 ROOT = Path(__file__).resolve().parents[2]
-import ddpm_ext.training.train as train_ddpm  # noqa: E402
 
 
 def inputs(dtype=torch.float32, shape=(2, 3, 8, 8), seed=0):
@@ -49,8 +51,6 @@ def test_ddpm_step_is_bit_identical_to_the_float_formula(dtype, variance_type):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("eta", [0.0, 0.5])
 def test_ddim_step_is_bit_identical_to_the_float_formula(dtype, eta):
-    import math
-
     s = DDIMExtScheduler()
     s.set_timesteps(8)
     x, eps = inputs(dtype)
@@ -220,8 +220,6 @@ def test_compile_wraps_the_unet_lazily_and_disable_drops_it():
 
 
 def test_enable_fast_path_docstring_example():
-    import doctest
-
     runner = doctest.DocTestRunner(optionflags=doctest.NORMALIZE_WHITESPACE)
     for test in doctest.DocTestFinder().find(DDPMExtPipeline.enable_fast_path, "enable_fast_path", globs={}):
         runner.run(test)

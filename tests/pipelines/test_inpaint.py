@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import importlib.util
+import json
+import sys
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,6 +16,7 @@ from PIL import Image
 from tiny_pipeline import TINY_SIZE, make_tiny_pipeline
 
 from ddpm_ext import DDIMExtScheduler, DDPMExtPipeline, DDPMExtScheduler, build_unet
+from ddpm_ext.figures import inpainting_figure
 from ddpm_ext.pipelines.pipeline_ddpm_ext_inpaint import (
     DDPMExtInpaintPipeline,
     forward_jump,
@@ -300,8 +305,6 @@ def test_make_mask_kinds():
 
 
 def test_inpainting_figure_draws_what_the_pipeline_gives(tmp_path):
-    from ddpm_ext.figures import inpainting_figure
-
     pipe = make_tiny_pipeline()
     image = digits(1)[0]
     fig = inpainting_figure(pipe, image, tmp_path / "inpaint.png", num_inference_steps=6, jump_length=2,
@@ -328,13 +331,6 @@ def test_inpainting_figure_draws_what_the_pipeline_gives(tmp_path):
 # benchmarks/inpainting_study.py, end to end on the tiny pipeline with a stand-in judge
 # ------------------------------------------------------------------------------------------------
 def test_inpainting_study_end_to_end_with_a_stand_in_judge(tmp_path, monkeypatch):
-    import importlib.util
-    import json
-    import sys
-    from pathlib import Path
-
-    from ddpm_ext.pipelines.pipeline_ddpm_ext_inpaint import make_mask
-
     path = Path(__file__).resolve().parents[2] / "benchmarks" / "inpainting_study.py"
     spec = importlib.util.spec_from_file_location("inpainting_study", path)
     study = importlib.util.module_from_spec(spec)

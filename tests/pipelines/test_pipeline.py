@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 import torch
 from diffusers import DDIMPipeline, DDIMScheduler, DDPMPipeline, DDPMScheduler, DiffusionPipeline, UNet2DModel
+from hub_servers import publish_folder
 from PIL import Image
 
 from ddpm_ext import (
@@ -320,8 +324,6 @@ def test_save_refuses_pickle(tmp_path):
 # Hub repo ids: through a real local Hub server (olah serving git mirrors), and through the cache offline
 # --------------------------------------------------------------------------------------------------
 def test_hub_round_trip_through_local_server(olah_hub, tmp_path):
-    from hub_servers import publish_folder
-
     pipe = make_pipe(DDPMExtScheduler(beta_schedule="cosine", cosine_s=0.02, variance_type="fixed_large"))
     pipe.save_pretrained(tmp_path / "pipe")
     publish_folder(olah_hub.mirrors_root, "ddpm-ext-tests/hub-round-trip", tmp_path / "pipe")
@@ -343,12 +345,6 @@ def test_hub_round_trip_through_local_server(olah_hub, tmp_path):
 
 def test_hub_diffusers_checkpoint_and_offline_cache(olah_hub, tmp_path):
     """A checkpoint saved by diffusers' own DDPMPipeline (google/ddpm-cifar10-32 layout), by repo id, then offline."""
-    import os
-    import subprocess
-    import sys
-
-    from hub_servers import publish_folder
-
     unet = tiny_unet(seed=3)
     theirs = DDPMPipeline(unet=unet, scheduler=DDPMScheduler(variance_type="fixed_large", clip_sample=True))
     theirs.save_pretrained(tmp_path / "theirs")

@@ -3,6 +3,8 @@ diffusers' behaviour when asked for explicitly; the user's scheduler config left
 
 from __future__ import annotations
 
+import doctest
+
 import diffusers
 import pytest
 import torch
@@ -122,8 +124,6 @@ def test_bad_spacing_is_refused_before_any_work():
 
 
 def test_resolve_timestep_spacing_docstring_example_runs():
-    import doctest
-
     runner = doctest.DocTestRunner(optionflags=doctest.NORMALIZE_WHITESPACE)
     for test in doctest.DocTestFinder().find(resolve_timestep_spacing, "resolve_timestep_spacing", globs={}):
         runner.run(test)

@@ -15,8 +15,10 @@ import numpy as np
 import pytest
 import torch
 from diffusers import DDIMScheduler, DDPMScheduler, UNet2DModel
+from diffusers.callbacks import PipelineCallback
 from diffusers.models.unets.unet_2d import UNet2DOutput
 
+import ddpm_ext.schedulers.scheduling_ddim_ext as ddim_module
 from ddpm_ext import DDIMExtScheduler, DDPMExtPipeline, DDPMExtScheduler, build_unet
 
 S = 0.5  # the data's std
@@ -161,8 +163,6 @@ def test_callback_on_step_end_with_diffusers_keys_and_interrupt():
 
 
 def test_pipeline_callback_objects():
-    from diffusers.callbacks import PipelineCallback
-
     class Zero(PipelineCallback):
         tensor_inputs = ["latents"]
 
@@ -208,8 +208,6 @@ def test_unknown_and_unsupported_arguments_fail_clearly():
 
 
 def test_eta_is_checked_once_per_call_not_per_step(monkeypatch):
-    import ddpm_ext.schedulers.scheduling_ddim_ext as ddim_module
-
     pipe = tiny_pipe(DDIMExtScheduler())
     calls = []
     real = ddim_module.check_number

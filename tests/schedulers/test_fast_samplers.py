@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import doctest
+
 import diffusers
 import pytest
 import torch
 
 from ddpm_ext import DDPMExtPipeline, DDPMExtScheduler, build_unet, fast_sampler
-from ddpm_ext.schedulers import FAST_SAMPLERS, x0_clipping_config
+from ddpm_ext.schedulers import FAST_SAMPLERS, fast_samplers, x0_clipping_config
 
 
 def test_clipping_translation():
@@ -77,9 +79,5 @@ def test_bad_arguments_are_refused():
 
 
 def test_docstring_examples_run():
-    import doctest
-
-    from ddpm_ext.schedulers import fast_samplers
-
     result = doctest.testmod(fast_samplers, optionflags=doctest.NORMALIZE_WHITESPACE)
     assert result.attempted > 0 and result.failed == 0

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+import diffusers
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -247,8 +248,6 @@ def cpu_flags() -> set[str]:
 
 def machine_line(device: torch.device) -> str:
     """CPU model, cores, bf16 support, torch / diffusers versions, threads, and the GPU where one is used."""
-    import diffusers
-
     flags = cpu_flags()
     bf16 = "avx512_bf16" if "avx512_bf16" in flags else ("amx_bf16" if "amx_bf16" in flags else "no avx512_bf16/amx_bf16")
     isa = "avx512f" if "avx512f" in flags else ("avx2" if "avx2" in flags else "no avx2")

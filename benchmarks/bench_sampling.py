@@ -17,6 +17,10 @@ import time
 
 import torch
 from _common import Row, add_common_args, alternate, generator, median, peak_memory, report, rounds, setup
+from diffusers import DDPMPipeline, DDPMScheduler
+
+# ddpm_ext after _common, which puts the repository root on sys.path (first-party imports sort last)
+from ddpm_ext import DDPMExtPipeline, DDPMExtScheduler, build_unet
 
 # max |Δ| in [0, 1] pixel units that counts as "the same images"
 TOLERANCE = {"fp32": 1e-4, "bf16": 0.1}
@@ -24,18 +28,12 @@ TOLERANCE = {"fp32": 1e-4, "bf16": 0.1}
 
 def bench_unet(in_channels: int = 3, sample_size: int = 32):
     """The 1.1 M-parameter UNet of the benchmarks: `rgb32-small` with block_out_channels (32, 64, 64)."""
-    from ddpm_ext import build_unet
-
     torch.manual_seed(0)
     return build_unet("rgb32-small", block_out_channels=(32, 64, 64), in_channels=in_channels,
                       out_channels=in_channels, sample_size=sample_size)
 
 
 def run(args: argparse.Namespace) -> tuple[list[Row], list[str]]:
-    from diffusers import DDPMPipeline, DDPMScheduler
-
-    from ddpm_ext import DDPMExtPipeline, DDPMExtScheduler
-
     device = setup(args)
     batch, steps = (4, 10) if args.quick else (16, 50)
     n_rounds = rounds(args, full=5, quick=2)

@@ -29,14 +29,18 @@ import torch
 import torch.nn.functional as F
 from _common import Row, add_common_args, alternate, median, peak_memory, report, rounds, setup
 from bench_sampling import bench_unet
+from diffusers import DDPMScheduler
+
+# ddpm_ext after _common, which puts the repository root on sys.path (first-party imports sort last)
+import ddpm_ext.training.train as train_ddpm
+from ddpm_ext import DDPMExtScheduler
+from ddpm_ext.data import load_mnist_5k
 
 LEARNING_RATE = 5e-4  # the same for every variant; no warm-up or decay (not what is being compared)
 
 
 def mnist_32(split: str) -> torch.Tensor:
     """MNIST-5k digits of `split` as (N, 1, 32, 32) in [-1, 1] (28×28 padded with the background value)."""
-    from ddpm_ext.data import load_mnist_5k
-
     images = np.stack([np.asarray(im, dtype=np.float32) for im in load_mnist_5k(split=split)["image"]])
     x = torch.from_numpy(images / 127.5 - 1.0).unsqueeze(1)
     return F.pad(x, (2, 2, 2, 2), value=-1.0)
@@ -46,8 +50,6 @@ class OursTrainer:
     """The training script's step: its `training_step`, then the loop's backward / clip / AdamW / zero_grad."""
 
     def __init__(self, unet, device, flags: list[str], autocast_dtype=None, compile=False, compile_mode=None):
-        import ddpm_ext.training.train as train_ddpm
-
         self.args = train_ddpm.parse_args(["--learning_rate", str(LEARNING_RATE), *flags])
         self.train_ddpm = train_ddpm
         self.unet = unet.to(device).train()
@@ -79,8 +81,6 @@ class DiffusersTrainer:
     """One step as in diffusers' train_unconditional.py (fp32, no EMA)."""
 
     def __init__(self, unet, device, seed: int = 0):
-        from diffusers import DDPMScheduler
-
         self.unet = unet.to(device).train()
         self.scheduler = DDPMScheduler(num_train_timesteps=1000)
         self.optimizer = torch.optim.AdamW(self.unet.parameters(), lr=LEARNING_RATE, betas=(0.9, 0.999),
@@ -105,8 +105,6 @@ class DiffusersTrainer:
 @torch.no_grad()
 def held_out_loss(unet, test: torch.Tensor, device: torch.device, batch: int = 100) -> float:
     """L_simple on the held-out digits with (t, ε) fixed by a seed: the same draws for every model."""
-    from ddpm_ext import DDPMExtScheduler
-
     scheduler, g = DDPMExtScheduler(), torch.Generator().manual_seed(1234)
     unet.eval()
     total = 0.0

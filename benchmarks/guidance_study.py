@@ -36,6 +36,19 @@ from typing import Any, Callable, Sequence
 
 import torch
 
+from ddpm_ext import DDIMExtScheduler, DDPMExtPipeline
+from ddpm_ext.data import ImageTransform, find_image_column, load_image_dataset
+from ddpm_ext.evaluation.digit_classifier import DigitClassifier, class_accuracy
+from ddpm_ext.evaluation.evaluate import draw_samples
+from ddpm_ext.evaluation.metrics import (
+    build_feature_extractor,
+    extract_features,
+    fid_from_features,
+    kid_from_features,
+    reference_statistics,
+)
+from ddpm_ext.pipelines.guidance import num_classes
+
 Judge = Callable[[torch.Tensor], torch.Tensor]  # images (B, C, H, W) in [-1, 1] -> probabilities (B, K)
 Features = Callable[[torch.Tensor], torch.Tensor]  # uint8 images (B, C, H, W) -> features (B, F)
 
@@ -83,12 +96,6 @@ def study(
     batch_size: int = 100,
 ) -> list[dict[str, Any]]:
     """One row per w: class accuracy, FID, KID and sampling wall time."""
-    from ddpm_ext import DDIMExtScheduler
-    from ddpm_ext.evaluation.digit_classifier import class_accuracy
-    from ddpm_ext.evaluation.evaluate import draw_samples
-    from ddpm_ext.evaluation.metrics import fid_from_features, kid_from_features
-    from ddpm_ext.pipelines.guidance import num_classes
-
     k = num_classes(pipe.unet)  # refuses an unconditional pipeline
     pipe.scheduler = DDIMExtScheduler.from_config(pipe.scheduler.config)
     pipe.set_progress_bar_config(disable=True)
@@ -129,20 +136,13 @@ def main(argv: Sequence[str] | None = None, *, judge: Judge | None = None,
     """Run the study; `judge`, `features` and `real_features` replace the digit classifier and the FID features
     (for tests)."""
     args = parse_args(argv)
-    from ddpm_ext import DDPMExtPipeline
-
     started = time.perf_counter()
     pipe = DDPMExtPipeline.from_pretrained(args.pipeline)
     if judge is None:
-        from ddpm_ext.evaluation.digit_classifier import DigitClassifier
-
         classifier = DigitClassifier.pretrained()
         judge = classifier.predict_proba
         print(f"digit classifier: {dict(classifier.metadata)}", file=sys.stderr)
     if features is None or real_features is None:
-        from ddpm_ext.data import ImageTransform, find_image_column, load_image_dataset
-        from ddpm_ext.evaluation.metrics import build_feature_extractor, extract_features, reference_statistics
-
         extractor = build_feature_extractor(args.feature_extractor)
         ds = load_image_dataset(args.dataset, split=args.split)
         column = find_image_column(ds)

@@ -20,10 +20,15 @@ from pathlib import Path
 from typing import Sequence
 
 import torch
+from torch.profiler import ProfilerActivity, profile
+from torch.utils.flop_counter import FlopCounterMode
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))  # the package, without installing
+
+from ddpm_ext import DDPMExtScheduler, build_unet  # noqa: E402
+from ddpm_ext.training.train import training_step  # noqa: E402
 
 LAYOUTS = ("default", "channels_last", "bf16")
 
@@ -51,9 +56,6 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 
 def make_step(batch_size: int, layout: str):
-    from ddpm_ext import DDPMExtScheduler, build_unet
-    from ddpm_ext.training.train import training_step
-
     torch.manual_seed(0)
     unet = build_unet("mnist-small")
     scheduler = DDPMExtScheduler(beta_schedule="squaredcos_cap_v2", prediction_type="v_prediction")
@@ -76,8 +78,6 @@ def make_step(batch_size: int, layout: str):
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from torch.utils.flop_counter import FlopCounterMode
-
     args = parse_args(argv)
     if args.threads is not None:
         torch.set_num_threads(args.threads)
@@ -104,8 +104,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     for layout, b, median, per_image, gflop, rate in rows:
         print(f"| {layout} | {b} | {median:.4f} | {per_image:.2f} | {gflop:.1f} | {rate:.0f} |")
     if args.profile_rows and first is not None:
-        from torch.profiler import ProfilerActivity, profile
-
         with profile(activities=[ProfilerActivity.CPU]) as prof:
             for _ in range(5):
                 first()

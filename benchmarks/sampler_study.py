@@ -40,9 +40,18 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
+import torch
+from matplotlib.figure import Figure
+
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))  # the package, without installing
+
+from ddpm_ext.evaluation import evaluate  # noqa: E402  (its steps looked up at call time, as tests replace them)
+from ddpm_ext.evaluation.config import EvaluationConfig  # noqa: E402
+from ddpm_ext.evaluation.samplers import parse_sampler  # noqa: E402
+from ddpm_ext.files import atomic_write_text, write_with  # noqa: E402
+from ddpm_ext.images import save_image_grid  # noqa: E402
 
 SAMPLERS = {  # name -> spec template of `ddpm-ext evaluate`
     "ddpm-small": "ddpm:{n}:fixed_small",
@@ -132,8 +141,6 @@ def load_study(path: Path, settings: dict[str, Any]) -> dict[str, Any]:
 
 def write_outputs(study: dict[str, Any], out: Path) -> None:
     """The JSON (every point so far), the markdown table and the figure, each written atomically."""
-    from ddpm_ext.files import atomic_write_text
-
     atomic_write_text(out / JSON_NAME, json.dumps(study, indent=2) + "\n")
     atomic_write_text(out / MD_NAME, markdown_table(study))
     if study["points"]:
@@ -186,10 +193,6 @@ def markdown_table(study: dict[str, Any]) -> str:
 def plot(study: dict[str, Any], path: Path) -> None:
     """Classifier IS (when the judge is on) and FID against NFE, and the wall time per image: one line per
     sampler, log NFE axis."""
-    from matplotlib.figure import Figure
-
-    from ddpm_ext.files import write_with
-
     points = study["points"]
     has_is = any(r.get("classifier_is") is not None for r in points)
     panels = (["classifier_is"] if has_is else []) + ["fid", "seconds_per_image"]
@@ -218,19 +221,6 @@ def plot(study: dict[str, Any], path: Path) -> None:
 
 def run_study(args: argparse.Namespace) -> dict[str, Any]:
     """Score every point not yet in the study file, appending each row as soon as it is scored."""
-    import torch
-
-    from ddpm_ext.evaluation.config import EvaluationConfig
-    from ddpm_ext.evaluation.evaluate import (
-        load_evaluation,
-        reference_features,
-        sample_images,
-        score_reference,
-        score_samples,
-    )
-    from ddpm_ext.evaluation.samplers import parse_sampler
-    from ddpm_ext.images import save_image_grid
-
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     study = load_study(out / JSON_NAME, settings_of(args))
@@ -248,16 +238,16 @@ def run_study(args: argparse.Namespace) -> dict[str, Any]:
         batch_size=args.batch_size, seed=args.seed, num_grid_images=0, device=args.device,
         no_progress=args.no_progress, nearest_k=args.nearest_k, digit_judge=args.digit_judge,
     )  # fmt: skip
-    run = load_evaluation(config)  # every check (the pipeline, the data, each sampler) before any sampling
-    reference = reference_features(run)
+    run = evaluate.load_evaluation(config)  # every check (the pipeline, the data, each sampler) before any sampling
+    reference = evaluate.reference_features(run)
     study.update({"num_real": reference.num_images, "feature_label": run.extractor.label, "device": str(run.device),
                   "torch": torch.__version__, "cpu_threads": torch.get_num_threads()})  # fmt: skip
     if run.judge is not None and study.get("reference") is None:
-        study["reference"] = score_reference(run)
+        study["reference"] = evaluate.score_reference(run)
     for name, n, spec in todo:
         t0 = time.perf_counter()
-        samples = sample_images(run, spec)
-        row = score_samples(run, samples, reference)
+        samples = evaluate.sample_images(run, spec)
+        row = evaluate.score_samples(run, samples, reference)
         row.update({"study_sampler": name, "nfe": n, "seconds_per_image": samples.seconds / len(samples.images)})
         if args.grid_images:
             grid = out / "grids" / f"{samples.spec.slug}.png"

@@ -30,6 +30,13 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
+from diffusers import UNet2DModel
+
+from ddpm_ext.evaluation import evaluate  # its steps looked up at call time, as tests replace them
+from ddpm_ext.evaluation.config import EvaluationConfig
+from ddpm_ext.evaluation.samplers import parse_sampler
+from ddpm_ext.files import atomic_write_text
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from recipe_study import UNCONDITIONAL, _f, _run, merge_flags, settings_conflict, train_command  # noqa: E402 (the study's recipe, runner, format)
 
@@ -122,13 +129,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"training: {shlex.join(command)}", flush=True)
         _run(command, out / "train.log", args.threads)
 
-    from diffusers import UNet2DModel
-
-    from ddpm_ext.evaluation.config import EvaluationConfig
-    from ddpm_ext.evaluation.evaluate import load_evaluation, reference_features, sample_images, score_samples
-    from ddpm_ext.evaluation.samplers import parse_sampler
-    from ddpm_ext.files import atomic_write_text
-
     try:
         guides = {step: guide_folder(run_dir, step) for step in args.guide_steps}  # every guide there, before any work
         info = json.loads((run_dir / "training_info.json").read_text())
@@ -140,7 +140,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             digit_judge="on", cpu_threads=args.threads, no_progress=True,
             **({"stats_cache_dir": args.stats_cache_dir} if args.stats_cache_dir else {}),
         )  # fmt: skip
-        run = load_evaluation(config)  # the pipeline, the sampler and the data checked before any long work
+        run = evaluate.load_evaluation(config)  # the pipeline, the sampler and the data checked before any long work
     except (ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -154,7 +154,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     done = {(r["guide_step"], r["w"]) for r in study["rows"]}
     for spec in specs.values():  # the same sampler, at each w (the guide is installed below)
         run.schedulers[spec.spec] = run.schedulers[base.spec]
-    reference = reference_features(run)
+    reference = evaluate.reference_features(run)
     plan = [(None, 1.0)] if 1.0 in specs else []
     plan += [(step, w) for step in args.guide_steps for w in args.scales if w != 1.0]
     for step, w in plan:
@@ -162,7 +162,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             continue
         if step is not None:
             run.pipe.register_modules(guide_unet=UNet2DModel.from_pretrained(guides[step]).eval().to(run.device))
-        row = score_samples(run, sample_images(run, specs[w]), reference)
+        row = evaluate.score_samples(run, evaluate.sample_images(run, specs[w]), reference)
         study["rows"].append({"guide_step": step, "guide_fraction": None if step is None else step / info["global_step"],
                               "w": w, "sampler": specs[w].spec, **{k: row.get(k) for k in METRICS}})
         atomic_write_text(path, json.dumps(study, indent=2) + "\n")

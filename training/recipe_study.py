@@ -39,6 +39,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Sequence
 
+from ddpm_ext.files import atomic_write_text
+
 ROOT = Path(__file__).resolve().parents[1]
 TRAIN_SCRIPT = ROOT / "training" / "train_ddpm.py"
 
@@ -184,8 +186,6 @@ def run_variant(name: str, flags: list[str], out: Path, args: argparse.Namespace
     log = out / f"{name}.log"
     if not (run_dir / "model_index.json").exists():
         run_dir.mkdir(parents=True, exist_ok=True)
-        from ddpm_ext.files import atomic_write_text
-
         atomic_write_text(record, json.dumps({"flags": flags, "threads": args.threads}) + "\n")
         command = train_command(flags, run_dir, args.threads)
         if (run_dir / "checkpoints").exists() or any(run_dir.glob("checkpoint-*")):
@@ -263,7 +263,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise SystemExit(f"error: variant {name!r} is in {path} with other flags ({done[name]}); name it differently")
     todo = {name: flags for name, flags in plan.items() if name not in done}
     lock = threading.Lock()
-    from ddpm_ext.files import atomic_write_text
 
     def one(name: str) -> None:
         row = run_variant(name, todo[name], out, args)

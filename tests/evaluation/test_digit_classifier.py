@@ -224,7 +224,8 @@ def test_inception_score_std_by_hand():
     assert std == pytest.approx(((4 / 3) ** 0.75 - 1) / 2, rel=0.05)
     assert classifier_inception_score_std([[1.0, 0.0], [0.5, 0.5]], num_resamples=300) == \
         classifier_inception_score_std([[1.0, 0.0], [0.5, 0.5]], num_resamples=300)  # seeded
-    assert classifier_inception_score_std(np.tile([0.3, 0.7], (40, 1))) == pytest.approx(0.0, abs=1e-12)  # every set scores 1
+    # every set scores 1
+    assert classifier_inception_score_std(np.tile([0.3, 0.7], (40, 1))) == pytest.approx(0.0, abs=1e-12)
     assert classifier_inception_score_std([[0.3, 0.7]]) == 0.0  # one image: nothing to resample
 
 

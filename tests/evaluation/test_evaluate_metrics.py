@@ -117,8 +117,9 @@ def test_results_files_carry_the_new_columns(small_run):
     assert saved["digit_judge"]["reference"]["num_images"] == 12
     markdown = (out / "results.md").read_text()
     header = next(line for line in markdown.splitlines() if line.startswith("| sampler |"))
-    assert header == ("| sampler | steps | η | noise z | samples | FID | KID ×10³ | ± std | precision | recall | density | "
-                      "coverage | mean pixel | classifier IS | digits present | class entropy | wall time (s) | grid |")
+    assert header == ("| sampler | steps | η | noise z | samples | FID | KID ×10³ | ± std | precision | recall | "
+                      "density | coverage | mean pixel | classifier IS | digits present | class entropy | "
+                      "wall time (s) | grid |")
     ref = results["digit_judge"]["reference"]
     assert f"| real images | – | – | – | 12 | – | – | – | – | – | – | – | {ref['mean_pixel']:.3f} | " in markdown
     r = results["samples"][0]
@@ -223,7 +224,8 @@ def test_update_model_card_replaces_only_the_marked_section(tiny_pipeline_dir, t
     [
         ("hub", r"needs a local pipeline folder, but `pipeline` 'someone/tiny-ddpm' is not a folder"),
         ("no_readme", r"has no README.md \(model card\)"),
-        ("no_markers", r"must contain each metrics marker exactly once .*found '<!-- ddpm_ext:metrics:start -->' 0 time"),
+        ("no_markers",
+         r"must contain each metrics marker exactly once .*found '<!-- ddpm_ext:metrics:start -->' 0 time"),
         ("twice", r"found '<!-- ddpm_ext:metrics:end -->' 2 time"),
     ],
 )

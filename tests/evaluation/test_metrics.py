@@ -228,7 +228,8 @@ def test_efficientnet_features_separate_digits_from_noise(efficientnet):
 
 
 def test_build_feature_extractor_names_and_inception_errors(tmp_path):
-    with pytest.raises(ValueError, match=r"`feature_extractor` must be one of \['efficientnet-lite0', 'inception'\], got 'vgg'"):
+    with pytest.raises(ValueError,
+                       match=r"`feature_extractor` must be one of \['efficientnet-lite0', 'inception'\], got 'vgg'"):
         build_feature_extractor("vgg")
     with pytest.raises(ValueError, match="`inception_weights` .*nope.pt.* is not a file"):
         build_feature_extractor("inception", inception_weights=tmp_path / "nope.pt")
@@ -265,7 +266,8 @@ def test_reference_statistics_are_cached_and_a_hit_skips_extraction(tmp_path):
 
     again = reference_statistics(load, extractor, key=dict(key), cache_dir=tmp_path)
     assert again.cache_hit and len(loads) == 1 and extractor.calls == calls  # nothing loaded, nothing extracted
-    assert torch.equal(again.features, first.features) and torch.equal(again.cov, first.cov)  # read back from the file: float64, bit for bit
+    # read back from the file: float64, bit for bit
+    assert torch.equal(again.features, first.features) and torch.equal(again.cov, first.cov)
     assert again.key["extractor"] == extractor.identity
 
     other = reference_statistics(load, extractor, key={**key, "split": "train"}, cache_dir=tmp_path)
@@ -305,11 +307,13 @@ def test_sample_quality_reports_label_and_values():
 def test_fid_from_very_few_images_warns_with_the_number_needed():
     """2 + 2 images of 8 features: FID is computed but a warning says it is not meaningful and what is needed."""
     g = torch.Generator().manual_seed(0)
-    real, fake = torch.randn(2, 8, generator=g, dtype=torch.float64), torch.randn(2, 8, generator=g, dtype=torch.float64)
+    real, fake = (torch.randn(2, 8, generator=g, dtype=torch.float64),
+                  torch.randn(2, 8, generator=g, dtype=torch.float64))
     with pytest.warns(UserWarning, match=r"FID from 2 real and 2 generated images is not a meaningful number.*"
                                          r"fewer images than the 8 features.*at least 8 images on each side"):
         fid = fid_from_features(real, fake)
     assert math.isfinite(fid) and fid > 0
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # enough images: no warning
-        fid_from_features(torch.randn(20, 8, generator=g, dtype=torch.float64), torch.randn(20, 8, generator=g, dtype=torch.float64))
+        fid_from_features(torch.randn(20, 8, generator=g, dtype=torch.float64),
+                          torch.randn(20, 8, generator=g, dtype=torch.float64))

@@ -48,8 +48,8 @@ def test_builtin_dataset_keeps_its_real_license_and_is_not_a_hub_id(folder):
 
 
 def test_hub_dataset_id_license_flag_and_base_model(folder, tmp_path):
-    _, meta = card(folder, dataset_name="someone/faces", args={"hub_license": "mit",
-                                                                 "pretrained_model_name_or_path": "google/ddpm-cifar10-32"})
+    _, meta = card(folder, dataset_name="someone/faces",
+                   args={"hub_license": "mit", "pretrained_model_name_or_path": "google/ddpm-cifar10-32"})
     assert meta["datasets"] == ["someone/faces"] and meta["license"] == "mit"
     assert meta["base_model"] == "google/ddpm-cifar10-32"
     # a local pretrained folder is no Hub id: no base_model
@@ -71,7 +71,8 @@ def test_usage_snippet_runs_for_the_trained_model(folder):
     assert len(snippets) == 2
     for code in snippets:
         code = code.replace(f'"{folder.name}"', repr(str(folder))).replace("batch_size=16", "batch_size=1")
-        namespace = {"DDPMExtPipeline": DDPMExtPipeline, "DDIMExtScheduler": DDIMExtScheduler, "DDPMPipeline": DDPMPipeline}
+        namespace = {"DDPMExtPipeline": DDPMExtPipeline, "DDIMExtScheduler": DDIMExtScheduler,
+                     "DDPMPipeline": DDPMPipeline}
         exec(compile(code, "snippet", "exec"), namespace)  # noqa: S102 the card's own code, on the saved pipeline
         assert len(namespace["images"]) == 1
     assert "num_inference_steps=20)" in text

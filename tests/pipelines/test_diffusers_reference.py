@@ -42,7 +42,8 @@ class TestDDPMPipelineFast:
     @pytest.mark.xfail(
         strict=True,
         reason="diffusers' expected slice fails for diffusers' own DDPMPipeline too with this torch/diffusers "
-        "(a plain subclass gives [0.9956, 0.5785, ...]); test_inference_equals_plain_ddpm_pipeline checks ours against it",
+        "(a plain subclass gives [0.9956, 0.5785, ...]); test_inference_equals_plain_ddpm_pipeline checks ours "
+        "against it",
     )
     def test_inference(self):
         device = "cpu"

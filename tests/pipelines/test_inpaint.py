@@ -1,4 +1,5 @@
-"""DDPMExtInpaintPipeline (RePaint): the kept region, the reduction to plain sampling, the schedule, the jumps, bad input."""
+"""DDPMExtInpaintPipeline (RePaint): the kept region, the reduction to plain sampling, the schedule, the jumps, bad
+input."""
 
 from __future__ import annotations
 
@@ -193,8 +194,11 @@ def test_all_fill_image_in_a_mixed_batch_keeps_its_own_stream():
 def test_resampling_changes_the_completion_and_is_reproducible():
     pipe = inpaint_pipe()
     x, m = digits(1), left_half_fill()
-    run = lambda r: pipe(x, m, num_inference_steps=8, jump_length=2, jump_n_sample=r, generator=gens(1),
-                         output_type="pt").images
+
+    def run(r):
+        return pipe(x, m, num_inference_steps=8, jump_length=2, jump_n_sample=r, generator=gens(1),
+                    output_type="pt").images
+
     a, b = run(3), run(3)
     # exact by construction: same weights, shapes, process and thread count (same kernels)
     assert torch.equal(a, b) and not torch.equal(a, run(1))
@@ -208,7 +212,8 @@ def test_from_pipe_shares_components_and_other_image_sizes():
     x = torch.rand(1, 1, 12, 20) * 2 - 1  # not the 16x16 sample_size; the tiny UNet halves once
     m = torch.zeros(1, 1, 12, 20)
     m[..., 6:, :] = 1
-    out = inp(x, m, num_inference_steps=4, jump_length=2, jump_n_sample=2, generator=torch.manual_seed(0), output_type="np")
+    out = inp(x, m, num_inference_steps=4, jump_length=2, jump_n_sample=2, generator=torch.manual_seed(0),
+              output_type="np")
     assert out.images.shape == (1, 12, 20, 1)
     np.testing.assert_array_equal(out.images[0, :6, :, 0], (x[0, 0, :6] / 2 + 0.5).numpy())
 
@@ -272,7 +277,8 @@ def _no_unet_calls(pipe):
         (digits(1), left_half_fill(), {"jump_n_sample": 2.5}, r"`jump_n_sample` must be an integer >= 1, got 2.5"),
         (digits(1), left_half_fill(), {"eta": 0.5}, r"`eta`=0.5 needs a DDIM scheduler"),
         (digits(1), left_half_fill(), {"eta": -1}, r"`eta` must be a number in \[0, 1\]"),
-        (digits(1), left_half_fill(), {"num_inference_steps": 21}, r"`num_inference_steps` must be an integer in \[1, 20\]"),
+        (digits(1), left_half_fill(), {"num_inference_steps": 21},
+         r"`num_inference_steps` must be an integer in \[1, 20\]"),
         (digits(1), left_half_fill(), {"generator": gens(2)}, r"list of 2 generators but `batch_size` is 1"),
         (digits(1), left_half_fill(), {"output_type": "jpg"}, r"`output_type` must be one of"),
     ],

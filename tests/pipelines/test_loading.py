@@ -161,7 +161,8 @@ def test_scheduler_config_naming_a_model_is_refused(saved):
     config = json.loads(path.read_text())
     config["_class_name"], config["_ddpm_ext_class_name"] = "UNet2DConditionModel", None
     path.write_text(json.dumps(config))
-    with pytest.raises(ValueError, match=r"names 'UNet2DConditionModel', which is not a diffusers or ddpm_ext scheduler"):
+    with pytest.raises(ValueError,
+                       match=r"names 'UNet2DConditionModel', which is not a diffusers or ddpm_ext scheduler"):
         DDPMExtPipeline.from_pretrained(folder)
 
 

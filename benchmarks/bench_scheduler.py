@@ -50,7 +50,8 @@ def run(args: argparse.Namespace) -> tuple[list[Row], list[str]]:
             s.set_timesteps(STEPS, device=device)
         delta = (_loop(ours, device, kwargs, STEPS) - _loop(theirs, device, kwargs, STEPS)).abs().max().item()
         times = alternate(
-            {"ours": lambda: _loop(ours, device, kwargs, calls), "theirs": lambda: _loop(theirs, device, kwargs, calls)},
+            {"ours": lambda: _loop(ours, device, kwargs, calls),
+             "theirs": lambda: _loop(theirs, device, kwargs, calls)},
             n_rounds, device,
         )
         rows.append(Row(

@@ -91,7 +91,8 @@ class DiffusersTrainer:
     def step(self, clean_images: torch.Tensor) -> torch.Tensor:
         noise = torch.randn(clean_images.shape, dtype=clean_images.dtype, device=clean_images.device)
         bsz = clean_images.shape[0]
-        timesteps = torch.randint(0, self.scheduler.config.num_train_timesteps, (bsz,), device=clean_images.device).long()
+        timesteps = torch.randint(0, self.scheduler.config.num_train_timesteps, (bsz,),
+                                  device=clean_images.device).long()
         noisy_images = self.scheduler.add_noise(clean_images, noise, timesteps)
         model_output = self.unet(noisy_images, timesteps).sample
         loss = F.mse_loss(model_output.float(), noise.float())
@@ -176,7 +177,8 @@ def run(args: argparse.Namespace) -> tuple[list[Row], list[str]]:
             ours_mem=peak_memory(steps(trainer), device), theirs_mem=mem_theirs,
         ))
     notes = [f"median of {n_rounds} alternating rounds of {steps_per_round} steps; images/s = batch / median step time"]
-    notes += [f"{name}: first step (compilation included) {first[name]:.1f} s" for name in trainers if "compile" in name]
+    notes += [f"{name}: first step (compilation included) {first[name]:.1f} s"
+              for name in trainers if "compile" in name]
 
     if args.quality_steps:
         test = mnist_32("test")
@@ -203,7 +205,8 @@ def run(args: argparse.Namespace) -> tuple[list[Row], list[str]]:
 
 def main(argv: list[str] | None = None) -> None:
     p = add_common_args(argparse.ArgumentParser(description=__doc__.splitlines()[0]))
-    p.add_argument("--quality_steps", type=int, default=0, help="Also train every variant this many steps and compare the losses.")
+    p.add_argument("--quality_steps", type=int, default=0,
+                   help="Also train every variant this many steps and compare the losses.")
     args = p.parse_args(argv)
     rows, notes = run(args)
     print(report("Training", rows, torch.device(args.device), notes))

@@ -59,11 +59,16 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--num_per_class", type=int, default=50, help="Images per class and guidance scale (default: 50).")
     p.add_argument("--guidance_scales", type=float, nargs="+", default=[0.0, 1.0, 2.0, 4.0], help="The w to compare.")
     p.add_argument("--steps", type=int, default=50, help="DDIM steps (default: 50).")
-    p.add_argument("--eta", type=float, default=1.0, help="DDIM's η in [0, 1] (default: 1, the respaced DDPM with σ² = β̃; η = 0 leaves grey backgrounds on briefly trained CPU models). ε̂ is recomputed from the clipped x̂_0 (use_clipped_model_output=True): with the raw guided ε̂ the DDIM update mixes it with a clipped x̂_0 and the requested class is lost at w ≥ 2.")
+    p.add_argument("--eta", type=float, default=1.0,
+                   help="DDIM's η in [0, 1] (default: 1, the respaced DDPM with σ² = β̃; η = 0 leaves grey "
+                        "backgrounds on briefly trained CPU models). ε̂ is recomputed from the clipped x̂_0 "
+                        "(use_clipped_model_output=True): with the raw guided ε̂ the DDIM update mixes it with a "
+                        "clipped x̂_0 and the requested class is lost at w ≥ 2.")
     p.add_argument("--seed", type=int, default=0, help="Seed of the images (the package's per-image rule; default: 0).")
     p.add_argument("--dataset", default="mnist-5k", help="Real images for FID/KID (default: mnist-5k).")
     p.add_argument("--split", default="test", help="Their split (default: test, the 500 held-out digits).")
-    p.add_argument("--feature_extractor", default="efficientnet-lite0", help="FID/KID features, as `ddpm-ext evaluate`.")
+    p.add_argument("--feature_extractor", default="efficientnet-lite0",
+                   help="FID/KID features, as `ddpm-ext evaluate`.")
     p.add_argument("--kid_subset_size", type=int, default=100, help="KID subset size (default: 100).")
     p.add_argument("--batch_size", type=int, default=100, help="Images per pipeline call (default: 100).")
     p.add_argument("--output", default=None, help="Also write the results as JSON here.")
@@ -132,7 +137,8 @@ def markdown(rows: list[dict[str, Any]], feature_label: str) -> str:
 
 
 def main(argv: Sequence[str] | None = None, *, judge: Judge | None = None,
-         features: Features | None = None, real_features: torch.Tensor | None = None, feature_label: str | None = None) -> int:
+         features: Features | None = None, real_features: torch.Tensor | None = None,
+         feature_label: str | None = None) -> int:
     """Run the study; `judge`, `features` and `real_features` replace the digit classifier and the FID features
     (for tests)."""
     args = parse_args(argv)
@@ -149,8 +155,9 @@ def main(argv: Sequence[str] | None = None, *, judge: Judge | None = None,
         size = pipe.unet.config.sample_size
         transform = ImageTransform(size if isinstance(size, int) else size[0], center_crop=True,
                                    channels=pipe.unet.config.in_channels)
-        key = {"dataset": args.dataset, "split": args.split, "image_size": transform.resolution, "channels": transform.channels,
-               "num_images": len(ds), "transform": "resize-shorter-bilinear+center-crop", "by": "guidance_study"}
+        key = {"dataset": args.dataset, "split": args.split, "image_size": transform.resolution,
+               "channels": transform.channels, "num_images": len(ds),
+               "transform": "resize-shorter-bilinear+center-crop", "by": "guidance_study"}
         real_features = reference_statistics(  # cached: the real digits' features are computed once
             lambda: torch.stack([transform.to_uint8(im) for im in ds[column]]), extractor, key=key,
             batch_size=args.batch_size,

@@ -211,7 +211,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0, help="Seed of the subset and of the generators (default: 0).")
     p.add_argument("--device", default="cpu", help="Torch device (default: cpu).")
     p.add_argument("--no_diffusers", action="store_true", help="Skip diffusers' RePaintPipeline.")
-    p.add_argument("--classifier", default=DEFAULT_CLASSIFIER, help=f"Judge factory 'module:attr' (default: {DEFAULT_CLASSIFIER}).")
+    p.add_argument("--classifier", default=DEFAULT_CLASSIFIER,
+                   help=f"Judge factory 'module:attr' (default: {DEFAULT_CLASSIFIER}).")
     p.add_argument("--output", default=None, help="Also write the rows as JSON here.")
     args = p.parse_args(argv)
     for name in ("num_images", "steps", "jump_length", "batch_size"):

@@ -74,22 +74,31 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     a = p.add_argument
     a("--pipeline", required=True, help="The pipeline folder (or Hub repo id) to study.")
-    a("--output_dir", required=True, help="Where sampler_study.json / .md / .png and the sample grids go; an existing study there is resumed.")
-    a("--samplers", nargs="+", default=list(SAMPLERS), choices=list(SAMPLERS), metavar="SAMPLER", help=f"Samplers (default: all): {list(SAMPLERS)}.")
-    a("--nfe", nargs="+", type=int, default=list(DEFAULT_NFE), help=f"UNet calls per image (= steps) (default: {list(DEFAULT_NFE)}).")
-    a("--nfe_1000_samplers", nargs="*", default=list(DEFAULT_NFE_1000), choices=list(SAMPLERS), metavar="SAMPLER", help=f"The samplers that also run at NFE 1000 when --nfe lists it (default: {list(DEFAULT_NFE_1000)}).")
-    a("--spacing", default=None, choices=("leading", "trailing", "linspace"), help="Timestep spacing of every point (default: the pipeline's, trailing for a leading config).")
-    a("--ddim_eps", default=None, choices=("consistent", "model"), help="DDIM's ε̂ (default: the pipeline's, consistent with the clipped x̂_0; model: diffusers' DDIMPipeline).")
+    a("--output_dir", required=True,
+      help="Where sampler_study.json / .md / .png and the sample grids go; an existing study there is resumed.")
+    a("--samplers", nargs="+", default=list(SAMPLERS), choices=list(SAMPLERS), metavar="SAMPLER",
+      help=f"Samplers (default: all): {list(SAMPLERS)}.")
+    a("--nfe", nargs="+", type=int, default=list(DEFAULT_NFE),
+      help=f"UNet calls per image (= steps) (default: {list(DEFAULT_NFE)}).")
+    a("--nfe_1000_samplers", nargs="*", default=list(DEFAULT_NFE_1000), choices=list(SAMPLERS), metavar="SAMPLER",
+      help=f"The samplers that also run at NFE 1000 when --nfe lists it (default: {list(DEFAULT_NFE_1000)}).")
+    a("--spacing", default=None, choices=("leading", "trailing", "linspace"),
+      help="Timestep spacing of every point (default: the pipeline's, trailing for a leading config).")
+    a("--ddim_eps", default=None, choices=("consistent", "model"),
+      help="DDIM's ε̂ (default: the pipeline's, consistent with the clipped x̂_0; model: diffusers' DDIMPipeline).")
     a("--num_samples", type=int, default=500, help="Images per point (default: 500).")
-    a("--seed", type=int, default=0, help="Seed of the images (image i from the package's per-image rule) and of KID (default: 0).")
+    a("--seed", type=int, default=0,
+      help="Seed of the images (image i from the package's per-image rule) and of KID (default: 0).")
     a("--dataset", default="mnist-5k", help="Real images (default: mnist-5k; its 500 held-out test digits).")
     a("--split", default=None, help="Their split (default: test where the data set has one).")
     a("--max_real_images", type=int, default=None, help="Use only this many real images (default: all of the split).")
     a("--kid_subset_size", type=int, default=100, help="KID subset size (default: 100).")
     a("--kid_subsets", type=int, default=100, help="KID subsets (default: 100).")
-    a("--feature_extractor", default="efficientnet-lite0", help="FID/KID features, as `ddpm-ext evaluate` (default: efficientnet-lite0, offline).")
+    a("--feature_extractor", default="efficientnet-lite0",
+      help="FID/KID features, as `ddpm-ext evaluate` (default: efficientnet-lite0, offline).")
     a("--nearest_k", type=int, default=5, help="k of precision/recall/density/coverage (default: 5).")
-    a("--digit_judge", default="auto", choices=("auto", "on", "off"), help="The digit classifier's IS and digits present (default: auto, on for grayscale models).")
+    a("--digit_judge", default="auto", choices=("auto", "on", "off"),
+      help="The digit classifier's IS and digits present (default: auto, on for grayscale models).")
     a("--batch_size", type=int, default=100, help="Images per pipeline call (default: 100).")
     a("--grid_images", type=int, default=64, help="Images in each point's sample grid, 0 for none (default: 64).")
     a("--stats_cache_dir", default=None, help="Cache of the real images' features (default: evaluate's).")
@@ -133,7 +142,8 @@ def load_study(path: Path, settings: dict[str, Any]) -> dict[str, Any]:
     differ = {k: (study["settings"].get(k), v) for k, v in settings.items() if study["settings"].get(k) != v}
     if differ:
         raise ValueError(
-            f"{path} holds a study with other settings ({', '.join(f'{k}: {a!r} there, {b!r} now' for k, (a, b) in differ.items())}); "
+            f"{path} holds a study with other settings "
+            f"({', '.join(f'{k}: {a!r} there, {b!r} now' for k, (a, b) in differ.items())}); "
             "use another --output_dir, or the same settings to resume it."
         )
     return study
@@ -184,7 +194,8 @@ def markdown_table(study: dict[str, Any]) -> str:
         lines.append(
             f"| {r['study_sampler']} | {r['nfe']} | `{r['sampler']}` | {r.get('timestep_spacing') or '–'} | {eps} | "
             f"{r['fid']:.2f} | {kid} | {_f(r.get('precision'), '.3f')} | {_f(r.get('recall'), '.3f')} | "
-            f"{_f(r.get('density'), '.3f')} | {_f(r.get('coverage'), '.3f')} | {_f(r.get('classifier_is'), '.2f')}{_spread(r)} | "
+            f"{_f(r.get('density'), '.3f')} | {_f(r.get('coverage'), '.3f')} | "
+            f"{_f(r.get('classifier_is'), '.2f')}{_spread(r)} | "
             f"{r.get('classes_present', '–')} | {_f(r.get('mean_pixel'), '.3f')} | {r['seconds_per_image']:.3f} |"
         )
     return "\n".join(lines) + "\n"
@@ -202,7 +213,8 @@ def plot(study: dict[str, Any], path: Path) -> None:
     axes = fig.subplots(1, len(panels))
     for ax, key in zip(axes, panels):
         for name in SAMPLERS:
-            rows = sorted((r for r in points if r["study_sampler"] == name and r.get(key) is not None), key=lambda r: r["nfe"])
+            rows = sorted((r for r in points if r["study_sampler"] == name and r.get(key) is not None),
+                          key=lambda r: r["nfe"])
             if rows:
                 ax.plot([r["nfe"] for r in rows], [r[key] for r in rows], marker="o", label=name)
         ax.set_xscale("log")
@@ -227,7 +239,8 @@ def run_study(args: argparse.Namespace) -> dict[str, Any]:
     done = {r["sampler"] for r in study["points"]}
     points = sampler_specs(args)
     todo = [(name, n, spec) for name, n, spec in points if parse_sampler(spec).spec not in done]
-    print(f"{len(points) - len(todo)} of {len(points)} points already in {out / JSON_NAME}; {len(todo)} to run.", flush=True)
+    print(f"{len(points) - len(todo)} of {len(points)} points already in {out / JSON_NAME}; {len(todo)} to run.",
+          flush=True)
     if not todo:
         write_outputs(study, out)
         return study
@@ -251,7 +264,8 @@ def run_study(args: argparse.Namespace) -> dict[str, Any]:
         row.update({"study_sampler": name, "nfe": n, "seconds_per_image": samples.seconds / len(samples.images)})
         if args.grid_images:
             grid = out / "grids" / f"{samples.spec.slug}.png"
-            save_image_grid(samples.images[: args.grid_images], grid, nrow=math.ceil(math.sqrt(min(args.grid_images, len(samples.images)))))
+            save_image_grid(samples.images[: args.grid_images], grid,
+                            nrow=math.ceil(math.sqrt(min(args.grid_images, len(samples.images)))))
             row["grid"] = str(grid.relative_to(out))
         study["points"].append(row)
         write_outputs(study, out)  # after every point: a killed run keeps what it scored

@@ -35,6 +35,7 @@ from diffusers import DDPMScheduler
 import ddpm_ext.training.train as train_ddpm
 from ddpm_ext import DDPMExtScheduler
 from ddpm_ext.data import load_mnist_5k
+from ddpm_ext.training.flags import parse_args
 
 LEARNING_RATE = 5e-4  # the same for every variant; no warm-up or decay (not what is being compared)
 
@@ -50,7 +51,7 @@ class OursTrainer:
     """The training script's step: its `training_step`, then the loop's backward / clip / AdamW / zero_grad."""
 
     def __init__(self, unet, device, flags: list[str], autocast_dtype=None, compile=False, compile_mode=None):
-        self.args = train_ddpm.parse_args(["--learning_rate", str(LEARNING_RATE), *flags])
+        self.args = parse_args(["--learning_rate", str(LEARNING_RATE), *flags])
         self.train_ddpm = train_ddpm
         self.unet = unet.to(device).train()
         if self.args.channels_last:

@@ -14,14 +14,13 @@ from .schedulers import (
     DDPMExtScheduler,
     DDPMExtSchedulerOutput,
     PredictionType,
-    fast_sampler,
     TimestepSpacing,
     VarianceType,
+    fast_sampler,
     make_betas,
     posterior_coefficients,
 )
 from .version import __version__
-
 
 __all__ = [
     "__version__",

@@ -2,9 +2,9 @@
 
 PyTorch runs its CPU kernels on one OpenMP thread per core, and OpenMP's threads busy-wait between kernels.
 On an idle machine that is the fastest choice; as soon as another CPU-bound process runs, the spinning threads
-fight it for the cores and a training step of the quick start becomes 5–6× slower (the README's "Threading"
-table, `python benchmarks/bench_contention.py`). One thread is robust but almost 2× slower on an idle machine,
-and `OMP_WAIT_POLICY=PASSIVE` costs 40% idle. No setting fixed at start-up is right for both, so
+fight it for the cores and every step slows down several times (`python benchmarks/bench_contention.py`
+measures it). One thread is robust but slower on an idle machine, and so is `OMP_WAIT_POLICY=PASSIVE`. No
+setting fixed at start-up is right for both, so
 [`AdaptiveThreads`] decides while the job runs: once per `interval` seconds it reads how much CPU the *other*
 processes used (Linux `/proc/stat` minus this process's own CPU time, so its own spinning threads do not
 count) and sets `torch.set_num_threads` to the cores they leave free (at least 1, at most the number the job
@@ -25,6 +25,10 @@ import os
 import time
 from collections import Counter
 from typing import Any, Callable
+
+import torch
+
+from .validation import check_int, check_number
 
 __all__ = ["AdaptiveThreads", "other_processes_cpu", "parse_cpu_threads", "threads_chosen_by_user"]
 
@@ -166,10 +170,6 @@ class AdaptiveThreads:
         device: Any = None,
         machine_cores: int | None = None,
     ) -> None:
-        import torch
-
-        from .validation import check_int, check_number
-
         self._initial = torch.get_num_threads()
         self.max_threads = check_int("max_threads", self._initial if max_threads is None else max_threads, 1)
         self.machine_cores = check_int("machine_cores", machine_cores or os.cpu_count() or self.max_threads, 1)
@@ -195,8 +195,6 @@ class AdaptiveThreads:
         option = parse_cpu_threads(option)
         if option == "auto":
             return cls(device=device)
-        import torch
-
         before = torch.get_num_threads()
         torch.set_num_threads(option)
         fixed = cls(max_threads=option, enabled=False)
@@ -227,8 +225,6 @@ class AdaptiveThreads:
         self._streak = self._streak + 1 if wanted == self._wanted else 1
         self._wanted = wanted
         if self._streak >= self.patience:
-            import torch
-
             torch.set_num_threads(wanted)
             self.threads, self._streak = wanted, 0
             self.changes += 1
@@ -246,12 +242,11 @@ class AdaptiveThreads:
     def summary(self) -> dict[str, Any]:
         """What the run used: `adaptive` (on or off), `max_threads`, steps per thread count, number of changes."""
         return {"adaptive": self.enabled, "max_threads": self.max_threads,
-                "steps_per_thread_count": {str(k): v for k, v in sorted(self.steps_at.items())}, "changes": self.changes}
+                "steps_per_thread_count": {str(k): v for k, v in sorted(self.steps_at.items())},
+                "changes": self.changes}
 
     def restore(self) -> None:
         """Set the thread count back to what it was at creation."""
-        import torch
-
         if torch.get_num_threads() != self._initial:
             torch.set_num_threads(self._initial)
         self.threads = self._initial

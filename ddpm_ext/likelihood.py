@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from diffusers.utils import BaseOutput
 from diffusers.utils.torch_utils import randn_tensor
+from tqdm.auto import tqdm
 
 from .images import normalize
 from .losses import mean_flat, normal_kl, vlb_terms
@@ -75,7 +76,9 @@ def check_images_on_grid(images: Any, *, name: str = "images", channels: int | N
             "convert uint8 pixels u with `u / 127.5 - 1`."
         )
     if images.ndim != 4:
-        raise ValueError(f"`{name}` must have shape (N, C, H, W) (ndim 4), got shape {tuple(images.shape)} (ndim {images.ndim}).")
+        raise ValueError(
+            f"`{name}` must have shape (N, C, H, W) (ndim 4), got shape {tuple(images.shape)} (ndim {images.ndim})."
+        )
     if images.shape[0] == 0:
         raise ValueError(f"`{name}` is empty (shape {tuple(images.shape)}); pass at least one image.")
     if channels is not None and images.shape[1] != channels:
@@ -98,7 +101,9 @@ def check_images_on_grid(images: Any, *, name: str = "images", channels: int | N
             f"bin away from it (allowed {GRID_TOLERANCE}). Quantize first: `((x + 1) * 127.5).round() / 127.5 - 1`."
         )
     # snapped in float64, then stored as float32 (or float64): the values every earlier bits/dim was computed on
-    return normalize(u.round().clamp(0, 255), torch.float64).to(images.dtype if images.dtype == torch.float64 else torch.float32)
+    return normalize(u.round().clamp(0, 255), torch.float64).to(
+        images.dtype if images.dtype == torch.float64 else torch.float32
+    )
 
 
 def _as_ddpm_scheduler(scheduler: Any) -> DDPMExtScheduler:
@@ -155,7 +160,8 @@ def _check_class_labels(model: Any, class_labels: Any, n: int) -> torch.Tensor |
         return None
     if config is not None and not conditional:
         raise ValueError(
-            f"`class_labels` were given ({class_labels!r:.60}), but the model is unconditional (no `num_class_embeds`); "
+            f"`class_labels` were given ({class_labels!r:.60}), but the model is unconditional "
+            "(no `num_class_embeds`); "
             "drop `class_labels`."
         )
     if isinstance(class_labels, (int, np.integer)) and not isinstance(class_labels, (bool, np.bool_)):
@@ -275,7 +281,9 @@ def bits_per_dim_variances(
         ts_tensor = torch.tensor(ts)
         for t in dict.fromkeys(ts):  # descending: the draws happen in chain order
             if t not in noise_blocks:
-                noise_blocks[t] = randn_tensor(tuple(x0_all.shape), generator=generator, device=device, dtype=x0_all.dtype)
+                noise_blocks[t] = randn_tensor(
+                    tuple(x0_all.shape), generator=generator, device=device, dtype=x0_all.dtype
+                )
             rows = (ts_tensor == t).nonzero().flatten()
             noise[rows.to(device)] = noise_blocks[t][idx[rows].to(device)]
         return noise
@@ -288,8 +296,6 @@ def bits_per_dim_variances(
     try:
         iterator = starts
         if progress:
-            from tqdm.auto import tqdm
-
             iterator = tqdm(starts, desc="bits/dim", unit="call")
         for start in iterator:
             pairs = torch.arange(start, min(start + int(batch_size), total_pairs))
@@ -324,7 +330,8 @@ def bits_per_dim_variances(
 
     return {
         name: BitsPerDimOutput(
-            total=prior + terms[name].sum(dim=1), prior=prior.clone(), decoder=terms[name][:, 0].clone(), terms=terms[name]
+            total=prior + terms[name].sum(dim=1), prior=prior.clone(), decoder=terms[name][:, 0].clone(),
+            terms=terms[name],
         )
         for name in names
     }

@@ -28,7 +28,9 @@ TimestepSampling = Literal["uniform", "importance"]
 TIMESTEP_SAMPLINGS: tuple[str, ...] = get_args(TimestepSampling)
 
 
-def normal_kl(*, mean1: torch.Tensor, logvar1: torch.Tensor, mean2: torch.Tensor, logvar2: torch.Tensor) -> torch.Tensor:
+def normal_kl(
+    *, mean1: torch.Tensor, logvar1: torch.Tensor, mean2: torch.Tensor, logvar2: torch.Tensor
+) -> torch.Tensor:
     """KL(N(mean1, e^logvar1) ‖ N(mean2, e^logvar2)) per element, in nats."""
     return 0.5 * (-1.0 + logvar2 - logvar1 + torch.exp(logvar1 - logvar2) + (mean1 - mean2) ** 2 * torch.exp(-logvar2))
 
@@ -38,7 +40,9 @@ def approx_standard_normal_cdf(x: torch.Tensor) -> torch.Tensor:
     return 0.5 * (1.0 + torch.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x**3)))
 
 
-def discretized_gaussian_log_likelihood(x: torch.Tensor, *, means: torch.Tensor, log_scales: torch.Tensor) -> torch.Tensor:
+def discretized_gaussian_log_likelihood(
+    x: torch.Tensor, *, means: torch.Tensor, log_scales: torch.Tensor
+) -> torch.Tensor:
     """log p(x) per element, in nats, for x on the 8-bit grid in [−1, 1] under N(means, e^{2 log_scales}).
 
     Each value owns a bin of width 2/255 around it; the outermost bins are open (to −∞ below −1 and +∞
@@ -91,9 +95,12 @@ def vlb_terms(
     """
     true_mean, _, true_logvar = scheduler.q_posterior_mean_variance(x_start=x_start, x_t=x_t, timesteps=timesteps)
     p = scheduler.p_mean_variance(
-        model_output=model_output, x_t=x_t, timesteps=timesteps, clip_denoised=clip_denoised, variance_type=variance_type
+        model_output=model_output, x_t=x_t, timesteps=timesteps, clip_denoised=clip_denoised,
+        variance_type=variance_type,
     )
-    kl = mean_flat(normal_kl(mean1=true_mean, logvar1=true_logvar, mean2=p["mean"], logvar2=p["log_variance"])) / math.log(2.0)
+    kl = mean_flat(
+        normal_kl(mean1=true_mean, logvar1=true_logvar, mean2=p["mean"], logvar2=p["log_variance"])
+    ) / math.log(2.0)
     nll = -mean_flat(
         discretized_gaussian_log_likelihood(x_start, means=p["mean"], log_scales=0.5 * p["log_variance"])
     ) / math.log(2.0)
@@ -116,7 +123,9 @@ def min_snr_weight(scheduler, timesteps: torch.Tensor, snr_gamma: float) -> torc
     ```
     """
     table = getattr(scheduler, "_alphas_cumprod64", None)  # ddpm_ext's float64 ᾱ; else the float32 one
-    ab = torch.as_tensor(scheduler.alphas_cumprod if table is None else table, dtype=torch.float64)[timesteps.cpu().long()]
+    ab = torch.as_tensor(
+        scheduler.alphas_cumprod if table is None else table, dtype=torch.float64
+    )[timesteps.cpu().long()]
     snr = ab / (1 - ab)
     clipped = snr.clamp(max=float(snr_gamma))
     kind = scheduler.config.prediction_type
@@ -134,8 +143,8 @@ def timestep_proposal(scheduler, snr_gamma: float) -> torch.Tensor:
     same min-SNR-γ objective as t ~ U{0..T−1}, with less variance: the weight is nearly zero at both ends of the
     schedule (pure noise, and almost no noise), so a uniform draw spends much of each batch on images that add
     almost nothing to the loss. Each image's weighted loss becomes Z / T times its unweighted loss, Z = Σ_t w(t).
-    Less variance in the loss is not faster training: on the README's quick start (v-prediction, min-SNR-5) this
-    proposal trained to a worse classifier IS than uniform t (the recipe study's table).
+    Less variance in the loss is not necessarily faster training: `training/recipe_study.py` compares this proposal
+    with uniform t on the same recipe.
 
     Example:
 

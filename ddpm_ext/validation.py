@@ -8,12 +8,10 @@ arguments once per call); the command line turns these errors into `error: ...` 
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import Any, Sequence
 
 import numpy as np
-
-if TYPE_CHECKING:
-    import torch
+import torch
 
 __all__ = ["check_choice", "check_int", "check_number", "check_positive", "learns_variance", "resolve_device"]
 
@@ -54,7 +52,9 @@ def check_number(
     if ok and high is not None:
         ok = value <= high
     if not ok:
-        raise ValueError(f"`{name}` must be {_allowed('a number', 'a finite number', low, high, low_open)}, got {value!r}.")
+        raise ValueError(
+            f"`{name}` must be {_allowed('a number', 'a finite number', low, high, low_open)}, got {value!r}."
+        )
     return float(value)
 
 
@@ -86,14 +86,12 @@ def learns_variance(variance_type: str | None) -> bool:
     return variance_type in LEARNED_VARIANCE_TYPES
 
 
-def resolve_device(name: Any = None, option: str = "--device") -> "torch.device":
+def resolve_device(name: Any = None, option: str = "--device") -> torch.device:
     """A torch device from a user's choice: `None` or `"auto"` is CUDA when available, else the CPU.
 
     Raises:
         `ValueError`: naming `option`, for a string torch does not parse, or a CUDA device where CUDA is missing.
     """
-    import torch
-
     if name is None or name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:

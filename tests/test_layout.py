@@ -21,6 +21,8 @@ CORE = [
     "ddpm_ext.seeding",
     "ddpm_ext.validation",
     "ddpm_ext.files",
+    "ddpm_ext.data",
+    "ddpm_ext.version",
 ]
 
 

@@ -87,8 +87,8 @@ def test_wheel_installs_trains_and_writes_a_loadable_model_card(tmp_path):
         assert venv in where.parents and source not in where.parents, where
         assert venv in Path(card.TEMPLATE).resolve().parents and Path(card.TEMPLATE).is_file(), card.TEMPLATE
         print("ddpm_ext from", where)
-        sys.argv = ["ddpm_ext.training", *{TINY + ["--max_train_steps", "2", "--output_dir", str(out)]!r}]
-        runpy.run_module("ddpm_ext.training", run_name="__main__", alter_sys=True)
+        sys.argv = ["ddpm_ext", "train", *{TINY + ["--max_train_steps", "2", "--output_dir", str(out)]!r}]
+        runpy.run_module("ddpm_ext", run_name="__main__", alter_sys=True)
     """)
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV")}
     env.setdefault("OMP_NUM_THREADS", "1")

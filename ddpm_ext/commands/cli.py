@@ -1,17 +1,19 @@
 """`ddpm-ext`: the command line (also `python -m ddpm_ext`).
 
 Each subcommand is a module with `add_arguments(parser)` and `run(args) -> int`, listed in [`COMMANDS`] and
-imported only when it runs, so a missing optional dependency of one command (matplotlib for `figures`) does not
-break the others. A `ValueError` from a command is printed as `error: ...` with exit status 2, as argparse does
-for bad options.
+imported only when it runs, so a command starts without importing the others' dependencies, and an
+`ImportError` of one command's module is reported for that command alone. A `ValueError` from a command is
+printed as `error: ...` with exit status 2, as argparse does for bad options.
 
 Examples:
 
 ```bash
+ddpm-ext train --output_dir outputs/mnist --max_train_steps 1700      # or: accelerate launch -m ddpm_ext train ...
 ddpm-ext sample outputs/mnist --num_images 64 --steps 100 --output samples.png
 ddpm-ext sample outputs/mnist --scheduler ddim --steps 50 --eta 0.0 --images_dir samples/
 ddpm-ext figures outputs/mnist --output_dir figures
 ddpm-ext evaluate outputs/mnist --num_samples 100 --samplers ddpm:1000 ddim:50:0 --output_dir eval
+ddpm-ext push outputs/mnist --repo_id me/ddpm-mnist
 ```
 """
 
@@ -24,14 +26,18 @@ import sys
 from pathlib import Path
 from typing import Callable, Sequence
 
+from ..cpu_threads import parse_cpu_threads
+
 __all__ = ["COMMANDS", "main", "build_parser", "int_at_least", "positive_int", "nonnegative_int", "check_output_dir"]
 
 # name -> (help, module exposing add_arguments(parser) and run(args) -> int)
 COMMANDS: dict[str, tuple[str, str]] = {
+    "train": ("Train a DDPM with accelerate and save it as a pipeline.", "ddpm_ext.commands.train"),
     "sample": ("Sample images from a trained pipeline into a PNG grid.", "ddpm_ext.commands.sample"),
     "figures": ("Write the lecture's figures (forward and reverse process, schedules, samplers, inpainting, classes).",
                 "ddpm_ext.commands.figures"),
-    "evaluate": ("Score a pipeline: bits/dim on held-out images, FID/KID of samples per sampler.", "ddpm_ext.commands.evaluate"),
+    "evaluate": ("Score a pipeline: bits/dim on held-out images, FID/KID of samples per sampler.",
+                 "ddpm_ext.commands.evaluate"),
     "inpaint": ("Fill the masked part of an image with a trained pipeline (RePaint).", "ddpm_ext.commands.inpaint"),
     "push": ("Upload a saved pipeline folder with its model card and samples to the Hub.", "ddpm_ext.commands.push"),
 }
@@ -58,9 +64,8 @@ nonnegative_int = int_at_least(0)
 
 
 def cpu_threads_option(text: str) -> str | int:
-    """An argparse `type` for `--cpu_threads`: 'auto' or an integer >= 1 ([`ddpm_ext.cpu_threads.parse_cpu_threads`])."""
-    from ..cpu_threads import parse_cpu_threads
-
+    """An argparse `type` for `--cpu_threads`: 'auto' or an integer >= 1
+    ([`ddpm_ext.cpu_threads.parse_cpu_threads`])."""
     try:
         return parse_cpu_threads(text, "--cpu_threads")
     except ValueError as err:
@@ -93,7 +98,9 @@ def build_parser(command: str | None = None) -> tuple[argparse.ArgumentParser, o
     module is returned in place of the module so that `main` can report it.
     """
     parser = argparse.ArgumentParser(
-        prog="ddpm-ext", description="DDPM / DDIM for diffusers: sample from a pipeline, draw the lecture's figures, evaluate a model."
+        prog="ddpm-ext",
+        description="DDPM / DDIM for diffusers: train a model, sample from it, evaluate it, draw the lecture's "
+        "figures, inpaint, push it to the Hub.",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     loaded: object = None

@@ -37,12 +37,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
             kwargs["default"] = d[names[0][2:]]
         return parser.add_argument(*names, **kwargs)
 
-    a("pipeline", help="A pipeline folder (DDPMExtPipeline / diffusers DDPMPipeline layout) or a Hub repo id 'org/name'.")
+    a("pipeline",
+      help="A pipeline folder (DDPMExtPipeline / diffusers DDPMPipeline layout) or a Hub repo id 'org/name'.")
     a("--revision", help="Hub revision of the pipeline (branch, tag or commit); default 'main'.")
     a("--dataset",
-      help="Real images: a built-in data set (mnist-5k, openmoji-32), a folder of images, or a Hub data set 'owner/name'.")
+      help="Real images: a built-in data set (mnist-5k, openmoji-32), a folder of images, or a Hub data set "
+      "'owner/name'.")
     a("--split",
-      help="Split of --dataset; default 'test' for built-in data sets that have one (mnist-5k: 500 held-out digits), else 'train'.")
+      help="Split of --dataset; default 'test' for built-in data sets that have one (mnist-5k: 500 held-out digits), "
+      "else 'train'.")
     a("--image_column", help="Image column of a Hub data set (found automatically by default).")
     a("--max_real_images", type=int_at_least(2),
       help="Use at most this many real images for the reference statistics (a seeded random subset); default all.")
@@ -64,7 +67,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
       help="Features for FID/KID: efficientnet-lite0 (offline; NOT comparable to published FIDs) or inception "
       "(standard FID; needs torch-fidelity and its weights).")
     a("--inception_weights",
-      help="Local file of the Inception weights (pt_inception-2015-12-05-6726825d.pth) for --feature_extractor inception.")
+      help="Local file of the Inception weights (pt_inception-2015-12-05-6726825d.pth) for --feature_extractor "
+      "inception.")
     a("--stats_cache_dir",
       help="Cache of real-image features; default $DDPM_EXT_FID_STATS_DIR, else ~/.cache/ddpm_ext/fid_stats.")
     a("--no_stats_cache", action="store_true", help="Neither read nor write cached real-image features.")

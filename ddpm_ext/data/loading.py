@@ -10,7 +10,6 @@ from PIL import Image
 from ..validation import check_int
 from .builtin import BUILTIN_DATASETS, DEFAULT_DATASET, _builtin_lookalike, list_builtin_datasets, load_builtin_dataset
 
-
 # The file extensions `datasets`' "imagefolder" builder loads (all formats Pillow can open).
 try:
     from datasets.packaged_modules.imagefolder.imagefolder import ImageFolder as _ImageFolder
@@ -179,7 +178,9 @@ def load_image_dataset(
         try:
             check_int("max_train_samples", max_train_samples, 1)
         except ValueError:
-            raise ValueError(f"`max_train_samples` must be an integer >= 1 or None, got {max_train_samples!r}.") from None
+            raise ValueError(
+                f"`max_train_samples` must be an integer >= 1 or None, got {max_train_samples!r}."
+            ) from None
     if dataset_name is not None and (not isinstance(dataset_name, str) or not dataset_name.strip()):
         raise ValueError(f"`dataset_name` must be a non-empty string, got {dataset_name!r}.")
     if dataset_name is None and train_data_dir is None:

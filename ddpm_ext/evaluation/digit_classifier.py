@@ -38,8 +38,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
+from safetensors import safe_open
+from safetensors.torch import save_file
 from torch import nn
 
+from ..data import load_mnist_5k
 from ..files import atomic_path
 from ..images import images_to_uint8, normalize
 from ..validation import check_int, check_number
@@ -201,8 +204,6 @@ class DigitClassifier(nn.Module):
         Raises:
             `ValueError`: When the file is missing or does not hold a `digit-cnn-v1` judge.
         """
-        from safetensors import safe_open
-
         file = Path(path) if path is not None else PRETRAINED_PATH
         if not file.is_file():
             hint = (" It is rebuilt by `python benchmarks/train_digit_classifier.py`." if path is None else "")
@@ -223,8 +224,6 @@ class DigitClassifier(nn.Module):
     def save(self, path: str | os.PathLike, metadata: dict[str, Any] | None = None) -> Path:
         """Write the weights to `path` as safetensors (atomically), with `metadata` (values JSON-encoded unless
         strings) and the architecture name."""
-        from safetensors.torch import save_file
-
         meta = {k: v if isinstance(v, str) else json.dumps(v) for k, v in (metadata or {}).items()}
         meta["architecture"] = _ARCHITECTURE
         state = {k: v.detach().to("cpu").contiguous() for k, v in self.state_dict().items()}
@@ -280,8 +279,6 @@ class DigitClassifier(nn.Module):
 
 def load_mnist_5k_arrays(split: str) -> tuple[torch.Tensor, torch.Tensor]:
     """mnist-5k `split` as (uint8 tensor (N, 1, 28, 28), int64 labels (N,)), in the data set's order."""
-    from ..data import load_mnist_5k
-
     ds = load_mnist_5k(split=split)
     pixels = np.stack([np.asarray(im, dtype=np.uint8) for im in ds["image"]])  # (N, 28, 28)
     return torch.from_numpy(pixels).unsqueeze(1), torch.tensor(ds["label"], dtype=torch.int64)
@@ -535,8 +532,6 @@ def classifier_inception_score_std(probs: torch.Tensor | np.ndarray, num_resampl
 
     ```
     """
-    from ..validation import check_int
-
     p = _check_probs("probs", probs)
     check_int("num_resamples", num_resamples, 2)
     if len(p) < 2:

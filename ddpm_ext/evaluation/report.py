@@ -65,7 +65,9 @@ def replace_marked_section(text: str, content: str, start: str = METRICS_START, 
     bad = {m: c for m, c in counts.items() if c != 1}
     if bad:
         found = ", ".join(f"{m!r} {c} time(s)" for m, c in bad.items())
-        raise ValueError(f"The model card must contain each metrics marker exactly once ({start!r}, {end!r}); found {found}.")
+        raise ValueError(
+            f"The model card must contain each metrics marker exactly once ({start!r}, {end!r}); found {found}."
+        )
     i, j = text.index(start) + len(start), text.index(end)
     if j < i:
         raise ValueError(f"The model card's metrics markers are out of order: {end!r} comes before {start!r}.")
@@ -166,7 +168,9 @@ def model_card_metrics(results: dict[str, Any], date: str | None = None) -> str:
         if judge:  # the ceiling first
             ref = judge["reference"]
             dashes = ["–"] * (len(head) - 2)
-            lines.append("| " + " | ".join([f"real images ({ref['num_images']})", *dashes, f"{ref['classifier_is']:.2f}"]) + " |")
+            lines.append(
+                "| " + " | ".join([f"real images ({ref['num_images']})", *dashes, f"{ref['classifier_is']:.2f}"]) + " |"
+            )
         for r in results["samples"]:
             cells = [r["sampler"]] + ([f"{r['guidance_scale']:g}"] if cond else []) + [
                 f"{r['fid']:.2f}", f"{1e3 * r['kid_mean']:.2f} ± {1e3 * r['kid_std']:.2f}",
@@ -183,7 +187,8 @@ def model_card_metrics(results: dict[str, Any], date: str | None = None) -> str:
         if first.get("prdc_skipped"):
             lines += ["", f"Precision/recall skipped: {first['prdc_skipped']}."]
         elif first.get("nearest_k"):
-            lines += ["", f"Precision/recall (Kynkäänniemi et al. 2019) on the same features, k = {first['nearest_k']}."]
+            lines += ["", "Precision/recall (Kynkäänniemi et al. 2019) on the same features, "
+                          f"k = {first['nearest_k']}."]
     lines += ["", "Command:", "", "```bash", results.get("command", "ddpm-ext evaluate"), "```"]
     return "\n".join(lines)
 

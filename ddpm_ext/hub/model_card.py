@@ -8,9 +8,13 @@ import os
 from pathlib import Path
 from typing import Any
 
+from huggingface_hub import ModelCard, ModelCardData
+from safetensors import safe_open
+
+from ..data import BUILTIN_DATASETS
 from ..files import atomic_write_text
 from ..pipelines.guidance import grid_images_per_class
-from ..schedulers.scheduling_common import DEFAULT_SAMPLING_STEPS
+from ..schedulers.scheduling_common import DEFAULT_SAMPLING_STEPS, lecture_beta_schedule
 
 __all__ = ["METRICS_END", "METRICS_START", "TEMPLATE", "data_description", "write_model_card"]
 
@@ -23,8 +27,6 @@ _SECRET_KEYS = {"hub_token", "token"}
 
 def _dataset_info(dataset_name: str | None) -> dict[str, str]:
     """License id (Hub spelling), attribution and description of a built-in data set; empty for other data."""
-    from ..data import BUILTIN_DATASETS
-
     info = BUILTIN_DATASETS.get(dataset_name) if dataset_name else None
     if info is None:
         return {}
@@ -61,7 +63,8 @@ def write_model_card(
     grid_path: str | os.PathLike | None = None,
     template_path: str | os.PathLike = TEMPLATE,
 ) -> Path:
-    """Render the model-card template (`ddpm_ext/hub/model_card_template.md`) into `output_dir/README.md` and return its path.
+    """Render the model-card template (`ddpm_ext/hub/model_card_template.md`) into `output_dir/README.md` and return
+    its path.
 
     The card's metadata follows the Hub's rules: `datasets:` lists only real Hub data set ids (a built-in or local
     data set is described in the text instead), `base_model:` names the pretrained pipeline when fine-tuning from a
@@ -81,12 +84,12 @@ def write_model_card(
 
     ```py
     >>> from ddpm_ext.hub import write_model_card
-    >>> write_model_card("outputs/mnist", args={"seed": 0}, info={"global_step": 10}, dataset_name="mnist-5k")  # doctest: +SKIP
+    >>> write_model_card(
+    ...     "outputs/mnist", args={"seed": 0}, info={"global_step": 10}, dataset_name="mnist-5k"
+    ... )  # doctest: +SKIP
     PosixPath('outputs/mnist/README.md')
     ```
     """
-    from huggingface_hub import ModelCard, ModelCardData
-
     out = Path(output_dir)
     if not Path(template_path).is_file():
         raise ValueError(f"`template_path` {template_path} does not exist.")
@@ -123,13 +126,15 @@ def write_model_card(
         grid_text=_grid_text(safe_args.get("eval_batch_size", ""), info.get("class_names"), guidance_scale),
         sample_steps=safe_args.get("ddpm_num_inference_steps", ""),
         inference_steps=min(int(safe_args.get("ddpm_num_inference_steps") or DEFAULT_SAMPLING_STEPS), T),
-        ddim_steps=min(20, T),  # deterministic DDIM's best FID in the README's sampler study
+        ddim_steps=min(20, T),  # the card's DDIM example: 20 deterministic steps (or T, if fewer)
         seed=safe_args.get("seed", ""),
         num_train_timesteps=T,
         beta_schedule=_schedule_text(scheduler),
         variance_type=scheduler.get("variance_type", "fixed_small"),
         prediction_type=scheduler.get("prediction_type", "epsilon"),
-        loss_type={"simple": "L_simple (Algorithm 1)", "hybrid": "L_hybrid = L_simple + 0.001 L_vlb"}.get(safe_args.get("loss_type"), "L_simple")
+        loss_type={"simple": "L_simple (Algorithm 1)", "hybrid": "L_hybrid = L_simple + 0.001 L_vlb"}.get(
+            safe_args.get("loss_type"), "L_simple"
+        )
         + (f", min-SNR-γ weighted (γ = {safe_args['snr_gamma']})" if safe_args.get("snr_gamma") else ""),
         dataset=data_text,
         num_train_images=info.get("num_train_images", ""),
@@ -137,7 +142,10 @@ def write_model_card(
         model_config=(f"fine-tuned from {pretrained}" if pretrained else safe_args.get("model_config", "")),
         num_parameters=f"{n_params / 1e6:.2f} M",
         global_step=info.get("global_step", ""),
-        final_loss=f"{final_loss:.4f}" if isinstance(final_loss, (int, float)) and math.isfinite(final_loss) else "not recorded",
+        final_loss=(
+            f"{final_loss:.4f}" if isinstance(final_loss, (int, float)) and math.isfinite(final_loss)
+            else "not recorded"
+        ),
         train_batch_size=safe_args.get("train_batch_size", ""),
         num_processes=info.get("num_processes", 1),
         gradient_accumulation_steps=safe_args.get("gradient_accumulation_steps", 1),
@@ -169,8 +177,6 @@ def _grid_text(num_images: Any, class_names: list[str] | None, guidance_scale: f
 
 
 def _schedule_text(scheduler: dict[str, Any]) -> str:
-    from ..schedulers.scheduling_common import lecture_beta_schedule
-
     name = lecture_beta_schedule(scheduler["beta_schedule"])
     if name == "cosine":
         extra = scheduler.get("_ddpm_ext_config", {})
@@ -179,8 +185,6 @@ def _schedule_text(scheduler: dict[str, Any]) -> str:
 
 
 def _count_parameters(unet_dir: Path) -> int:
-    from safetensors import safe_open
-
     total = 0
     for f in unet_dir.glob("*.safetensors"):
         with safe_open(str(f), framework="pt") as st:

@@ -1,7 +1,8 @@
 """Pushes of pipeline folders to the Hugging Face Hub (the command line is `ddpm-ext push`).
 
-Only the pipeline (`model_index.json`, `unet/`, `scheduler/`, an autoguidance `guide_unet/`), the model card and the sample grid are uploaded:
-never checkpoints, logs or anything holding a token. The token is handed to `huggingface_hub` and nowhere else.
+Only the pipeline (`model_index.json`, `unet/`, `scheduler/`, an autoguidance `guide_unet/`), the model card and the
+sample grid are uploaded: never checkpoints, logs or anything holding a token. The token is handed to
+`huggingface_hub` and nowhere else.
 A re-push makes the repo hold exactly these files: files of an earlier push that are no longer part of the output
 are deleted in the same commit (`.gitattributes` is kept).
 
@@ -12,6 +13,8 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+
+from huggingface_hub import HfApi
 
 __all__ = ["UPLOAD_PATTERNS", "describe_error", "push_pipeline"]
 
@@ -46,8 +49,6 @@ def push_pipeline(
     'https://huggingface.co/me/ddpm-mnist'
     ```
     """
-    from huggingface_hub import HfApi
-
     path = Path(folder)
     if not (path / "model_index.json").is_file():
         raise ValueError(f"`folder` {path} is not a saved pipeline (no model_index.json).")

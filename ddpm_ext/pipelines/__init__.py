@@ -1,4 +1,5 @@
-"""Pipelines: sampling ([`DDPMExtPipeline`]), inpainting ([`DDPMExtInpaintPipeline`]) and their checkpoints in diffusers' layout ([`checkpoint_io`])."""
+"""Pipelines: sampling ([`DDPMExtPipeline`]), inpainting ([`DDPMExtInpaintPipeline`]) and their checkpoints in
+diffusers' layout ([`checkpoint_io`])."""
 
 from .pipeline_ddpm_ext import DDPMExtPipeline, DDPMExtPipelineOutput
 from .pipeline_ddpm_ext_inpaint import DDPMExtInpaintPipeline, DDPMExtInpaintPipelineOutput

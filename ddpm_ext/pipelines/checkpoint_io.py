@@ -20,8 +20,11 @@ from pathlib import Path
 from typing import Any
 
 import diffusers
+from accelerate import init_empty_weights
 from diffusers import UNet2DModel
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
+from huggingface_hub import snapshot_download
+from safetensors import safe_open
 
 from ..files import atomic_path, atomic_write_text
 from ..schedulers.scheduling_common import ScheduleMixin
@@ -29,6 +32,7 @@ from ..schedulers.scheduling_ddim_ext import DDIMExtScheduler
 from ..schedulers.scheduling_ddpm_ext import DDPMExtScheduler
 from ..validation import learns_variance
 from ..version import __version__
+from .guidance import check_guide_unet
 
 # diffusers' scheduler class -> the ddpm_ext scheduler that loads its config with full fidelity
 _FROM_DIFFUSERS = {"DDPMScheduler": DDPMExtScheduler, "DDIMScheduler": DDIMExtScheduler}
@@ -55,7 +59,9 @@ def check_components(unet: Any, scheduler: Any) -> None:
     if not isinstance(unet, UNet2DModel):
         raise ValueError(f"`unet` must be a diffusers `UNet2DModel`, got {type(unet).__name__}.")
     if not isinstance(scheduler, SchedulerMixin):
-        raise ValueError(f"`scheduler` must be a diffusers scheduler (`SchedulerMixin`), got {type(scheduler).__name__}.")
+        raise ValueError(
+            f"`scheduler` must be a diffusers scheduler (`SchedulerMixin`), got {type(scheduler).__name__}."
+        )
     c_in, c_out = unet.config.in_channels, unet.config.out_channels
     variance = getattr(scheduler.config, "variance_type", "fixed_small")
     learned = learns_variance(variance)
@@ -87,7 +93,9 @@ def _move_into(src_dir: Path, dst_dir: Path) -> None:
             os.replace(src, tmp)
 
 
-def _save_unet(unet: UNet2DModel, out: Path, component: str, variant: str | None, max_shard_size: int | str | None) -> None:
+def _save_unet(
+    unet: UNet2DModel, out: Path, component: str, variant: str | None, max_shard_size: int | str | None
+) -> None:
     """Write `unet` into `out/component` (safetensors), each file atomically; stale weights of the variant go."""
     staging = Path(tempfile.mkdtemp(prefix=f".{component}.", suffix=".tmp", dir=out))
     try:
@@ -98,7 +106,9 @@ def _save_unet(unet: UNet2DModel, out: Path, component: str, variant: str | None
         # weights of an earlier save of the same variant that this one does not overwrite (other sharding)
         stem = re.escape(WEIGHTS_STEM + (f".{variant}" if variant else ""))
         for old in (out / component).iterdir():
-            if old.name not in written and re.fullmatch(stem + r"(-\d{5}-of-\d{5})?\.safetensors(\.index\.json)?", old.name):
+            if old.name not in written and re.fullmatch(
+                stem + r"(-\d{5}-of-\d{5})?\.safetensors(\.index\.json)?", old.name
+            ):
                 old.unlink()
     finally:
         shutil.rmtree(staging, ignore_errors=True)
@@ -128,8 +138,6 @@ def save_pipeline(
         variant (`str`, *optional*): weights saved as `diffusion_pytorch_model.<variant>.safetensors` (diffusers').
         max_shard_size (`int` or `str`, *optional*): diffusers' sharding threshold for the UNet weights.
     """
-    from .guidance import check_guide_unet
-
     check_components(unet, scheduler)
     if guide_unet is not None:
         check_guide_unet(unet, guide_unet)
@@ -193,8 +201,6 @@ def resolve_pipeline_folder(
     elif os.path.exists(name):
         raise ValueError(f"`pretrained_model_name_or_path` {name!r} is a file, not a pipeline folder.")
     elif _looks_like_repo_id(name):
-        from huggingface_hub import snapshot_download
-
         def fetch(patterns: list[str]) -> Path:
             return Path(
                 snapshot_download(
@@ -221,7 +227,8 @@ def resolve_pipeline_folder(
             ) from e
     else:
         raise ValueError(
-            f"`pretrained_model_name_or_path` {name!r} is neither an existing folder nor a Hub repo id of the form 'org/name'."
+            f"`pretrained_model_name_or_path` {name!r} is neither an existing folder nor a Hub repo id of the form "
+            "'org/name'."
         )
     if not (folder / "model_index.json").is_file():
         raise ValueError(f"{name!r} is not a pipeline: it has no model_index.json.")
@@ -275,9 +282,6 @@ def check_unet_weights(
         ValueError: no weights for `variant`; pickle weights without `allow_pickle=True` (or `use_safetensors=True`
             without safetensors); missing or unexpected tensors, named.
     """
-    from accelerate import init_empty_weights
-    from safetensors import safe_open
-
     unet_dir = folder / component
     if not (unet_dir / "config.json").is_file():
         raise ValueError(f"{unet_dir / 'config.json'} is missing: the pipeline's `{component}` is incomplete.")

@@ -45,6 +45,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
+from diffusers import UNet2DModel
 
 from ..validation import check_int, check_number
 
@@ -101,7 +102,8 @@ def num_classes(unet: Any) -> int:
             "The UNet is unconditional (`num_class_embeds` is not set); it takes no class labels."
             if unet.config.get("class_embed_type") is None
             else f"The UNet's class embedding `class_embed_type`={unet.config.class_embed_type!r} is not supported; "
-            "ddpm_ext's conditional UNets use `num_class_embeds` = number of classes + 1 (the last id is the null class)."
+            "ddpm_ext's conditional UNets use `num_class_embeds` = number of classes + 1 "
+            "(the last id is the null class)."
         )
     if n < 2:
         raise ValueError(
@@ -158,7 +160,8 @@ def resolve_class_labels(unet: Any, class_labels: Any, batch_size: int | None = 
     """
     if not is_class_conditional(unet):
         raise ValueError(
-            f"`class_labels` were given ({_short(class_labels)}), but the UNet is unconditional (no `num_class_embeds`); "
+            f"`class_labels` were given ({_short(class_labels)}), but the UNet is unconditional "
+            "(no `num_class_embeds`); "
             "drop `class_labels` (and `guidance_scale`) or load a class-conditional model."
         )
     k = num_classes(unet)
@@ -171,7 +174,8 @@ def resolve_class_labels(unet: Any, class_labels: Any, batch_size: int | None = 
         class_labels = [class_labels] * (batch_size or 1)
     if not isinstance(class_labels, (list, tuple)) or not class_labels:
         raise ValueError(
-            f"`class_labels` must be a non-empty list of class ids in [0, {k - 1}] or names, got {_short(class_labels)}."
+            f"`class_labels` must be a non-empty list of class ids in [0, {k - 1}] or names, "
+            f"got {_short(class_labels)}."
         )
     if batch_size is not None and len(class_labels) != batch_size:
         raise ValueError(
@@ -293,7 +297,9 @@ class ClassGuidance:
         return call
 
 
-def combine_guidance(cond: torch.Tensor, uncond: torch.Tensor, guidance_scale: float, guided_channels: int) -> torch.Tensor:
+def combine_guidance(
+    cond: torch.Tensor, uncond: torch.Tensor, guidance_scale: float, guided_channels: int
+) -> torch.Tensor:
     """ε̂ = uncond + w (cond − uncond) on the first `guided_channels` channels; the rest (a learned variance)
     are `cond`'s. Shapes (B, C_out, H, W)."""
     mean = uncond[:, :guided_channels] + guidance_scale * (cond[:, :guided_channels] - uncond[:, :guided_channels])
@@ -350,7 +356,8 @@ def prepare_guidance(
     if class_labels is None:
         if w != 0.0:
             raise ValueError(
-                f"`guidance_scale`={guidance_scale!r} needs `class_labels`: the UNet is class-conditional ({k} classes: "
+                f"`guidance_scale`={guidance_scale!r} needs `class_labels`: the UNet is class-conditional "
+                f"({k} classes: "
                 f"{_listing(class_names(unet))}); pass `class_labels` (one id or name per image), or leave "
                 "`guidance_scale` unset (or 0) for unconditional samples p(x) (the null class)."
             )
@@ -378,8 +385,6 @@ def check_guide_unet(unet: Any, guide_unet: Any) -> None:
     Both must agree in `sample_size`, `in_channels`, `out_channels` and class conditioning; the guide's width,
     depth or attention may differ (Karras et al. use a smaller model as well as a shorter-trained one).
     """
-    from diffusers import UNet2DModel
-
     if not isinstance(guide_unet, UNet2DModel):
         raise ValueError(f"`guide_unet` must be a diffusers `UNet2DModel` or None, got {type(guide_unet).__name__}.")
     differ = [f"{k}: {guide_unet.config.get(k)!r} (guide) vs {unet.config.get(k)!r} (unet)" for k in _GUIDE_MUST_MATCH

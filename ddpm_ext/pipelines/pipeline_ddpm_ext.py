@@ -19,10 +19,12 @@ from diffusers import DiffusionPipeline, ImagePipelineOutput, UNet2DModel
 from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 
-from ..images import images_to_uint8
+from ..data import ImageTransform
+from ..images import images_to_uint8, normalize, tensor_to_numpy, to_pil, to_unit
 from ..likelihood import BitsPerDimOutput, bits_per_dim
 from ..schedulers.scheduling_common import ScheduleMixin
 from ..validation import check_choice, check_int, check_number
+from .chain_start import draw_initial_noise, resolve_timestep_spacing, set_sampling_timesteps
 from .checkpoint_io import (
     GUIDE_DIR,
     check_component_classes,
@@ -34,7 +36,6 @@ from .checkpoint_io import (
     saved_guide,
     square_sample_size,
 )
-from .chain_start import draw_initial_noise, resolve_timestep_spacing, set_sampling_timesteps
 from .fast_path import FastPath, unet_call
 from .guidance import (
     autoguide,
@@ -193,7 +194,8 @@ class DDPMExtPipeline(DiffusionPipeline):
         w = check_autoguidance_scale(autoguidance_scale)
         if w != 1.0 and getattr(self, "guide_unet", None) is None:
             raise ValueError(
-                f"`autoguidance_scale`={autoguidance_scale!r} needs a guide model, but this pipeline has no `guide_unet` "
+                f"`autoguidance_scale`={autoguidance_scale!r} needs a guide model, but this pipeline has no "
+                "`guide_unet` "
                 "(train with --autoguidance_scale, or pass `guide_unet=` to the pipeline); leave it at None or 1."
             )
         return w
@@ -330,7 +332,9 @@ class DDPMExtPipeline(DiffusionPipeline):
         self._interrupt = False
 
         # 1. The timesteps, with this call's spacing (the scheduler checks its own options: the count, the list)
-        set_sampling_timesteps(scheduler, num_inference_steps, timesteps=timesteps, timestep_spacing=spacing, device=device)
+        set_sampling_timesteps(
+            scheduler, num_inference_steps, timesteps=timesteps, timestep_spacing=spacing, device=device
+        )
         self._num_timesteps = len(scheduler.timesteps)
         # ddpm_ext's schedulers take the host-side int (no device sync per step); others their own timestep tensors
         host_steps = scheduler.timesteps.tolist()
@@ -339,7 +343,9 @@ class DDPMExtPipeline(DiffusionPipeline):
         # 2. x_T ~ N(0, I) (drawn exactly as diffusers' DDPMPipeline draws it), or the given latents, scaled by
         #    the scheduler's initial σ (1 for DDPM / DDIM; σ_max for the Karras-style schedulers)
         if latents is None:
-            latents = draw_initial_noise((batch_size, unet.config.in_channels, *self._sample_hw()), generator, device, unet.dtype)
+            latents = draw_initial_noise(
+                (batch_size, unet.config.in_channels, *self._sample_hw()), generator, device, unet.dtype
+            )
         else:
             latents = latents.to(device=device, dtype=unet.dtype)
         if scheduler.init_noise_sigma != 1.0:
@@ -364,7 +370,9 @@ class DDPMExtPipeline(DiffusionPipeline):
             latents = out.prev_sample
             pred_original_sample = getattr(out, "pred_original_sample", None)
             if callback_on_step_end is not None:
-                available = {"latents": latents, "pred_original_sample": pred_original_sample, "model_output": model_output}
+                available = {
+                    "latents": latents, "pred_original_sample": pred_original_sample, "model_output": model_output
+                }
                 changed = callback_on_step_end(self, i, host_steps[i], {k: available[k] for k in tensor_inputs})
                 if changed:
                     latents = changed.pop("latents", latents)
@@ -462,15 +470,13 @@ class DDPMExtPipeline(DiffusionPipeline):
         u / 127.5 - 1; PIL images get the training transform ([`ddpm_ext.data.ImageTransform`] with centre crop
         to the UNet's `sample_size` and its number of channels).
         """
-        from ..data import ImageTransform  # imports `datasets`; only needed here
-        from ..images import normalize
-
         if isinstance(images, torch.Tensor):
             return normalize(images) if images.dtype == torch.uint8 else images
         if isinstance(images, np.ndarray):
             if images.dtype != np.uint8:
                 raise ValueError(
-                    f"A NumPy array of `images` must hold uint8 pixels (N, H, W, C) or (N, H, W), got dtype {images.dtype}; "
+                    "A NumPy array of `images` must hold uint8 pixels (N, H, W, C) or (N, H, W), "
+                    f"got dtype {images.dtype}; "
                     "pass floats as a torch tensor (N, C, H, W) in [-1, 1]."
                 )
             return normalize(torch.from_numpy(images_to_uint8(images)).permute(0, 3, 1, 2))
@@ -486,8 +492,6 @@ class DDPMExtPipeline(DiffusionPipeline):
 
     def postprocess(self, sample: torch.Tensor, output_type: OutputType = "pil"):
         """(B, C, H, W) in [-1, 1] -> images in [0, 1] as PIL, NumPy (B, H, W, C) or torch (B, C, H, W)."""
-        from ..images import tensor_to_numpy, to_pil, to_unit
-
         image = to_unit(sample)  # (B, C, H, W) in [0, 1]
         if output_type == "pt":
             return image
@@ -533,13 +537,19 @@ class DDPMExtPipeline(DiffusionPipeline):
         # None: passed when the step takes it, dropped otherwise)
         wanted = {
             "generator": (generator, None, None),
-            "eta": (float(eta), 0.0, "a DDIM scheduler (`pipe.scheduler = DDIMExtScheduler.from_config(pipe.scheduler.config)`)"),
+            "eta": (
+                float(eta),
+                0.0,
+                "a DDIM scheduler (`pipe.scheduler = DDIMExtScheduler.from_config(pipe.scheduler.config)`)",
+            ),
             "stochastic": (stochastic, True, "a ddpm_ext scheduler (the others always add their noise)"),
         }
         if use_clipped_model_output is None:  # the consistent ε̂ wherever the step offers it
             wanted["use_clipped_model_output"] = (True, None, None)
         elif not isinstance(use_clipped_model_output, bool):
-            raise ValueError(f"`use_clipped_model_output` must be True, False or None, got {use_clipped_model_output!r}.")
+            raise ValueError(
+                f"`use_clipped_model_output` must be True, False or None, got {use_clipped_model_output!r}."
+            )
         else:
             wanted["use_clipped_model_output"] = (use_clipped_model_output, False, "a DDIM scheduler")
         params = inspect.signature(self.scheduler.step).parameters  # by name, as diffusers' prepare_extra_step_kwargs
@@ -548,7 +558,9 @@ class DDPMExtPipeline(DiffusionPipeline):
             if name in params:
                 kwargs[name] = value
             elif needs is not None and value != neutral:
-                raise ValueError(f"`{name}`={value!r} needs {needs}; {type(self.scheduler).__name__}.step has no `{name}`.")
+                raise ValueError(
+                    f"`{name}`={value!r} needs {needs}; {type(self.scheduler).__name__}.step has no `{name}`."
+                )
         return kwargs, list(tensor_inputs)
 
     # ----------------------------------------------------------------------------------------------
@@ -584,8 +596,13 @@ class DDPMExtPipeline(DiffusionPipeline):
         >>> from diffusers import DDPMPipeline
         >>> from ddpm_ext import DDPMExtPipeline, DDPMExtScheduler, build_unet
         >>> folder = tempfile.mkdtemp()
-        >>> DDPMExtPipeline(unet=build_unet("tiny"), scheduler=DDPMExtScheduler(beta_schedule="cosine")).save_pretrained(folder)
-        >>> type(DDPMPipeline.from_pretrained(folder).scheduler).__name__, type(DDPMExtPipeline.from_pretrained(folder).scheduler).__name__
+        >>> DDPMExtPipeline(
+        ...     unet=build_unet("tiny"), scheduler=DDPMExtScheduler(beta_schedule="cosine")
+        ... ).save_pretrained(folder)
+        >>> (
+        ...     type(DDPMPipeline.from_pretrained(folder).scheduler).__name__,
+        ...     type(DDPMExtPipeline.from_pretrained(folder).scheduler).__name__,
+        ... )
         ('DDPMScheduler', 'DDPMExtScheduler')
 
         ```
@@ -661,7 +678,8 @@ class DDPMExtPipeline(DiffusionPipeline):
         asked_safetensors = kwargs.get("use_safetensors")  # the caller's, before the UNet's check sets it
         if "unet" not in overrides:
             kwargs["use_safetensors"] = check_unet_weights(
-                folder, variant=kwargs.get("variant"), use_safetensors=kwargs.get("use_safetensors"), allow_pickle=allow_pickle
+                folder, variant=kwargs.get("variant"), use_safetensors=kwargs.get("use_safetensors"),
+                allow_pickle=allow_pickle,
             )
         if load_guide and saved_guide(folder):
             safe = check_unet_weights(folder, variant=kwargs.get("variant"), use_safetensors=asked_safetensors,

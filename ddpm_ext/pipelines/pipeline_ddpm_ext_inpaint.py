@@ -33,10 +33,11 @@ from typing import Any, Literal, Sequence, get_args
 import numpy as np
 import PIL.Image
 import torch
+from PIL import ImageDraw
 
 from ..images import convert_image, normalize, to_unit
 from ..schedulers.scheduling_common import ScheduleMixin, draw_noise
-from ..validation import check_int
+from ..validation import check_choice, check_int
 from .chain_start import draw_initial_noise, resolve_timestep_spacing, set_sampling_timesteps
 from .guidance import prepare_guidance
 from .pipeline_ddpm_ext import DDPMExtPipeline, DDPMExtPipelineOutput, OutputType
@@ -102,7 +103,9 @@ def repaint_schedule(num_steps: int, jump_length: int = 10, jump_n_sample: int =
     return levels
 
 
-def forward_jump(sample: torch.Tensor, alpha_cumprod_from: float, alpha_cumprod_to: float, noise: torch.Tensor) -> torch.Tensor:
+def forward_jump(
+    sample: torch.Tensor, alpha_cumprod_from: float, alpha_cumprod_to: float, noise: torch.Tensor
+) -> torch.Tensor:
     """One resampling jump up a (respaced) chain: a sample of q(x_s | x_t) = N(√(1 - β'_s) x_t, β'_s I).
 
     β'_s = 1 - ᾱ_s / ᾱ_t is the β of the respaced chain (improved DDPM's respacing, Nichol & Dhariwal 2021 §4:
@@ -137,8 +140,6 @@ def make_mask(kind: MaskKind, height: int, width: int, *, seed: int = 0) -> torc
 
     ```
     """
-    from ..validation import check_choice
-
     check_choice("kind", kind, MASK_KINDS)
     height, width = check_int("height", height, 1), check_int("width", width, 1)
     mask = torch.zeros(1, 1, height, width)
@@ -149,8 +150,6 @@ def make_mask(kind: MaskKind, height: int, width: int, *, seed: int = 0) -> torc
     elif kind == "centre_box":
         mask[..., height // 4 : height // 4 + height // 2, width // 4 : width // 4 + width // 2] = 1
     else:
-        from PIL import ImageDraw
-
         rng = np.random.default_rng(check_int("seed", seed, 0))
         canvas = PIL.Image.new("L", (width, height), 0)
         draw = ImageDraw.Draw(canvas)
@@ -198,7 +197,9 @@ def prepare_mask(
             raise ValueError("`mask_image` is an empty list.")
         arrays = [_pil_to_array(m, "mask_image") for m in mask_image]
         if len({a.shape[:2] for a in arrays}) > 1:
-            raise ValueError(f"All `mask_image` PIL images must have one size, got {sorted({m.size for m in mask_image})}.")
+            raise ValueError(
+                f"All `mask_image` PIL images must have one size, got {sorted({m.size for m in mask_image})}."
+            )
         mask_image = np.stack([a.max(axis=-1) for a in arrays])  # (B, H, W) uint8
     if isinstance(mask_image, np.ndarray):
         arr = mask_image
@@ -208,7 +209,9 @@ def prepare_mask(
         values = values[None] if values.ndim == 2 else values
         values = values[:, None] if values.ndim == 3 else values
         if values.ndim != 4:
-            raise ValueError(f"A NumPy `mask_image` must be (B, H, W, C), (B, H, W) or (H, W), got shape {mask_image.shape}.")
+            raise ValueError(
+                f"A NumPy `mask_image` must be (B, H, W, C), (B, H, W) or (H, W), got shape {mask_image.shape}."
+            )
     elif isinstance(mask_image, torch.Tensor):
         values = mask_image.detach()
         if values.ndim == 2:
@@ -216,7 +219,10 @@ def prepare_mask(
         elif values.ndim == 3:
             values = values[:, None]
         if values.ndim != 4:
-            raise ValueError(f"A tensor `mask_image` must be (B, C, H, W), (B, H, W) or (H, W), got shape {tuple(mask_image.shape)}.")
+            raise ValueError(
+                "A tensor `mask_image` must be (B, C, H, W), (B, H, W) or (H, W), "
+                f"got shape {tuple(mask_image.shape)}."
+            )
         values = values.amax(dim=1, keepdim=True)  # (B, C, H, W) -> (B, 1, H, W)
     else:
         raise ValueError(
@@ -363,7 +369,8 @@ class DDPMExtInpaintPipeline(DDPMExtPipeline):
         if not isinstance(self.scheduler, ScheduleMixin):
             raise ValueError(
                 f"Inpainting needs a ddpm_ext scheduler (DDPMExtScheduler or DDIMExtScheduler), got "
-                f"{type(self.scheduler).__name__}; convert it with `DDPMExtScheduler.from_config(pipe.scheduler.config)`."
+                f"{type(self.scheduler).__name__}; convert it with "
+                "`DDPMExtScheduler.from_config(pipe.scheduler.config)`."
             )
         self._warn_trivial_masks(fill)
         device = self._execution_device
@@ -394,8 +401,11 @@ class DDPMExtInpaintPipeline(DDPMExtPipeline):
         for a, b in self.progress_bar(list(zip(levels[:-1], levels[1:]))):
             t, s = timestep(a), timestep(b)
             if b < a:
-                out = scheduler.step(model(x, torch.tensor(t, device=device)), t, x, **step_kwargs)  # (with `generator`)
-                known = x0 if s < 0 else scheduler.add_noise(x0, self._known_noise(x0, generator, has_known), torch.tensor([s]))
+                # (with `generator`)
+                out = scheduler.step(model(x, torch.tensor(t, device=device)), t, x, **step_kwargs)
+                known = x0 if s < 0 else scheduler.add_noise(
+                    x0, self._known_noise(x0, generator, has_known), torch.tensor([s])
+                )
                 x = torch.where(keep, known, out.prev_sample)
                 if return_trajectory:
                     x0s.append(out.pred_original_sample.cpu())
@@ -445,24 +455,35 @@ class DDPMExtInpaintPipeline(DDPMExtPipeline):
         fill, binary = prepare_mask(mask_image)
         if fill.shape[-2:] != x0.shape[-2:]:
             raise ValueError(
-                f"`mask_image` is {fill.shape[-2]}x{fill.shape[-1]} (HxW) but `image` is {x0.shape[-2]}x{x0.shape[-1]}; "
+                f"`mask_image` is {fill.shape[-2]}x{fill.shape[-1]} (HxW) but `image` is "
+                f"{x0.shape[-2]}x{x0.shape[-1]}; "
                 "they must have the same size."
             )
         if fill.shape[0] not in (1, x0.shape[0]):
-            raise ValueError(f"`mask_image` has {fill.shape[0]} masks for {x0.shape[0]} images; give 1 or {x0.shape[0]}.")
+            raise ValueError(
+                f"`mask_image` has {fill.shape[0]} masks for {x0.shape[0]} images; give 1 or {x0.shape[0]}."
+            )
         if not binary:
-            warnings.warn(f"`mask_image` is not binary; it was thresholded at {MASK_THRESHOLD} (>= {MASK_THRESHOLD}: fill).", UserWarning, stacklevel=3)
+            warnings.warn(
+                f"`mask_image` is not binary; it was thresholded at {MASK_THRESHOLD} (>= {MASK_THRESHOLD}: fill).",
+                UserWarning,
+                stacklevel=3,
+            )
         return x0, fill.cpu().expand(x0.shape[0], -1, -1, -1).contiguous()
 
     def _pil_images(self, images: Sequence[PIL.Image.Image]) -> torch.Tensor:
         """PIL images at their own size -> (B, C, H, W) in [-1, 1], in the UNet's channels (1: "L", 3: "RGB")."""
         channels = self.unet.config.in_channels
         if channels not in (1, 3):
-            raise ValueError(f"PIL `image` needs a UNet with 1 or 3 input channels, this one has {channels}; pass a tensor.")
+            raise ValueError(
+                f"PIL `image` needs a UNet with 1 or 3 input channels, this one has {channels}; pass a tensor."
+            )
         sizes = {im.size for im in images}
         if len(sizes) > 1:
             raise ValueError(f"All `image` PIL images must have one size, got {sorted(sizes)}.")
-        arr = np.stack([np.asarray(convert_image(im, "L" if channels == 1 else "RGB"), dtype=np.uint8) for im in images])
+        arr = np.stack(
+            [np.asarray(convert_image(im, "L" if channels == 1 else "RGB"), dtype=np.uint8) for im in images]
+        )
         arr = arr[..., None] if arr.ndim == 3 else arr  # (B, H, W, C)
         return normalize(torch.from_numpy(arr).permute(0, 3, 1, 2))
 
@@ -483,10 +504,14 @@ class DDPMExtInpaintPipeline(DDPMExtPipeline):
     def _warn_trivial_masks(fill: torch.Tensor) -> None:
         filled = fill.flatten(1).float().mean(dim=1)
         if bool((filled == 0).any()):
-            warnings.warn("`mask_image` keeps every pixel of some image; it comes back unchanged.", UserWarning, stacklevel=3)
+            warnings.warn(
+                "`mask_image` keeps every pixel of some image; it comes back unchanged.", UserWarning, stacklevel=3
+            )
         if bool((filled == 1).any()):
             warnings.warn(
-                "`mask_image` fills every pixel of some image; that is unconditional sampling.", UserWarning, stacklevel=3
+                "`mask_image` fills every pixel of some image; that is unconditional sampling.",
+                UserWarning,
+                stacklevel=3,
             )
 
     @staticmethod

@@ -106,7 +106,9 @@ def fast_sampler(
     """
     if isinstance(sampler, str):
         if sampler not in FAST_SAMPLERS:
-            raise ValueError(f"`sampler` must be one of {sorted(FAST_SAMPLERS)} or a diffusers scheduler class, got {sampler!r}.")
+            raise ValueError(
+                f"`sampler` must be one of {sorted(FAST_SAMPLERS)} or a diffusers scheduler class, got {sampler!r}."
+            )
         name, options = FAST_SAMPLERS[sampler]
         cls = getattr(diffusers, name)
     elif isinstance(sampler, type) and issubclass(sampler, SchedulerMixin):
@@ -117,7 +119,9 @@ def fast_sampler(
                 f"{sorted(FAST_SAMPLERS)} or a scheduler class with `thresholding` (e.g. DEISMultistepScheduler)."
             )
     else:
-        raise ValueError(f"`sampler` must be one of {sorted(FAST_SAMPLERS)} or a diffusers scheduler class, got {sampler!r}.")
+        raise ValueError(
+            f"`sampler` must be one of {sorted(FAST_SAMPLERS)} or a diffusers scheduler class, got {sampler!r}."
+        )
     if clip_x0 is not None and not isinstance(clip_x0, bool):
         raise ValueError(f"`clip_x0` must be True, False or None, got {clip_x0!r}.")
     clipping = x0_clipping_config(config) if clip_x0 is None else x0_clipping_config(

@@ -21,9 +21,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, NamedTuple, Sequence, get_args
 
+import diffusers
 import numpy as np
 import torch
-import diffusers
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from diffusers.utils import BaseOutput
 from diffusers.utils.torch_utils import randn_tensor
@@ -350,7 +350,9 @@ class ScheduleMixin(SchedulerMixin):
             # (diffusers' `from_config` resets keys listed as defaults in `_use_default_values`: unlist β)
             defaults = [k for k in cfg.get("_use_default_values", []) if k != "trained_betas"]
             self.register_to_config(
-                trained_betas=[float(b) for b in betas], _use_default_values=defaults, **{_BETAS_FOR_DIFFUSERS_KEY: True}
+                trained_betas=[float(b) for b in betas],
+                _use_default_values=defaults,
+                **{_BETAS_FOR_DIFFUSERS_KEY: True},
             )
         if cfg.rescale_betas_zero_snr:
             betas = rescale_zero_terminal_snr(betas)

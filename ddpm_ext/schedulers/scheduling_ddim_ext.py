@@ -24,9 +24,9 @@ from .scheduling_common import (
     BetaSchedule,
     PredictionType,
     ScheduleMixin,
+    StepOutput,
     TimestepSpacing,
     VarianceType,
-    StepOutput,
     draw_noise,
 )
 
@@ -151,7 +151,9 @@ class DDIMExtScheduler(ScheduleMixin, ConfigMixin):
         t = torch.as_tensor(timestep).long().cpu()
         prev = torch.as_tensor(prev_timestep).long().cpu()
         ab_t = ab[t]
-        ab_prev = torch.where(prev >= 0, ab[prev.clamp(min=0)], torch.tensor(self._final_alpha_cumprod(), dtype=ab.dtype))
+        ab_prev = torch.where(
+            prev >= 0, ab[prev.clamp(min=0)], torch.tensor(self._final_alpha_cumprod(), dtype=ab.dtype)
+        )
         variance = (1 - ab_prev) / (1 - ab_t) * (1 - ab_t / ab_prev)
         device = timestep.device if isinstance(timestep, torch.Tensor) else None
         return variance.float().to(device)
@@ -205,7 +207,9 @@ class DDIMExtScheduler(ScheduleMixin, ConfigMixin):
             raise ValueError(f"`model_output` has {model_output.shape[1]} channels but `sample` has {channels}.")
 
         # 1. x̂_0 and ε̂ from the model output ("predicted x_0" of eq. 12), then clip or threshold x̂_0
-        raw_x0, eps = self._pred_x0_eps(model_output, sample, s.alpha_bar, roots=(c.sqrt_alpha_bar, c.sqrt_one_minus_alpha_bar))
+        raw_x0, eps = self._pred_x0_eps(
+            model_output, sample, s.alpha_bar, roots=(c.sqrt_alpha_bar, c.sqrt_one_minus_alpha_bar)
+        )
         x0 = self._clip_x0(raw_x0)
         if use_clipped_model_output and x0 is not raw_x0:
             # ε̂ = (x_t - √ᾱ_t x̂_0)/√(1 - ᾱ_t) for the x̂_0 actually used; since x_t = √ᾱ_t x̂_0^raw + √(1 - ᾱ_t) ε̂

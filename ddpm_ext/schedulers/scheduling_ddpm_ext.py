@@ -26,10 +26,10 @@ from .scheduling_common import (
     BetaSchedule,
     PredictionType,
     ScheduleMixin,
+    StepOutput,
     TimestepSpacing,
     VarianceType,
     canonical_variance_type,
-    StepOutput,
     draw_noise,
 )
 
@@ -225,7 +225,8 @@ class DDPMExtScheduler(ScheduleMixin, ConfigMixin):
         if learns_variance(kind):
             if model_output.shape[1] != 2 * c:
                 raise ValueError(
-                    f"`variance_type`={variance_kind or self.config.variance_type!r} needs a model output with 2 x {c} = {2 * c} "
+                    f"`variance_type`={variance_kind or self.config.variance_type!r} needs a model output with "
+                    f"2 x {c} = {2 * c} "
                     f"channels (mean and variance), got {model_output.shape[1]}."
                 )
             return model_output[:, :c], model_output[:, c:]
@@ -279,7 +280,9 @@ class DDPMExtScheduler(ScheduleMixin, ConfigMixin):
         model_output, var_output = self._split_output(model_output, sample)
 
         # 1. x̂_0 from the model output (eq. 15 for ε: x̂_0 = (x_t - √(1-ᾱ_t) ε_θ) / √ᾱ_t), clipped or thresholded
-        x0, _ = self._pred_x0_eps(model_output, sample, s.alpha_bar, roots=(c.sqrt_alpha_bar, c.sqrt_one_minus_alpha_bar))
+        x0, _ = self._pred_x0_eps(
+            model_output, sample, s.alpha_bar, roots=(c.sqrt_alpha_bar, c.sqrt_one_minus_alpha_bar)
+        )
         x0 = self._clip_x0(x0)
 
         # 2. μ_θ(x_t, t) = μ̃_t(x_t, x̂_0) = coef_x0 · x̂_0 + coef_xt · x_t (eq. 7); for ε-prediction without clipping

@@ -1,4 +1,7 @@
-"""Training checkpoints that belong to their run, load without unpickling, and fail clearly.
+"""The on-disk format of training checkpoints: save, read, validate, list, prune and move aside.
+
+Checkpoints belong to their run, load without unpickling, and fail clearly; which one a run resumes, and what
+it must match, is the resume policy ([`ddpm_ext.training.resume`]).
 
 A checkpoint is a folder `checkpoint-<step>` in the output folder:
 
@@ -33,8 +36,8 @@ Guarantees:
 
 from __future__ import annotations
 
+import copy
 import json
-import math
 import os
 import re
 import shutil
@@ -43,6 +46,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from accelerate.utils import load as accelerate_load
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import load_file
 
 from ..files import atomic_write_text
 from ..pipelines.checkpoint_io import GUIDE_DIR  # the guide's folder: the same name as in a saved pipeline
@@ -52,6 +58,7 @@ __all__ = [
     "CheckpointError",
     "CheckpointWriteError",
     "checkpoint_run_id",
+    "checkpoint_step",
     "list_checkpoints",
     "prune_checkpoints",
     "read_training_state",
@@ -59,6 +66,7 @@ __all__ = [
     "save_checkpoint",
     "set_aside",
     "validate_checkpoint",
+    "weights_are_finite",
 ]
 
 CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
@@ -154,7 +162,6 @@ def register_checkpoint_hooks(accelerator, ema, guide_holder: Any = None) -> Non
     has a `guide_unet` attribute: the autoguidance guide once taken (saved when set), set again on load when
     the checkpoint has one.
     """
-    from safetensors.torch import load_file
 
     def save_hook(models, weights, output_dir):
         if accelerator.is_main_process:
@@ -175,8 +182,6 @@ def register_checkpoint_hooks(accelerator, ema, guide_holder: Any = None) -> Non
         if ema is not None:
             _load_ema(ema, model, Path(input_dir))
         if guide_holder is not None and os.path.isdir(os.path.join(input_dir, GUIDE_DIR)):
-            import copy
-
             guide = copy.deepcopy(model).eval()
             guide.load_state_dict(load_file(os.path.join(input_dir, GUIDE_DIR, WEIGHTS_NAME)), strict=True)
             guide.requires_grad_(False)
@@ -187,8 +192,6 @@ def register_checkpoint_hooks(accelerator, ema, guide_holder: Any = None) -> Non
 
 
 def _save_ema(ema, model, folder: Path) -> None:
-    import copy
-
     shadow = copy.deepcopy(model)
     ema.copy_to(shadow.parameters())
     shadow.save_pretrained(folder / EMA_DIR, safe_serialization=True)
@@ -197,8 +200,6 @@ def _save_ema(ema, model, folder: Path) -> None:
 
 
 def _load_ema(ema, model, folder: Path) -> None:
-    from safetensors.torch import load_file
-
     scalars = json.loads((folder / EMA_STATE_FILE).read_text())
     tensors = load_file(folder / EMA_DIR / WEIGHTS_NAME)
     shadow = [tensors[name] for name, _ in model.named_parameters()]
@@ -215,8 +216,6 @@ def save_checkpoint(accelerator, output_dir: str | os.PathLike, state: dict[str,
     Raises:
         CheckpointWriteError: writing failed (full disk, permissions); the partial folder is removed.
     """
-    from safetensors import SafetensorError
-
     step = state["global_step"]
     final = Path(output_dir) / f"checkpoint-{step}"
     tmp = Path(output_dir) / f"checkpoint-{step}.tmp"
@@ -255,7 +254,7 @@ def save_checkpoint(accelerator, output_dir: str | os.PathLike, state: dict[str,
 
 
 # --------------------------------------------------------------------------------------------------
-# Resuming
+# Checking
 # --------------------------------------------------------------------------------------------------
 def validate_checkpoint(
     checkpoint: str | os.PathLike,
@@ -269,7 +268,7 @@ def validate_checkpoint(
 
     Args:
         checkpoint: the `checkpoint-<step>` folder.
-        config: the flags that must match (see `RESUME_MUST_MATCH` in the training script), as this run has them.
+        config: the flags that must match (`ddpm_ext.training.resume.RESUME_MUST_MATCH`), as this run has them.
         unet_config: the config of the UNet this run built; the checkpoint's `unet/config.json` must agree.
         use_ema: whether `unet_ema/` and `ema_state.json` must be there.
         num_processes: the number of processes (one `random_states_<i>.pkl` each).
@@ -277,9 +276,6 @@ def validate_checkpoint(
     Raises:
         CheckpointError: naming the damaged, missing or mismatching file or flag.
     """
-    from accelerate.utils import load as accelerate_load
-    from safetensors import safe_open
-
     ckpt = Path(checkpoint)
     for legacy in _LEGACY_PICKLES:
         if (ckpt / legacy).exists():
@@ -353,8 +349,5 @@ def _expected_size(path: Path) -> int:
 
 
 def weights_are_finite(model: torch.nn.Module) -> bool:
+    """Whether every parameter of `model` is finite (checked before a checkpoint is written)."""
     return all(bool(torch.isfinite(p).all()) for p in model.parameters())
-
-
-def is_finite_number(x: float) -> bool:
-    return isinstance(x, (int, float)) and math.isfinite(x)

@@ -1,5 +1,8 @@
 """Class-conditional training for classifier-free guidance (Ho & Salimans 2022): labels, the null class, dropout.
 
+Its flags (`--class_conditional`, `--label_column`, `--class_dropout_prob`, `--guidance_scale`) are defined and
+checked with the others in [`ddpm_ext.training.flags`].
+
 One UNet learns both p(x | y) and p(x): each training label is replaced by the null class ∅ with probability
 `--class_dropout_prob` (default 0.1, as in the paper's best settings), so sampling can later combine the two
 branches (see `ddpm_ext.pipelines.guidance` for the conventions: `num_class_embeds` = K + 1, the last id K is ∅,
@@ -44,8 +47,6 @@ from ..validation import check_number
 __all__ = [
     "Conditioning",
     "LabelledDataset",
-    "add_conditioning_arguments",
-    "check_conditioning_args",
     "dataset_class_labels",
     "drop_labels",
     "make_class_conditional",
@@ -55,30 +56,6 @@ __all__ = [
 
 DEFAULT_LABEL_COLUMN = "label"
 LABEL_KEY = "class_label"  # key of the labels in a training batch
-
-
-# --------------------------------------------------------------------------------------------------
-# Flags
-# --------------------------------------------------------------------------------------------------
-def add_conditioning_arguments(parser: argparse.ArgumentParser) -> None:
-    """`--class_conditional`, `--label_column`, `--class_dropout_prob`, `--guidance_scale`."""
-    a = parser.add_argument
-    a("--class_conditional", action="store_true", help="Train a class-conditional UNet (num_class_embeds = classes + 1; the last id is the null class) for classifier-free guidance.")
-    a("--label_column", default=None, help=f"The column holding the class labels (default: {DEFAULT_LABEL_COLUMN!r}; an image folder's sub-folders give it).")
-    a("--class_dropout_prob", type=float, default=0.1, help="Probability of replacing a label by the null class, so the model also learns p(x) (Ho & Salimans 2022).")
-    a("--guidance_scale", type=float, default=1.0, help="Classifier-free guidance w of the sample grids of a conditional model (one row per class).")
-
-
-def check_conditioning_args(args: argparse.Namespace) -> None:
-    """`ValueError` for bad conditioning flags (the script turns it into a usage error, exit 2)."""
-    if not 0.0 <= args.class_dropout_prob < 1.0:
-        raise ValueError(f"--class_dropout_prob must be in [0, 1), got {args.class_dropout_prob}")
-    if not (np.isfinite(args.guidance_scale) and args.guidance_scale >= 0):
-        raise ValueError(f"--guidance_scale must be a finite number >= 0, got {args.guidance_scale}")
-    if not args.class_conditional:
-        for flag, value, default in (("label_column", args.label_column, None), ("class_dropout_prob", args.class_dropout_prob, 0.1), ("guidance_scale", args.guidance_scale, 1.0)):
-            if value != default:
-                raise ValueError(f"--{flag} needs --class_conditional")
 
 
 # --------------------------------------------------------------------------------------------------

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import doctest
 import math
 import warnings
 
@@ -13,6 +14,7 @@ from torchmetrics.image.kid import KernelInceptionDistance
 from torchmetrics.utilities.imports import _TORCH_FIDELITY_AVAILABLE
 
 from ddpm_ext.data import build_transform, load_image_dataset
+from ddpm_ext.evaluation import metrics as metrics_module
 from ddpm_ext.evaluation.metrics import (
     EfficientNetLite0Features,
     FeatureExtractor,
@@ -317,3 +319,8 @@ def test_fid_from_very_few_images_warns_with_the_number_needed():
         warnings.simplefilter("error")  # enough images: no warning
         fid_from_features(torch.randn(20, 8, generator=g, dtype=torch.float64),
                           torch.randn(20, 8, generator=g, dtype=torch.float64))
+
+
+def test_docstring_examples():
+    result = doctest.testmod(metrics_module, optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
+    assert result.failed == 0 and result.attempted > 0

@@ -17,6 +17,7 @@ from diffusers.utils.torch_utils import randn_tensor
 import ddpm_ext.training.train as train_ddpm
 from ddpm_ext import DDIMExtScheduler, DDPMExtPipeline, DDPMExtScheduler, build_unet
 from ddpm_ext.schedulers.scheduling_common import draw_noise
+from ddpm_ext.training.flags import parse_args as parse_training_args
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -288,16 +289,16 @@ def test_save_with_fast_path_on_writes_the_same_weights(tmp_path):
 # Training flags
 # --------------------------------------------------------------------------------------------------
 def test_training_speed_flags_parse_with_safe_defaults():
-    args = train_ddpm.parse_args([])
+    args = parse_training_args([])
     assert (args.channels_last, args.optimizer_impl, args.compile) == (False, "auto", False)
-    args = train_ddpm.parse_args(["--channels_last", "--optimizer_impl", "fused", "--compile"])
+    args = parse_training_args(["--channels_last", "--optimizer_impl", "fused", "--compile"])
     assert (args.channels_last, args.optimizer_impl, args.compile) == (True, "fused", True)
     with pytest.raises(SystemExit):
-        train_ddpm.parse_args(["--optimizer_impl", "fastest"])
+        parse_training_args(["--optimizer_impl", "fastest"])
 
 
 def _train(flags: list[str], steps: int = 3) -> list[float]:
-    args = train_ddpm.parse_args(["--learning_rate", "1e-3", *flags])
+    args = parse_training_args(["--learning_rate", "1e-3", *flags])
     torch.manual_seed(0)
     unet = build_unet("tiny")
     if args.channels_last:
@@ -318,7 +319,7 @@ def _train(flags: list[str], steps: int = 3) -> list[float]:
 
 
 def test_optimizer_impl_and_channels_last_train_the_same():
-    args = train_ddpm.parse_args([])
+    args = parse_training_args([])
     group = train_ddpm.build_optimizer(build_unet("tiny").parameters(), args).param_groups[0]
     assert group["foreach"] is None and group["fused"] is None  # auto: PyTorch's own choice, as before
     default = _train([])

@@ -17,6 +17,8 @@ import pytest
 import torch
 from test_training import ENV, ROOT, TINY, assert_same_weights, run, weights
 
+from ddpm_ext.training import flags as train_flags
+from ddpm_ext.training import resume
 from ddpm_ext.training import train as train_ddpm
 from ddpm_ext.training.checkpoints import (
     CheckpointError,
@@ -273,12 +275,12 @@ def test_full_disk_during_the_final_save_keeps_the_earlier_pipeline(trained, tmp
     ],
 )
 def test_bad_flags_are_refused_before_loading(flags, message, tmp_path, capsys):
-    if "xformers" in message and train_ddpm._importable("xformers"):
+    if "xformers" in message and train_flags._importable("xformers"):
         pytest.skip("xformers is installed")
-    if "wandb" in message and train_ddpm._importable("wandb"):
+    if "wandb" in message and train_flags._importable("wandb"):
         pytest.skip("wandb is installed")
     with pytest.raises(SystemExit) as e:
-        train_ddpm.parse_args(["--model_config", "tiny", "--output_dir", str(tmp_path / "o"), *flags])
+        train_flags.parse_args(["--model_config", "tiny", "--output_dir", str(tmp_path / "o"), *flags])
     assert e.value.code == 2
     assert f"error: {message}" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
@@ -287,7 +289,7 @@ def test_bad_flags_are_refused_before_loading(flags, message, tmp_path, capsys):
 def test_unwritable_output_and_foreign_or_damaged_checkpoints_are_refused_in_parse_args(tmp_path, capsys):
     def error(*flags):
         with pytest.raises(SystemExit):
-            train_ddpm.parse_args(["--model_config", "tiny", *flags])
+            train_flags.parse_args(["--model_config", "tiny", *flags])
         return capsys.readouterr().err
 
     (tmp_path / "file").write_text("x")
@@ -301,7 +303,7 @@ def test_unwritable_output_and_foreign_or_damaged_checkpoints_are_refused_in_par
 
 
 def test_resolution_sets_the_unet_sample_size(tmp_path):
-    args = train_ddpm.parse_args(["--model_config", "tiny", "--resolution", "16", "--output_dir", str(tmp_path / "o")])
+    args = train_flags.parse_args(["--model_config", "tiny", "--resolution", "16", "--output_dir", str(tmp_path / "o")])
     unet, _ = train_ddpm.build_model_and_scheduler(args)
     assert unet.config.sample_size == 16  # today: 8, the preset's, while training on 16x16 crops
 
@@ -309,7 +311,7 @@ def test_resolution_sets_the_unet_sample_size(tmp_path):
 def test_new_model_scheduler_samples_with_trailing_spacing(tmp_path):
     """A new model saves "trailing" (few-step chains start at T - 1, also in vanilla diffusers); the scheduler
     class keeps diffusers' "leading" default."""
-    args = train_ddpm.parse_args(["--model_config", "tiny", "--output_dir", str(tmp_path / "o")])
+    args = train_flags.parse_args(["--model_config", "tiny", "--output_dir", str(tmp_path / "o")])
     _, scheduler = train_ddpm.build_model_and_scheduler(args)
     assert scheduler.config.timestep_spacing == "trailing" and train_ddpm.DDPMExtScheduler().config.timestep_spacing == "leading"
     scheduler.set_timesteps(10)
@@ -318,7 +320,7 @@ def test_new_model_scheduler_samples_with_trailing_spacing(tmp_path):
 
 def test_hub_token_on_the_command_line_warns(tmp_path):
     with pytest.warns(UserWarning, match="prefer HF_TOKEN"):
-        args = train_ddpm.parse_args(["--hub_token", "hf_secret", "--output_dir", str(tmp_path / "o")])
+        args = train_flags.parse_args(["--hub_token", "hf_secret", "--output_dir", str(tmp_path / "o")])
     assert args.hub_token == "hf_secret"
 
 
@@ -341,13 +343,13 @@ def test_resume_applies_a_changed_learning_rate_and_keeps_an_unchanged_one_exact
         def __init__(self, s):
             self.scheduler = s
 
-    args = train_ddpm.parse_args(["--learning_rate", "1e-4", "--output_dir", "/tmp/unused-ddpm-ext"])
+    args = train_flags.parse_args(["--learning_rate", "1e-4", "--output_dir", "/tmp/unused-ddpm-ext"])
     for lr, expected in ((2e-3, saved_opt["param_groups"][0]["lr"]), (1e-4, None)):
         opt2, sched2 = setup(lr)
         opt2.load_state_dict(saved_opt)
         sched2.load_state_dict(saved_sched)  # the saved state carries lr 2e-3
         args.learning_rate = lr
-        train_ddpm.apply_changed_flags({"changeable": {"learning_rate": 2e-3}}, args, opt2, Wrapped(sched2), None,
+        resume.apply_changed_flags({"changeable": {"learning_rate": 2e-3}}, args, opt2, Wrapped(sched2), None,
                                        type("A", (), {"print": staticmethod(lambda *a: None)}))
         if expected is not None:
             assert opt2.param_groups[0]["lr"] == expected  # bit-identical when unchanged

@@ -20,13 +20,12 @@ from ddpm_ext.pipelines.guidance import balanced_class_labels, class_names
 from ddpm_ext.seeding import image_generators
 from ddpm_ext.training.conditioning import (
     Conditioning,
-    add_conditioning_arguments,
-    check_conditioning_args,
     dataset_class_labels,
     drop_labels,
     make_class_conditional,
     sample_grid_call,
 )
+from ddpm_ext.training.flags import add_conditioning_arguments, check_conditioning_args
 from ddpm_ext.training.train import main, training_step
 
 # a tiny UNet on 8x8 MNIST crops (as tests/training/test_training.py): seconds per run

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import shutil
@@ -18,11 +19,14 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from ddpm_ext import DDPMExtPipeline
+from ddpm_ext.commands import cli
 from ddpm_ext.images import save_image_grid
 from ddpm_ext.seeding import image_generators
+from ddpm_ext.training import flags
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "training" / "train_ddpm.py"
+CLI = ["-m", "ddpm_ext", "train"]  # `ddpm-ext train`, as `python -m` and `accelerate launch -m` run it
 # A tiny UNet on 8x8 MNIST crops: each run takes seconds.
 TINY = ["--model_config", "tiny", "--resolution", "8", "--train_batch_size", "8", "--max_train_samples", "48",
         "--eval_batch_size", "4", "--ddpm_num_inference_steps", "4", "--ddpm_num_steps", "100", "--lr_warmup_steps", "2"]
@@ -34,8 +38,9 @@ ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
 
 def run(args: list[str], *, env: dict | None = None, timeout: int = 600, launcher: list[str] | None = None,
-        check: bool = True) -> subprocess.CompletedProcess:
-    cmd = (launcher or [sys.executable]) + [str(SCRIPT)] + args
+        check: bool = True, entry: list[str] | None = None) -> subprocess.CompletedProcess:
+    """Run the training with `args`: `training/train_ddpm.py`, or `entry` (e.g. `CLI`), under `launcher`."""
+    cmd = (launcher or [sys.executable]) + (entry or [str(SCRIPT)]) + args
     result = subprocess.run(cmd, check=False, cwd=ROOT, env={**ENV, **(env or {})}, capture_output=True, text=True, timeout=timeout)
     if check and result.returncode != 0:
         raise AssertionError(f"{cmd} failed ({result.returncode}):\n{result.stderr[-4000:]}")
@@ -179,6 +184,17 @@ def test_two_process_data_parallel_run(tmp_path):
 
 
 @pytest.mark.slow
+def test_accelerate_launches_the_train_command(tmp_path):
+    out = tmp_path / "cli"
+    run(TINY + ["--max_train_steps", "2", "--output_dir", str(out)], entry=CLI,
+        launcher=[sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "1", "--cpu",
+                  "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"])
+    info = json.loads((out / "training_info.json").read_text())
+    assert info["global_step"] == 2 and info["num_processes"] == 1
+    assert DDPMExtPipeline.from_pretrained(out).unet.config.sample_size == 8
+
+
+@pytest.mark.slow
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
     out = tmp_path / "nan"
     code = (
@@ -252,7 +268,7 @@ def test_failed_push_keeps_output_and_says_how_to_retry(tmp_path, upload_hub):
     assert result.returncode == 3
     text = result.stdout + result.stderr
     assert "the push to the Hub failed" in text
-    assert f"python -m ddpm_ext.hub push {out} --repo_id ddpm-ext-tests/refused" in text
+    assert f"ddpm-ext push {out} --repo_id ddpm-ext-tests/refused" in text
     assert (out / "model_index.json").is_file() and (out / "unet" / "diffusion_pytorch_model.safetensors").is_file()
     assert "wrong-token" not in text
 
@@ -284,10 +300,35 @@ def test_failed_push_keeps_output_and_says_how_to_retry(tmp_path, upload_hub):
         (["--autoguidance_guide_fraction", "0"], "`--autoguidance_guide_fraction` must be a number > 0, got 0.0."),
     ],
 )
-def test_bad_flags(args, message, tmp_path):
-    result = run(args + ["--output_dir", str(tmp_path / "o")], check=False, timeout=120)
+@pytest.mark.parametrize("entry", ["script", "ddpm-ext train"])
+def test_bad_flags(entry, args, message, tmp_path, capsys):
+    """The same clear error, exit status 2, from the script (a subprocess) and from the CLI (in process)."""
+    argv = args + ["--output_dir", str(tmp_path / "o")]
+    if entry == "script":
+        result = run(argv, check=False, timeout=120)
+        code, err = result.returncode, result.stderr
+    else:
+        code, err = cli.main(["train", *argv]), capsys.readouterr().err
+    assert code == 2
+    assert message in err
+    assert not (tmp_path / "o").exists()
+
+
+def test_train_command_help_lists_every_training_flag(capsys):
+    assert cli.main(["train", "--help"]) == 0
+    shown = capsys.readouterr().out
+    parser = argparse.ArgumentParser()
+    flags.add_arguments(parser)
+    options = [o for action in parser._actions for o in action.option_strings if o.startswith("--")]
+    assert len(options) > 60 and shown.startswith("usage: ddpm-ext train")
+    assert [o for o in options if o not in shown] == []
+
+
+def test_a_bad_flag_through_the_command_line_is_a_clear_error(tmp_path):
+    result = run(["--train_batch_size", "0", "--output_dir", str(tmp_path / "o")], entry=CLI, check=False,
+                 timeout=120)
     assert result.returncode == 2
-    assert message in result.stderr
+    assert result.stderr.strip() == "error: --train_batch_size must be >= 1, got 0"
     assert not (tmp_path / "o").exists()
 
 

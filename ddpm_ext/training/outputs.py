@@ -1,0 +1,170 @@
+"""What a training run writes besides its checkpoints: the pipeline, sample grids, training_info.json, the model
+card, and the push to the Hub.
+
+The pipeline is saved with one mechanism, [`save_pipeline_whole`]: the whole pipeline is written into a staging
+folder first (all the disk writes), then moved into the output folder by renames. What is guaranteed:
+
+- A failure while writing (a full disk, an error, a kill) leaves every file of the earlier pipeline in the output
+  folder as it was, and the staging folder is removed (on an error) or left as `.pipeline-*.tmp` (on a kill),
+  which no loader reads.
+- The renames need no disk space, so a full disk cannot stop them; `model_index.json`, the file that makes a
+  folder load as a pipeline, is renamed last. Only a kill between these few renames can leave new components
+  beside the earlier index (or one moved aside as `.<name>.old-<pid>`); every file is whole either way.
+- Nothing else in the output folder (checkpoints, samples, logs, the card) is touched.
+
+Every other file is written atomically on its own ([`ddpm_ext.files`]).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+from safetensors import SafetensorError
+
+from ..files import atomic_write_text, write_with
+from ..hub import describe_error, push_pipeline, write_model_card
+from ..images import save_image_grid
+from ..pipelines.checkpoint_io import GUIDE_DIR
+from ..pipelines.guidance import AUTOGUIDANCE_SCALE_KEY, GUIDE_STEP_KEY
+from ..pipelines.pipeline_ddpm_ext import DDPMExtPipeline
+from ..schedulers.scheduling_ddpm_ext import DDPMExtScheduler
+from ..seeding import image_generators
+from .conditioning import sample_grid_call
+
+if TYPE_CHECKING:  # the loop's state, read here; train.py imports this module
+    from .train import Trainer
+
+__all__ = ["pipeline_to_save", "push", "save_outputs", "save_pipeline_whole", "training_info", "write_samples"]
+
+INDEX = "model_index.json"
+
+
+def pipeline_to_save(accelerator: Any, unet: torch.nn.Module, ema: Any, scheduler: DDPMExtScheduler,
+                     guide_unet: torch.nn.Module | None = None, guide_step: int | None = None,
+                     autoguidance_scale: float = 1.0) -> DDPMExtPipeline:
+    """The pipeline as saved now: a copy of the UNet carrying the EMA weights when EMA is on, and a copy of the
+    autoguidance guide once taken (its config records `guide_step` and the default scale w)."""
+    model = copy.deepcopy(accelerator.unwrap_model(unet, keep_torch_compile=False)).eval()  # the live one trains on
+    model.to(memory_format=torch.contiguous_format)  # after --channels_last: sample and save in the usual layout
+    if ema is not None:
+        ema.copy_to(model.parameters())
+    guide = None
+    if guide_unet is not None and guide_step is not None:
+        guide = copy.deepcopy(guide_unet)
+        guide.register_to_config(**{AUTOGUIDANCE_SCALE_KEY: autoguidance_scale, GUIDE_STEP_KEY: guide_step})
+    pipe = DDPMExtPipeline(unet=model, scheduler=DDPMExtScheduler.from_config(scheduler.config), guide_unet=guide)
+    pipe.set_progress_bar_config(desc="sample", leave=False)
+    return pipe
+
+
+def save_pipeline_whole(pipe: DDPMExtPipeline, output_dir: Path) -> None:
+    """Save `pipe` into `output_dir` as a whole: written into a staging folder there, then renamed in part by part,
+    `model_index.json` last; an earlier pipeline's `guide_unet/` that `pipe` lacks is removed after that (see the
+    module docstring for what is guaranteed)."""
+    output_dir.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".pipeline-", suffix=".tmp", dir=output_dir))
+    try:
+        pipe.save_pretrained(staging)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    for part in sorted(staging.iterdir(), key=lambda p: p.name == INDEX):
+        target = output_dir / part.name
+        old = output_dir / f".{part.name}.old-{os.getpid()}"
+        if target.exists():
+            os.replace(target, old)
+        os.replace(part, target)
+        if old.is_dir():
+            shutil.rmtree(old)
+        elif old.exists():
+            old.unlink()
+    staging.rmdir()
+    if pipe.guide_unet is None and (output_dir / GUIDE_DIR).is_dir():  # an earlier run's guide: not this pipeline's
+        shutil.rmtree(output_dir / GUIDE_DIR)
+
+
+def write_samples(accelerator: Any, args: argparse.Namespace, step: int, pipe: DDPMExtPipeline) -> Path | None:
+    """Sample `--eval_batch_size` images of `pipe` (autoguided at its default w when it has a guide) with a fixed
+    seed and write samples/step-<step>.png and samples.png (main process); log them to the trackers."""
+    if not accelerator.is_main_process:
+        return None
+    call, nrow, order = sample_grid_call(pipe.unet, args.eval_batch_size, args.guidance_scale)  # a row per class
+    images = pipe(
+        generator=image_generators(args.seed, 0, call["batch_size"]),  # the package's seeding rule
+        num_inference_steps=args.ddpm_num_inference_steps, output_type="np", **call,
+    ).images
+    if order is not None:
+        images = images[order]
+    path = Path(args.output_dir) / "samples" / f"step-{step:06d}.png"
+    write_with(path, lambda tmp: save_image_grid(images, tmp, nrow))
+    write_with(Path(args.output_dir) / "samples.png", lambda tmp: shutil.copyfile(path, tmp))
+    for tracker in accelerator.trackers:
+        if tracker.name == "tensorboard":
+            tracker.writer.add_images("samples", images, step, dataformats="NHWC")
+        elif tracker.name == "wandb":
+            import wandb  # noqa: PLC0415 (an optional dependency, needed with --logger wandb only)
+
+            tracker.log({"samples": [wandb.Image(img) for img in images]}, step=step)
+    return path
+
+
+def save_outputs(args: argparse.Namespace, trainer: Trainer, num_train_images: int, resolution: int) -> int:
+    """Write the pipeline ([`save_pipeline_whole`]), the sample grid, training_info.json and the model card; push
+    when asked. Returns the exit status: 0, 1 (a write failed) or 3 (the push failed)."""
+    output_dir = Path(args.output_dir)
+    pipe = trainer.pipeline()
+    try:
+        save_pipeline_whole(pipe, output_dir)
+        grid = write_samples(trainer.accelerator, args, trainer.global_step, pipe)
+        info = training_info(trainer, pipe, num_train_images, resolution)
+        atomic_write_text(output_dir / "training_info.json", json.dumps(info, indent=2))
+        write_model_card(output_dir, args=vars(args), info=info, grid_path=grid, train_data_dir=args.train_data_dir,
+                         dataset_name=args.dataset_name or (None if args.train_data_dir else "mnist-5k"))
+    except (OSError, SafetensorError) as e:  # safetensors reports a full disk as its own error type
+        print(f"error: could not write the outputs to {output_dir} ({getattr(e, 'strerror', None) or e}); the "
+              "checkpoints and every earlier file there are intact (each is replaced only once its new version is "
+              "complete).", file=sys.stderr)
+        return 1
+    return push(args, output_dir, trainer.accelerator) if args.push_to_hub else 0
+
+
+def training_info(trainer: Trainer, pipe: DDPMExtPipeline, num_train_images: int, resolution: int) -> dict[str, Any]:
+    """The run's record for training_info.json and the model card."""
+    return {
+        "global_step": trainer.global_step,
+        "final_loss": trainer.loss_value,
+        "train_seconds_this_run": round(trainer.train_seconds, 1),
+        "num_processes": trainer.accelerator.num_processes,
+        "num_train_images": num_train_images,
+        "resolution": resolution,
+        "cpu_threads": trainer.threads.summary() if trainer.threads is not None else None,
+        "autoguidance": None if pipe.guide_unet is None else {
+            "scale": pipe.autoguidance_scale, "guide_step": trainer.guide_step,
+            "guide": "the EMA weights of that step" if trainer.ema is not None else "the weights of that step"},
+        **(trainer.conditioning.info() if trainer.conditioning is not None else {}),
+    }
+
+
+def push(args: argparse.Namespace, output_dir: Path, accelerator: Any) -> int:
+    """Upload `output_dir` to the Hub; on failure say how to retry (the local output stays). Returns 0 or 3."""
+    repo_id = args.hub_model_id or output_dir.name
+    try:
+        url = push_pipeline(output_dir, repo_id=repo_id, private=args.hub_private_repo, token=args.hub_token)
+    except Exception as e:  # noqa: BLE001 (the local output stays; say how to retry)
+        accelerator.print(
+            f"error: the push to the Hub failed ({describe_error(e, args.hub_token)}). The trained pipeline is intact "
+            f"in {output_dir}; retry with: ddpm-ext push {output_dir} --repo_id "
+            f"{repo_id}{' --private' if args.hub_private_repo else ''}"
+        )
+        return 3
+    accelerator.print(f"Pushed to {url}")
+    return 0

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+import diffusers
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -33,11 +34,14 @@ if str(ROOT) not in sys.path:
 def add_common_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """The options every benchmark takes."""
     p.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="Where to run (cuda: the first GPU).")
-    p.add_argument("--quick", action="store_true", help="Few rounds and small sizes: checks that everything runs; numbers are rough.")
+    p.add_argument("--quick", action="store_true",
+                   help="Few rounds and small sizes: checks that everything runs; numbers are rough.")
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: PyTorch's choice).")
     p.add_argument("--rounds", type=int, default=None, help="Timed rounds per variant (default: 15, 5 with --quick).")
-    p.add_argument("--compile", action="store_true", help="Also time the torch.compile variants (compilation takes minutes on a CPU).")
-    p.add_argument("--compile_mode", default=None, help="torch.compile mode for those variants, e.g. reduce-overhead (CUDA graphs).")
+    p.add_argument("--compile", action="store_true",
+                   help="Also time the torch.compile variants (compilation takes minutes on a CPU).")
+    p.add_argument("--compile_mode", default=None,
+                   help="torch.compile mode for those variants, e.g. reduce-overhead (CUDA graphs).")
     p.add_argument("--bf16", action="store_true", help="Also time the bfloat16-autocast variants.")
     return p
 
@@ -71,7 +75,8 @@ def generator(device: torch.device, seed: int) -> torch.Generator:
 # --------------------------------------------------------------------------------------------------
 # Timing and memory
 # --------------------------------------------------------------------------------------------------
-def alternate(fns: dict[str, Callable[[], object]], n_rounds: int, device: torch.device, warmup: int = 1) -> dict[str, list[float]]:
+def alternate(fns: dict[str, Callable[[], object]], n_rounds: int, device: torch.device,
+              warmup: int = 1) -> dict[str, list[float]]:
     """Seconds per call of each function, `n_rounds` times, alternating the functions within every round.
 
     The order of the functions is reversed every other round, so neither always runs first. `warmup` untimed
@@ -99,7 +104,8 @@ def median(values: list[float]) -> float:
 
 class _MallinfoStruct(ctypes.Structure):
     _fields_ = [(name, ctypes.c_size_t) for name in
-                ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost")]
+                ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks",
+                 "keepcost")]
 
 
 def _heap_reader() -> Callable[[], int] | None:
@@ -247,10 +253,9 @@ def cpu_flags() -> set[str]:
 
 def machine_line(device: torch.device) -> str:
     """CPU model, cores, bf16 support, torch / diffusers versions, threads, and the GPU where one is used."""
-    import diffusers
-
     flags = cpu_flags()
-    bf16 = "avx512_bf16" if "avx512_bf16" in flags else ("amx_bf16" if "amx_bf16" in flags else "no avx512_bf16/amx_bf16")
+    bf16 = ("avx512_bf16" if "avx512_bf16" in flags
+            else ("amx_bf16" if "amx_bf16" in flags else "no avx512_bf16/amx_bf16"))
     isa = "avx512f" if "avx512f" in flags else ("avx2" if "avx2" in flags else "no avx2")
     parts = [f"CPU: {cpu_model()} ({os.cpu_count()} cores, {isa}, {bf16})",
              f"torch {torch.__version__}", f"diffusers {diffusers.__version__}", f"{torch.get_num_threads()} threads"]
@@ -265,8 +270,8 @@ def command_line() -> str:
 
 def report(title: str, rows: list[Row], device: torch.device, notes: list[str] = ()) -> str:
     """The markdown block a benchmark prints: title, machine, command, date, table, notes."""
-    out = [f"### {title}", "", machine_line(device), "", f"Command: `{command_line()}` ({time.strftime('%Y-%m-%d')})", "",
-           markdown_table(rows)]
+    out = [f"### {title}", "", machine_line(device), "",
+           f"Command: `{command_line()}` ({time.strftime('%Y-%m-%d')})", "", markdown_table(rows)]
     if notes:
         out += [""] + [f"- {n}" for n in notes]
     return "\n".join(out)

@@ -20,7 +20,6 @@ import argparse
 import json
 import multiprocessing as mp
 import os
-import statistics
 import subprocess
 import sys
 import time
@@ -134,7 +133,8 @@ def main(argv: list[str] | None = None) -> None:
         ti, tb = idle["train"]["median"], busy["train"]["median"]
         si, sb = idle["sample"]["median"], busy["sample"]["median"]
         used = busy["train"].get("threads")  # adaptive: steps per thread count under load
-        threads = f"{idle['threads']}" + (f" (under load: {', '.join(f'{n}: {c} steps' for n, c in used.items())})" if used else "")
+        threads = f"{idle['threads']}" + (
+            f" (under load: {', '.join(f'{n}: {c} steps' for n, c in used.items())})" if used else "")
         print(f"| {name} | {threads} | {ti:.3f} s | {tb:.3f} s (max {busy['train']['max']:.2f}) | "
               f"{tb / ti:.1f}× | {si:.3f} s | {sb:.3f} s | {sb / si:.1f}× |", flush=True)
 

@@ -2,8 +2,8 @@
 
 Both pipelines get the same UNet weights (1.1 M parameters, 32×32 RGB: bench_training.py's UNet with 3
 channels) and a DDPM scheduler with the same configuration; every call starts from `generator.manual_seed(0)`.
-Variants of ddpm_ext: the default path, and `enable_fast_path(...)` with channels-last, plus bf16 autocast (`--bf16`) and
-`torch.compile` (`--compile`). Each variant is timed in rounds alternating with diffusers, and its images are
+Variants of ddpm_ext: the default path, and `enable_fast_path(...)` with channels-last, plus bf16 autocast (`--bf16`)
+and `torch.compile` (`--compile`). Each variant is timed in rounds alternating with diffusers, and its images are
 compared with diffusers' (max |Δ| in [0, 1] pixel units, against the tolerance stated in the table).
 
     python benchmarks/bench_sampling.py [--device cpu|cuda] [--quick] [--threads N] [--bf16] [--compile]
@@ -16,8 +16,11 @@ import copy
 import time
 
 import torch
-
 from _common import Row, add_common_args, alternate, generator, median, peak_memory, report, rounds, setup
+from diffusers import DDPMPipeline, DDPMScheduler
+
+# ddpm_ext after _common, which puts the repository root on sys.path (first-party imports sort last)
+from ddpm_ext import DDPMExtPipeline, DDPMExtScheduler, build_unet
 
 # max |Δ| in [0, 1] pixel units that counts as "the same images"
 TOLERANCE = {"fp32": 1e-4, "bf16": 0.1}
@@ -25,18 +28,12 @@ TOLERANCE = {"fp32": 1e-4, "bf16": 0.1}
 
 def bench_unet(in_channels: int = 3, sample_size: int = 32):
     """The 1.1 M-parameter UNet of the benchmarks: `rgb32-small` with block_out_channels (32, 64, 64)."""
-    from ddpm_ext import build_unet
-
     torch.manual_seed(0)
     return build_unet("rgb32-small", block_out_channels=(32, 64, 64), in_channels=in_channels,
                       out_channels=in_channels, sample_size=sample_size)
 
 
 def run(args: argparse.Namespace) -> tuple[list[Row], list[str]]:
-    from diffusers import DDPMPipeline, DDPMScheduler
-
-    from ddpm_ext import DDPMExtPipeline, DDPMExtScheduler
-
     device = setup(args)
     batch, steps = (4, 10) if args.quick else (16, 50)
     n_rounds = rounds(args, full=5, quick=2)
@@ -52,8 +49,8 @@ def run(args: argparse.Namespace) -> tuple[list[Row], list[str]]:
 
     def sample(pipe):
         kwargs = same if pipe is ours else {}
-        return lambda: pipe(batch_size=batch, num_inference_steps=steps, generator=generator(device, 0), output_type="np",
-                            **kwargs).images
+        return lambda: pipe(batch_size=batch, num_inference_steps=steps, generator=generator(device, 0),
+                            output_type="np", **kwargs).images
 
     variants = [("default path", None, "fp32"), ("fast path: channels_last", {"channels_last": True}, "fp32")]
     if args.bf16:
@@ -83,7 +80,8 @@ def run(args: argparse.Namespace) -> tuple[list[Row], list[str]]:
         if options and options.get("compile"):
             notes.append(f"torch.compile: the first call (compilation included) took {first:.1f} s")
     ours.disable_fast_path()
-    notes.insert(0, f"median of {n_rounds} alternating rounds; UNet 1.1 M parameters, 32×32 RGB; images compared in [0, 1]")
+    notes.insert(0, f"median of {n_rounds} alternating rounds; UNet 1.1 M parameters, 32×32 RGB; "
+                    "images compared in [0, 1]")
     return rows, notes
 
 

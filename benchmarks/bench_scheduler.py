@@ -13,8 +13,11 @@ from __future__ import annotations
 import argparse
 
 import torch
-
 from _common import Row, add_common_args, alternate, generator, median, peak_memory, report, rounds, setup
+from diffusers import DDIMScheduler, DDPMScheduler
+
+# ddpm_ext after _common, which puts the repository root on sys.path (first-party imports sort last)
+from ddpm_ext import DDIMExtScheduler, DDPMExtScheduler
 
 SHAPE = (1, 3, 32, 32)
 STEPS = 100
@@ -33,10 +36,6 @@ def _loop(scheduler, device: torch.device, step_kwargs: dict, n_calls: int, seed
 
 
 def run(args: argparse.Namespace) -> tuple[list[Row], list[str]]:
-    from diffusers import DDIMScheduler, DDPMScheduler
-
-    from ddpm_ext import DDIMExtScheduler, DDPMExtScheduler
-
     device = setup(args)
     n_rounds = rounds(args, full=21, quick=5)
     calls = 100 if args.quick else 300
@@ -51,7 +50,8 @@ def run(args: argparse.Namespace) -> tuple[list[Row], list[str]]:
             s.set_timesteps(STEPS, device=device)
         delta = (_loop(ours, device, kwargs, STEPS) - _loop(theirs, device, kwargs, STEPS)).abs().max().item()
         times = alternate(
-            {"ours": lambda: _loop(ours, device, kwargs, calls), "theirs": lambda: _loop(theirs, device, kwargs, calls)},
+            {"ours": lambda: _loop(ours, device, kwargs, calls),
+             "theirs": lambda: _loop(theirs, device, kwargs, calls)},
             n_rounds, device,
         )
         rows.append(Row(

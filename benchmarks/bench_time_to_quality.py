@@ -14,6 +14,11 @@ from __future__ import annotations
 import argparse
 
 from _common import add_common_args, alternate, generator, machine_line, median, rounds, setup
+from diffusers import DDPMPipeline
+
+# ddpm_ext after _common, which puts the repository root on sys.path (first-party imports sort last)
+from ddpm_ext import DDPMExtPipeline
+from ddpm_ext.commands.sample import DEFAULT_STEPS
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -23,11 +28,6 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--steps", type=int, default=None, help="ddpm_ext's steps (default: `ddpm-ext sample`'s default).")
     args = p.parse_args(argv)
     device = setup(args)
-    from diffusers import DDPMPipeline
-
-    from ddpm_ext import DDPMExtPipeline
-    from ddpm_ext.commands.sample import DEFAULT_STEPS
-
     ours = DDPMExtPipeline.from_pretrained(args.pipeline).to(device)
     theirs = DDPMPipeline.from_pretrained(args.pipeline).to(device)
     for pipe in (ours, theirs):

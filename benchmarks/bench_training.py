@@ -27,17 +27,21 @@ import time
 import numpy as np
 import torch
 import torch.nn.functional as F
-
 from _common import Row, add_common_args, alternate, median, peak_memory, report, rounds, setup
 from bench_sampling import bench_unet
+from diffusers import DDPMScheduler
+
+# ddpm_ext after _common, which puts the repository root on sys.path (first-party imports sort last)
+import ddpm_ext.training.train as train_ddpm
+from ddpm_ext import DDPMExtScheduler
+from ddpm_ext.data import load_mnist_5k
+from ddpm_ext.training.flags import parse_args
 
 LEARNING_RATE = 5e-4  # the same for every variant; no warm-up or decay (not what is being compared)
 
 
 def mnist_32(split: str) -> torch.Tensor:
     """MNIST-5k digits of `split` as (N, 1, 32, 32) in [-1, 1] (28×28 padded with the background value)."""
-    from ddpm_ext.data import load_mnist_5k
-
     images = np.stack([np.asarray(im, dtype=np.float32) for im in load_mnist_5k(split=split)["image"]])
     x = torch.from_numpy(images / 127.5 - 1.0).unsqueeze(1)
     return F.pad(x, (2, 2, 2, 2), value=-1.0)
@@ -47,9 +51,6 @@ class OursTrainer:
     """The training script's step: its `training_step`, then the loop's backward / clip / AdamW / zero_grad."""
 
     def __init__(self, unet, device, flags: list[str], autocast_dtype=None, compile=False, compile_mode=None):
-        import ddpm_ext.training.train as train_ddpm
-        from ddpm_ext.training.flags import parse_args
-
         self.args = parse_args(["--learning_rate", str(LEARNING_RATE), *flags])
         self.train_ddpm = train_ddpm
         self.unet = unet.to(device).train()
@@ -81,8 +82,6 @@ class DiffusersTrainer:
     """One step as in diffusers' train_unconditional.py (fp32, no EMA)."""
 
     def __init__(self, unet, device, seed: int = 0):
-        from diffusers import DDPMScheduler
-
         self.unet = unet.to(device).train()
         self.scheduler = DDPMScheduler(num_train_timesteps=1000)
         self.optimizer = torch.optim.AdamW(self.unet.parameters(), lr=LEARNING_RATE, betas=(0.9, 0.999),
@@ -93,7 +92,8 @@ class DiffusersTrainer:
     def step(self, clean_images: torch.Tensor) -> torch.Tensor:
         noise = torch.randn(clean_images.shape, dtype=clean_images.dtype, device=clean_images.device)
         bsz = clean_images.shape[0]
-        timesteps = torch.randint(0, self.scheduler.config.num_train_timesteps, (bsz,), device=clean_images.device).long()
+        timesteps = torch.randint(0, self.scheduler.config.num_train_timesteps, (bsz,),
+                                  device=clean_images.device).long()
         noisy_images = self.scheduler.add_noise(clean_images, noise, timesteps)
         model_output = self.unet(noisy_images, timesteps).sample
         loss = F.mse_loss(model_output.float(), noise.float())
@@ -107,8 +107,6 @@ class DiffusersTrainer:
 @torch.no_grad()
 def held_out_loss(unet, test: torch.Tensor, device: torch.device, batch: int = 100) -> float:
     """L_simple on the held-out digits with (t, ε) fixed by a seed: the same draws for every model."""
-    from ddpm_ext import DDPMExtScheduler
-
     scheduler, g = DDPMExtScheduler(), torch.Generator().manual_seed(1234)
     unet.eval()
     total = 0.0
@@ -180,7 +178,8 @@ def run(args: argparse.Namespace) -> tuple[list[Row], list[str]]:
             ours_mem=peak_memory(steps(trainer), device), theirs_mem=mem_theirs,
         ))
     notes = [f"median of {n_rounds} alternating rounds of {steps_per_round} steps; images/s = batch / median step time"]
-    notes += [f"{name}: first step (compilation included) {first[name]:.1f} s" for name in trainers if "compile" in name]
+    notes += [f"{name}: first step (compilation included) {first[name]:.1f} s"
+              for name in trainers if "compile" in name]
 
     if args.quality_steps:
         test = mnist_32("test")
@@ -207,7 +206,8 @@ def run(args: argparse.Namespace) -> tuple[list[Row], list[str]]:
 
 def main(argv: list[str] | None = None) -> None:
     p = add_common_args(argparse.ArgumentParser(description=__doc__.splitlines()[0]))
-    p.add_argument("--quality_steps", type=int, default=0, help="Also train every variant this many steps and compare the losses.")
+    p.add_argument("--quality_steps", type=int, default=0,
+                   help="Also train every variant this many steps and compare the losses.")
     args = p.parse_args(argv)
     rows, notes = run(args)
     print(report("Training", rows, torch.device(args.device), notes))

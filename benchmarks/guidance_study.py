@@ -36,6 +36,19 @@ from typing import Any, Callable, Sequence
 
 import torch
 
+from ddpm_ext import DDIMExtScheduler, DDPMExtPipeline
+from ddpm_ext.data import ImageTransform, find_image_column, load_image_dataset
+from ddpm_ext.evaluation.digit_classifier import DigitClassifier, class_accuracy
+from ddpm_ext.evaluation.evaluate import draw_samples
+from ddpm_ext.evaluation.metrics import (
+    build_feature_extractor,
+    extract_features,
+    fid_from_features,
+    kid_from_features,
+    reference_statistics,
+)
+from ddpm_ext.pipelines.guidance import num_classes
+
 Judge = Callable[[torch.Tensor], torch.Tensor]  # images (B, C, H, W) in [-1, 1] -> probabilities (B, K)
 Features = Callable[[torch.Tensor], torch.Tensor]  # uint8 images (B, C, H, W) -> features (B, F)
 
@@ -46,11 +59,16 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--num_per_class", type=int, default=50, help="Images per class and guidance scale (default: 50).")
     p.add_argument("--guidance_scales", type=float, nargs="+", default=[0.0, 1.0, 2.0, 4.0], help="The w to compare.")
     p.add_argument("--steps", type=int, default=50, help="DDIM steps (default: 50).")
-    p.add_argument("--eta", type=float, default=1.0, help="DDIM's η in [0, 1] (default: 1, the respaced DDPM with σ² = β̃; η = 0 leaves grey backgrounds on briefly trained CPU models). ε̂ is recomputed from the clipped x̂_0 (use_clipped_model_output=True): with the raw guided ε̂ the DDIM update mixes it with a clipped x̂_0 and the requested class is lost at w ≥ 2.")
+    p.add_argument("--eta", type=float, default=1.0,
+                   help="DDIM's η in [0, 1] (default: 1, the respaced DDPM with σ² = β̃; η = 0 leaves grey "
+                        "backgrounds on briefly trained CPU models). ε̂ is recomputed from the clipped x̂_0 "
+                        "(use_clipped_model_output=True): with the raw guided ε̂ the DDIM update mixes it with a "
+                        "clipped x̂_0 and the requested class is lost at w ≥ 2.")
     p.add_argument("--seed", type=int, default=0, help="Seed of the images (the package's per-image rule; default: 0).")
     p.add_argument("--dataset", default="mnist-5k", help="Real images for FID/KID (default: mnist-5k).")
     p.add_argument("--split", default="test", help="Their split (default: test, the 500 held-out digits).")
-    p.add_argument("--feature_extractor", default="efficientnet-lite0", help="FID/KID features, as `ddpm-ext evaluate`.")
+    p.add_argument("--feature_extractor", default="efficientnet-lite0",
+                   help="FID/KID features, as `ddpm-ext evaluate`.")
     p.add_argument("--kid_subset_size", type=int, default=100, help="KID subset size (default: 100).")
     p.add_argument("--batch_size", type=int, default=100, help="Images per pipeline call (default: 100).")
     p.add_argument("--output", default=None, help="Also write the results as JSON here.")
@@ -83,12 +101,6 @@ def study(
     batch_size: int = 100,
 ) -> list[dict[str, Any]]:
     """One row per w: class accuracy, FID, KID and sampling wall time."""
-    from ddpm_ext import DDIMExtScheduler
-    from ddpm_ext.evaluation.digit_classifier import class_accuracy
-    from ddpm_ext.evaluation.evaluate import draw_samples
-    from ddpm_ext.evaluation.metrics import fid_from_features, kid_from_features
-    from ddpm_ext.pipelines.guidance import num_classes
-
     k = num_classes(pipe.unet)  # refuses an unconditional pipeline
     pipe.scheduler = DDIMExtScheduler.from_config(pipe.scheduler.config)
     pipe.set_progress_bar_config(disable=True)
@@ -125,32 +137,27 @@ def markdown(rows: list[dict[str, Any]], feature_label: str) -> str:
 
 
 def main(argv: Sequence[str] | None = None, *, judge: Judge | None = None,
-         features: Features | None = None, real_features: torch.Tensor | None = None, feature_label: str | None = None) -> int:
+         features: Features | None = None, real_features: torch.Tensor | None = None,
+         feature_label: str | None = None) -> int:
     """Run the study; `judge`, `features` and `real_features` replace the digit classifier and the FID features
     (for tests)."""
     args = parse_args(argv)
-    from ddpm_ext import DDPMExtPipeline
-
     started = time.perf_counter()
     pipe = DDPMExtPipeline.from_pretrained(args.pipeline)
     if judge is None:
-        from ddpm_ext.evaluation.digit_classifier import DigitClassifier
-
         classifier = DigitClassifier.pretrained()
         judge = classifier.predict_proba
         print(f"digit classifier: {dict(classifier.metadata)}", file=sys.stderr)
     if features is None or real_features is None:
-        from ddpm_ext.data import ImageTransform, find_image_column, load_image_dataset
-        from ddpm_ext.evaluation.metrics import build_feature_extractor, extract_features, reference_statistics
-
         extractor = build_feature_extractor(args.feature_extractor)
         ds = load_image_dataset(args.dataset, split=args.split)
         column = find_image_column(ds)
         size = pipe.unet.config.sample_size
         transform = ImageTransform(size if isinstance(size, int) else size[0], center_crop=True,
                                    channels=pipe.unet.config.in_channels)
-        key = {"dataset": args.dataset, "split": args.split, "image_size": transform.resolution, "channels": transform.channels,
-               "num_images": len(ds), "transform": "resize-shorter-bilinear+center-crop", "by": "guidance_study"}
+        key = {"dataset": args.dataset, "split": args.split, "image_size": transform.resolution,
+               "channels": transform.channels, "num_images": len(ds),
+               "transform": "resize-shorter-bilinear+center-crop", "by": "guidance_study"}
         real_features = reference_statistics(  # cached: the real digits' features are computed once
             lambda: torch.stack([transform.to_uint8(im) for im in ds[column]]), extractor, key=key,
             batch_size=args.batch_size,

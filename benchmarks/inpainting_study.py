@@ -40,7 +40,11 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))  # the package, without installing
 
+from ddpm_ext import DDPMExtPipeline  # noqa: E402
+from ddpm_ext.data import load_mnist_5k  # noqa: E402
+from ddpm_ext.files import atomic_write_text  # noqa: E402
 from ddpm_ext.images import from_unit  # noqa: E402
+from ddpm_ext.pipelines.pipeline_ddpm_ext_inpaint import DDPMExtInpaintPipeline, make_mask  # noqa: E402
 from ddpm_ext.seeding import image_generators  # noqa: E402
 
 DEFAULT_CLASSIFIER = "ddpm_ext.evaluation.digit_classifier:DigitClassifier.pretrained"
@@ -76,8 +80,6 @@ def load_classifier(spec: str) -> Callable[[torch.Tensor], Any]:
 
 def held_out_digits(num_images: int, seed: int) -> tuple[list, np.ndarray]:
     """`num_images` PIL digits of the mnist-5k test split (a seeded random subset) and their labels."""
-    from ddpm_ext.data import load_mnist_5k
-
     ds = load_mnist_5k(split="test")
     if not 1 <= num_images <= len(ds):
         raise SystemExit(f"--num_images must be in [1, {len(ds)}] (the test split), got {num_images}")
@@ -99,7 +101,7 @@ def _timed(fn: Callable[[], torch.Tensor], device: torch.device) -> tuple[torch.
 def _diffusers_repaint(pipe, steps: int) -> tuple[Any, str]:
     """diffusers' RePaintPipeline on the same UNet and β's, or None and the reason it cannot run."""
     try:
-        from diffusers import RePaintPipeline, RePaintScheduler
+        from diffusers import RePaintPipeline, RePaintScheduler  # noqa: PLC0415 optional: not in every diffusers (below)
     except ImportError as e:  # removed in a later diffusers
         return None, f"diffusers has no RePaintPipeline here ({e})"
     cfg = pipe.scheduler.config
@@ -139,8 +141,6 @@ def run_study(
         labels (`np.ndarray`): their digits.
         predict (`Callable`): images (B, 1, H, W) float in [-1, 1] -> labels (B,).
     """
-    from ddpm_ext.pipelines.pipeline_ddpm_ext_inpaint import DDPMExtInpaintPipeline, make_mask
-
     inpaint = DDPMExtInpaintPipeline.from_pipe(pipe) if not isinstance(pipe, DDPMExtInpaintPipeline) else pipe
     inpaint.set_progress_bar_config(disable=True)
     device = inpaint._execution_device
@@ -211,7 +211,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0, help="Seed of the subset and of the generators (default: 0).")
     p.add_argument("--device", default="cpu", help="Torch device (default: cpu).")
     p.add_argument("--no_diffusers", action="store_true", help="Skip diffusers' RePaintPipeline.")
-    p.add_argument("--classifier", default=DEFAULT_CLASSIFIER, help=f"Judge factory 'module:attr' (default: {DEFAULT_CLASSIFIER}).")
+    p.add_argument("--classifier", default=DEFAULT_CLASSIFIER,
+                   help=f"Judge factory 'module:attr' (default: {DEFAULT_CLASSIFIER}).")
     p.add_argument("--output", default=None, help="Also write the rows as JSON here.")
     args = p.parse_args(argv)
     for name in ("num_images", "steps", "jump_length", "batch_size"):
@@ -224,8 +225,6 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None, classifier: Any = None) -> list[StudyRow]:
     """Run the study from the command line; `classifier` (an object with `predict`) replaces `--classifier`."""
-    from ddpm_ext import DDPMExtPipeline
-
     args = parse_args(argv)
     judge = classifier if classifier is not None else load_classifier(args.classifier)
     pipe = DDPMExtPipeline.from_pretrained(args.pipeline).to(args.device)
@@ -241,8 +240,6 @@ def main(argv: Sequence[str] | None = None, classifier: Any = None) -> list[Stud
           f"{args.num_images} held-out digits, seed {args.seed}, device {args.device}")
     print(markdown(rows))
     if args.output:
-        from ddpm_ext.files import atomic_write_text
-
         atomic_write_text(args.output, json.dumps([{**asdict(r), "accuracy": r.accuracy} for r in rows], indent=2))
     return rows
 

@@ -29,7 +29,8 @@ from ddpm_ext.evaluation.digit_classifier import DigitClassifier, classifier_inc
 from ddpm_ext.pipelines.guidance import balanced_class_labels  # noqa: E402
 
 
-def subset_scores(probs: torch.Tensor, size: int, draws: int, seed: int, labels: torch.Tensor | None = None) -> np.ndarray:
+def subset_scores(probs: torch.Tensor, size: int, draws: int, seed: int,
+                  labels: torch.Tensor | None = None) -> np.ndarray:
     """Classifier IS of `draws` subsets of `size` rows of `probs`, each drawn without replacement (seeded).
 
     With `labels` (the rows' true classes 0..K−1) each subset is balanced: as many rows of class c as
@@ -38,7 +39,8 @@ def subset_scores(probs: torch.Tensor, size: int, draws: int, seed: int, labels:
         raise ValueError(f"`size` must be in [2, {len(probs)}] (the held-out digits), got {size}.")
     g = torch.Generator().manual_seed(seed)
     if labels is None:
-        return np.array([classifier_inception_score(probs[torch.randperm(len(probs), generator=g)[:size]]) for _ in range(draws)])
+        return np.array([classifier_inception_score(probs[torch.randperm(len(probs), generator=g)[:size]])
+                         for _ in range(draws)])
     k = int(labels.max()) + 1
     wanted = torch.bincount(torch.tensor(balanced_class_labels(size, k)), minlength=k)
     rows = [torch.nonzero(labels == c).flatten() for c in range(k)]
@@ -58,7 +60,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--sizes", nargs="+", type=int, default=[64, 256, 500], help="Subset sizes (default: 64 256 500).")
     p.add_argument("--draws", type=int, default=200, help="Subsets per size (default: 200).")
     p.add_argument("--seed", type=int, default=0, help="Seed of the draws (default: 0).")
-    p.add_argument("--balanced", action="store_true", help="Every digit equally often in each subset (a class-conditional grid's yardstick).")
+    p.add_argument("--balanced", action="store_true",
+                   help="Every digit equally often in each subset (a class-conditional grid's yardstick).")
     args = p.parse_args(argv)
     images, labels = load_mnist_5k_arrays("test")
     probs = DigitClassifier.pretrained().predict_proba(images)
@@ -66,7 +69,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"| images ({kind}) | classifier IS, mean over draws | ± std | draws |\n|---|---|---|---|")
     for size in args.sizes:
         try:
-            scores = subset_scores(probs, size, 1 if size == len(probs) else args.draws, args.seed, labels if args.balanced else None)
+            scores = subset_scores(probs, size, 1 if size == len(probs) else args.draws, args.seed,
+                                   labels if args.balanced else None)
         except ValueError as e:
             p.error(str(e))
         print(f"| {size} | {scores.mean():.2f} | {scores.std():.2f} | {len(scores)} |")

@@ -20,10 +20,15 @@ from pathlib import Path
 from typing import Sequence
 
 import torch
+from torch.profiler import ProfilerActivity, profile
+from torch.utils.flop_counter import FlopCounterMode
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))  # the package, without installing
+
+from ddpm_ext import DDPMExtScheduler, build_unet  # noqa: E402
+from ddpm_ext.training.train import training_step  # noqa: E402
 
 LAYOUTS = ("default", "channels_last", "bf16")
 
@@ -33,10 +38,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: PyTorch's choice).")
     p.add_argument("--batch_sizes", type=int, nargs="+", default=[64, 32, 16], help="Batch sizes (default: 64 32 16).")
     p.add_argument("--layouts", nargs="+", default=["default"], choices=LAYOUTS,
-                   help="default = fp32 NCHW; channels_last = NHWC weights and batches; bf16 = the forward under CPU autocast.")
+                   help="default = fp32 NCHW; channels_last = NHWC weights and batches; "
+                        "bf16 = the forward under CPU autocast.")
     p.add_argument("--rounds", type=int, default=12, help="Timed steps per variant (default: 12).")
     p.add_argument("--warmup", type=int, default=3, help="Untimed steps first (default: 3).")
-    p.add_argument("--profile_rows", type=int, default=15, help="Operators in the profile table of the first variant (0: no profile).")
+    p.add_argument("--profile_rows", type=int, default=15,
+                   help="Operators in the profile table of the first variant (0: no profile).")
     args = p.parse_args(argv)
     for name in ("rounds",):
         if getattr(args, name) < 1:
@@ -51,9 +58,6 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 
 def make_step(batch_size: int, layout: str):
-    from ddpm_ext import DDPMExtScheduler, build_unet
-    from ddpm_ext.training.train import training_step
-
     torch.manual_seed(0)
     unet = build_unet("mnist-small")
     scheduler = DDPMExtScheduler(beta_schedule="squaredcos_cap_v2", prediction_type="v_prediction")
@@ -76,8 +80,6 @@ def make_step(batch_size: int, layout: str):
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from torch.utils.flop_counter import FlopCounterMode
-
     args = parse_args(argv)
     if args.threads is not None:
         torch.set_num_threads(args.threads)
@@ -98,14 +100,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             gflop = counter.get_total_flops() / 1e9
             rows.append((layout, b, median, 1e3 * median / b, gflop, gflop / median))
             first = first or step
-    print(f"Training step of the quick start (mnist-small, 28x28), {torch.get_num_threads()} thread(s), torch {torch.__version__}, "
-          f"median of {args.rounds} steps\n")
+    print(f"Training step of the quick start (mnist-small, 28x28), {torch.get_num_threads()} thread(s), "
+          f"torch {torch.__version__}, median of {args.rounds} steps\n")
     print("| layout | batch | s / step | ms / image | GFLOP / step | GFLOP/s |\n|---|---|---|---|---|---|")
     for layout, b, median, per_image, gflop, rate in rows:
         print(f"| {layout} | {b} | {median:.4f} | {per_image:.2f} | {gflop:.1f} | {rate:.0f} |")
     if args.profile_rows and first is not None:
-        from torch.profiler import ProfilerActivity, profile
-
         with profile(activities=[ProfilerActivity.CPU]) as prof:
             for _ in range(5):
                 first()

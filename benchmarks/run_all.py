@@ -11,11 +11,10 @@ from __future__ import annotations
 import argparse
 import time
 
-import torch
-
 import bench_sampling
 import bench_scheduler
 import bench_training
+import torch
 from _common import add_common_args, command_line, machine_line, markdown_table
 
 

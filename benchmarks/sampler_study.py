@@ -40,9 +40,18 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
+import torch
+from matplotlib.figure import Figure
+
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))  # the package, without installing
+
+from ddpm_ext.evaluation import evaluate  # noqa: E402  (its steps looked up at call time, as tests replace them)
+from ddpm_ext.evaluation.config import EvaluationConfig  # noqa: E402
+from ddpm_ext.evaluation.samplers import parse_sampler  # noqa: E402
+from ddpm_ext.files import atomic_write_text, write_with  # noqa: E402
+from ddpm_ext.images import save_image_grid  # noqa: E402
 
 SAMPLERS = {  # name -> spec template of `ddpm-ext evaluate`
     "ddpm-small": "ddpm:{n}:fixed_small",
@@ -65,22 +74,31 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     a = p.add_argument
     a("--pipeline", required=True, help="The pipeline folder (or Hub repo id) to study.")
-    a("--output_dir", required=True, help="Where sampler_study.json / .md / .png and the sample grids go; an existing study there is resumed.")
-    a("--samplers", nargs="+", default=list(SAMPLERS), choices=list(SAMPLERS), metavar="SAMPLER", help=f"Samplers (default: all): {list(SAMPLERS)}.")
-    a("--nfe", nargs="+", type=int, default=list(DEFAULT_NFE), help=f"UNet calls per image (= steps) (default: {list(DEFAULT_NFE)}).")
-    a("--nfe_1000_samplers", nargs="*", default=list(DEFAULT_NFE_1000), choices=list(SAMPLERS), metavar="SAMPLER", help=f"The samplers that also run at NFE 1000 when --nfe lists it (default: {list(DEFAULT_NFE_1000)}).")
-    a("--spacing", default=None, choices=("leading", "trailing", "linspace"), help="Timestep spacing of every point (default: the pipeline's, trailing for a leading config).")
-    a("--ddim_eps", default=None, choices=("consistent", "model"), help="DDIM's ε̂ (default: the pipeline's, consistent with the clipped x̂_0; model: diffusers' DDIMPipeline).")
+    a("--output_dir", required=True,
+      help="Where sampler_study.json / .md / .png and the sample grids go; an existing study there is resumed.")
+    a("--samplers", nargs="+", default=list(SAMPLERS), choices=list(SAMPLERS), metavar="SAMPLER",
+      help=f"Samplers (default: all): {list(SAMPLERS)}.")
+    a("--nfe", nargs="+", type=int, default=list(DEFAULT_NFE),
+      help=f"UNet calls per image (= steps) (default: {list(DEFAULT_NFE)}).")
+    a("--nfe_1000_samplers", nargs="*", default=list(DEFAULT_NFE_1000), choices=list(SAMPLERS), metavar="SAMPLER",
+      help=f"The samplers that also run at NFE 1000 when --nfe lists it (default: {list(DEFAULT_NFE_1000)}).")
+    a("--spacing", default=None, choices=("leading", "trailing", "linspace"),
+      help="Timestep spacing of every point (default: the pipeline's, trailing for a leading config).")
+    a("--ddim_eps", default=None, choices=("consistent", "model"),
+      help="DDIM's ε̂ (default: the pipeline's, consistent with the clipped x̂_0; model: diffusers' DDIMPipeline).")
     a("--num_samples", type=int, default=500, help="Images per point (default: 500).")
-    a("--seed", type=int, default=0, help="Seed of the images (image i from the package's per-image rule) and of KID (default: 0).")
+    a("--seed", type=int, default=0,
+      help="Seed of the images (image i from the package's per-image rule) and of KID (default: 0).")
     a("--dataset", default="mnist-5k", help="Real images (default: mnist-5k; its 500 held-out test digits).")
     a("--split", default=None, help="Their split (default: test where the data set has one).")
     a("--max_real_images", type=int, default=None, help="Use only this many real images (default: all of the split).")
     a("--kid_subset_size", type=int, default=100, help="KID subset size (default: 100).")
     a("--kid_subsets", type=int, default=100, help="KID subsets (default: 100).")
-    a("--feature_extractor", default="efficientnet-lite0", help="FID/KID features, as `ddpm-ext evaluate` (default: efficientnet-lite0, offline).")
+    a("--feature_extractor", default="efficientnet-lite0",
+      help="FID/KID features, as `ddpm-ext evaluate` (default: efficientnet-lite0, offline).")
     a("--nearest_k", type=int, default=5, help="k of precision/recall/density/coverage (default: 5).")
-    a("--digit_judge", default="auto", choices=("auto", "on", "off"), help="The digit classifier's IS and digits present (default: auto, on for grayscale models).")
+    a("--digit_judge", default="auto", choices=("auto", "on", "off"),
+      help="The digit classifier's IS and digits present (default: auto, on for grayscale models).")
     a("--batch_size", type=int, default=100, help="Images per pipeline call (default: 100).")
     a("--grid_images", type=int, default=64, help="Images in each point's sample grid, 0 for none (default: 64).")
     a("--stats_cache_dir", default=None, help="Cache of the real images' features (default: evaluate's).")
@@ -124,7 +142,8 @@ def load_study(path: Path, settings: dict[str, Any]) -> dict[str, Any]:
     differ = {k: (study["settings"].get(k), v) for k, v in settings.items() if study["settings"].get(k) != v}
     if differ:
         raise ValueError(
-            f"{path} holds a study with other settings ({', '.join(f'{k}: {a!r} there, {b!r} now' for k, (a, b) in differ.items())}); "
+            f"{path} holds a study with other settings "
+            f"({', '.join(f'{k}: {a!r} there, {b!r} now' for k, (a, b) in differ.items())}); "
             "use another --output_dir, or the same settings to resume it."
         )
     return study
@@ -132,8 +151,6 @@ def load_study(path: Path, settings: dict[str, Any]) -> dict[str, Any]:
 
 def write_outputs(study: dict[str, Any], out: Path) -> None:
     """The JSON (every point so far), the markdown table and the figure, each written atomically."""
-    from ddpm_ext.files import atomic_write_text
-
     atomic_write_text(out / JSON_NAME, json.dumps(study, indent=2) + "\n")
     atomic_write_text(out / MD_NAME, markdown_table(study))
     if study["points"]:
@@ -177,7 +194,8 @@ def markdown_table(study: dict[str, Any]) -> str:
         lines.append(
             f"| {r['study_sampler']} | {r['nfe']} | `{r['sampler']}` | {r.get('timestep_spacing') or '–'} | {eps} | "
             f"{r['fid']:.2f} | {kid} | {_f(r.get('precision'), '.3f')} | {_f(r.get('recall'), '.3f')} | "
-            f"{_f(r.get('density'), '.3f')} | {_f(r.get('coverage'), '.3f')} | {_f(r.get('classifier_is'), '.2f')}{_spread(r)} | "
+            f"{_f(r.get('density'), '.3f')} | {_f(r.get('coverage'), '.3f')} | "
+            f"{_f(r.get('classifier_is'), '.2f')}{_spread(r)} | "
             f"{r.get('classes_present', '–')} | {_f(r.get('mean_pixel'), '.3f')} | {r['seconds_per_image']:.3f} |"
         )
     return "\n".join(lines) + "\n"
@@ -186,10 +204,6 @@ def markdown_table(study: dict[str, Any]) -> str:
 def plot(study: dict[str, Any], path: Path) -> None:
     """Classifier IS (when the judge is on) and FID against NFE, and the wall time per image: one line per
     sampler, log NFE axis."""
-    from matplotlib.figure import Figure
-
-    from ddpm_ext.files import write_with
-
     points = study["points"]
     has_is = any(r.get("classifier_is") is not None for r in points)
     panels = (["classifier_is"] if has_is else []) + ["fid", "seconds_per_image"]
@@ -199,7 +213,8 @@ def plot(study: dict[str, Any], path: Path) -> None:
     axes = fig.subplots(1, len(panels))
     for ax, key in zip(axes, panels):
         for name in SAMPLERS:
-            rows = sorted((r for r in points if r["study_sampler"] == name and r.get(key) is not None), key=lambda r: r["nfe"])
+            rows = sorted((r for r in points if r["study_sampler"] == name and r.get(key) is not None),
+                          key=lambda r: r["nfe"])
             if rows:
                 ax.plot([r["nfe"] for r in rows], [r[key] for r in rows], marker="o", label=name)
         ax.set_xscale("log")
@@ -218,26 +233,14 @@ def plot(study: dict[str, Any], path: Path) -> None:
 
 def run_study(args: argparse.Namespace) -> dict[str, Any]:
     """Score every point not yet in the study file, appending each row as soon as it is scored."""
-    import torch
-
-    from ddpm_ext.evaluation.config import EvaluationConfig
-    from ddpm_ext.evaluation.evaluate import (
-        load_evaluation,
-        reference_features,
-        sample_images,
-        score_reference,
-        score_samples,
-    )
-    from ddpm_ext.evaluation.samplers import parse_sampler
-    from ddpm_ext.images import save_image_grid
-
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     study = load_study(out / JSON_NAME, settings_of(args))
     done = {r["sampler"] for r in study["points"]}
     points = sampler_specs(args)
     todo = [(name, n, spec) for name, n, spec in points if parse_sampler(spec).spec not in done]
-    print(f"{len(points) - len(todo)} of {len(points)} points already in {out / JSON_NAME}; {len(todo)} to run.", flush=True)
+    print(f"{len(points) - len(todo)} of {len(points)} points already in {out / JSON_NAME}; {len(todo)} to run.",
+          flush=True)
     if not todo:
         write_outputs(study, out)
         return study
@@ -248,20 +251,21 @@ def run_study(args: argparse.Namespace) -> dict[str, Any]:
         batch_size=args.batch_size, seed=args.seed, num_grid_images=0, device=args.device,
         no_progress=args.no_progress, nearest_k=args.nearest_k, digit_judge=args.digit_judge,
     )  # fmt: skip
-    run = load_evaluation(config)  # every check (the pipeline, the data, each sampler) before any sampling
-    reference = reference_features(run)
+    run = evaluate.load_evaluation(config)  # every check (the pipeline, the data, each sampler) before any sampling
+    reference = evaluate.reference_features(run)
     study.update({"num_real": reference.num_images, "feature_label": run.extractor.label, "device": str(run.device),
                   "torch": torch.__version__, "cpu_threads": torch.get_num_threads()})  # fmt: skip
     if run.judge is not None and study.get("reference") is None:
-        study["reference"] = score_reference(run)
+        study["reference"] = evaluate.score_reference(run)
     for name, n, spec in todo:
         t0 = time.perf_counter()
-        samples = sample_images(run, spec)
-        row = score_samples(run, samples, reference)
+        samples = evaluate.sample_images(run, spec)
+        row = evaluate.score_samples(run, samples, reference)
         row.update({"study_sampler": name, "nfe": n, "seconds_per_image": samples.seconds / len(samples.images)})
         if args.grid_images:
             grid = out / "grids" / f"{samples.spec.slug}.png"
-            save_image_grid(samples.images[: args.grid_images], grid, nrow=math.ceil(math.sqrt(min(args.grid_images, len(samples.images)))))
+            save_image_grid(samples.images[: args.grid_images], grid,
+                            nrow=math.ceil(math.sqrt(min(args.grid_images, len(samples.images)))))
             row["grid"] = str(grid.relative_to(out))
         study["points"].append(row)
         write_outputs(study, out)  # after every point: a killed run keeps what it scored

@@ -33,9 +33,12 @@ from ddpm_ext.evaluation.digit_classifier import (  # noqa: E402
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--seed", type=int, default=0, help="Seed of the weights, shuffling, augmentation and dropout.")
-    p.add_argument("--epochs", type=int, default=None, help="Passes over the training digits (default: the shipped setting).")
-    p.add_argument("--threads", type=int, default=1, help="torch threads while training (bit-identical results need the same count).")
-    p.add_argument("--output", type=Path, default=PRETRAINED_PATH, help="Where to write the safetensors file (default: the package's).")
+    p.add_argument("--epochs", type=int, default=None,
+                   help="Passes over the training digits (default: the shipped setting).")
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch threads while training (bit-identical results need the same count).")
+    p.add_argument("--output", type=Path, default=PRETRAINED_PATH,
+                   help="Where to write the safetensors file (default: the package's).")
     return p.parse_args(argv)
 
 

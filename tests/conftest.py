@@ -18,7 +18,7 @@ def pytest_configure(config):
 @pytest.fixture(scope="session")
 def tiny_pipeline_dir(tmp_path_factory):
     """The tiny pipeline of `tiny_pipeline.py` (16x16, T = 20, random weights) saved once per test session."""
-    from tiny_pipeline import make_tiny_pipeline  # imports ddpm_ext: only after pytest_configure
+    from tiny_pipeline import make_tiny_pipeline  # noqa: PLC0415 imports ddpm_ext: only after pytest_configure's HF_ENDPOINT
 
     folder = tmp_path_factory.mktemp("tiny_pipeline")
     make_tiny_pipeline().save_pretrained(folder)

@@ -60,6 +60,7 @@ from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
 import pytest
+import yaml  # PyYAML, a dependency of huggingface_hub and olah (it does not import huggingface_hub)
 
 __all__ = [
     "HubEndpoint",
@@ -729,8 +730,6 @@ class _UploadHandler(BaseHTTPRequestHandler):
         self._send_json(200, {"url": url, "name": repo_id, "id": repo_id})
 
     def _validate_yaml(self, payload: dict[str, Any]) -> None:
-        import yaml  # PyYAML, a dependency of huggingface_hub and olah
-
         content = payload.get("content", "")
         match = re.match(r"^\s*---\r?\n(.*?)\r?\n---", content, flags=re.S)
         try:

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from ddpm_ext import cpu_threads
+from ddpm_ext.commands.cli import add_cpu_threads_argument
 from ddpm_ext.cpu_threads import AdaptiveThreads, parse_cpu_threads
 
 
@@ -40,8 +41,6 @@ def test_parse_cpu_threads():
 
 
 def test_the_cli_option_names_the_flag():
-    from ddpm_ext.commands.cli import add_cpu_threads_argument
-
     p = argparse.ArgumentParser()
     add_cpu_threads_argument(p)
     assert p.parse_args([]).cpu_threads == "auto" and p.parse_args(["--cpu_threads", "2"]).cpu_threads == 2

@@ -6,6 +6,7 @@ import os
 import stat
 
 import pytest
+from PIL import Image
 
 from ddpm_ext.files import atomic_directory, atomic_path, atomic_write_text, write_with
 
@@ -27,8 +28,6 @@ def test_write_replace_and_a_failed_write_keeps_the_old_file(tmp_path):
 
 
 def test_write_with_a_writer_keeps_the_extension_for_format_sniffing(tmp_path):
-    from PIL import Image
-
     path = write_with(tmp_path / "grid.png", lambda tmp: Image.new("L", (3, 2), 7).save(tmp))  # format from ".png"
     with Image.open(path) as im:
         assert im.format == "PNG" and im.size == (3, 2)

@@ -8,7 +8,7 @@ import pytest
 import torch
 from repo_scripts import load_script
 
-from ddpm_ext import DDPMExtPipeline, DDPMExtScheduler, build_unet
+from ddpm_ext import DDIMExtScheduler, DDPMExtPipeline, DDPMExtScheduler, build_unet
 from ddpm_ext.evaluation.metrics import fid_from_features
 from ddpm_ext.pipelines.guidance import set_class_names
 from ddpm_ext.seeding import image_generators
@@ -59,12 +59,10 @@ def test_study_end_to_end(conditional_dir, capsys):
     assert not torch.equal(seen[0], seen[1]) and not torch.equal(seen[1], seen[2])  # w changes the samples
     # w = 1 is plain conditional sampling: the same images as a direct pipeline call with the same seeds
     pipe = DDPMExtPipeline.from_pretrained(conditional_dir / "pipe")
-    from ddpm_ext import DDIMExtScheduler
-
     pipe.scheduler = DDIMExtScheduler.from_config(pipe.scheduler.config)
     pipe.set_progress_bar_config(disable=True)
-    direct = pipe(batch_size=12, class_labels=requested.tolist(), num_inference_steps=4, eta=1.0, use_clipped_model_output=True, output_type="pt",  # the study's sampler
-                  generator=image_generators(0, 0, 12)).images
+    direct = pipe(batch_size=12, class_labels=requested.tolist(), num_inference_steps=4, eta=1.0,  # the study's sampler
+                  use_clipped_model_output=True, output_type="pt", generator=image_generators(0, 0, 12)).images
     # within one uint8 level (2/255): the study sampled in batches of 5, this in one of 12; other float32 kernels
     # may round a pixel the other way on another CPU (other seeds or labels move pixels by tens of levels)
     torch.testing.assert_close(seen[1], (direct * 255).round() / 127.5 - 1, rtol=0, atol=2 / 255 + 1e-5)
@@ -76,7 +74,8 @@ def test_study_refuses_bad_flags_and_unconditional_pipelines(tmp_path):
     study = load_study()
     with pytest.raises(SystemExit):
         study.parse_args(["--pipeline", "x", "--guidance_scales", "-1"])
-    DDPMExtPipeline(unet=build_unet("tiny"), scheduler=DDPMExtScheduler(num_train_timesteps=20)).save_pretrained(tmp_path / "u")
+    DDPMExtPipeline(unet=build_unet("tiny"),
+                    scheduler=DDPMExtScheduler(num_train_timesteps=20)).save_pretrained(tmp_path / "u")
     with pytest.raises(ValueError, match="unconditional"):
         study.main(["--pipeline", str(tmp_path / "u")], judge=lambda x: x, features=features,
                    real_features=torch.rand(4, 4, dtype=torch.float64))

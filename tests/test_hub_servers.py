@@ -14,8 +14,9 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from hub_servers import OlahServer, UploadHubServer, publish_folder  # fixtures come from conftest.py
+from huggingface_hub import HfApi, hf_hub_download, snapshot_download
+from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError
 
 README = """---
 license: mit
@@ -54,14 +55,10 @@ def _read_tree(root: Path) -> dict[str, bytes]:
 
 
 def _snapshot(repo_id: str, endpoint: str, cache_dir: Path) -> dict[str, bytes]:
-    from huggingface_hub import snapshot_download
-
     return _read_tree(Path(snapshot_download(repo_id, revision="main", endpoint=endpoint, cache_dir=cache_dir)))
 
 
 def test_publish_folder_is_served_byte_for_byte(olah_hub: OlahServer, tmp_path: Path) -> None:
-    from huggingface_hub import hf_hub_download
-
     files = _make_folder(tmp_path / "src")
     publish_folder(olah_hub.mirrors_root, "test-org/published", tmp_path / "src")
 
@@ -81,9 +78,6 @@ def test_publish_folder_is_served_byte_for_byte(olah_hub: OlahServer, tmp_path: 
 
 
 def test_upload_server_checks_the_token(upload_hub: UploadHubServer) -> None:
-    from huggingface_hub import HfApi
-    from huggingface_hub.errors import HfHubHTTPError
-
     for bad in ("hf_wrong_token", False):  # a wrong token, and no token at all
         with pytest.raises(HfHubHTTPError) as info:
             HfApi(endpoint=upload_hub.url, token=bad).create_repo("test-org/denied")
@@ -104,9 +98,6 @@ def test_upload_server_checks_the_token(upload_hub: UploadHubServer) -> None:
 
 
 def test_push_then_pull_through_olah(olah_hub: OlahServer, upload_hub: UploadHubServer, tmp_path: Path) -> None:
-    from huggingface_hub import HfApi, hf_hub_download
-    from huggingface_hub.errors import EntryNotFoundError
-
     repo_id = "test-org/pushed"
     files = _make_folder(tmp_path / "src")
     (tmp_path / "src" / "README.md").write_text(README)

@@ -145,7 +145,8 @@ def test_learned_range_matches_closed_form():
     frac = (v + 1) / 2
     post = reference_bound(x0.double().numpy(), betas, lambda t: 0.0)["post_var"]
     clipped = np.concatenate([[post[1]], post[1:]])
-    ref = reference_bound(x0.double().numpy(), betas, lambda t: frac * np.log(betas[t]) + (1 - frac) * np.log(clipped[t]))
+    ref = reference_bound(x0.double().numpy(), betas,
+                          lambda t: frac * np.log(betas[t]) + (1 - frac) * np.log(clipped[t]))
     scheduler = DDPMExtScheduler(num_train_timesteps=T, beta_end=beta_end, variance_type="learned_range")
     model = TrueNoiseModel(x0, betas, v=v)
     got = bits_per_dim(model, scheduler, x0, generator=torch.manual_seed(0))
@@ -217,11 +218,13 @@ def test_shared_forwards_equal_separate_calls(unet, images):
     shared = bits_per_dim_variances(model, scheduler(), images, generator=torch.manual_seed(4), batch_size=8)
     assert len(calls) == math.ceil(3 * T_SMALL / 8) and sum(calls) == 3 * T_SMALL  # one forward per pair
     for name in ("fixed_small", "fixed_large"):
-        alone = bits_per_dim(unet, scheduler(), images, generator=torch.manual_seed(4), variance_type=name, batch_size=8)
+        alone = bits_per_dim(unet, scheduler(), images, generator=torch.manual_seed(4), variance_type=name,
+                             batch_size=8)
         # exact by construction: same weights, shapes, process and thread count (same kernels); one forward per pair
         torch.testing.assert_close(shared[name].terms, alone.terms, rtol=0, atol=0)
     # the scheduler's own variance_type is the default
-    default = bits_per_dim(unet, scheduler(variance_type="fixed_large"), images, generator=torch.manual_seed(4), batch_size=8)
+    default = bits_per_dim(unet, scheduler(variance_type="fixed_large"), images, generator=torch.manual_seed(4),
+                           batch_size=8)
     torch.testing.assert_close(default.total, shared["fixed_large"].total, rtol=0, atol=0)
     torch.testing.assert_close(shared["fixed_small"].prior, shared["fixed_large"].prior)
 
@@ -229,7 +232,8 @@ def test_shared_forwards_equal_separate_calls(unet, images):
 def test_learned_range_with_real_unet_and_other_schedulers(unet, images):
     unet2 = build_unet("tiny", out_channels=2).eval()
     out = bits_per_dim_variances(
-        unet2, scheduler(variance_type="learned_range"), images, ("learned_range", "fixed_small"), generator=torch.manual_seed(0)
+        unet2, scheduler(variance_type="learned_range"), images, ("learned_range", "fixed_small"),
+        generator=torch.manual_seed(0),
     )
     assert torch.isfinite(out["learned_range"].total).all() and torch.isfinite(out["fixed_small"].total).all()
     # diffusers' DDPMScheduler and DDIMExtScheduler describe the same chain: same result
@@ -257,7 +261,8 @@ def test_pipeline_method_equals_function(unet, images):
         torch.testing.assert_close(got.total, ref.total, rtol=0, atol=0, msg=kind)
     # whichever sampler the pipeline holds, the bound uses the training chain
     pipe.scheduler = DDIMExtScheduler.from_config(pipe.scheduler.config)
-    torch.testing.assert_close(pipe.bits_per_dim(images, generator=torch.manual_seed(9)).total, ref.total, rtol=0, atol=0)
+    torch.testing.assert_close(pipe.bits_per_dim(images, generator=torch.manual_seed(9)).total, ref.total,
+                               rtol=0, atol=0)
 
 
 def test_bad_inputs_raise(unet, images):
@@ -357,10 +362,12 @@ def test_class_labels_reach_a_conditional_unet(images):
     torch.testing.assert_close(null.terms, direct.terms, rtol=0, atol=0)
     assert torch.equal(null.total, direct.total) and torch.isfinite(null.total).all()
     # the same ids as a list and a tensor; another class gives other numbers (the labels do reach the UNet)
-    as_list = bits_per_dim(unet, scheduler(), images, generator=torch.manual_seed(2), batch_size=n, class_labels=[3] * n)
+    as_list = bits_per_dim(unet, scheduler(), images, generator=torch.manual_seed(2), batch_size=n,
+                           class_labels=[3] * n)
     assert torch.equal(as_list.total, null.total)
     per_image = torch.tensor([0, 1, 2])
-    mixed = bits_per_dim(unet, scheduler(), images, generator=torch.manual_seed(2), batch_size=n, class_labels=per_image)
+    mixed = bits_per_dim(unet, scheduler(), images, generator=torch.manual_seed(2), batch_size=n,
+                         class_labels=per_image)
     direct_mixed = bits_per_dim(FixedLabels(unet, per_image), scheduler(), images, generator=torch.manual_seed(2),
                                 batch_size=n)
     torch.testing.assert_close(mixed.terms, direct_mixed.terms, rtol=0, atol=0)

@@ -17,6 +17,7 @@ from ddpm_ext.losses import (
     timestep_proposal,
     vlb_terms,
 )
+from ddpm_ext.training.train import training_step
 
 
 def test_normal_kl_closed_form():
@@ -32,7 +33,8 @@ def test_normal_kl_closed_form():
 @pytest.mark.parametrize("mean, log_scale", [(0.0, math.log(0.1)), (0.9, math.log(0.02)), (-1.3, 0.0)])
 def test_discretized_likelihood_is_a_distribution_over_256_values(mean, log_scale):
     x = (torch.arange(256, dtype=torch.float64) / 255 * 2 - 1).float()
-    logp = discretized_gaussian_log_likelihood(x, means=torch.full_like(x, mean), log_scales=torch.full_like(x, log_scale))
+    logp = discretized_gaussian_log_likelihood(x, means=torch.full_like(x, mean),
+                                               log_scales=torch.full_like(x, log_scale))
     assert logp.exp().sum().item() == pytest.approx(1.0, abs=2e-3)  # tanh approximation of Φ
 
 
@@ -105,7 +107,8 @@ def test_min_snr_loss_is_min_snr_times_x0_error(prediction_type):
     x_t = scheduler.add_noise(x0, noise, t)
     output = torch.randn(x0.shape, generator=g, dtype=torch.float64)
     gamma = 5.0
-    weighted = diffusion_loss(scheduler, model_output=output, x_start=x0, noise=noise, x_t=x_t, timesteps=t, snr_gamma=gamma)
+    weighted = diffusion_loss(scheduler, model_output=output, x_start=x0, noise=noise, x_t=x_t, timesteps=t,
+                              snr_gamma=gamma)
     ab = torch.from_numpy(scheduler._alphas_cumprod64)[t].view(-1, 1, 1, 1)  # the float64 ᾱ add_noise uses
     if prediction_type == "epsilon":
         x0_hat = (x_t - (1 - ab).sqrt() * output) / ab.sqrt()
@@ -146,8 +149,6 @@ def test_importance_sampled_training_loss_is_unbiased_with_less_variance():
     # The training step's loss with a zero model: the v-target's mean square is ᾱ_t + (1 − ᾱ_t) mean(x_0²) in
     # expectation over ε, so the min-SNR-5 objective over t ~ U{0..T−1} has a closed form. Both estimators must
     # average to it; the importance-sampled one must scatter less.
-    from ddpm_ext.training.train import training_step
-
     scheduler = DDPMExtScheduler(beta_schedule="squaredcos_cap_v2", prediction_type="v_prediction", clip_sample=False)
 
     class Zero(torch.nn.Module):

@@ -22,12 +22,14 @@ import zipfile
 from pathlib import Path
 
 import pytest
+from huggingface_hub import ModelCard
 
 ROOT = Path(__file__).resolve().parents[1]
 TEMPLATE = "ddpm_ext/hub/model_card_template.md"
 # The tiny training of tests/training/test_training.py: 8x8 MNIST crops, a tiny UNet, seconds per step.
 TINY = ["--model_config", "tiny", "--resolution", "8", "--train_batch_size", "8", "--max_train_samples", "48",
-        "--eval_batch_size", "4", "--ddpm_num_inference_steps", "4", "--ddpm_num_steps", "100", "--lr_warmup_steps", "2"]
+        "--eval_batch_size", "4", "--ddpm_num_inference_steps", "4", "--ddpm_num_steps", "100",
+        "--lr_warmup_steps", "2"]
 
 
 def _run(cmd: list[str], *, cwd: Path, env: dict[str, str] | None = None, timeout: int = 600) -> str:
@@ -68,7 +70,8 @@ def test_wheel_installs_trains_and_writes_a_loadable_model_card(tmp_path):
     # editable finder of this checkout's ddpm_ext, are not executed, so they cannot shadow the wheel
     purelib = Path(_run([str(python), "-I", "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
                         cwd=tmp_path).strip())
-    parents = dict.fromkeys([*site.getsitepackages(), sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]])
+    parents = dict.fromkeys([*site.getsitepackages(), sysconfig.get_paths()["purelib"],
+                             sysconfig.get_paths()["platlib"]])
     (purelib / "zz_parent_environment.pth").write_text("".join(f"{p}\n" for p in parents if Path(p).is_dir()))
 
     # 3. a 2-step training from a folder outside the source tree, checking where ddpm_ext comes from
@@ -93,8 +96,6 @@ def test_wheel_installs_trains_and_writes_a_loadable_model_card(tmp_path):
     assert f"ddpm_ext from {venv.resolve()}" in printed
 
     # 4. the card: written at the end of training, loadable by huggingface_hub
-    from huggingface_hub import ModelCard
-
     card = ModelCard.load(out / "README.md")
     assert card.data.library_name == "diffusers"
     assert "unconditional-image-generation" in str(card.data.to_dict())

@@ -5,7 +5,6 @@ conftest.py saves it once per session as the `tiny_pipeline_dir` fixture.
 
 from __future__ import annotations
 
-
 import torch
 
 from ddpm_ext import DDPMExtPipeline, DDPMExtScheduler, build_unet

@@ -30,6 +30,13 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
+from diffusers import UNet2DModel
+
+from ddpm_ext.evaluation import evaluate  # its steps looked up at call time, as tests replace them
+from ddpm_ext.evaluation.config import EvaluationConfig
+from ddpm_ext.evaluation.samplers import parse_sampler
+from ddpm_ext.files import atomic_write_text
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from recipe_study import UNCONDITIONAL, _f, _run, merge_flags, settings_conflict, train_command  # noqa: E402 (the study's recipe, runner, format)
 
@@ -43,18 +50,25 @@ METRICS = ("classifier_is", "classifier_is_std", "classes_present", "fid", "kid_
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     a = p.add_argument
-    a("--output_dir", required=True, help="Where autoguidance_study.json / .md (and the trained run, without --pipeline) go.")
-    a("--pipeline", default=None, help="A finished training run with checkpoint-<step>/ folders (default: train <output_dir>/run).")
-    a("--guide_steps", nargs="+", type=int, required=True, metavar="STEP", help="Checkpoint steps whose EMA weights are tried as the guide.")
-    a("--scales", nargs="+", type=float, default=[1.0, 2.0, 3.0, 4.0, 6.0], metavar="W", help="Autoguidance scales w >= 1 (default: 1 2 3 4 6).")
-    a("--checkpoint_every", type=int, default=100, help="Checkpoint interval of the trained run (without --pipeline; default 100).")
+    a("--output_dir", required=True,
+      help="Where autoguidance_study.json / .md (and the trained run, without --pipeline) go.")
+    a("--pipeline", default=None,
+      help="A finished training run with checkpoint-<step>/ folders (default: train <output_dir>/run).")
+    a("--guide_steps", nargs="+", type=int, required=True, metavar="STEP",
+      help="Checkpoint steps whose EMA weights are tried as the guide.")
+    a("--scales", nargs="+", type=float, default=[1.0, 2.0, 3.0, 4.0, 6.0], metavar="W",
+      help="Autoguidance scales w >= 1 (default: 1 2 3 4 6).")
+    a("--checkpoint_every", type=int, default=100,
+      help="Checkpoint interval of the trained run (without --pipeline; default 100).")
     a("--threads", type=int, default=1, help="CPU threads of the training run and of the scoring (default: 1).")
     a("--num_samples", type=int, default=256, help="Samples scored per row (default: 256).")
-    a("--sampler", default="ddpm:50", help="`ddpm-ext evaluate` sampler spec, without :ag= (default: ddpm:50, the quick start's).")
+    a("--sampler", default="ddpm:50",
+      help="`ddpm-ext evaluate` sampler spec, without :ag= (default: ddpm:50, the quick start's).")
     a("--seed", type=int, default=0, help="Seed of the scored samples and of KID (default: 0).")
     a("--kid_subset_size", type=int, default=100, help="KID subset size (default: 100).")
     a("--dataset", default="mnist-5k", help="Real images for FID/KID (default: mnist-5k, its 500 held-out digits).")
-    a("--max_real_images", type=int, default=None, help="Use only this many real images (default: all of the held-out split).")
+    a("--max_real_images", type=int, default=None,
+      help="Use only this many real images (default: all of the held-out split).")
     a("--stats_cache_dir", default=None, help="Cache of the real images' features (default: evaluate's).")
     args = p.parse_args(argv)
     for name in ("threads", "num_samples", "kid_subset_size", "checkpoint_every"):
@@ -78,7 +92,8 @@ def guide_folder(run: Path, step: int) -> Path:
         if (ckpt / sub / "config.json").is_file():
             return ckpt / sub
     found = sorted(int(c.name.split("-")[1]) for c in run.glob("checkpoint-*") if c.name.split("-")[1].isdigit())
-    raise ValueError(f"--guide_steps {step}: {run} has no checkpoint-{step} with weights; its checkpoints are at steps {found}")
+    raise ValueError(f"--guide_steps {step}: {run} has no checkpoint-{step} with weights; "
+                     f"its checkpoints are at steps {found}")
 
 
 def markdown_table(study: dict[str, Any]) -> str:
@@ -86,11 +101,13 @@ def markdown_table(study: dict[str, Any]) -> str:
     lines = [
         "## Autoguidance study",
         "",
-        f"Pipeline `{Path(s['pipeline']).name}` ({study['global_step']} steps); guide = the run's EMA weights at the step "
-        f"shown; {s['num_samples']} samples of `{s['sampler']}` (seed {s['seed']}) per row against {s['dataset']}'s "
-        "held-out digits. Classifier IS ± its bootstrap spread; FID/KID on EfficientNet-Lite0 features.",
+        f"Pipeline `{Path(s['pipeline']).name}` ({study['global_step']} steps); guide = the run's EMA weights at the "
+        f"step shown; {s['num_samples']} samples of `{s['sampler']}` (seed {s['seed']}) per row against "
+        f"{s['dataset']}'s held-out digits. Classifier IS ± its bootstrap spread; FID/KID on EfficientNet-Lite0 "
+        "features.",
         "",
-        "| guide step | fraction | w | classifier IS | digits | FID | KID ×10³ | precision | recall | density | coverage | sampling s |",
+        "| guide step | fraction | w | classifier IS | digits | FID | KID ×10³ | precision | recall | density | "
+        "coverage | sampling s |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in sorted(study["rows"], key=lambda r: (r["guide_step"] or 0, r["w"])):
@@ -117,17 +134,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 2
     out.mkdir(parents=True, exist_ok=True)
     if args.pipeline is None and not (run_dir / "training_info.json").is_file():
-        flags = merge_flags(UNCONDITIONAL, f"--checkpointing_steps {args.checkpoint_every} --checkpoints_total_limit 100000")
+        flags = merge_flags(UNCONDITIONAL,
+                            f"--checkpointing_steps {args.checkpoint_every} --checkpoints_total_limit 100000")
         command = train_command(flags, run_dir, args.threads)
         print(f"training: {shlex.join(command)}", flush=True)
         _run(command, out / "train.log", args.threads)
-
-    from diffusers import UNet2DModel
-
-    from ddpm_ext.evaluation.config import EvaluationConfig
-    from ddpm_ext.evaluation.evaluate import load_evaluation, reference_features, sample_images, score_samples
-    from ddpm_ext.evaluation.samplers import parse_sampler
-    from ddpm_ext.files import atomic_write_text
 
     try:
         guides = {step: guide_folder(run_dir, step) for step in args.guide_steps}  # every guide there, before any work
@@ -140,13 +151,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             digit_judge="on", cpu_threads=args.threads, no_progress=True,
             **({"stats_cache_dir": args.stats_cache_dir} if args.stats_cache_dir else {}),
         )  # fmt: skip
-        run = load_evaluation(config)  # the pipeline, the sampler and the data checked before any long work
+        run = evaluate.load_evaluation(config)  # the pipeline, the sampler and the data checked before any long work
     except (ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     settings = {**{k: getattr(args, k) for k in SETTINGS}, "pipeline": str(run_dir)}
     path = out / JSON_NAME
-    study = json.loads(path.read_text()) if path.exists() else {"settings": settings, "global_step": info["global_step"], "rows": []}
+    study = (json.loads(path.read_text()) if path.exists()
+             else {"settings": settings, "global_step": info["global_step"], "rows": []})
     conflict = settings_conflict(path, study, settings)
     if conflict:
         print(f"error: {conflict}", file=sys.stderr)
@@ -154,7 +166,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     done = {(r["guide_step"], r["w"]) for r in study["rows"]}
     for spec in specs.values():  # the same sampler, at each w (the guide is installed below)
         run.schedulers[spec.spec] = run.schedulers[base.spec]
-    reference = reference_features(run)
+    reference = evaluate.reference_features(run)
     plan = [(None, 1.0)] if 1.0 in specs else []
     plan += [(step, w) for step in args.guide_steps for w in args.scales if w != 1.0]
     for step, w in plan:
@@ -162,8 +174,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             continue
         if step is not None:
             run.pipe.register_modules(guide_unet=UNet2DModel.from_pretrained(guides[step]).eval().to(run.device))
-        row = score_samples(run, sample_images(run, specs[w]), reference)
-        study["rows"].append({"guide_step": step, "guide_fraction": None if step is None else step / info["global_step"],
+        row = evaluate.score_samples(run, evaluate.sample_images(run, specs[w]), reference)
+        study["rows"].append({"guide_step": step,
+                              "guide_fraction": None if step is None else step / info["global_step"],
                               "w": w, "sampler": specs[w].spec, **{k: row.get(k) for k in METRICS}})
         atomic_write_text(path, json.dumps(study, indent=2) + "\n")
         atomic_write_text(out / MD_NAME, markdown_table(study))

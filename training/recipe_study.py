@@ -22,7 +22,8 @@ holding a run of other flags is refused, never overwritten.
 
     # your own variant: NAME=FLAGS, the flags replacing the quick start's (the named variants change the
     # unconditional recipe, `UNCONDITIONAL`, on which they were measured)
-    python training/recipe_study.py --output_dir outputs/recipe-study --variant bs48="--train_batch_size 48 --max_train_steps 2200"
+    python training/recipe_study.py --output_dir outputs/recipe-study \\
+        --variant bs48="--train_batch_size 48 --max_train_steps 2200"
 """
 
 from __future__ import annotations
@@ -38,6 +39,8 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Sequence
+
+from ddpm_ext.files import atomic_write_text
 
 ROOT = Path(__file__).resolve().parents[1]
 TRAIN_SCRIPT = ROOT / "training" / "train_ddpm.py"
@@ -66,14 +69,19 @@ VARIANTS: dict[str, tuple[str, str]] = {
     "quick-start": ("quick start", ""),
     "unconditional": ("unconditional", ""),
     "bs64-1600": ("unconditional", f"--max_train_steps 1600 --timestep_sampling uniform {NO_AG}"),
-    "bs64-1600-lr6e-3": ("unconditional", f"--max_train_steps 1600 --learning_rate 6e-3 --timestep_sampling uniform {NO_AG}"),
+    "bs64-1600-lr6e-3": ("unconditional",
+                         f"--max_train_steps 1600 --learning_rate 6e-3 --timestep_sampling uniform {NO_AG}"),
     "bs32-3200": ("unconditional", f"{BS32} --max_train_steps 3200 --timestep_sampling uniform {NO_AG}"),
     "bs32-3200-seed1": ("unconditional", f"{BS32} --max_train_steps 3200 --timestep_sampling uniform --seed 1 {NO_AG}"),
-    "bs32-3200-lr2e-3": ("unconditional", f"{BS32} --max_train_steps 3200 --learning_rate 2e-3 --timestep_sampling uniform {NO_AG}"),
-    "bs32-3200-adam-beta2-0.99": ("unconditional", f"{BS32} --max_train_steps 3200 --adam_beta2 0.99 --timestep_sampling uniform {NO_AG}"),
-    "bs16-6400": ("unconditional", f"--train_batch_size 16 --max_train_steps 6400 --lr_warmup_steps 200 --timestep_sampling uniform {NO_AG}"),
+    "bs32-3200-lr2e-3": ("unconditional",
+                         f"{BS32} --max_train_steps 3200 --learning_rate 2e-3 --timestep_sampling uniform {NO_AG}"),
+    "bs32-3200-adam-beta2-0.99": ("unconditional", f"{BS32} --max_train_steps 3200 --adam_beta2 0.99 "
+                                                   f"--timestep_sampling uniform {NO_AG}"),
+    "bs16-6400": ("unconditional", "--train_batch_size 16 --max_train_steps 6400 --lr_warmup_steps 200 "
+                                   f"--timestep_sampling uniform {NO_AG}"),
     "bs32-3200-importance": ("unconditional", f"{BS32} --max_train_steps 3200 --timestep_sampling importance {NO_AG}"),
-    "bs32-2500-unet-16-32-96": ("unconditional", f"{BS32} --max_train_steps 2500 --timestep_sampling uniform --model_config training/configs/unet-16-32-96.json {NO_AG}"),
+    "bs32-2500-unet-16-32-96": ("unconditional", f"{BS32} --max_train_steps 2500 --timestep_sampling uniform "
+                                                 f"--model_config training/configs/unet-16-32-96.json {NO_AG}"),
 }
 DEFAULT_VARIANTS = tuple(VARIANTS)
 # settings that must be the same for every row of one study file
@@ -84,18 +92,24 @@ JSON_NAME, MD_NAME = "recipe_study.json", "recipe_study.md"
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     a = p.add_argument
-    a("--output_dir", required=True, help="Where each variant's run folder and recipe_study.json / .md go; an existing study there is resumed.")
+    a("--output_dir", required=True,
+      help="Where each variant's run folder and recipe_study.json / .md go; an existing study there is resumed.")
     a("--variants", nargs="+", default=None, choices=list(VARIANTS), metavar="NAME",
       help=f"Named variants to run (default: all of them, {list(DEFAULT_VARIANTS)}, unless --variant is given).")
-    a("--variant", action="append", default=[], metavar="NAME=FLAGS", help="Also run this variant: the quick start with FLAGS replacing its own (repeatable).")
+    a("--variant", action="append", default=[], metavar="NAME=FLAGS",
+      help="Also run this variant: the quick start with FLAGS replacing its own (repeatable).")
     a("--threads", type=int, default=1, help="CPU threads of each training and scoring run (default: 1).")
-    a("--jobs", type=int, default=1, help="Variants trained at once (default: 1; --jobs 2 --threads 1 fills a 2-core machine).")
+    a("--jobs", type=int, default=1,
+      help="Variants trained at once (default: 1; --jobs 2 --threads 1 fills a 2-core machine).")
     a("--num_samples", type=int, default=256, help="Samples scored per variant (default: 256).")
-    a("--sampler", default="ddpm:50", help="`ddpm-ext evaluate` sampler spec of the scored samples (default: ddpm:50, the quick start's grid sampler).")
-    a("--seed", type=int, default=0, help="Seed of the scored samples and of KID (default: 0); training keeps --seed of the recipe.")
+    a("--sampler", default="ddpm:50",
+      help="`ddpm-ext evaluate` sampler spec of the scored samples (default: ddpm:50, the quick start's grid sampler).")
+    a("--seed", type=int, default=0,
+      help="Seed of the scored samples and of KID (default: 0); training keeps --seed of the recipe.")
     a("--kid_subset_size", type=int, default=100, help="KID subset size (default: 100).")
     a("--dataset", default="mnist-5k", help="Real images for FID/KID (default: mnist-5k, its 500 held-out digits).")
-    a("--max_real_images", type=int, default=None, help="Use only this many real images (default: all of the held-out split).")
+    a("--max_real_images", type=int, default=None,
+      help="Use only this many real images (default: all of the held-out split).")
     a("--stats_cache_dir", default=None, help="Cache of the real images' features (default: evaluate's).")
     a("--dry_run", action="store_true", help="Print each variant's commands and stop.")
     args = p.parse_args(argv)
@@ -162,11 +176,13 @@ def evaluate_command(run_dir: Path, args: argparse.Namespace) -> list[str]:
 
 
 def _run(command: list[str], log: Path, threads: int) -> None:
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads),
+           "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
     with open(log, "a") as f:
         f.write("$ " + shlex.join(command) + "\n")
         f.flush()
-        code = subprocess.run(command, stdout=f, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, cwd=ROOT).returncode
+        code = subprocess.run(command, stdout=f, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
+                              cwd=ROOT).returncode
     if code != 0:
         raise RuntimeError(f"{shlex.join(command[:3])} ... failed with exit status {code}; its output is in {log}")
 
@@ -178,14 +194,13 @@ def run_variant(name: str, flags: list[str], out: Path, args: argparse.Namespace
     if record.exists():
         recorded = json.loads(record.read_text())
         if recorded != {"flags": flags, "threads": args.threads}:
-            raise ValueError(f"{run_dir} holds a run of other flags ({recorded}); remove it or name the variant differently")
+            raise ValueError(f"{run_dir} holds a run of other flags ({recorded}); "
+                             "remove it or name the variant differently")
     elif run_dir.exists() and any(run_dir.iterdir()):
         raise ValueError(f"{run_dir} exists and is not a run of this study; remove it or name the variant differently")
     log = out / f"{name}.log"
     if not (run_dir / "model_index.json").exists():
         run_dir.mkdir(parents=True, exist_ok=True)
-        from ddpm_ext.files import atomic_write_text
-
         atomic_write_text(record, json.dumps({"flags": flags, "threads": args.threads}) + "\n")
         command = train_command(flags, run_dir, args.threads)
         if (run_dir / "checkpoints").exists() or any(run_dir.glob("checkpoint-*")):
@@ -197,7 +212,8 @@ def run_variant(name: str, flags: list[str], out: Path, args: argparse.Namespace
     sample = results["samples"][0]
     steps, seconds = info["global_step"], info["train_seconds_this_run"]
     batch = int(flags[flags.index("--train_batch_size") + 1])
-    keys = ("classifier_is", "classifier_is_std", "classes_present", "fid", "kid_mean", "kid_std", "precision", "recall", "mean_pixel")
+    keys = ("classifier_is", "classifier_is_std", "classes_present", "fid", "kid_mean", "kid_std", "precision",
+            "recall", "mean_pixel")
     return {"name": name, "flags": shlex.join(flags), "steps": steps, "batch_size": batch, "images_seen": steps * batch,
             "train_seconds": seconds, "seconds_per_step": seconds / steps, "final_loss": info.get("final_loss"),
             **{k: sample.get(k) for k in keys}}  # fmt: skip
@@ -224,7 +240,8 @@ def markdown_table(study: dict[str, Any]) -> str:
     ]
     for r in study["rows"]:
         lines.append(
-            f"| {r['name']} | {r.get('base', 'unconditional')}: `{r['changes'] or '(none)'}` | {r['batch_size']} | {r['steps']} | {r['images_seen']:,} | "
+            f"| {r['name']} | {r.get('base', 'unconditional')}: `{r['changes'] or '(none)'}` | {r['batch_size']} | "
+            f"{r['steps']} | {r['images_seen']:,} | "
             f"{r['train_seconds']:.0f} | {r['seconds_per_step']:.3f} | {_f(r['classifier_is'], '.2f')} ± "
             f"{_f(r['classifier_is_std'], '.2f')} | {r['classes_present']} | {_f(r['fid'], '.1f')} | "
             f"{_f(1e3 * r['kid_mean'], '.1f')} | {_f(r['precision'], '.2f')} | {_f(r['recall'], '.2f')} |"
@@ -260,10 +277,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     done = {r["name"]: r["flags"] for r in study["rows"]}
     for name, flags in plan.items():
         if name in done and done[name] != shlex.join(flags):
-            raise SystemExit(f"error: variant {name!r} is in {path} with other flags ({done[name]}); name it differently")
+            raise SystemExit(f"error: variant {name!r} is in {path} with other flags ({done[name]}); "
+                             "name it differently")
     todo = {name: flags for name, flags in plan.items() if name not in done}
     lock = threading.Lock()
-    from ddpm_ext.files import atomic_write_text
 
     def one(name: str) -> None:
         row = run_variant(name, todo[name], out, args)

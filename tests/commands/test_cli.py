@@ -12,10 +12,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 from tiny_pipeline import TINY_SIZE, TINY_T
 
-from ddpm_ext import DDIMExtScheduler, DDPMExtPipeline
+from ddpm_ext import DDIMExtScheduler, DDPMExtPipeline, fast_sampler
 from ddpm_ext.commands import cli
 from ddpm_ext.commands.cli import main
 from ddpm_ext.seeding import image_generators
@@ -84,7 +85,8 @@ def test_sample_ddim_and_without_noise(tiny_pipeline_dir, tmp_path):
     assert main(["sample", str(tiny_pipeline_dir), "--num_images", "2", "--steps", "5", "--no-noise",
                  "--output", str(mean_only), "--nrow", "2", "--seed", "3"]) == 0
     expected = pipeline_images(tiny_pipeline_dir, 3, 2, 5, stochastic=False)
-    assert np.abs(read(mean_only)[2 : 2 + TINY_SIZE, 2 + TINY_SIZE + 2 : 2 + 2 * TINY_SIZE + 2] - expected[1, ..., 0]).max() <= 1
+    assert np.abs(read(mean_only)[2 : 2 + TINY_SIZE, 2 + TINY_SIZE + 2 : 2 + 2 * TINY_SIZE + 2]
+                  - expected[1, ..., 0]).max() <= 1
 
 
 @pytest.mark.parametrize(
@@ -99,8 +101,6 @@ def test_sample_ddim_and_without_noise(tiny_pipeline_dir, tmp_path):
     ],
 )
 def test_sample_sampler_options(tiny_pipeline_dir, tmp_path, extra, scheduler, call):
-    from ddpm_ext import fast_sampler
-
     out = tmp_path / "grid.png"
     assert main(["sample", str(tiny_pipeline_dir), "--num_images", "2", "--steps", "4", "--nrow", "2", "--seed", "5",
                  "--output", str(out), *extra]) == 0
@@ -134,7 +134,8 @@ def test_sample_sampler_options(tiny_pipeline_dir, tmp_path, extra, scheduler, c
         (["--output", "{tmp}"], "is a folder"),
         (["--images_dir", "{tmp}/afile"], "exists and is not a folder"),
         (["--device", "nodevice"], "is not a torch device"),
-        (["--autoguidance_scale", "2"], "`autoguidance_scale`=2.0 needs a guide model, but this pipeline has no `guide_unet`"),
+        (["--autoguidance_scale", "2"],
+         "`autoguidance_scale`=2.0 needs a guide model, but this pipeline has no `guide_unet`"),
         (["--autoguidance_scale", "0.5"], "`autoguidance_scale` must be a number >= 1, got 0.5"),
     ],
 )
@@ -218,8 +219,6 @@ def test_evaluate_command(tiny_pipeline_dir, tmp_path, capsys):
 
 
 def test_sample_leaves_the_callers_thread_count(tiny_pipeline_dir, tmp_path):
-    import torch
-
     before = torch.get_num_threads()
     out = tmp_path / "grid.png"
     assert main(["sample", str(tiny_pipeline_dir), "--num_images", "1", "--steps", "2", "--output", str(out),

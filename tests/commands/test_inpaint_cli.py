@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
-
-from ddpm_ext.seeding import image_generators
 from PIL import Image
 from tiny_pipeline import TINY_SIZE
 
 from ddpm_ext.commands.cli import main
 from ddpm_ext.pipelines.pipeline_ddpm_ext_inpaint import DDPMExtInpaintPipeline
+from ddpm_ext.seeding import image_generators
 
 S = TINY_SIZE
 
@@ -75,7 +76,5 @@ def test_inpaint_bad_input_exits_2_before_writing(tiny_pipeline_dir, files, caps
     extra = [str(d / "small.png") if e == "SMALL" else str(d / "missing.png") if e == "MISSING" else
              str(d / e) if e == "out.txt" else e for e in extra]
     assert main(argv + extra) == 2
-    import re
-
     assert re.search(match, capsys.readouterr().err)
     assert not out.exists()

@@ -1,4 +1,5 @@
-"""`ddpm-ext sample --class_labels ... --guidance_scale w` and `figures.class_grid_figure` on a tiny conditional pipeline."""
+"""`ddpm-ext sample --class_labels ... --guidance_scale w` and `figures.class_grid_figure` on a tiny conditional
+pipeline."""
 
 from __future__ import annotations
 
@@ -44,7 +45,8 @@ def test_sample_without_labels_draws_the_null_class(conditional_dir, tmp_path):
 def test_sample_with_labels_writes_a_row_per_label(conditional_dir, tmp_path):
     grid = tmp_path / "grid.png"
     args = ["sample", str(conditional_dir), "--class_labels", "left", "0", "--guidance_scale", "2", "--num_images", "6",
-            "--steps", "3", "--seed", "5", "--batch_size", "4", "--output", str(grid), "--images_dir", str(tmp_path / "one")]
+            "--steps", "3", "--seed", "5", "--batch_size", "4", "--output", str(grid),
+            "--images_dir", str(tmp_path / "one")]
     assert main(args) == 0
     assert Image.open(grid).size == (3 * (SIZE + 2) + 2, 2 * (SIZE + 2) + 2)  # 2 rows (labels) of 3
     pipe = DDPMExtPipeline.from_pretrained(conditional_dir)
@@ -58,17 +60,20 @@ def test_sample_with_labels_writes_a_row_per_label(conditional_dir, tmp_path):
 @pytest.mark.parametrize(
     "extra, message",
     [
-        (["--guidance_scale", "2"], "`guidance_scale`=2.0 needs `class_labels`: the UNet is class-conditional (3 classes: 0='top', 1='bottom', 2='left')"),
+        (["--guidance_scale", "2"], "`guidance_scale`=2.0 needs `class_labels`: the UNet is class-conditional "
+                                    "(3 classes: 0='top', 1='bottom', 2='left')"),
         (["--class_labels", "cat"], "unknown class name 'cat'"),
         (["--class_labels", "3"], "holds 3, outside the model's classes 0..2"),
-        (["--class_labels", "0", "1", "2"], "`--num_images` (4) must be a multiple of the number of `--class_labels` (3)"),
+        (["--class_labels", "0", "1", "2"],
+         "`--num_images` (4) must be a multiple of the number of `--class_labels` (3)"),
         (["--class_labels", "0", "--guidance_scale", "-1"], "`guidance_scale` must be a number >= 0, got -1.0"),
         (["--class_labels", "0", "--guidance_scale", "inf"], "`guidance_scale` must be a number >= 0, got inf"),
     ],
 )
 def test_bad_labels_are_clear_errors_and_write_nothing(conditional_dir, tmp_path, capsys, extra, message):
     out = tmp_path / "out" / "grid.png"
-    assert main(["sample", str(conditional_dir), "--num_images", "4", "--steps", "2", "--output", str(out), *extra]) == 2
+    assert main(["sample", str(conditional_dir), "--num_images", "4", "--steps", "2", "--output", str(out),
+                 *extra]) == 2
     err = capsys.readouterr().err
     assert message in err or pytest.fail(f"{message!r} not in {err!r}")
     assert not out.parent.exists()
@@ -87,7 +92,8 @@ def test_class_grid_figure_rows_are_classes_and_columns_seeds(conditional_dir, t
     pipe.set_progress_bar_config(disable=True)
     fig = class_grid_figure(pipe, tmp_path / "classes.png", class_labels=["left", 1], num_per_class=3,
                             guidance_scale=2.0, num_inference_steps=3, seed=4)
-    assert fig.class_ids == [2, 1] and fig.class_names == ["left", "bottom"] and fig.seeds == [image_seed(4, j) for j in range(3)]
+    assert (fig.class_ids == [2, 1] and fig.class_names == ["left", "bottom"]
+            and fig.seeds == [image_seed(4, j) for j in range(3)])
     assert fig.samples.shape == (2, 3, 1, SIZE, SIZE) and Image.open(fig.path).size == fig.size
     # row r, column j is image j of seed 4 drawn for the class of row r
     one = pipe(batch_size=1, class_labels=[1], guidance_scale=2.0, num_inference_steps=3,

@@ -8,6 +8,7 @@ from __future__ import annotations
 import doctest
 import gzip
 import importlib.util
+import inspect
 
 import datasets
 import numpy as np
@@ -333,8 +334,6 @@ def test_hub_path_passes_arguments(monkeypatch):
 
 def test_config_name_reaches_the_real_load_dataset_signature(monkeypatch):
     """The configuration arrives as `name` of the real `datasets.load_dataset(path, name=None, ...)`."""
-    import inspect
-
     real = inspect.signature(datasets.load_dataset)
     seen = []
 

@@ -18,6 +18,9 @@ from PIL import Image
 
 from ddpm_ext.data import ImageTransform, build_transform, load_image_dataset, preprocess_dataset
 from ddpm_ext.images import to_8bit
+from ddpm_ext.training.flags import parse_args
+from ddpm_ext.training.resume import RESUME_MUST_MATCH
+from ddpm_ext.training.train import build_data
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "training" / "train_ddpm.py"
@@ -182,10 +185,6 @@ def _tiny_16bit_folder(tmp_path: Path) -> Path:
 
 
 def test_build_data_forwards_the_flags(tmp_path):
-    from ddpm_ext.training.flags import parse_args
-    from ddpm_ext.training.resume import RESUME_MUST_MATCH
-    from ddpm_ext.training.train import build_data
-
     assert {"dataset_config_name", "preserve_input_precision"} <= set(RESUME_MUST_MATCH)
     folder = _tiny_16bit_folder(tmp_path)
     args = parse_args(["--train_data_dir", str(folder), "--preserve_input_precision", "--center_crop"])

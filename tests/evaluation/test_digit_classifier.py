@@ -12,6 +12,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from PIL import Image
+from safetensors.torch import save_file
 
 from ddpm_ext.evaluation.digit_classifier import (
     PRETRAINED_PATH,
@@ -162,8 +163,6 @@ def test_save_and_load_round_trip(judge, test_digits, tmp_path):
 def test_pretrained_refuses_missing_or_foreign_files(tmp_path):
     with pytest.raises(ValueError, match="does not exist"):
         DigitClassifier.pretrained(tmp_path / "missing.safetensors")
-    from safetensors.torch import save_file
-
     save_file({"w": torch.zeros(1)}, str(tmp_path / "other.safetensors"))
     with pytest.raises(ValueError, match="does not hold a 'digit-cnn-v1'"):
         DigitClassifier.pretrained(tmp_path / "other.safetensors")
@@ -225,7 +224,8 @@ def test_inception_score_std_by_hand():
     assert std == pytest.approx(((4 / 3) ** 0.75 - 1) / 2, rel=0.05)
     assert classifier_inception_score_std([[1.0, 0.0], [0.5, 0.5]], num_resamples=300) == \
         classifier_inception_score_std([[1.0, 0.0], [0.5, 0.5]], num_resamples=300)  # seeded
-    assert classifier_inception_score_std(np.tile([0.3, 0.7], (40, 1))) == pytest.approx(0.0, abs=1e-12)  # every set scores 1
+    # every set scores 1
+    assert classifier_inception_score_std(np.tile([0.3, 0.7], (40, 1))) == pytest.approx(0.0, abs=1e-12)
     assert classifier_inception_score_std([[0.3, 0.7]]) == 0.0  # one image: nothing to resample
 
 

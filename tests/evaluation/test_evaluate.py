@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import doctest
 import json
 import math
 import subprocess
@@ -12,13 +13,20 @@ import pytest
 import torch
 from PIL import Image
 
+import ddpm_ext.evaluation.config as config_mod
+import ddpm_ext.evaluation.evaluate as evaluate_mod
+import ddpm_ext.evaluation.samplers as samplers_mod
 from ddpm_ext import DDPMExtPipeline, DDPMExtScheduler, build_unet
 from ddpm_ext.commands.evaluate import build_parser, main
 from ddpm_ext.evaluation.config import EvaluationConfig
-from ddpm_ext.evaluation.evaluate import evaluate
+from ddpm_ext.evaluation.digit_classifier import DigitClassifier, class_accuracy
+from ddpm_ext.evaluation.evaluate import evaluate, judge_scores, load_evaluation
+from ddpm_ext.evaluation.report import model_card_metrics
 from ddpm_ext.evaluation.samplers import SamplerSpec, parse_sampler
-from ddpm_ext.seeding import image_generators
 from ddpm_ext.images import make_grid
+from ddpm_ext.likelihood import bits_per_dim_variances
+from ddpm_ext.pipelines.guidance import AUTOGUIDANCE_SCALE_KEY, balanced_class_labels, set_class_names
+from ddpm_ext.seeding import image_generators
 
 
 @pytest.fixture(scope="module")
@@ -26,7 +34,8 @@ def tiny_pipeline(tmp_path_factory):
     """A randomly initialised 8x8 grayscale UNet with T = 20 (cosine), saved like a trained pipeline."""
     torch.manual_seed(0)
     folder = tmp_path_factory.mktemp("pipe")
-    DDPMExtPipeline(unet=build_unet("tiny"), scheduler=DDPMExtScheduler(num_train_timesteps=20, beta_schedule="cosine")).save_pretrained(folder)
+    DDPMExtPipeline(unet=build_unet("tiny"),
+                    scheduler=DDPMExtScheduler(num_train_timesteps=20, beta_schedule="cosine")).save_pretrained(folder)
     return folder
 
 
@@ -92,8 +101,10 @@ def test_evaluate_end_to_end(tiny_pipeline, tmp_path, capsys):
 
     # a second run reads the cached reference features and reproduces the numbers
     again = quick_eval(tiny_pipeline, tmp_path, "--num_bpd_images", "0", "--max_real_images", "16", "--num_samples",
-                     "12", "--kid_subset_size", "6", "--kid_subsets", "10", "--samplers", "ddim:5:0", "--batch_size", "12")
-    assert again["reference"]["cache_hit"] is True and again["reference"]["cache_file"] == results["reference"]["cache_file"]
+                     "12", "--kid_subset_size", "6", "--kid_subsets", "10", "--samplers", "ddim:5:0",
+                     "--batch_size", "12")
+    assert (again["reference"]["cache_hit"] is True
+            and again["reference"]["cache_file"] == results["reference"]["cache_file"])
     assert again["bits_per_dim"] == [] and again["files"] == {}
     # batches of 12 against batches of 5: a pixel may round the other way on other float32 kernels (see above), which
     # moves FID/KID far less than 1e-3 relative; other samples or other reference features move them by far more
@@ -147,18 +158,25 @@ def test_bad_sampler_spec_is_an_argparse_error(tiny_pipeline, capsys):
 @pytest.mark.parametrize(
     "extra, message",
     [
-        (["--samplers", "ddpm:50"], r"'ddpm:50': 50 steps is more than the pipeline's num_train_timesteps=20; allowed STEPS: 1..20"),
+        (["--samplers", "ddpm:50"],
+         r"'ddpm:50': 50 steps is more than the pipeline's num_train_timesteps=20; allowed STEPS: 1..20"),
         (["--samplers", "ddpm:20:learned_range"], r"'ddpm:20:learned_range' does not fit this pipeline.*out_channels"),
-        (["--num_samples", "10", "--kid_subset_size", "20"], r"`--kid_subset_size` 20 is larger .*--num_samples 10 and 500 real images.*2..10"),
-        (["--num_samples", "50", "--kid_subset_size", "20", "--max_real_images", "8"], r"--num_samples 50 and 8 real images.*allowed: 2..8"),
+        (["--num_samples", "10", "--kid_subset_size", "20"],
+         r"`--kid_subset_size` 20 is larger .*--num_samples 10 and 500 real images.*2..10"),
+        (["--num_samples", "50", "--kid_subset_size", "20", "--max_real_images", "8"],
+         r"--num_samples 50 and 8 real images.*allowed: 2..8"),
         (["--dataset", "mnist5k"], r"did you mean 'mnist-5k'"),
         (["--dataset", "./no_such_folder"], r"`train_data_dir` does not exist: './no_such_folder'"),
-        (["--dataset", "mnist-5k", "--split", "validation"], r"has the splits \['train', 'test', 'all'\], got split='validation'"),
-        (["--variance_types", "learned_range"], r"`--variance_types` \['learned_range'\] includes a learned variance.*out_channels=1"),
-        (["--num_bpd_images", "501"], r"`--num_bpd_images` 501 is more than the 500 images of 'mnist-5k' \(split 'test'\)"),
+        (["--dataset", "mnist-5k", "--split", "validation"],
+         r"has the splits \['train', 'test', 'all'\], got split='validation'"),
+        (["--variance_types", "learned_range"],
+         r"`--variance_types` \['learned_range'\] includes a learned variance.*out_channels=1"),
+        (["--num_bpd_images", "501"],
+         r"`--num_bpd_images` 501 is more than the 500 images of 'mnist-5k' \(split 'test'\)"),
         (["--samplers", "ddim:5:0", "ddim:5"], r"lists a sampler twice: \['ddim:5:0', 'ddim:5:0'\]"),
         (["--inception_weights", "w.pth"], r"only used with feature_extractor='inception'"),
-        (["--samplers", "ddim:5:0:ag=2"], r"'ddim:5:0:ag=2' does not fit this pipeline: `autoguidance_scale`=2.0 needs a guide model"),
+        (["--samplers", "ddim:5:0:ag=2"],
+         r"'ddim:5:0:ag=2' does not fit this pipeline: `autoguidance_scale`=2.0 needs a guide model"),
         (["--device", "cuda:7"] if not torch.cuda.is_available() else ["--device", "nonsense"], r"`--device`"),
     ],
 )
@@ -172,7 +190,8 @@ def test_channel_mismatch_and_missing_pipeline(tiny_pipeline, tmp_path):
     folder.mkdir()
     for i in range(3):
         Image.new("RGB", (8, 8), (40 * i, 0, 255)).save(folder / f"{i}.png")
-    with pytest.raises(ValueError, match=r"Channel mismatch: `--dataset` .*rgb' has RGB images \(3 channel\(s\)\) but the model .* takes 1"):
+    with pytest.raises(ValueError, match=r"Channel mismatch: `--dataset` .*rgb' has RGB images \(3 channel\(s\)\) "
+                                         r"but the model .* takes 1"):
         quick_eval(tiny_pipeline, tmp_path, "--dataset", str(folder))
     with pytest.raises(ValueError, match="neither an existing folder nor a Hub repo id"):
         quick_eval(tmp_path / "no" / "pipeline", tmp_path)
@@ -182,8 +201,8 @@ def test_channel_mismatch_and_missing_pipeline(tiny_pipeline, tmp_path):
 
 @pytest.mark.slow
 def test_python_m_evaluate_runs(tiny_pipeline, tmp_path):
-    cmd = [sys.executable, "-m", "ddpm_ext", "evaluate", str(tiny_pipeline), "--num_bpd_images", "2", "--num_samples", "0",
-           "--output_dir", str(tmp_path / "out"), "--no_progress"]
+    cmd = [sys.executable, "-m", "ddpm_ext", "evaluate", str(tiny_pipeline), "--num_bpd_images", "2",
+           "--num_samples", "0", "--output_dir", str(tmp_path / "out"), "--no_progress"]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert "| fixed_small |" in done.stdout and (tmp_path / "out" / "results.json").is_file()
@@ -201,8 +220,6 @@ def test_clip_denoised_option(tiny_pipeline, tmp_path):
 
 def test_evaluate_from_python_config_equals_the_command(tiny_pipeline, tmp_path):
     """`evaluate(EvaluationConfig(...))` needs no argparse and gives the command's numbers."""
-    from ddpm_ext.evaluation.config import EvaluationConfig
-
     stats = str(tmp_path / "stats")
     # one thread in both runs ("auto" may change the count mid-run on a busy machine): the same batches in the
     # same process and thread count give the same numbers up to the last bits of FID's eigendecomposition
@@ -210,13 +227,16 @@ def test_evaluate_from_python_config_equals_the_command(tiny_pipeline, tmp_path)
                               max_real_images=8, samplers=["ddim:5:0"], stats_cache_dir=stats, no_progress=True,
                               cpu_threads=1)
     assert config.samplers == [SamplerSpec("ddim", 5, eta=0.0)]
-    with pytest.warns(UserWarning, match=r"FID from 8 real and 6 generated images is not a meaningful number.*at least 1280 images"):
+    with pytest.warns(UserWarning,
+                      match=r"FID from 8 real and 6 generated images is not a meaningful number.*at least 1280 images"):
         direct = evaluate(config)
     with pytest.warns(UserWarning, match="not a meaningful number"):
-        command = quick_eval(tiny_pipeline, tmp_path, "--num_bpd_images", "2", "--num_samples", "6", "--kid_subset_size",
-                             "3", "--kid_subsets", "4", "--max_real_images", "8", "--cpu_threads", "1")
+        command = quick_eval(tiny_pipeline, tmp_path, "--num_bpd_images", "2", "--num_samples", "6",
+                             "--kid_subset_size", "3", "--kid_subsets", "4", "--max_real_images", "8",
+                             "--cpu_threads", "1")
     assert direct["samples"][0]["fid"] == pytest.approx(command["samples"][0]["fid"], rel=1e-9)
-    assert direct["bits_per_dim"][0]["bits_per_dim"] == pytest.approx(command["bits_per_dim"][0]["bits_per_dim"], rel=1e-9)
+    assert direct["bits_per_dim"][0]["bits_per_dim"] == pytest.approx(command["bits_per_dim"][0]["bits_per_dim"],
+                                                                       rel=1e-9)
     assert direct["config"]["samplers"] == ["ddim:5:0"] and direct["config"]["num_samples"] == 6
     # the command line takes its defaults from the config: one place
     defaults = EvaluationConfig.defaults()
@@ -240,17 +260,12 @@ def test_evaluate_from_python_config_equals_the_command(tiny_pipeline, tmp_path)
     ],
 )
 def test_config_rejects_bad_values_on_construction(kwargs, message):
-    from ddpm_ext.evaluation.config import EvaluationConfig
-
     with pytest.raises(ValueError, match=message):
         EvaluationConfig(**{"pipeline": "outputs/mnist", **kwargs})
 
 
 def test_evaluation_reads_16bit_images_at_8_bits(tiny_pipeline, tmp_path):
     """A folder of full-range 16-bit PNGs is scaled to 8 bits (Pillow alone would clip it to white)."""
-    from ddpm_ext.evaluation.config import EvaluationConfig
-    from ddpm_ext.evaluation.evaluate import load_evaluation
-
     folder = tmp_path / "gray16"
     folder.mkdir()
     values = np.round(np.linspace(0, 65535, 64)).astype(np.uint16).reshape(8, 8)
@@ -263,12 +278,6 @@ def test_evaluation_reads_16bit_images_at_8_bits(tiny_pipeline, tmp_path):
 
 
 def test_docstring_examples():
-    import doctest
-
-    import ddpm_ext.evaluation.config as config_mod
-    import ddpm_ext.evaluation.evaluate as evaluate_mod
-    import ddpm_ext.evaluation.samplers as samplers_mod
-
     for module in (config_mod, evaluate_mod, samplers_mod):
         result = doctest.testmod(module, optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
         assert result.failed == 0 and result.attempted > 0, module.__name__
@@ -283,7 +292,8 @@ def digit_pipeline(tmp_path_factory):
     torch.manual_seed(1)
     folder = tmp_path_factory.mktemp("cond")
     unet = build_unet("tiny", num_class_embeds=11).eval()
-    DDPMExtPipeline(unet=unet, scheduler=DDPMExtScheduler(num_train_timesteps=20, beta_schedule="cosine")).save_pretrained(folder)
+    DDPMExtPipeline(unet=unet,
+                    scheduler=DDPMExtScheduler(num_train_timesteps=20, beta_schedule="cosine")).save_pretrained(folder)
     return folder
 
 
@@ -300,8 +310,6 @@ def record_pipeline_calls(monkeypatch) -> list[dict]:
 
 
 def test_balanced_class_labels():
-    from ddpm_ext.pipelines.guidance import balanced_class_labels
-
     assert balanced_class_labels(12, 10) == [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 0, 1]
     assert balanced_class_labels(4, 10, start=8) == [8, 9, 0, 1]  # a batch starting at image 8
     assert balanced_class_labels(0, 3) == []
@@ -310,16 +318,12 @@ def test_balanced_class_labels():
 
 
 def test_a_class_conditional_pipeline_evaluates_end_to_end(digit_pipeline, tmp_path, monkeypatch):
-    from ddpm_ext.evaluation.digit_classifier import DigitClassifier, class_accuracy
-    from ddpm_ext.evaluation.evaluate import load_evaluation
-    from ddpm_ext.likelihood import bits_per_dim_variances
-
     calls = record_pipeline_calls(monkeypatch)
     out = tmp_path / "eval"
     argv = [str(digit_pipeline), "--num_bpd_images", "2", "--max_real_images", "16", "--num_samples", "12",
-            "--kid_subset_size", "6", "--kid_subsets", "4", "--samplers", "ddim:4:1", "ddpm:5", "--guidance_scales", "0",
-            "2", "--batch_size", "5", "--nearest_k", "3", "--stats_cache_dir", str(tmp_path / "stats"),
-            "--output_dir", str(out), "--no_progress"]
+            "--kid_subset_size", "6", "--kid_subsets", "4", "--samplers", "ddim:4:1", "ddpm:5",
+            "--guidance_scales", "0", "2", "--batch_size", "5", "--nearest_k", "3",
+            "--stats_cache_dir", str(tmp_path / "stats"), "--output_dir", str(out), "--no_progress"]
     assert main(argv) == 0
     results = json.loads((out / "results.json").read_text())
     markdown = (out / "results.md").read_text()
@@ -371,19 +375,16 @@ def test_a_class_conditional_pipeline_evaluates_end_to_end(digit_pipeline, tmp_p
     assert "class label ∅ = 10, the null class" in markdown and "image i is asked for class i mod K" in markdown
     assert "--guidance_scales 0.0 2.0" in results["command"]
     # and so does the model card's compact table
-    from ddpm_ext.evaluation.report import model_card_metrics
-
     card = model_card_metrics(results, date="2026-01-02")
     assert "| sampler | w | FID | KID ×10³ | precision | recall | class accuracy | classifier IS |" in card
     r = rows[3]
     assert (f"| ddpm:5 | 2 | {r['fid']:.2f} | {1e3 * r['kid_mean']:.2f} ± {1e3 * r['kid_std']:.2f} | "
-            f"{r['precision']:.3f} | {r['recall']:.3f} | {r['class_accuracy']:.3f} | {r['classifier_is']:.2f} |") in card
+            f"{r['precision']:.3f} | {r['recall']:.3f} | {r['class_accuracy']:.3f} | "
+            f"{r['classifier_is']:.2f} |") in card
     assert "under the null class ∅ (id 10)" in card and "| real images (16) | – | – | – | – | – | – |" in card
 
 
 def test_class_accuracy_of_hand_made_judgements():
-    from ddpm_ext.evaluation.evaluate import judge_scores
-
     class Judge:  # known probabilities: argmax 3, 3, 7, 1, 0
         def predict_proba(self, images, batch_size):
             logits = torch.full((5, 10), -5.0)
@@ -397,8 +398,6 @@ def test_class_accuracy_of_hand_made_judgements():
 
 
 def test_class_accuracy_is_skipped_with_the_reason_for_classes_that_are_not_digits(tmp_path):
-    from ddpm_ext.pipelines.guidance import set_class_names
-
     torch.manual_seed(0)
     unet = build_unet("tiny", num_class_embeds=3).eval()
     set_class_names(unet, ["dark", "bright"])
@@ -435,9 +434,8 @@ def test_bad_guidance_scales_are_refused_on_construction(value, message):
         EvaluationConfig("outputs/mnist", guidance_scales=value)
 
 
-def test_bad_guidance_is_a_command_line_error_before_any_work(tiny_pipeline, digit_pipeline, tmp_path, monkeypatch, capsys):
-    import ddpm_ext.evaluation.evaluate as evaluate_mod
-
+def test_bad_guidance_is_a_command_line_error_before_any_work(tiny_pipeline, digit_pipeline, tmp_path, monkeypatch,
+                                                              capsys):
     loaded = []
     monkeypatch.setattr(evaluate_mod, "_load_data", lambda *a: loaded.append(a) or pytest.fail("data was loaded"))
     calls = record_pipeline_calls(monkeypatch)
@@ -451,7 +449,8 @@ def test_bad_guidance_is_a_command_line_error_before_any_work(tiny_pipeline, dig
             evaluate(EvaluationConfig(tiny_pipeline, guidance_scales=[float(w)], no_progress=True))
     assert loaded == [] and calls == []
     # a class embedding without ddpm_ext's null class cannot be evaluated
-    DDPMExtPipeline(unet=build_unet("tiny", num_class_embeds=1), scheduler=DDPMExtScheduler(num_train_timesteps=10)).save_pretrained(tmp_path / "one")
+    DDPMExtPipeline(unet=build_unet("tiny", num_class_embeds=1),
+                    scheduler=DDPMExtScheduler(num_train_timesteps=10)).save_pretrained(tmp_path / "one")
     with pytest.raises(ValueError, match=r"cannot be evaluated: A conditional UNet needs `num_class_embeds` >= 2"):
         evaluate(EvaluationConfig(tmp_path / "one", no_progress=True))
     assert loaded == [] and calls == []
@@ -459,8 +458,6 @@ def test_bad_guidance_is_a_command_line_error_before_any_work(tiny_pipeline, dig
 
 def test_autoguided_rows_record_the_scale_used(tmp_path, monkeypatch):
     """The guide's saved w by default, a spec's ag=W otherwise; the pipeline gets exactly that w."""
-    from ddpm_ext.pipelines.guidance import AUTOGUIDANCE_SCALE_KEY
-
     torch.manual_seed(2)
     guide = build_unet("tiny").eval()
     guide.register_to_config(**{AUTOGUIDANCE_SCALE_KEY: 2.5})
@@ -468,8 +465,9 @@ def test_autoguided_rows_record_the_scale_used(tmp_path, monkeypatch):
     DDPMExtPipeline(unet=build_unet("tiny"), scheduler=DDPMExtScheduler(num_train_timesteps=20, beta_schedule="cosine"),
                     guide_unet=guide).save_pretrained(folder)
     calls = record_pipeline_calls(monkeypatch)
-    results = quick_eval(folder, tmp_path, "--samplers", "ddim:5:0", "ddim:5:0:ag=1", "ddim:5:0:ag=4", "--num_samples", "4",
-                         "--kid_subset_size", "2", "--max_real_images", "8", "--digit_judge", "off")
+    results = quick_eval(folder, tmp_path, "--samplers", "ddim:5:0", "ddim:5:0:ag=1", "ddim:5:0:ag=4",
+                         "--num_samples", "4", "--kid_subset_size", "2", "--max_real_images", "8",
+                         "--digit_judge", "off")
     assert [r["autoguidance_scale"] for r in results["samples"]] == [2.5, 1.0, 4.0]
     assert [c.get("autoguidance_scale") for c in calls] == [None, 1.0, 4.0]  # None: the pipeline's default, 2.5
     table = results["markdown"]

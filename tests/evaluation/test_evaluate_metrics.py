@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import datetime
+import doctest
 import json
 import shutil
 
@@ -13,20 +14,31 @@ import torch
 
 from ddpm_ext import DDPMExtPipeline, DDPMExtScheduler, build_unet
 from ddpm_ext.commands.evaluate import build_parser, main
+from ddpm_ext.data import build_transform, load_mnist_5k
+from ddpm_ext.evaluation import report
 from ddpm_ext.evaluation.config import EvaluationConfig
+from ddpm_ext.evaluation.digit_classifier import (
+    DigitClassifier,
+    class_coverage,
+    classifier_inception_score,
+)
 from ddpm_ext.evaluation.evaluate import (
     evaluate,
     load_evaluation,
     reference_features,
     sample_images,
+    score_reference,
     score_samples,
 )
+from ddpm_ext.evaluation.metrics import extract_features
+from ddpm_ext.evaluation.precision_recall import precision_recall_density_coverage
 from ddpm_ext.evaluation.report import (
     METRICS_END,
     METRICS_START,
     evaluation_command,
     model_card_metrics,
     replace_marked_section,
+    update_model_card,
 )
 
 # cpu_threads=1: the tests sample again and compare with the run's row exactly; "auto" may change the thread count
@@ -47,14 +59,6 @@ def small_run(tiny_pipeline_dir, tmp_path_factory):
 
 
 def test_new_columns_equal_the_metrics_called_directly(small_run):
-    from ddpm_ext.evaluation.digit_classifier import (
-        DigitClassifier,
-        class_coverage,
-        classifier_inception_score,
-    )
-    from ddpm_ext.evaluation.metrics import extract_features
-    from ddpm_ext.evaluation.precision_recall import precision_recall_density_coverage
-
     config, results, _ = small_run
     row = results["samples"][0]
     # the same samples and reference, through the steps
@@ -88,13 +92,6 @@ def test_new_columns_equal_the_metrics_called_directly(small_run):
 
 def test_real_reference_row_is_the_judge_on_the_held_out_digits(small_run):
     """The ceiling row: the same 12 real digits (seeded subset of the test split), at 16x16, scored by the judge."""
-    from ddpm_ext.data import build_transform, load_mnist_5k
-    from ddpm_ext.evaluation.digit_classifier import (
-        DigitClassifier,
-        class_coverage,
-        classifier_inception_score,
-    )
-
     _, results, _ = small_run
     rows = np.sort(np.random.default_rng(0).permutation(500)[:12])
     to_pixels = build_transform(16, center_crop=True, channels=1).to_uint8
@@ -120,8 +117,9 @@ def test_results_files_carry_the_new_columns(small_run):
     assert saved["digit_judge"]["reference"]["num_images"] == 12
     markdown = (out / "results.md").read_text()
     header = next(line for line in markdown.splitlines() if line.startswith("| sampler |"))
-    assert header == ("| sampler | steps | η | noise z | samples | FID | KID ×10³ | ± std | precision | recall | density | "
-                      "coverage | mean pixel | classifier IS | digits present | class entropy | wall time (s) | grid |")
+    assert header == ("| sampler | steps | η | noise z | samples | FID | KID ×10³ | ± std | precision | recall | "
+                      "density | coverage | mean pixel | classifier IS | digits present | class entropy | "
+                      "wall time (s) | grid |")
     ref = results["digit_judge"]["reference"]
     assert f"| real images | – | – | – | 12 | – | – | – | – | – | – | – | {ref['mean_pixel']:.3f} | " in markdown
     r = results["samples"][0]
@@ -215,8 +213,6 @@ def test_update_model_card_replaces_only_the_marked_section(tiny_pipeline_dir, t
     # a second update replaces the section again: still one pair of markers, the outside unchanged
     results = {"dataset": "mnist-5k", "split": "test", "image_size": 16, "channels": 1, "bits_per_dim": [],
                "samples": [], "command": "ddpm-ext evaluate x"}
-    from ddpm_ext.evaluation.report import update_model_card
-
     update_model_card(folder, results, date="2026-01-02")
     raw = (folder / "README.md").read_bytes()
     assert raw.startswith(head) and raw.endswith(tail) and raw.count(METRICS_START.encode()) == 1
@@ -228,7 +224,8 @@ def test_update_model_card_replaces_only_the_marked_section(tiny_pipeline_dir, t
     [
         ("hub", r"needs a local pipeline folder, but `pipeline` 'someone/tiny-ddpm' is not a folder"),
         ("no_readme", r"has no README.md \(model card\)"),
-        ("no_markers", r"must contain each metrics marker exactly once .*found '<!-- ddpm_ext:metrics:start -->' 0 time"),
+        ("no_markers",
+         r"must contain each metrics marker exactly once .*found '<!-- ddpm_ext:metrics:start -->' 0 time"),
         ("twice", r"found '<!-- ddpm_ext:metrics:end -->' 2 time"),
     ],
 )
@@ -258,10 +255,6 @@ def test_replace_marked_section_examples():
 
 
 def test_report_docstring_examples():
-    import doctest
-
-    from ddpm_ext.evaluation import report
-
     result = doctest.testmod(report, optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
     assert result.failed == 0 and result.attempted > 0
 
@@ -269,8 +262,6 @@ def test_report_docstring_examples():
 def test_real_row_reproduces_the_judges_held_out_score(tmp_path):
     """At 28x28 (no resizing) the real-images row of the 500 mnist-5k test digits is the judge's stored
     held-out classifier IS (9.55), the number the README quotes."""
-    from ddpm_ext.evaluation.evaluate import score_reference
-
     torch.manual_seed(0)
     folder = tmp_path / "pipe28"
     DDPMExtPipeline(unet=build_unet("tiny", sample_size=28),

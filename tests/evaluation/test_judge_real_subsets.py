@@ -17,7 +17,8 @@ def test_subset_scores_hand_made_probabilities():
     small = script.subset_scores(probs, 10, draws=50, seed=0)
     assert (small <= 10.0 + 1e-9).all() and small.mean() < 10.0  # 10 of 30 rarely hold one of each digit
     assert small.tolist() == script.subset_scores(probs, 10, draws=50, seed=0).tolist()  # seeded
-    assert small[0] == pytest.approx(classifier_inception_score(probs[torch.randperm(30, generator=torch.Generator().manual_seed(0))[:10]]))
+    assert small[0] == pytest.approx(
+        classifier_inception_score(probs[torch.randperm(30, generator=torch.Generator().manual_seed(0))[:10]]))
     with pytest.raises(ValueError, match=r"`size` must be in \[2, 30\]"):
         script.subset_scores(probs, 31, draws=1, seed=0)
 

@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import doctest
 import math
+import warnings
 
 import numpy as np
 import pytest
 import torch
+from torchmetrics.image.fid import FrechetInceptionDistance
+from torchmetrics.image.kid import KernelInceptionDistance
+from torchmetrics.utilities.imports import _TORCH_FIDELITY_AVAILABLE
 
+from ddpm_ext.data import build_transform, load_image_dataset
 from ddpm_ext.evaluation import metrics as metrics_module
 from ddpm_ext.evaluation.metrics import (
     EfficientNetLite0Features,
@@ -110,9 +115,6 @@ def test_fid_from_features_uses_the_unbiased_statistics():
 
 @pytest.mark.filterwarnings("ignore:Metric `Kernel Inception Distance` will save")
 def test_fid_and_kid_equal_torchmetrics_metrics_with_the_same_extractor():
-    from torchmetrics.image.fid import FrechetInceptionDistance
-    from torchmetrics.image.kid import KernelInceptionDistance
-
     extractor = ProjectionFeatures()
     g = torch.Generator().manual_seed(3)
     real = torch.randint(0, 256, (24, 3, 8, 8), dtype=torch.uint8, generator=g)
@@ -217,8 +219,6 @@ def test_efficientnet_features_shape_determinism_and_label(efficientnet):
 
 def test_efficientnet_features_separate_digits_from_noise(efficientnet):
     """The pretrained features see structure: real digits sit closer to each other than to noise."""
-    from ddpm_ext.data import build_transform, load_image_dataset
-
     ds = load_image_dataset("mnist-5k", split="test", max_train_samples=8, seed=0)
     t = build_transform(28, center_crop=True, channels=1)
     digits = torch.stack([t.to_uint8(im) for im in ds["image"]])
@@ -230,14 +230,13 @@ def test_efficientnet_features_separate_digits_from_noise(efficientnet):
 
 
 def test_build_feature_extractor_names_and_inception_errors(tmp_path):
-    with pytest.raises(ValueError, match=r"`feature_extractor` must be one of \['efficientnet-lite0', 'inception'\], got 'vgg'"):
+    with pytest.raises(ValueError,
+                       match=r"`feature_extractor` must be one of \['efficientnet-lite0', 'inception'\], got 'vgg'"):
         build_feature_extractor("vgg")
     with pytest.raises(ValueError, match="`inception_weights` .*nope.pt.* is not a file"):
         build_feature_extractor("inception", inception_weights=tmp_path / "nope.pt")
     with pytest.raises(ValueError, match="only used with feature_extractor='inception'"):
         build_feature_extractor("efficientnet-lite0", inception_weights=tmp_path / "w.pth")
-    from torchmetrics.utilities.imports import _TORCH_FIDELITY_AVAILABLE
-
     if not _TORCH_FIDELITY_AVAILABLE:  # the usual case here: a clear message on what to install, no fake Inception
         weights = tmp_path / "pt_inception-2015-12-05-6726825d.pth"
         weights.write_bytes(b"not used")
@@ -269,7 +268,8 @@ def test_reference_statistics_are_cached_and_a_hit_skips_extraction(tmp_path):
 
     again = reference_statistics(load, extractor, key=dict(key), cache_dir=tmp_path)
     assert again.cache_hit and len(loads) == 1 and extractor.calls == calls  # nothing loaded, nothing extracted
-    assert torch.equal(again.features, first.features) and torch.equal(again.cov, first.cov)  # read back from the file: float64, bit for bit
+    # read back from the file: float64, bit for bit
+    assert torch.equal(again.features, first.features) and torch.equal(again.cov, first.cov)
     assert again.key["extractor"] == extractor.identity
 
     other = reference_statistics(load, extractor, key={**key, "split": "train"}, cache_dir=tmp_path)
@@ -309,16 +309,16 @@ def test_sample_quality_reports_label_and_values():
 def test_fid_from_very_few_images_warns_with_the_number_needed():
     """2 + 2 images of 8 features: FID is computed but a warning says it is not meaningful and what is needed."""
     g = torch.Generator().manual_seed(0)
-    real, fake = torch.randn(2, 8, generator=g, dtype=torch.float64), torch.randn(2, 8, generator=g, dtype=torch.float64)
+    real, fake = (torch.randn(2, 8, generator=g, dtype=torch.float64),
+                  torch.randn(2, 8, generator=g, dtype=torch.float64))
     with pytest.warns(UserWarning, match=r"FID from 2 real and 2 generated images is not a meaningful number.*"
                                          r"fewer images than the 8 features.*at least 8 images on each side"):
         fid = fid_from_features(real, fake)
     assert math.isfinite(fid) and fid > 0
-    import warnings
-
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # enough images: no warning
-        fid_from_features(torch.randn(20, 8, generator=g, dtype=torch.float64), torch.randn(20, 8, generator=g, dtype=torch.float64))
+        fid_from_features(torch.randn(20, 8, generator=g, dtype=torch.float64),
+                          torch.randn(20, 8, generator=g, dtype=torch.float64))
 
 
 def test_docstring_examples():

@@ -21,7 +21,8 @@ from ddpm_ext.evaluation.samplers import SamplerSpec, parse_sampler
          "ddim-10-eta0-consistenteps"),
         ("ddim:50:0.5:spacing=trailing", SamplerSpec("ddim", 50, eta=0.5, timestep_spacing="trailing"),
          "ddim:50:0.5:spacing=trailing", "ddim-50-eta0p5-trailing"),
-        ("ddpm:50:fixed_large:spacing=linspace", SamplerSpec("ddpm", 50, variance_type="fixed_large", timestep_spacing="linspace"),
+        ("ddpm:50:fixed_large:spacing=linspace",
+         SamplerSpec("ddpm", 50, variance_type="fixed_large", timestep_spacing="linspace"),
          "ddpm:50:fixed_large:spacing=linspace", "ddpm-50-fixed_large-linspace"),
         ("ddpm:50:spacing=leading", SamplerSpec("ddpm", 50, timestep_spacing="leading"), "ddpm:50:spacing=leading",
          "ddpm-50-leading"),
@@ -79,13 +80,16 @@ def test_row_records_the_choices_actually_used():
     config = DDPMExtScheduler().config  # leading, clip ±1
     row = lambda spec: (s := parse_sampler(spec)).describe(s.build(config))  # noqa: E731
     assert row("ddim:10:0") == {"kind": "ddim", "steps": 10, "eta": 0.0, "adds_noise": False, "variance_type": None,
-                                "timestep_spacing": "trailing", "use_clipped_model_output": True, "x0_clipping": "clip ±1"}
+                                "timestep_spacing": "trailing", "use_clipped_model_output": True,
+                                "x0_clipping": "clip ±1"}
     leading = row("ddim:10:1:spacing=leading:eps=model")
-    assert leading["timestep_spacing"] == "leading" and leading["use_clipped_model_output"] is False and leading["adds_noise"]
+    assert (leading["timestep_spacing"] == "leading" and leading["use_clipped_model_output"] is False
+            and leading["adds_noise"])
     ddpm = row("ddpm:50:fixed_large")
     assert ddpm["variance_type"] == "fixed_large" and ddpm["use_clipped_model_output"] is None and ddpm["eta"] is None
     fast = row("dpmpp:20")
-    assert fast["timestep_spacing"] == "trailing" and fast["x0_clipping"] == "clip ±1 (thresholding, sample_max_value 1)"
+    assert (fast["timestep_spacing"] == "trailing"
+            and fast["x0_clipping"] == "clip ±1 (thresholding, sample_max_value 1)")
     assert row("unipc:20")["variance_type"] is None
     linspace = (s := parse_sampler("ddpm:50")).describe(s.build(DDPMExtScheduler(timestep_spacing="linspace").config))
     assert linspace["timestep_spacing"] == "linspace"

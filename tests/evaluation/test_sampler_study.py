@@ -11,7 +11,8 @@ from ddpm_ext.evaluation import evaluate as evaluate_module
 
 pytestmark = [
     pytest.mark.filterwarnings("ignore:FID from .* is not a meaningful number"),  # 8 images: on purpose
-    pytest.mark.filterwarnings("ignore:__array__ implementation doesn't accept a copy keyword:DeprecationWarning"),  # diffusers
+    # diffusers
+    pytest.mark.filterwarnings("ignore:__array__ implementation doesn't accept a copy keyword:DeprecationWarning"),
     pytest.mark.filterwarnings("ignore:`sklearn.utils.parallel.delayed` should be used"),  # prdc's nearest neighbours
 ]
 
@@ -51,7 +52,8 @@ def test_study_runs_resumes_and_refuses_other_settings(study_module, tiny_pipeli
     before = json.loads((out / "sampler_study.json").read_text())["points"]
     assert study_module.main(argv(tiny_pipeline_dir, out, stats, *samplers, "--spacing", "trailing")) == 0
     assert "0 of 8 points already" in capsys.readouterr().out  # an explicit spacing is another spec
-    assert study_module.main(argv(tiny_pipeline_dir, out, stats, "--samplers", "ddim-eta0", "--nfe", "2", "3", "4")) == 0
+    assert study_module.main(argv(tiny_pipeline_dir, out, stats, "--samplers", "ddim-eta0",
+                                  "--nfe", "2", "3", "4")) == 0
     assert "2 of 3 points already" in capsys.readouterr().out
     after = json.loads((out / "sampler_study.json").read_text())["points"]
     assert after[: len(before)] == before and len(after) == 8 + 8 + 1

@@ -9,7 +9,10 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from hub_servers import free_loopback_port
+
+from ddpm_ext import DDPMExtPipeline, DDPMExtScheduler, build_unet
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow  # each test starts a Python process that imports torch and diffusers
@@ -55,7 +58,8 @@ def test_wrong_token_is_one_line_without_the_token(pipeline_folder, upload_hub):
 
 def test_unreachable_hub_is_one_line(pipeline_folder):
     port = free_loopback_port()  # nothing listens there: connection refused
-    result = push(pipeline_folder, "ddpm-ext-tests/cli-offline", endpoint=f"http://127.0.0.1:{port}", token="hf_x_secret")
+    result = push(pipeline_folder, "ddpm-ext-tests/cli-offline", endpoint=f"http://127.0.0.1:{port}",
+                  token="hf_x_secret")
     assert_one_line_error(result, "hf_x_secret")
 
 
@@ -83,13 +87,10 @@ def test_token_flag_pushes_and_a_repush_removes_files_no_longer_in_the_output(pi
 
 
 def test_an_autoguidance_guide_is_pushed_with_the_pipeline(tmp_path, upload_hub):
-    import torch
-
-    from ddpm_ext import DDPMExtPipeline, DDPMExtScheduler, build_unet
-
     torch.manual_seed(0)
     folder = tmp_path / "guided"
-    DDPMExtPipeline(unet=build_unet("tiny"), scheduler=DDPMExtScheduler(), guide_unet=build_unet("tiny")).save_pretrained(folder)
+    DDPMExtPipeline(unet=build_unet("tiny"), scheduler=DDPMExtScheduler(),
+                    guide_unet=build_unet("tiny")).save_pretrained(folder)
     result = push(folder, "ddpm-ext-tests/guided", endpoint=upload_hub.url, token=upload_hub.token)
     assert result.returncode == 0, result.stderr[-3000:]
     [commit] = upload_hub.commits_for("ddpm-ext-tests/guided")

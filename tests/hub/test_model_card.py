@@ -8,8 +8,12 @@ import shutil
 
 import pytest
 import yaml
+from diffusers import DDPMPipeline
 
-from ddpm_ext.hub import write_model_card
+from ddpm_ext import DDIMExtScheduler, DDPMExtPipeline, DDPMExtScheduler, build_unet
+from ddpm_ext.evaluation import report
+from ddpm_ext.hub import model_card, write_model_card
+from ddpm_ext.pipelines.guidance import set_class_names
 
 ARGS = {"seed": 0, "eval_batch_size": 4, "ddpm_num_inference_steps": 100, "use_ema": True, "ema_max_decay": 0.999,
         "loss_type": "simple", "model_config": "tiny", "hub_token": "hf_must_not_appear", "learning_rate": 2e-3}
@@ -44,8 +48,8 @@ def test_builtin_dataset_keeps_its_real_license_and_is_not_a_hub_id(folder):
 
 
 def test_hub_dataset_id_license_flag_and_base_model(folder, tmp_path):
-    _, meta = card(folder, dataset_name="someone/faces", args={"hub_license": "mit",
-                                                                 "pretrained_model_name_or_path": "google/ddpm-cifar10-32"})
+    _, meta = card(folder, dataset_name="someone/faces",
+                   args={"hub_license": "mit", "pretrained_model_name_or_path": "google/ddpm-cifar10-32"})
     assert meta["datasets"] == ["someone/faces"] and meta["license"] == "mit"
     assert meta["base_model"] == "google/ddpm-cifar10-32"
     # a local pretrained folder is no Hub id: no base_model
@@ -62,25 +66,19 @@ def test_final_loss_and_metrics_markers(folder):
 
 def test_usage_snippet_runs_for_the_trained_model(folder):
     """The tiny pipeline has T = 20: today's hard-coded num_inference_steps=100 raises for it."""
-    from diffusers import DDPMPipeline
-
-    from ddpm_ext import DDIMExtScheduler, DDPMExtPipeline
-
     text, _ = card(folder, dataset_name="mnist-5k")
     snippets = re.findall(r"```python\n(.*?)```", text, flags=re.DOTALL)
     assert len(snippets) == 2
     for code in snippets:
         code = code.replace(f'"{folder.name}"', repr(str(folder))).replace("batch_size=16", "batch_size=1")
-        namespace = {"DDPMExtPipeline": DDPMExtPipeline, "DDIMExtScheduler": DDIMExtScheduler, "DDPMPipeline": DDPMPipeline}
+        namespace = {"DDPMExtPipeline": DDPMExtPipeline, "DDIMExtScheduler": DDIMExtScheduler,
+                     "DDPMPipeline": DDPMPipeline}
         exec(compile(code, "snippet", "exec"), namespace)  # noqa: S102 the card's own code, on the saved pipeline
         assert len(namespace["images"]) == 1
     assert "num_inference_steps=20)" in text
 
 
 def test_template_holds_the_metrics_markers_that_evaluate_replaces():
-    from ddpm_ext.evaluation import report
-    from ddpm_ext.hub import model_card
-
     text = model_card.TEMPLATE.read_text()
     assert text.count(model_card.METRICS_START) == 1 and text.count(model_card.METRICS_END) == 1
     assert text.index(model_card.METRICS_START) < text.index(model_card.METRICS_END)
@@ -88,9 +86,6 @@ def test_template_holds_the_metrics_markers_that_evaluate_replaces():
 
 
 def test_conditional_card_names_the_classes_and_its_snippet_samples_a_class(tmp_path):
-    from ddpm_ext import DDIMExtScheduler, DDPMExtPipeline, DDPMExtScheduler, build_unet
-    from ddpm_ext.pipelines.guidance import set_class_names
-
     unet = build_unet("tiny", num_class_embeds=3)  # 2 classes + the null class
     set_class_names(unet, ["cat", "dog"])
     folder = tmp_path / "cond"

@@ -9,10 +9,15 @@ import numpy as np
 import pytest
 import torch
 from diffusers import DDPMPipeline, DiffusionPipeline
+from hub_servers import publish_folder
+from PIL import Image
+from safetensors.torch import load_file, save_file
 
 from ddpm_ext import DDIMExtScheduler, DDPMExtPipeline, DDPMExtScheduler, build_unet
+from ddpm_ext.commands.cli import main as cli_main
 from ddpm_ext.pipelines.checkpoint_io import GUIDE_DIR, GUIDE_INDEX_KEY
 from ddpm_ext.pipelines.guidance import AUTOGUIDANCE_SCALE_KEY, autoguide, combine_guidance
+from ddpm_ext.seeding import image_generators
 
 
 def unets(seed: int = 0, **kwargs):
@@ -26,7 +31,8 @@ def make_pipe(scheduler=None, scale: float | None = None, **kwargs) -> DDPMExtPi
     main, guide = unets(**kwargs)
     if scale is not None:
         guide.register_to_config(**{AUTOGUIDANCE_SCALE_KEY: scale})
-    pipe = DDPMExtPipeline(unet=main, scheduler=scheduler or DDIMExtScheduler(num_train_timesteps=50, beta_schedule="cosine"),
+    pipe = DDPMExtPipeline(unet=main,
+                           scheduler=scheduler or DDIMExtScheduler(num_train_timesteps=50, beta_schedule="cosine"),
                            guide_unet=guide)
     pipe.set_progress_bar_config(disable=True)
     return pipe
@@ -62,7 +68,8 @@ def test_sampling_equals_the_written_out_rule():
     pipe = make_pipe()
     x_T = torch.randn(2, 1, 8, 8, generator=torch.Generator().manual_seed(1))
     for w in (1.0, 2.5):
-        got = pipe(batch_size=2, latents=x_T, num_inference_steps=5, eta=0.0, autoguidance_scale=w, output_type="latent").images
+        got = pipe(batch_size=2, latents=x_T, num_inference_steps=5, eta=0.0, autoguidance_scale=w,
+                   output_type="latent").images
         torch.testing.assert_close(got, manual_ddim(pipe, x_T, w), rtol=0, atol=1e-5)
     # w = 1 is the UNet alone: the same images as a pipeline without a guide, and the guide is never run
     calls = []
@@ -80,7 +87,8 @@ def test_default_scale_is_the_guides_saved_one():
     pipe = make_pipe(scale=3.0)
     assert pipe.autoguidance_scale == 3.0 and pipe.resolve_autoguidance_scale(None) == 3.0
     default = pipe(batch_size=1, latents=x_T, num_inference_steps=4, output_type="latent").images
-    explicit = pipe(batch_size=1, latents=x_T, num_inference_steps=4, autoguidance_scale=3.0, output_type="latent").images
+    explicit = pipe(batch_size=1, latents=x_T, num_inference_steps=4, autoguidance_scale=3.0,
+                    output_type="latent").images
     # exact by construction: same weights, shapes, process and thread count (same kernels)
     assert torch.equal(default, explicit)
     assert make_pipe().autoguidance_scale == 1.0  # a guide without a saved scale: off unless asked
@@ -97,7 +105,8 @@ def test_class_conditional_models_are_guided_after_classifier_free_guidance():
     with torch.no_grad():
         for t in scheduler.timesteps:
             def cfg(unet):
-                c, u = unet(x, t, class_labels=labels).sample, unet(x, t, class_labels=torch.full_like(labels, 2)).sample  # ∅ = K = 2
+                c, u = (unet(x, t, class_labels=labels).sample,
+                        unet(x, t, class_labels=torch.full_like(labels, 2)).sample)  # ∅ = K = 2
                 return u + w_cfg * (c - u)
 
             d, g = cfg(pipe.unet), cfg(pipe.guide_unet)
@@ -116,9 +125,11 @@ def test_bad_autoguidance_scale_is_refused_before_sampling(bad):
 
 def test_a_scale_without_a_guide_is_refused():
     pipe = DDPMExtPipeline(unet=build_unet("tiny"), scheduler=DDPMExtScheduler())
-    with pytest.raises(ValueError, match=r"`autoguidance_scale`=2 needs a guide model, but this pipeline has no `guide_unet`"):
+    with pytest.raises(ValueError,
+                       match=r"`autoguidance_scale`=2 needs a guide model, but this pipeline has no `guide_unet`"):
         pipe(batch_size=1, num_inference_steps=2, autoguidance_scale=2)
-    assert pipe(batch_size=1, num_inference_steps=2, autoguidance_scale=1, output_type="pt").images.shape == (1, 1, 8, 8)
+    assert pipe(batch_size=1, num_inference_steps=2, autoguidance_scale=1,
+                output_type="pt").images.shape == (1, 1, 8, 8)
 
 
 @pytest.mark.parametrize(
@@ -170,31 +181,26 @@ def test_save_load_round_trip_and_plain_diffusers_ignores_the_guide(tmp_path):
 
 
 def test_guide_weights_are_checked_like_the_unets(tmp_path):
-    from safetensors.torch import load_file, save_file
-
     make_pipe(scale=2.0).save_pretrained(tmp_path)
     weights = tmp_path / GUIDE_DIR / "diffusion_pytorch_model.safetensors"
     tensors = load_file(weights)
     save_file({k: v for k, v in tensors.items() if k != "conv_out.bias"}, weights)
-    with pytest.raises(ValueError, match=r"guide_unet do not match its config.json: missing 1 tensor\(s\): conv_out.bias"):
+    with pytest.raises(ValueError,
+                       match=r"guide_unet do not match its config.json: missing 1 tensor\(s\): conv_out.bias"):
         DDPMExtPipeline.from_pretrained(tmp_path)
     weights.unlink()
     torch.save(tensors, tmp_path / GUIDE_DIR / "diffusion_pytorch_model.bin")
-    with pytest.raises(ValueError, match=r"guide_unet has no safetensors weights .*Pickle files can run arbitrary code"):
+    with pytest.raises(ValueError,
+                       match=r"guide_unet has no safetensors weights .*Pickle files can run arbitrary code"):
         DDPMExtPipeline.from_pretrained(tmp_path)
 
 
 def test_sample_command_uses_the_saved_scale_or_the_given_one(tmp_path):
-    from PIL import Image
-
-    from ddpm_ext.commands.cli import main
-    from ddpm_ext.seeding import image_generators
-
     pipe = make_pipe(scheduler=DDPMExtScheduler(num_train_timesteps=20, beta_schedule="cosine"), scale=3.0)
     pipe.save_pretrained(tmp_path / "pipe")
     for extra, w in (([], 3.0), (["--autoguidance_scale", "1"], 1.0), (["--autoguidance_scale", "1.5"], 1.5)):
         out = tmp_path / f"grid-{w}.png"
-        assert main(["sample", str(tmp_path / "pipe"), "--num_images", "1", "--steps", "4", "--seed", "2",
+        assert cli_main(["sample", str(tmp_path / "pipe"), "--num_images", "1", "--steps", "4", "--seed", "2",
                      "--output", str(out), *extra]) == 0
         expected = pipe(batch_size=1, generator=image_generators(2, 0, 1), num_inference_steps=4, output_type="np",
                         autoguidance_scale=w).images
@@ -203,8 +209,6 @@ def test_sample_command_uses_the_saved_scale_or_the_given_one(tmp_path):
 
 
 def test_hub_round_trip_with_a_guide(olah_hub, tmp_path):
-    from hub_servers import publish_folder
-
     pipe = make_pipe(scheduler=DDPMExtScheduler(num_train_timesteps=50, beta_schedule="cosine"), scale=2.0)
     pipe.save_pretrained(tmp_path / "pipe")
     publish_folder(olah_hub.mirrors_root, "ddpm-ext-tests/autoguided", tmp_path / "pipe")

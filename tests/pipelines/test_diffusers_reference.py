@@ -17,7 +17,7 @@ import tempfile
 import numpy as np
 import pytest
 import torch
-from diffusers import UNet2DModel
+from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
 
 from ddpm_ext import DDIMExtScheduler, DDPMExtPipeline, DDPMExtScheduler
 
@@ -42,7 +42,8 @@ class TestDDPMPipelineFast:
     @pytest.mark.xfail(
         strict=True,
         reason="diffusers' expected slice fails for diffusers' own DDPMPipeline too with this torch/diffusers "
-        "(a plain subclass gives [0.9956, 0.5785, ...]); test_inference_equals_plain_ddpm_pipeline checks ours against it",
+        "(a plain subclass gives [0.9956, 0.5785, ...]); test_inference_equals_plain_ddpm_pipeline checks ours "
+        "against it",
     )
     def test_inference(self):
         device = "cpu"
@@ -67,8 +68,6 @@ class TestDDPMPipelineFast:
         assert np.abs(image_from_tuple_slice.flatten() - expected_slice).max() < 1e-2
 
     def test_inference_equals_plain_ddpm_pipeline(self):
-        from diffusers import DDPMPipeline, DDPMScheduler
-
         class PlainDDPMPipeline(DDPMPipeline):
             pass
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import doctest
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -12,12 +14,12 @@ import torch
 from diffusers import DDIMScheduler, DDPMPipeline, DDPMScheduler
 from diffusers.utils.torch_utils import randn_tensor
 
+import ddpm_ext.training.train as train_ddpm
 from ddpm_ext import DDIMExtScheduler, DDPMExtPipeline, DDPMExtScheduler, build_unet
 from ddpm_ext.schedulers.scheduling_common import draw_noise
+from ddpm_ext.training.flags import parse_args as parse_training_args
 
 ROOT = Path(__file__).resolve().parents[2]
-import ddpm_ext.training.train as train_ddpm  # noqa: E402
-from ddpm_ext.training.flags import parse_args as parse_training_args  # noqa: E402
 
 
 def inputs(dtype=torch.float32, shape=(2, 3, 8, 8), seed=0):
@@ -50,8 +52,6 @@ def test_ddpm_step_is_bit_identical_to_the_float_formula(dtype, variance_type):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("eta", [0.0, 0.5])
 def test_ddim_step_is_bit_identical_to_the_float_formula(dtype, eta):
-    import math
-
     s = DDIMExtScheduler()
     s.set_timesteps(8)
     x, eps = inputs(dtype)
@@ -132,7 +132,8 @@ def test_coefficient_cache_follows_set_timesteps():
     fresh = DDPMExtScheduler()
     fresh.set_timesteps(20)
     t = s.timesteps[3]
-    assert torch.equal(s.step(eps, t, x, stochastic=False).prev_sample, fresh.step(eps, t, x, stochastic=False).prev_sample)
+    assert torch.equal(s.step(eps, t, x, stochastic=False).prev_sample,
+                       fresh.step(eps, t, x, stochastic=False).prev_sample)
 
 
 def test_output_is_a_full_base_output():
@@ -156,7 +157,8 @@ def make_pipe(scheduler=None) -> DDPMExtPipeline:
 
 
 def sample(pipe, **kwargs):
-    return pipe(batch_size=2, num_inference_steps=6, generator=torch.Generator().manual_seed(0), output_type="pt", **kwargs).images
+    return pipe(batch_size=2, num_inference_steps=6, generator=torch.Generator().manual_seed(0), output_type="pt",
+                **kwargs).images
 
 
 def test_channels_last_gives_the_same_images_and_disable_restores():
@@ -221,8 +223,6 @@ def test_compile_wraps_the_unet_lazily_and_disable_drops_it():
 
 
 def test_enable_fast_path_docstring_example():
-    import doctest
-
     runner = doctest.DocTestRunner(optionflags=doctest.NORMALIZE_WHITESPACE)
     for test in doctest.DocTestFinder().find(DDPMExtPipeline.enable_fast_path, "enable_fast_path", globs={}):
         runner.run(test)
@@ -309,7 +309,8 @@ def _train(flags: list[str], steps: int = 3) -> list[float]:
     losses = []
     for step in range(steps):
         x = clean.contiguous(memory_format=torch.channels_last) if args.channels_last else clean
-        loss = train_ddpm.training_step(unet, scheduler, x, train_ddpm.StepRandomness(0).generator(step, 0, 0), loss_type="simple")
+        loss = train_ddpm.training_step(unet, scheduler, x, train_ddpm.StepRandomness(0).generator(step, 0, 0),
+                                        loss_type="simple")
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -347,12 +348,14 @@ def test_benchmark_script_runs_quick(script):
 @pytest.mark.slow
 def test_contention_benchmark_runs_and_reports_the_thread_count():
     result = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "bench_contention.py"), "--steps", "2", "--warmup", "1", "--load", "1",
-         "--model_config", "tiny", "--batch_size", "4", "--choices", "1 thread", "all cores, OMP_WAIT_POLICY=PASSIVE"],
+        [sys.executable, str(ROOT / "benchmarks" / "bench_contention.py"), "--steps", "2", "--warmup", "1",
+         "--load", "1", "--model_config", "tiny", "--batch_size", "4",
+         "--choices", "1 thread", "all cores, OMP_WAIT_POLICY=PASSIVE"],
         cwd=ROOT, capture_output=True, text=True, timeout=300,
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    rows = [line.split("|")[1:-1] for line in result.stdout.splitlines() if line.startswith("| ") and "threading" not in line]
+    rows = [line.split("|")[1:-1] for line in result.stdout.splitlines()
+            if line.startswith("| ") and "threading" not in line]
     assert [r[0].strip() for r in rows] == ["1 thread", "all cores, OMP_WAIT_POLICY=PASSIVE"]
     assert int(rows[0][1]) == 1 and int(rows[1][1]) >= 1  # the child saw the environment it was given
     for r in rows:

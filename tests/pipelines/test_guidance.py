@@ -22,7 +22,8 @@ from ddpm_ext.pipelines.guidance import (
 NAMES = ["top", "bottom", "left"]
 
 
-def conditional_pipe(seed: int = 0, *, learned: bool = False, names=NAMES, scheduler_cls=DDPMExtScheduler) -> DDPMExtPipeline:
+def conditional_pipe(seed: int = 0, *, learned: bool = False, names=NAMES,
+                     scheduler_cls=DDPMExtScheduler) -> DDPMExtPipeline:
     torch.manual_seed(seed)
     unet = build_unet("tiny", num_class_embeds=len(names) + 1, out_channels=2 if learned else 1).eval()
     set_class_names(unet, names)
@@ -77,7 +78,8 @@ def test_pipeline_equals_a_hand_written_guided_loop(scheduler_cls, learned):
     pipe = conditional_pipe(learned=learned, scheduler_cls=scheduler_cls)
     w, labels, steps = 3.0, [2, 0], 6
     forwards = []
-    pipe.unet.register_forward_pre_hook(lambda mod, args, kwargs: forwards.append(kwargs["class_labels"].tolist()), with_kwargs=True)
+    pipe.unet.register_forward_pre_hook(lambda mod, args, kwargs: forwards.append(kwargs["class_labels"].tolist()),
+                                        with_kwargs=True)
     got = pipe(batch_size=2, num_inference_steps=steps, class_labels=["left", 0], guidance_scale=w,
                generator=torch.manual_seed(0), output_type="pt").images
     assert forwards == [[2, 0, 3, 3]] * steps  # one batched call per step: [y, ∅]
@@ -101,7 +103,8 @@ def test_pipeline_equals_a_hand_written_guided_loop(scheduler_cls, learned):
 def test_w1_and_w0_use_one_branch_of_batch_b():
     pipe = conditional_pipe()
     seen = []
-    pipe.unet.register_forward_pre_hook(lambda mod, args, kwargs: seen.append(kwargs["class_labels"].tolist()), with_kwargs=True)
+    pipe.unet.register_forward_pre_hook(lambda mod, args, kwargs: seen.append(kwargs["class_labels"].tolist()),
+                                        with_kwargs=True)
     pipe(batch_size=2, num_inference_steps=3, class_labels=[1, 2], guidance_scale=1.0)
     pipe(batch_size=2, num_inference_steps=3, guidance_scale=0.0)  # unconditional: no labels needed
     assert seen == [[1, 2]] * 3 + [[3, 3]] * 3
@@ -110,8 +113,10 @@ def test_w1_and_w0_use_one_branch_of_batch_b():
 def test_default_guidance_scale_is_p_x_without_labels_and_p_x_given_y_with_them():
     pipe = conditional_pipe()
     seen = []
-    pipe.unet.register_forward_pre_hook(lambda mod, args, kwargs: seen.append(kwargs["class_labels"].tolist()), with_kwargs=True)
-    run = lambda **kw: pipe(batch_size=2, num_inference_steps=3, generator=torch.manual_seed(4), output_type="pt", **kw).images  # noqa: E731
+    pipe.unet.register_forward_pre_hook(lambda mod, args, kwargs: seen.append(kwargs["class_labels"].tolist()),
+                                        with_kwargs=True)
+    run = lambda **kw: pipe(batch_size=2, num_inference_steps=3, generator=torch.manual_seed(4),  # noqa: E731
+                            output_type="pt", **kw).images
     no_labels = run()  # a conditional model asked for no class: the null class (id 3), p(x)
     assert seen == [[3, 3]] * 3
     # exact by construction: same weights, shapes, process and thread count (same kernels)
@@ -133,7 +138,8 @@ def test_labels_as_ints_names_strings_tensors_are_the_same():
 @pytest.mark.parametrize(
     "kwargs, match",
     [
-        ({"guidance_scale": 2.0}, r"`guidance_scale`=2.0 needs `class_labels`: the UNet is class-conditional .*pass `class_labels`"),
+        ({"guidance_scale": 2.0},
+         r"`guidance_scale`=2.0 needs `class_labels`: the UNet is class-conditional .*pass `class_labels`"),
         ({"guidance_scale": 1.0}, r"`guidance_scale`=1.0 needs `class_labels`"),
         ({"class_labels": [0]}, "one label per image: 2"),
         ({"class_labels": [0, 1, 2]}, "one label per image: 2"),
@@ -183,12 +189,14 @@ def test_round_trip_through_save_load_and_vanilla_unet(tmp_path, conditional):
         unet=build_unet("tiny").eval(), scheduler=DDPMExtScheduler(num_train_timesteps=20))
     pipe.set_progress_bar_config(disable=True)
     kwargs = {"class_labels": ["left", "top"], "guidance_scale": 2.0} if conditional else {}
-    before = pipe(batch_size=2, num_inference_steps=4, generator=torch.manual_seed(1), output_type="pt", **kwargs).images
+    before = pipe(batch_size=2, num_inference_steps=4, generator=torch.manual_seed(1), output_type="pt",
+                  **kwargs).images
     pipe.save_pretrained(tmp_path)
     loaded = DDPMExtPipeline.from_pretrained(tmp_path)
     loaded.set_progress_bar_config(disable=True)
     assert loaded.id2label == ({0: "top", 1: "bottom", 2: "left"} if conditional else None)
-    after = loaded(batch_size=2, num_inference_steps=4, generator=torch.manual_seed(1), output_type="pt", **kwargs).images
+    after = loaded(batch_size=2, num_inference_steps=4, generator=torch.manual_seed(1), output_type="pt",
+                   **kwargs).images
     # exact by construction: same weights, shapes, process and thread count; weights reloaded bit for bit
     torch.testing.assert_close(after, before, rtol=0, atol=0)
 

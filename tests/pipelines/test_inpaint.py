@@ -1,16 +1,23 @@
-"""DDPMExtInpaintPipeline (RePaint): the kept region, the reduction to plain sampling, the schedule, the jumps, bad input."""
+"""DDPMExtInpaintPipeline (RePaint): the kept region, the reduction to plain sampling, the schedule, the jumps, bad
+input."""
 
 from __future__ import annotations
 
+import importlib.util
+import json
+import sys
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from diffusers import DDPMScheduler, RePaintScheduler
 from PIL import Image
+from tiny_pipeline import TINY_SIZE, make_tiny_pipeline
 
 from ddpm_ext import DDIMExtScheduler, DDPMExtPipeline, DDPMExtScheduler, build_unet
+from ddpm_ext.figures import inpainting_figure
 from ddpm_ext.pipelines.pipeline_ddpm_ext_inpaint import (
     DDPMExtInpaintPipeline,
     forward_jump,
@@ -19,7 +26,6 @@ from ddpm_ext.pipelines.pipeline_ddpm_ext_inpaint import (
     repaint_schedule,
 )
 from ddpm_ext.seeding import image_generators
-from tiny_pipeline import TINY_SIZE, make_tiny_pipeline
 
 S = TINY_SIZE  # 16
 
@@ -188,8 +194,11 @@ def test_all_fill_image_in_a_mixed_batch_keeps_its_own_stream():
 def test_resampling_changes_the_completion_and_is_reproducible():
     pipe = inpaint_pipe()
     x, m = digits(1), left_half_fill()
-    run = lambda r: pipe(x, m, num_inference_steps=8, jump_length=2, jump_n_sample=r, generator=gens(1),
-                         output_type="pt").images
+
+    def run(r):
+        return pipe(x, m, num_inference_steps=8, jump_length=2, jump_n_sample=r, generator=gens(1),
+                    output_type="pt").images
+
     a, b = run(3), run(3)
     # exact by construction: same weights, shapes, process and thread count (same kernels)
     assert torch.equal(a, b) and not torch.equal(a, run(1))
@@ -203,7 +212,8 @@ def test_from_pipe_shares_components_and_other_image_sizes():
     x = torch.rand(1, 1, 12, 20) * 2 - 1  # not the 16x16 sample_size; the tiny UNet halves once
     m = torch.zeros(1, 1, 12, 20)
     m[..., 6:, :] = 1
-    out = inp(x, m, num_inference_steps=4, jump_length=2, jump_n_sample=2, generator=torch.manual_seed(0), output_type="np")
+    out = inp(x, m, num_inference_steps=4, jump_length=2, jump_n_sample=2, generator=torch.manual_seed(0),
+              output_type="np")
     assert out.images.shape == (1, 12, 20, 1)
     np.testing.assert_array_equal(out.images[0, :6, :, 0], (x[0, 0, :6] / 2 + 0.5).numpy())
 
@@ -267,7 +277,8 @@ def _no_unet_calls(pipe):
         (digits(1), left_half_fill(), {"jump_n_sample": 2.5}, r"`jump_n_sample` must be an integer >= 1, got 2.5"),
         (digits(1), left_half_fill(), {"eta": 0.5}, r"`eta`=0.5 needs a DDIM scheduler"),
         (digits(1), left_half_fill(), {"eta": -1}, r"`eta` must be a number in \[0, 1\]"),
-        (digits(1), left_half_fill(), {"num_inference_steps": 21}, r"`num_inference_steps` must be an integer in \[1, 20\]"),
+        (digits(1), left_half_fill(), {"num_inference_steps": 21},
+         r"`num_inference_steps` must be an integer in \[1, 20\]"),
         (digits(1), left_half_fill(), {"generator": gens(2)}, r"list of 2 generators but `batch_size` is 1"),
         (digits(1), left_half_fill(), {"output_type": "jpg"}, r"`output_type` must be one of"),
     ],
@@ -300,8 +311,6 @@ def test_make_mask_kinds():
 
 
 def test_inpainting_figure_draws_what_the_pipeline_gives(tmp_path):
-    from ddpm_ext.figures import inpainting_figure
-
     pipe = make_tiny_pipeline()
     image = digits(1)[0]
     fig = inpainting_figure(pipe, image, tmp_path / "inpaint.png", num_inference_steps=6, jump_length=2,
@@ -328,13 +337,6 @@ def test_inpainting_figure_draws_what_the_pipeline_gives(tmp_path):
 # benchmarks/inpainting_study.py, end to end on the tiny pipeline with a stand-in judge
 # ------------------------------------------------------------------------------------------------
 def test_inpainting_study_end_to_end_with_a_stand_in_judge(tmp_path, monkeypatch):
-    import importlib.util
-    import sys
-    import json
-    from pathlib import Path
-
-    from ddpm_ext.pipelines.pipeline_ddpm_ext_inpaint import make_mask
-
     path = Path(__file__).resolve().parents[2] / "benchmarks" / "inpainting_study.py"
     spec = importlib.util.spec_from_file_location("inpainting_study", path)
     study = importlib.util.module_from_spec(spec)

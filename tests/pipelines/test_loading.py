@@ -9,7 +9,8 @@ import os
 import numpy as np
 import pytest
 import torch
-from diffusers import DDPMPipeline, DDPMScheduler, UNet2DConditionModel, UNet2DModel
+from diffusers import DDIMScheduler, DDPMPipeline, DDPMScheduler, UNet2DConditionModel, UNet2DModel
+from diffusers.utils import logging as diffusers_logging
 from safetensors.torch import load_file, save_file
 
 import ddpm_ext.pipelines.checkpoint_io as checkpoint_io
@@ -73,8 +74,6 @@ def test_dtype_and_torch_dtype_and_low_cpu_mem_usage(saved):
 
 def test_name_or_path_log_lines_and_component_overrides(saved, caplog):
     pipe, folder = saved
-    from diffusers.utils import logging as diffusers_logging
-
     diffusers_logging.set_verbosity_info()
     try:
         with caplog.at_level(logging.INFO):
@@ -162,7 +161,8 @@ def test_scheduler_config_naming_a_model_is_refused(saved):
     config = json.loads(path.read_text())
     config["_class_name"], config["_ddpm_ext_class_name"] = "UNet2DConditionModel", None
     path.write_text(json.dumps(config))
-    with pytest.raises(ValueError, match=r"names 'UNet2DConditionModel', which is not a diffusers or ddpm_ext scheduler"):
+    with pytest.raises(ValueError,
+                       match=r"names 'UNet2DConditionModel', which is not a diffusers or ddpm_ext scheduler"):
         DDPMExtPipeline.from_pretrained(folder)
 
 
@@ -239,7 +239,5 @@ def test_scheduler_saved_alone_loads_in_diffusers_with_the_same_betas(tmp_path):
     )
     # a DDIM scheduler too
     DDIMExtScheduler(beta_schedule="cosine", max_beta=0.5).save_pretrained(tmp_path / "ddim")
-    from diffusers import DDIMScheduler
-
     torch.testing.assert_close(DDIMScheduler.from_pretrained(tmp_path / "ddim").betas, DDIMExtScheduler(
         beta_schedule="cosine", max_beta=0.5).betas, rtol=0, atol=0)  # fmt: skip

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 import torch
 from diffusers import DDIMPipeline, DDIMScheduler, DDPMPipeline, DDPMScheduler, DiffusionPipeline, UNet2DModel
+from hub_servers import publish_folder
 from PIL import Image
 
 from ddpm_ext import (
@@ -70,17 +74,21 @@ class TestSampling:
         assert not np.allclose(a, c)
         gens = [torch.Generator().manual_seed(5), torch.Generator().manual_seed(6)]
         per_image = pipe(batch_size=2, generator=gens, num_inference_steps=5, output_type="np").images
-        single = pipe(batch_size=1, generator=[torch.Generator().manual_seed(6)], num_inference_steps=5, output_type="np").images
+        single = pipe(batch_size=1, generator=[torch.Generator().manual_seed(6)], num_inference_steps=5,
+                      output_type="np").images
         # with one generator per image, each image depends only on its own generator (x_T and every z)
         np.testing.assert_allclose(per_image[1], single[0], atol=1e-5)
 
     def test_same_images_as_diffusers_ddpm_pipeline(self):
         unet = tiny_unet()
-        ours = DDPMExtPipeline(unet=unet, scheduler=DDPMExtScheduler(beta_schedule="cosine", variance_type="fixed_large"))
-        theirs = DDPMPipeline(unet=unet, scheduler=DDPMScheduler(beta_schedule="squaredcos_cap_v2", variance_type="fixed_large"))
+        ours = DDPMExtPipeline(unet=unet,
+                               scheduler=DDPMExtScheduler(beta_schedule="cosine", variance_type="fixed_large"))
+        theirs = DDPMPipeline(unet=unet,
+                              scheduler=DDPMScheduler(beta_schedule="squaredcos_cap_v2", variance_type="fixed_large"))
         for p in (ours, theirs):
             p.set_progress_bar_config(disable=True)
-        np.testing.assert_allclose(sample(ours, num_inference_steps=20), sample(theirs, num_inference_steps=20), atol=1e-4)
+        np.testing.assert_allclose(sample(ours, num_inference_steps=20), sample(theirs, num_inference_steps=20),
+                                   atol=1e-4)
 
     def test_ddim_swap_and_eta(self):
         pipe = make_pipe(DDPMExtScheduler(beta_schedule="cosine"))
@@ -204,7 +212,8 @@ def test_saved_pipeline_loads_in_vanilla_diffusers(cls, kwargs, tmp_path):
     for loader in (DiffusionPipeline, DDPMPipeline):
         vanilla = loader.from_pretrained(tmp_path)
         assert type(vanilla) is DDPMPipeline
-        assert type(vanilla.scheduler).__name__ == {"DDPMExtScheduler": "DDPMScheduler", "DDIMExtScheduler": "DDIMScheduler"}[cls.__name__]
+        assert type(vanilla.scheduler).__name__ == {"DDPMExtScheduler": "DDPMScheduler",
+                                                    "DDIMExtScheduler": "DDIMScheduler"}[cls.__name__]
         vanilla.set_progress_bar_config(disable=True)
         np.testing.assert_allclose(sample(vanilla, num_inference_steps=20), ref, atol=1e-4)
 
@@ -241,7 +250,8 @@ def test_inexpressible_schedule_still_samples_the_same_in_diffusers(tmp_path):
 
 def test_loads_diffusers_own_ddpm_pipeline(tmp_path):
     unet = tiny_unet()
-    theirs = DDPMPipeline(unet=unet, scheduler=DDPMScheduler(beta_schedule="squaredcos_cap_v2", variance_type="fixed_large"))
+    theirs = DDPMPipeline(unet=unet,
+                          scheduler=DDPMScheduler(beta_schedule="squaredcos_cap_v2", variance_type="fixed_large"))
     theirs.set_progress_bar_config(disable=True)
     theirs.save_pretrained(tmp_path)
     ours = DDPMExtPipeline.from_pretrained(tmp_path)
@@ -254,7 +264,8 @@ def test_pickle_only_checkpoint_is_refused_unless_allowed(tmp_path):
     unet = tiny_unet()
     DDPMPipeline(unet=unet, scheduler=DDPMScheduler()).save_pretrained(tmp_path, safe_serialization=False)
     assert (tmp_path / "unet" / "diffusion_pytorch_model.bin").is_file()
-    with pytest.raises(ValueError, match=r"no safetensors weights \(only the pickle file\(s\) \['diffusion_pytorch_model.bin'\]\).*allow_pickle=True"):
+    with pytest.raises(ValueError, match=r"no safetensors weights \(only the pickle file\(s\) "
+                                         r"\['diffusion_pytorch_model.bin'\]\).*allow_pickle=True"):
         DDPMExtPipeline.from_pretrained(tmp_path)
     loaded = DDPMExtPipeline.from_pretrained(tmp_path, allow_pickle=True)
     torch.testing.assert_close(loaded.unet.conv_in.weight, unet.conv_in.weight)
@@ -281,7 +292,8 @@ def test_missing_component(tmp_path):
 
 
 def test_channel_mismatch_with_learned_range():
-    with pytest.raises(ValueError, match=r"`variance_type`='learned_range' needs a UNet with out_channels = 2 x in_channels = 2"):
+    with pytest.raises(ValueError,
+                       match=r"`variance_type`='learned_range' needs a UNet with out_channels = 2 x in_channels = 2"):
         DDPMExtPipeline(unet=tiny_unet(), scheduler=DDPMExtScheduler(variance_type="learned_range"))
     with pytest.raises(ValueError, match=r"out_channels=2.*must be equal"):
         DDPMExtPipeline(unet=tiny_unet(out_channels=2), scheduler=DDPMExtScheduler())
@@ -320,8 +332,6 @@ def test_save_refuses_pickle(tmp_path):
 # Hub repo ids: through a real local Hub server (olah serving git mirrors), and through the cache offline
 # --------------------------------------------------------------------------------------------------
 def test_hub_round_trip_through_local_server(olah_hub, tmp_path):
-    from hub_servers import publish_folder
-
     pipe = make_pipe(DDPMExtScheduler(beta_schedule="cosine", cosine_s=0.02, variance_type="fixed_large"))
     pipe.save_pretrained(tmp_path / "pipe")
     publish_folder(olah_hub.mirrors_root, "ddpm-ext-tests/hub-round-trip", tmp_path / "pipe")
@@ -343,12 +353,6 @@ def test_hub_round_trip_through_local_server(olah_hub, tmp_path):
 
 def test_hub_diffusers_checkpoint_and_offline_cache(olah_hub, tmp_path):
     """A checkpoint saved by diffusers' own DDPMPipeline (google/ddpm-cifar10-32 layout), by repo id, then offline."""
-    import os
-    import subprocess
-    import sys
-
-    from hub_servers import publish_folder
-
     unet = tiny_unet(seed=3)
     theirs = DDPMPipeline(unet=unet, scheduler=DDPMScheduler(variance_type="fixed_large", clip_sample=True))
     theirs.save_pretrained(tmp_path / "theirs")

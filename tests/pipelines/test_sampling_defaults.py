@@ -3,6 +3,8 @@ diffusers' behaviour when asked for explicitly; the user's scheduler config left
 
 from __future__ import annotations
 
+import doctest
+
 import diffusers
 import pytest
 import torch
@@ -72,7 +74,8 @@ def test_ddim_default_equals_diffusers_ddim_pipeline_with_consistent_eps_and_tra
     pipe = tiny_pipe(DDIMExtScheduler())
     theirs = DDIMPipeline(unet=pipe.unet, scheduler=DDIMScheduler(timestep_spacing="trailing"))
     theirs.set_progress_bar_config(disable=True)
-    ours = pipe(batch_size=2, num_inference_steps=10, generator=torch.Generator().manual_seed(0), output_type="np").images
+    ours = pipe(batch_size=2, num_inference_steps=10, generator=torch.Generator().manual_seed(0),
+                output_type="np").images
     ref = theirs(batch_size=2, num_inference_steps=10, generator=torch.Generator().manual_seed(0), eta=0.0,
                  use_clipped_model_output=True, output_type="np").images  # fmt: skip
     torch.testing.assert_close(torch.from_numpy(ours), torch.from_numpy(ref), rtol=0, atol=1e-4)
@@ -100,7 +103,8 @@ def test_inpaint_pipeline_follows_the_same_rule():
     with pytest.warns(UserWarning, match="fills every pixel"):
         out = pipe(image, mask, generator=torch.Generator().manual_seed(0), **call)
     assert out.timesteps[0] == 999 and base.scheduler.config.timestep_spacing == "leading"
-    plain = base(batch_size=1, num_inference_steps=10, generator=torch.Generator().manual_seed(0), output_type="pt").images
+    plain = base(batch_size=1, num_inference_steps=10, generator=torch.Generator().manual_seed(0),
+                 output_type="pt").images
     torch.testing.assert_close(out.images, plain, rtol=0, atol=1e-6)
     with pytest.warns(UserWarning, match="fills every pixel"):
         leading = pipe(image, mask, generator=torch.Generator().manual_seed(0), timestep_spacing="leading", **call)
@@ -122,8 +126,6 @@ def test_bad_spacing_is_refused_before_any_work():
 
 
 def test_resolve_timestep_spacing_docstring_example_runs():
-    import doctest
-
     runner = doctest.DocTestRunner(optionflags=doctest.NORMALIZE_WHITESPACE)
     for test in doctest.DocTestFinder().find(resolve_timestep_spacing, "resolve_timestep_spacing", globs={}):
         runner.run(test)

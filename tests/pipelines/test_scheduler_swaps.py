@@ -15,8 +15,10 @@ import numpy as np
 import pytest
 import torch
 from diffusers import DDIMScheduler, DDPMScheduler, UNet2DModel
+from diffusers.callbacks import PipelineCallback
 from diffusers.models.unets.unet_2d import UNet2DOutput
 
+import ddpm_ext.schedulers.scheduling_ddim_ext as ddim_module
 from ddpm_ext import DDIMExtScheduler, DDPMExtPipeline, DDPMExtScheduler, build_unet
 
 S = 0.5  # the data's std
@@ -73,7 +75,8 @@ def test_every_compatible_scheduler_samples_the_right_std(name):
     pipe = exact_pipe(BASE)
     pipe.scheduler = cls.from_config(BASE.config)
     for steps, bound in ((50, 0.12), (200, 0.06)):
-        x = pipe(batch_size=64, num_inference_steps=steps, generator=torch.Generator().manual_seed(0), output_type="latent").images
+        x = pipe(batch_size=64, num_inference_steps=steps, generator=torch.Generator().manual_seed(0),
+                 output_type="latent").images
         assert abs(x.std().item() - S) / S < bound, (name, steps, x.std().item())
         assert abs(x.mean().item()) < 0.03, (name, steps, x.mean().item())
 
@@ -89,7 +92,8 @@ def test_dpm_solver_pp_and_unipc_swap_from_a_trained_pipeline():
     pipe = exact_pipe(DDPMExtScheduler())
     for cls in (diffusers.DPMSolverMultistepScheduler, diffusers.UniPCMultistepScheduler):
         pipe.scheduler = cls.from_config(pipe.scheduler.config)
-        x = pipe(batch_size=64, num_inference_steps=20, generator=torch.Generator().manual_seed(0), output_type="latent").images
+        x = pipe(batch_size=64, num_inference_steps=20, generator=torch.Generator().manual_seed(0),
+                 output_type="latent").images
         assert abs(x.std().item() - S) / S < 0.06
 
 
@@ -119,9 +123,12 @@ def tiny_pipe(scheduler=None) -> DDPMExtPipeline:
 def test_latents_start_from_the_given_x_T():
     pipe = tiny_pipe()
     x_T = torch.randn(2, 1, 8, 8, generator=torch.Generator().manual_seed(0))
-    drawn = pipe(batch_size=2, num_inference_steps=4, generator=torch.Generator().manual_seed(0), output_type="latent").images
-    given = pipe(batch_size=2, num_inference_steps=4, latents=x_T.clone(), stochastic=False, output_type="latent").images
-    again = pipe(batch_size=2, num_inference_steps=4, latents=x_T.clone(), stochastic=False, output_type="latent").images
+    drawn = pipe(batch_size=2, num_inference_steps=4, generator=torch.Generator().manual_seed(0),
+                 output_type="latent").images
+    given = pipe(batch_size=2, num_inference_steps=4, latents=x_T.clone(), stochastic=False,
+                 output_type="latent").images
+    again = pipe(batch_size=2, num_inference_steps=4, latents=x_T.clone(), stochastic=False,
+                 output_type="latent").images
     # exact by construction: same weights, shapes, process and thread count (same kernels)
     assert torch.equal(given, again)
     # the same x_T as drawn from the seed: the first step sees the same input
@@ -161,8 +168,6 @@ def test_callback_on_step_end_with_diffusers_keys_and_interrupt():
 
 
 def test_pipeline_callback_objects():
-    from diffusers.callbacks import PipelineCallback
-
     class Zero(PipelineCallback):
         tensor_inputs = ["latents"]
 
@@ -170,7 +175,8 @@ def test_pipeline_callback_objects():
             return {"latents": torch.zeros_like(callback_kwargs["latents"])}
 
     pipe = tiny_pipe()
-    x = pipe(num_inference_steps=3, callback_on_step_end=Zero(cutoff_step_ratio=None, cutoff_step_index=10), output_type="latent").images
+    x = pipe(num_inference_steps=3, callback_on_step_end=Zero(cutoff_step_ratio=None, cutoff_step_index=10),
+             output_type="latent").images
     assert torch.equal(x, torch.zeros_like(x))
 
 
@@ -208,8 +214,6 @@ def test_unknown_and_unsupported_arguments_fail_clearly():
 
 
 def test_eta_is_checked_once_per_call_not_per_step(monkeypatch):
-    import ddpm_ext.schedulers.scheduling_ddim_ext as ddim_module
-
     pipe = tiny_pipe(DDIMExtScheduler())
     calls = []
     real = ddim_module.check_number
@@ -234,7 +238,8 @@ def test_get_variance_matches_diffusers():
     for t, prev in ((900, 800), (100, 0), (0, -1)):
         torch.testing.assert_close(ours._get_variance(t, prev), theirs._get_variance(t, prev), rtol=1e-3, atol=1e-9)
     batch = ours._get_variance(torch.tensor([900, 100]), torch.tensor([800, -1]))
-    torch.testing.assert_close(batch, torch.stack([theirs._get_variance(900, 800), theirs._get_variance(100, -1)]), rtol=1e-3, atol=1e-9)
+    torch.testing.assert_close(batch, torch.stack([theirs._get_variance(900, 800), theirs._get_variance(100, -1)]),
+                               rtol=1e-3, atol=1e-9)
 
     for kind in ("fixed_small", "fixed_large"):
         ours, theirs = DDPMExtScheduler(variance_type=kind), DDPMScheduler(variance_type=kind)

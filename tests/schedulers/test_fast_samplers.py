@@ -2,19 +2,22 @@
 
 from __future__ import annotations
 
+import doctest
+
 import diffusers
 import pytest
 import torch
 
 from ddpm_ext import DDPMExtPipeline, DDPMExtScheduler, build_unet, fast_sampler
-from ddpm_ext.schedulers import FAST_SAMPLERS, x0_clipping_config
+from ddpm_ext.schedulers import FAST_SAMPLERS, fast_samplers, x0_clipping_config
 
 
 def test_clipping_translation():
     assert x0_clipping_config(DDPMExtScheduler().config)["thresholding"] is True
     assert x0_clipping_config(DDPMExtScheduler().config)["sample_max_value"] == 1.0
     assert x0_clipping_config(DDPMExtScheduler(clip_sample=False).config)["thresholding"] is False
-    dynamic = x0_clipping_config(DDPMExtScheduler(thresholding=True, dynamic_thresholding_ratio=0.9, sample_max_value=2.0).config)
+    dynamic = x0_clipping_config(
+        DDPMExtScheduler(thresholding=True, dynamic_thresholding_ratio=0.9, sample_max_value=2.0).config)
     assert dynamic == {"thresholding": True, "dynamic_thresholding_ratio": 0.9, "sample_max_value": 2.0}
     with pytest.raises(ValueError, match=r"`clip_sample_range`=0.5 cannot be expressed .*allowed: 1.0.*clip_x0=False"):
         x0_clipping_config(DDPMExtScheduler(clip_sample_range=0.5).config)
@@ -34,7 +37,8 @@ def test_solver_options_and_schedule_come_through():
     ours = DDPMExtScheduler(beta_schedule="cosine", cosine_s=0.02, prediction_type="v_prediction")
     dpmpp, unipc = fast_sampler("dpmpp", ours.config), fast_sampler("unipc", ours.config)
     assert type(dpmpp) is diffusers.DPMSolverMultistepScheduler and dpmpp.config.algorithm_type == "dpmsolver++"
-    assert dpmpp.config.solver_order == 2 and type(unipc) is diffusers.UniPCMultistepScheduler and unipc.config.predict_x0
+    assert (dpmpp.config.solver_order == 2 and type(unipc) is diffusers.UniPCMultistepScheduler
+            and unipc.config.predict_x0)
     for s in (dpmpp, unipc):
         assert s.config.prediction_type == "v_prediction" and s.config.thresholding
         torch.testing.assert_close(s.alphas_cumprod, ours.alphas_cumprod, rtol=1e-5, atol=1e-7)
@@ -77,9 +81,5 @@ def test_bad_arguments_are_refused():
 
 
 def test_docstring_examples_run():
-    import doctest
-
-    from ddpm_ext.schedulers import fast_samplers
-
     result = doctest.testmod(fast_samplers, optionflags=doctest.NORMALIZE_WHITESPACE)
     assert result.attempted > 0 and result.failed == 0

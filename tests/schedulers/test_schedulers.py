@@ -232,7 +232,8 @@ def test_respaced_steps(spacing, steps):
         beta = 1 - ab / ab_prev
         # mean: μ̃ with x̂_0 from ε, i.e. Algorithm 2 with the respaced β'
         mean = s.step(eps, t, x, stochastic=False).prev_sample
-        torch.testing.assert_close(mean, (x - beta / math.sqrt(1 - ab) * eps) / math.sqrt(1 - beta), rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(mean, (x - beta / math.sqrt(1 - ab) * eps) / math.sqrt(1 - beta),
+                                   rtol=1e-4, atol=1e-4)
         if prev >= 0:
             var = (1 - ab_prev) / (1 - ab) * beta
             z = s.step(eps, t, x, variance_noise=torch.ones_like(x)).prev_sample - mean
@@ -336,7 +337,8 @@ def test_ddim_eta_zero_is_deterministic_and_inverts_add_noise():
 # --------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("cls", SCHEDULERS)
 def test_save_load_round_trip(cls, tmp_path):
-    s = cls(beta_schedule="cosine", cosine_s=0.01, max_beta=0.99, prediction_type="v_prediction", timestep_spacing="trailing")
+    s = cls(beta_schedule="cosine", cosine_s=0.01, max_beta=0.99, prediction_type="v_prediction",
+            timestep_spacing="trailing")
     s.save_pretrained(tmp_path)
     r = cls.from_pretrained(tmp_path)
     public = lambda c: {k: v for k, v in c.items() if not k.startswith("_")}  # noqa: E731
@@ -355,7 +357,8 @@ def test_from_config_both_ways_with_diffusers(ours, theirs):
         assert back.config[key] == a.config[key]
     # and from a plain diffusers config
     native = ours.from_config(theirs(beta_schedule="squaredcos_cap_v2").config)
-    torch.testing.assert_close(native.alphas_cumprod, theirs(beta_schedule="squaredcos_cap_v2").alphas_cumprod, rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(native.alphas_cumprod, theirs(beta_schedule="squaredcos_cap_v2").alphas_cumprod,
+                               rtol=1e-5, atol=1e-7)
 
 
 def test_ddpm_ddim_swap_keeps_every_setting():
@@ -381,7 +384,8 @@ def test_posterior_mean_variance_closed_form():
     tilde1 = (1 - ab[0]) / (1 - ab[1]) * b[1]
     for i, ti in enumerate(t.tolist()):
         ab_prev = ab[ti - 1] if ti > 0 else 1.0
-        mu = math.sqrt(ab_prev) * b[ti] / (1 - ab[ti]) * x0[i] + math.sqrt(1 - b[ti]) * (1 - ab_prev) / (1 - ab[ti]) * xt[i]
+        mu = (math.sqrt(ab_prev) * b[ti] / (1 - ab[ti]) * x0[i]
+              + math.sqrt(1 - b[ti]) * (1 - ab_prev) / (1 - ab[ti]) * xt[i])
         torch.testing.assert_close(mean[i], mu, rtol=1e-5, atol=1e-6)
         tilde = (1 - ab_prev) / (1 - ab[ti]) * b[ti]
         assert var[i].item() == pytest.approx(tilde, rel=1e-5, abs=1e-12)
@@ -426,8 +430,10 @@ BAD_OPTIONS = [
     ({"beta_start": 0.03, "beta_end": 0.02}, r"`beta_start` \(0.03\) must not exceed `beta_end` \(0.02\)"),
     ({"beta_schedule": "cosine", "max_beta": 1.0}, r"`max_beta` must be in the open interval \(0, 1\), got 1.0"),
     ({"beta_schedule": "cosine", "cosine_s": -0.1}, r"`cosine_s` must be in \[0, 1\), got -0.1"),
-    ({"num_train_timesteps": 3, "trained_betas": [0.1, 0.2]}, r"`trained_betas` must have `num_train_timesteps`=3 values, got 2"),
-    ({"num_train_timesteps": 2, "trained_betas": [0.1, 1.0]}, r"`trained_betas` must lie in the open interval \(0, 1\); trained_betas\[1\] = 1.0"),
+    ({"num_train_timesteps": 3, "trained_betas": [0.1, 0.2]},
+     r"`trained_betas` must have `num_train_timesteps`=3 values, got 2"),
+    ({"num_train_timesteps": 2, "trained_betas": [0.1, 1.0]},
+     r"`trained_betas` must lie in the open interval \(0, 1\); trained_betas\[1\] = 1.0"),
     ({"num_train_timesteps": 2, "trained_betas": [0.0, 0.1]}, r"trained_betas\[0\] = 0.0"),
     ({"clip_sample_range": 0}, r"`clip_sample_range` must be a number > 0, got 0"),
     ({"dynamic_thresholding_ratio": 1.5}, r"`dynamic_thresholding_ratio` must be a number in \(0, 1.0\], got 1.5"),
@@ -479,7 +485,8 @@ def test_step_with_unknown_timestep_and_bad_channels():
     with pytest.raises(ValueError, match=r"has 6 channels but `sample` has 3.*learned_range"):
         s.step(torch.zeros(1, 6, 4, 4), s.timesteps[0], x)
     lr = DDPMExtScheduler(variance_type="learned_range")
-    with pytest.raises(ValueError, match=r"`variance_type`='learned_range' needs a model output with 2 x 3 = 6 channels"):
+    with pytest.raises(ValueError,
+                       match=r"`variance_type`='learned_range' needs a model output with 2 x 3 = 6 channels"):
         lr.step(x, 999, x)
 
 

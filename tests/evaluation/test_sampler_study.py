@@ -28,6 +28,7 @@ def argv(pipeline, out, stats, *extra):
             "--nearest_k", "3", "--batch_size", "8", "--grid_images", "4", *extra]  # fmt: skip
 
 
+@pytest.mark.slow  # 17 study points sampled and scored, three runs of the study, a plot
 def test_study_runs_resumes_and_refuses_other_settings(study_module, tiny_pipeline_dir, tmp_path, capsys, monkeypatch):
     out, stats = tmp_path / "study", tmp_path / "stats"
     samplers = ["--samplers", "ddpm-large", "ddim-eta0", "dpmpp", "unipc", "--nfe", "2", "3"]

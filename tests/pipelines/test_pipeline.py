@@ -351,6 +351,7 @@ def test_hub_round_trip_through_local_server(olah_hub, tmp_path):
     assert type(generic) is DDPMPipeline
 
 
+@pytest.mark.slow  # starts the local Hub server (olah) and loads through it twice
 def test_hub_diffusers_checkpoint_and_offline_cache(olah_hub, tmp_path):
     """A checkpoint saved by diffusers' own DDPMPipeline (google/ddpm-cifar10-32 layout), by repo id, then offline."""
     unet = tiny_unet(seed=3)

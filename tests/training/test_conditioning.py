@@ -227,6 +227,7 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
+@pytest.mark.slow  # 300 training steps
 def test_briefly_trained_model_draws_the_requested_classes(one_thread):
     torch.manual_seed(0)
     scheduler = DDPMExtScheduler(num_train_timesteps=100, beta_schedule="cosine")

@@ -299,7 +299,8 @@ def test_failed_push_keeps_output_and_says_how_to_retry(tmp_path, upload_hub):
         (["--autoguidance_guide_fraction", "0"], "`--autoguidance_guide_fraction` must be a number > 0, got 0.0."),
     ],
 )
-@pytest.mark.parametrize("entry", ["script", "ddpm-ext train"])
+# the script in a subprocess is the slow tier; the same messages in process are the fast tier
+@pytest.mark.parametrize("entry", [pytest.param("script", marks=pytest.mark.slow), "ddpm-ext train"])
 def test_bad_flags(entry, args, message, tmp_path, capsys):
     """The same clear error, exit status 2, from the script (a subprocess) and from the CLI (in process)."""
     argv = args + ["--output_dir", str(tmp_path / "o")]
@@ -323,6 +324,7 @@ def test_train_command_help_lists_every_training_flag(capsys):
     assert [o for o in options if o not in shown] == []
 
 
+@pytest.mark.slow  # a subprocess
 def test_a_bad_flag_through_the_command_line_is_a_clear_error(tmp_path):
     result = run(["--train_batch_size", "0", "--output_dir", str(tmp_path / "o")], entry=CLI, check=False,
                  timeout=120)
@@ -352,7 +354,8 @@ def make_folder(tmp_path: Path, n: int = 3, corrupt: bool = False) -> Path:
         ("pretrained", "is neither an existing folder nor a Hub repo id"),
     ],
 )
-def test_bad_data(case, message, tmp_path):
+@pytest.mark.parametrize("entry", [pytest.param("script", marks=pytest.mark.slow), "ddpm-ext train"])
+def test_bad_data(entry, case, message, tmp_path, capsys):
     if case == "missing":
         args = ["--train_data_dir", str(tmp_path / "nope")]
     elif case == "empty":
@@ -367,9 +370,14 @@ def test_bad_data(case, message, tmp_path):
     else:
         args = ["--pretrained_model_name_or_path", str(tmp_path / "no" / "such" / "pipeline")]
     base = TINY_FINETUNE if case == "pretrained" else TINY
-    result = run(base + args + ["--output_dir", str(tmp_path / "o")], check=False, timeout=300)
-    assert result.returncode == 2, result.stderr[-2000:]
-    assert "error:" in result.stderr and message in result.stderr
+    argv = base + args + ["--output_dir", str(tmp_path / "o")]
+    if entry == "script":  # a subprocess
+        result = run(argv, check=False, timeout=300)
+        code, err = result.returncode, result.stderr
+    else:
+        code, err = cli.main(["train", *argv]), capsys.readouterr().err
+    assert code == 2, err[-2000:]
+    assert "error:" in err and message in err
     assert not (tmp_path / "o" / "model_index.json").exists()
 
 

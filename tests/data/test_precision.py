@@ -184,7 +184,7 @@ def _tiny_16bit_folder(tmp_path: Path) -> Path:
 def test_build_data_forwards_the_flags(tmp_path):
     from ddpm_ext.training.flags import parse_args
     from ddpm_ext.training.resume import RESUME_MUST_MATCH
-    from ddpm_ext.training.train import build_data
+    from ddpm_ext.training.setup import build_data
 
     assert {"dataset_config_name", "preserve_input_precision"} <= set(RESUME_MUST_MATCH)
     folder = _tiny_16bit_folder(tmp_path)

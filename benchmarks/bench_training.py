@@ -2,7 +2,7 @@
 
 ddpm_ext's step is `training_step` of ddpm_ext/training/train.py (Algorithm 1 with the script's seeded
 randomness), imported, not copied, followed by what the script's loop does: backward, gradient clipping at
-1.0, AdamW from the script's `build_optimizer` (so `--optimizer_impl` is the script's own), zero_grad.
+1.0, AdamW from the script's `build_optimizer` (training/setup.py: `--optimizer_impl` is the script's own), zero_grad.
 diffusers' step follows examples/unconditional_image_generation/train_unconditional.py: `torch.randn` noise,
 `torch.randint` timesteps, `DDPMScheduler.add_noise`, `F.mse_loss(model_output.float(), noise.float())`,
 backward, clipping at 1.0, `torch.optim.AdamW`, zero_grad. Neither keeps an EMA (the example's default).
@@ -36,6 +36,7 @@ import ddpm_ext.training.train as train_ddpm
 from ddpm_ext import DDPMExtScheduler
 from ddpm_ext.data import load_mnist_5k
 from ddpm_ext.training.flags import parse_args
+from ddpm_ext.training.setup import build_optimizer
 
 LEARNING_RATE = 5e-4  # the same for every variant; no warm-up or decay (not what is being compared)
 
@@ -57,8 +58,8 @@ class OursTrainer:
         if self.args.channels_last:
             self.unet.to(memory_format=torch.channels_last)
         self.model = torch.compile(self.unet, mode=compile_mode) if compile else self.unet
-        self.scheduler = train_ddpm.DDPMExtScheduler()
-        self.optimizer = train_ddpm.build_optimizer(self.unet.parameters(), self.args)
+        self.scheduler = DDPMExtScheduler()
+        self.optimizer = build_optimizer(self.unet.parameters(), self.args)
         self.randomness = train_ddpm.StepRandomness(self.args.seed)
         self.device, self.autocast_dtype, self.step_count = device, autocast_dtype, 0
 

@@ -35,9 +35,7 @@ import torch
 from diffusers import UNet2DModel
 
 from ..pipelines.guidance import (
-    balanced_class_labels,
     class_names,
-    grid_images_per_class,
     is_class_conditional,
     num_classes,
     set_class_names,
@@ -50,7 +48,6 @@ __all__ = [
     "dataset_class_labels",
     "drop_labels",
     "make_class_conditional",
-    "sample_grid_call",
     "setup_conditioning",
 ]
 
@@ -247,46 +244,13 @@ def setup_conditioning(
         ValueError: for data without usable labels, or a conditional pretrained UNet without
             `--class_conditional` (before any training).
     """
-    if not args.class_conditional:
-        if is_class_conditional(unet):
-            raise ValueError(
-                f"The pretrained UNet is class-conditional ({num_classes(unet)} classes: {class_names(unet)}); "
-                "fine-tune it with --class_conditional (and labelled data)."
-            )
-        return unet, None
-    labels, names = dataset_class_labels(dataset, args.label_column)
-    unet = make_class_conditional(unet, names, args.seed)
-    return unet, Conditioning(labels, names, float(args.class_dropout_prob))
-
-
-def sample_grid_call(
-    unet: UNet2DModel, num_images: int, guidance_scale: float = 1.0
-) -> tuple[dict[str, Any], int | None, list[int] | None]:
-    """Pipeline keywords, the grid's row length and its display order for a sample grid: `num_images` images
-    for an unconditional UNet; for a conditional one, `max(1, num_images // K)` images per class, shown one row
-    per class.
-
-    A conditional grid asks image i for class i mod K ([`~pipelines.guidance.balanced_class_labels`], the
-    pairing `ddpm-ext evaluate` uses), so its images are evaluate's first ones, pixel for pixel; the display
-    order puts image r·K + c at row c, column r.
-
-    Example:
-
-    ```py
-    >>> from ddpm_ext import build_unet
-    >>> from ddpm_ext.training.conditioning import sample_grid_call
-    >>> sample_grid_call(build_unet("tiny", num_class_embeds=3), 4, 2.0)
-    ({'batch_size': 4, 'class_labels': [0, 1, 0, 1], 'guidance_scale': 2.0}, 2, [0, 2, 1, 3])
-    >>> sample_grid_call(build_unet("tiny"), 4)
-    ({'batch_size': 4}, None, None)
-
-    ```
-    """
-    if not is_class_conditional(unet):
-        return {"batch_size": num_images}, None, None
-    k = num_classes(unet)
-    per_class = grid_images_per_class(num_images, k)
-    labels = balanced_class_labels(per_class * k, k)
-    order = [r * k + c for c in range(k) for r in range(per_class)]
-    kwargs = {"batch_size": len(labels), "class_labels": labels, "guidance_scale": float(guidance_scale)}
-    return kwargs, per_class, order
+    if args.class_conditional:
+        labels, names = dataset_class_labels(dataset, args.label_column)
+        unet = make_class_conditional(unet, names, args.seed)
+        return unet, Conditioning(labels, names, float(args.class_dropout_prob))
+    if is_class_conditional(unet):
+        raise ValueError(
+            f"The pretrained UNet is class-conditional ({num_classes(unet)} classes: {class_names(unet)}); "
+            "fine-tune it with --class_conditional (and labelled data)."
+        )
+    return unet, None

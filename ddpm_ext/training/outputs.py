@@ -28,31 +28,46 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
+from diffusers import UNet2DModel
 from safetensors import SafetensorError
 
 from ..files import atomic_write_text, write_with
 from ..hub import describe_error, push_pipeline, write_model_card
 from ..images import save_image_grid
 from ..pipelines.checkpoint_io import GUIDE_DIR
-from ..pipelines.guidance import AUTOGUIDANCE_SCALE_KEY, GUIDE_STEP_KEY
+from ..pipelines.guidance import (
+    AUTOGUIDANCE_SCALE_KEY,
+    GUIDE_STEP_KEY,
+    balanced_class_labels,
+    grid_images_per_class,
+    is_class_conditional,
+    num_classes,
+)
 from ..pipelines.pipeline_ddpm_ext import DDPMExtPipeline
 from ..schedulers.scheduling_ddpm_ext import DDPMExtScheduler
 from ..seeding import image_generators
-from .conditioning import sample_grid_call
 
 if TYPE_CHECKING:  # the loop's state, read here; train.py imports this module
     from .train import Trainer
 
-__all__ = ["pipeline_to_save", "push", "save_outputs", "save_pipeline_whole", "training_info", "write_samples"]
+__all__ = [
+    "pipeline_to_save",
+    "push",
+    "sample_grid_call",
+    "save_outputs",
+    "save_pipeline_whole",
+    "training_info",
+    "write_samples",
+]
 
 INDEX = "model_index.json"
 
 
-def pipeline_to_save(accelerator: Any, unet: torch.nn.Module, ema: Any, scheduler: DDPMExtScheduler,
-                     guide_unet: torch.nn.Module | None = None, guide_step: int | None = None,
-                     autoguidance_scale: float = 1.0) -> DDPMExtPipeline:
-    """The pipeline as saved now: a copy of the UNet carrying the EMA weights when EMA is on, and a copy of the
-    autoguidance guide once taken (its config records `guide_step` and the default scale w)."""
+def pipeline_to_save(trainer: Trainer) -> DDPMExtPipeline:
+    """The pipeline of `trainer` as saved now: a copy of the UNet carrying the EMA weights when EMA is on, and a
+    copy of the autoguidance guide once taken (its config records the guide's step and the default scale w)."""
+    accelerator, unet, ema, scheduler = trainer.accelerator, trainer.unet, trainer.ema, trainer.scheduler
+    guide_unet, guide_step, autoguidance_scale = trainer.guide_unet, trainer.guide_step, trainer.args.autoguidance_scale
     model = copy.deepcopy(accelerator.unwrap_model(unet, keep_torch_compile=False)).eval()  # the live one trains on
     model.to(memory_format=torch.contiguous_format)  # after --channels_last: sample and save in the usual layout
     if ema is not None:
@@ -117,11 +132,44 @@ def write_samples(accelerator: Any, args: argparse.Namespace, step: int, pipe: D
     return path
 
 
+def sample_grid_call(
+    unet: UNet2DModel, num_images: int, guidance_scale: float = 1.0
+) -> tuple[dict[str, Any], int | None, list[int] | None]:
+    """Pipeline keywords, the grid's row length and its display order for a sample grid: `num_images` images
+    for an unconditional UNet; for a conditional one, `max(1, num_images // K)` images per class, shown one row
+    per class.
+
+    A conditional grid asks image i for class i mod K ([`~ddpm_ext.pipelines.guidance.balanced_class_labels`], the
+    pairing `ddpm-ext evaluate` uses), so its images are evaluate's first ones, pixel for pixel; the display
+    order puts image r·K + c at row c, column r.
+
+    Example:
+
+    ```py
+    >>> from ddpm_ext import build_unet
+    >>> from ddpm_ext.training.outputs import sample_grid_call
+    >>> sample_grid_call(build_unet("tiny", num_class_embeds=3), 4, 2.0)
+    ({'batch_size': 4, 'class_labels': [0, 1, 0, 1], 'guidance_scale': 2.0}, 2, [0, 2, 1, 3])
+    >>> sample_grid_call(build_unet("tiny"), 4)
+    ({'batch_size': 4}, None, None)
+
+    ```
+    """
+    if not is_class_conditional(unet):
+        return {"batch_size": num_images}, None, None
+    k = num_classes(unet)
+    per_class = grid_images_per_class(num_images, k)
+    labels = balanced_class_labels(per_class * k, k)
+    order = [r * k + c for c in range(k) for r in range(per_class)]
+    kwargs = {"batch_size": len(labels), "class_labels": labels, "guidance_scale": float(guidance_scale)}
+    return kwargs, per_class, order
+
+
 def save_outputs(args: argparse.Namespace, trainer: Trainer, num_train_images: int, resolution: int) -> int:
     """Write the pipeline ([`save_pipeline_whole`]), the sample grid, training_info.json and the model card; push
     when asked. Returns the exit status: 0, 1 (a write failed) or 3 (the push failed)."""
     output_dir = Path(args.output_dir)
-    pipe = trainer.pipeline()
+    pipe = pipeline_to_save(trainer)
     try:
         save_pipeline_whole(pipe, output_dir)
         grid = write_samples(trainer.accelerator, args, trainer.global_step, pipe)

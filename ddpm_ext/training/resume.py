@@ -9,7 +9,8 @@ module decides, in the order a run meets it:
    autoguidance guide are checked; the run's identity ([`RunIdentity`]: its id, those flags, the saved state).
 3. [`prepare_checkpoints`] (main process, before training): other runs' checkpoints and newer ones than the one
    resumed are moved to `<output_dir>/superseded/`, never deleted.
-4. [`apply_changed_flags`] (after the state is loaded): every other flag may change; its new value is applied.
+4. [`resume_training`] loads the checkpoint into the trainer; [`apply_changed_flags`]: every other flag may
+   change, its new value is applied to the loaded state.
 5. [`set_aside_diverged`] (on a non-finite loss): the checkpoints holding the diverged weights are moved aside,
    and the advice names the last good checkpoint to resume from.
 """
@@ -22,7 +23,7 @@ import shutil
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -37,6 +38,9 @@ from .checkpoints import (
     validate_checkpoint,
 )
 
+if TYPE_CHECKING:  # the loop's state, set here on resume; train.py imports this module
+    from .train import Trainer
+
 __all__ = [
     "RESUME_MUST_MATCH",
     "RunIdentity",
@@ -46,6 +50,7 @@ __all__ = [
     "plan_resume",
     "prepare_checkpoints",
     "resume_config",
+    "resume_training",
     "set_aside_diverged",
 ]
 
@@ -161,6 +166,19 @@ def prepare_checkpoints(args: argparse.Namespace, run_id: str, accelerator: Any)
             accelerator.print(f"Moved {', '.join(c.name for c in group)} to {dest} (kept, not used by this run).")
     for stale in out.glob("checkpoint-*.tmp"):
         shutil.rmtree(stale, ignore_errors=True)
+
+
+def resume_training(trainer: Trainer, saved: dict[str, Any]) -> None:
+    """Load the checkpoint `args.resume` (its training state `saved`) into `trainer`, apply the flags that changed
+    ([`apply_changed_flags`]) and put the trainer at the checkpoint's position."""
+    args, accelerator = trainer.args, trainer.accelerator
+    # load_kwargs: accelerate reads optimizer.bin / scheduler.bin with torch.load(weights_only=True)
+    accelerator.load_state(str(args.resume), load_kwargs={"weights_only": True})
+    apply_changed_flags(saved, args, trainer.optimizer, trainer.lr_scheduler, trainer.ema, accelerator)
+    trainer.global_step, trainer.epoch, trainer.skip = saved["global_step"], saved["epoch"], saved["batches_in_epoch"]
+    if trainer.guide_step is None:
+        trainer.guide_unet = None  # resumed without --autoguidance_scale: the run keeps no guide
+    accelerator.print(f"Resumed from {args.resume} at step {trainer.global_step}.")
 
 
 def apply_changed_flags(saved: dict[str, Any], args: argparse.Namespace, optimizer: torch.optim.Optimizer,

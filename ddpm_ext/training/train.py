@@ -1,8 +1,9 @@
-"""The training loop: DDPM's Algorithm 1 (Ho et al. 2020) with accelerate, from checked flags to a saved pipeline.
+"""The training run and its loop: DDPM's Algorithm 1 (Ho et al. 2020) with accelerate, from flags to a pipeline.
 
 [`main`] is `training/train_ddpm.py` (the launcher at the repository root) and `ddpm-ext train`
-([`ddpm_ext.commands.train`]): the same flags ([`ddpm_ext.training.flags`]), the resume policy
-([`ddpm_ext.training.resume`]) and the outputs ([`ddpm_ext.training.outputs`]) live beside this module.
+([`ddpm_ext.commands.train`]). [`run`] is a pipeline of phases: the flags ([`ddpm_ext.training.flags`]), what
+the run is built from ([`ddpm_ext.training.setup`]), the loop ([`Trainer`]), the outputs
+([`ddpm_ext.training.outputs`]); the resume policy is [`ddpm_ext.training.resume`].
 
 Examples (from the repository root; `ddpm-ext train` and `python -m ddpm_ext train` take the same flags):
 
@@ -38,27 +39,17 @@ from __future__ import annotations
 import argparse
 import copy
 import logging
-import math
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
-from accelerate import Accelerator
-from accelerate.utils import ProjectConfiguration, set_seed
-from diffusers.optimization import get_scheduler
-from diffusers.training_utils import EMAModel
+from accelerate.utils import set_seed
 from tqdm.auto import tqdm
 
 from ..cpu_threads import AdaptiveThreads
-from ..data import build_transform, collate_fn, load_image_dataset, preprocess_dataset
-from ..losses import diffusion_loss, importance_scale, timestep_proposal
-from ..models.unet_presets import build_unet
-from ..pipelines.checkpoint_io import square_sample_size
-from ..pipelines.pipeline_ddpm_ext import DDPMExtPipeline
-from ..schedulers.scheduling_common import SAMPLING_TIMESTEP_SPACING
+from ..losses import diffusion_loss, importance_scale
 from ..schedulers.scheduling_ddpm_ext import DDPMExtScheduler
 from .checkpoints import (
     CheckpointWriteError,
@@ -67,25 +58,13 @@ from .checkpoints import (
     save_checkpoint,
     weights_are_finite,
 )
-from .conditioning import Conditioning, setup_conditioning
-from .flags import check_resolution, parse_args
+from .flags import parse_args
 from .outputs import pipeline_to_save, save_outputs, save_pipeline_whole, write_samples
-from .resume import RunIdentity, apply_changed_flags, check_resume, prepare_checkpoints, set_aside_diverged
+from .resume import resume_training, set_aside_diverged
+from .setup import RunParts, build_accelerator, build_run, prepare_run
 
-__all__ = [
-    "EpochSampler",
-    "StepRandomness",
-    "Trainer",
-    "build_data",
-    "build_ema",
-    "build_model_and_scheduler",
-    "build_optimizer",
-    "guide_step",
-    "main",
-    "planned_steps",
-    "run",
-    "training_step",
-]
+__all__ = ["StepRandomness", "Trainer", "main", "run", "training_step"]
+
 
 # --------------------------------------------------------------------------------------------------
 # Main
@@ -103,34 +82,18 @@ def run(args: argparse.Namespace) -> int:
     accelerator = build_accelerator(args)
     set_seed(args.seed)
 
-    # 1. model, data, the checkpoint to resume: every bad path, repo, checkpoint or data set surfaces here
+    # 1. what the run is made of: every bad path, repo, checkpoint or data set surfaces here, before any write
     try:
-        unet, scheduler = build_model_and_scheduler(args)
-        resolution = square_sample_size(unet, "Training images")
-        dataset, transform, train_data = build_data(args, resolution, unet.config.in_channels)
-        unet, conditioning = setup_conditioning(args, dataset, unet)  # (unet, None) without --class_conditional
-        if conditioning is not None:
-            train_data = conditioning.attach(train_data)  # rows gain "class_label"
-        loader = build_loader(args, train_data)
-        max_steps = planned_steps(args, len(loader), accelerator.num_processes)
-        guide = guide_step(args, max_steps)
-        identity = check_resume(args, unet_config=dict(unet.config), resolution=resolution,
-                                num_processes=accelerator.num_processes, guide_step=guide, max_steps=max_steps)
+        parts = build_run(args, accelerator)
     except ValueError as e:  # CheckpointError is a ValueError
         print(f"error: {e}", file=sys.stderr)
         return 2
-    if args.enable_xformers_memory_efficient_attention:
-        unet.enable_xformers_memory_efficient_attention()
-    if accelerator.is_main_process:
-        Path(args.output_dir).mkdir(parents=True, exist_ok=True)
-        prepare_checkpoints(args, identity.run_id, accelerator)
-    accelerator.wait_for_everyone()
+    parts = prepare_run(args, parts)
 
     # 2. the optimisation state, fresh or resumed
-    trainer = Trainer(args, accelerator, unet, scheduler, loader, transform, identity, conditioning,
-                      max_steps=max_steps, guide_step=guide)
-    if identity.saved is not None:
-        trainer.resume(identity.saved)
+    trainer = Trainer(args, parts)
+    if parts.identity.saved is not None:
+        resume_training(trainer, parts.identity.saved)
     elif args.resume_from_checkpoint == "latest":
         accelerator.print(f"No checkpoint in {args.output_dir}; starting from scratch.")
     if accelerator.is_main_process and args.logger != "none":
@@ -146,138 +109,9 @@ def run(args: argparse.Namespace) -> int:
     if code == 0:
         accelerator.wait_for_everyone()
         if accelerator.is_main_process:
-            code = save_outputs(args, trainer, len(dataset), resolution)
+            code = save_outputs(args, trainer, parts.num_train_images, parts.resolution)
     accelerator.end_training()
     return code
-
-
-# --------------------------------------------------------------------------------------------------
-# Building blocks
-# --------------------------------------------------------------------------------------------------
-def build_accelerator(args: argparse.Namespace) -> Accelerator:
-    """The `Accelerator` of the flags: accumulation, precision, compilation, logging into `--output_dir`."""
-    output_dir = Path(args.output_dir)
-    return Accelerator(
-        # Without any accelerator, `accelerate launch --multi_gpu` processes must be told they are CPU ranks,
-        # or each would train alone; with cpu=True accelerate joins them with gloo (DistributedType.MULTI_CPU).
-        cpu=not _has_accelerator(),
-        gradient_accumulation_steps=args.gradient_accumulation_steps,
-        mixed_precision=args.mixed_precision,
-        dynamo_backend="inductor" if args.compile else None,
-        log_with=None if args.logger == "none" else args.logger,
-        project_config=ProjectConfiguration(project_dir=str(output_dir),
-                                            logging_dir=str(output_dir / args.logging_dir)),
-    )
-
-
-def _has_accelerator() -> bool:
-    xpu = getattr(torch, "xpu", None)
-    return torch.cuda.is_available() or torch.backends.mps.is_available() or bool(xpu and xpu.is_available())
-
-
-def build_model_and_scheduler(args: argparse.Namespace) -> tuple[torch.nn.Module, DDPMExtScheduler]:
-    """A fresh UNet from --model_config (sized by --resolution) and a scheduler from the flags, or both from a
-    pretrained pipeline."""
-    if args.pretrained_model_name_or_path:
-        pipe = DDPMExtPipeline.from_pretrained(args.pretrained_model_name_or_path, cache_dir=args.cache_dir)
-        scheduler = pipe.scheduler
-        if not isinstance(scheduler, DDPMExtScheduler):
-            scheduler = DDPMExtScheduler.from_config(scheduler.config)
-        unet = pipe.unet
-        if args.resolution is not None:
-            check_resolution(args.resolution, dict(unet.config))
-            unet.register_to_config(sample_size=args.resolution)  # what it is trained at is what it generates
-        if args.ddpm_num_inference_steps > len(scheduler):
-            raise ValueError(f"--ddpm_num_inference_steps ({args.ddpm_num_inference_steps}) must not exceed the "
-                             f"pretrained scheduler's num_train_timesteps ({len(scheduler)})")
-        if args.loss_type == "hybrid" and not scheduler.learns_variance:
-            raise ValueError("--loss_type hybrid needs a pretrained scheduler with variance_type learned_range")
-        return unet, scheduler
-    scheduler = DDPMExtScheduler(
-        num_train_timesteps=args.ddpm_num_steps,
-        beta_schedule=args.ddpm_beta_schedule,
-        variance_type=args.variance_type,
-        prediction_type=args.prediction_type,
-        timestep_spacing=SAMPLING_TIMESTEP_SPACING,  # saved: few-step chains start at T - 1 in diffusers too
-    )
-    overrides = {} if args.resolution is None else {"sample_size": args.resolution}
-    torch.manual_seed(args.seed)  # the initial weights
-    probe = build_unet(args.model_config, **overrides)
-    channels = probe.config.in_channels
-    if scheduler.learns_variance and probe.config.out_channels != 2 * channels:
-        return build_unet(args.model_config, out_channels=2 * channels, **overrides), scheduler
-    return probe, scheduler
-
-
-def build_data(args: argparse.Namespace, resolution: int, channels: int):
-    """The data set, its seeded transform, and the preprocessed (transformed on access) training data."""
-    dataset = load_image_dataset(
-        args.dataset_name, args.train_data_dir, config_name=args.dataset_config_name, split=args.dataset_split,
-        cache_dir=args.cache_dir, image_column=args.image_column, max_train_samples=args.max_train_samples,
-        seed=args.seed,
-    )
-    transform = build_transform(resolution, center_crop=args.center_crop, random_flip=args.random_flip,
-                                channels=channels, seed=args.seed, preserve_precision=args.preserve_input_precision)
-    return dataset, transform, preprocess_dataset(dataset, transform, args.image_column)
-
-
-def build_loader(args: argparse.Namespace, train_data: Any) -> torch.utils.data.DataLoader:
-    """Batches of `--train_batch_size` in a seeded order per epoch ([`EpochSampler`]); the last partial batch is
-    dropped unless the data is smaller than one batch."""
-    return torch.utils.data.DataLoader(
-        train_data, batch_size=args.train_batch_size, sampler=EpochSampler(len(train_data), args.seed),
-        num_workers=args.dataloader_num_workers, collate_fn=collate_fn,
-        drop_last=len(train_data) >= args.train_batch_size,
-    )
-
-
-def build_optimizer(params, args: argparse.Namespace) -> torch.optim.AdamW:
-    """AdamW from the flags; `--optimizer_impl auto` passes no implementation choice (PyTorch's default)."""
-    impl = {"auto": {}, "foreach": {"foreach": True}, "fused": {"fused": True}, "for-loop": {"foreach": False}}
-    return torch.optim.AdamW(
-        params, lr=args.learning_rate, betas=(args.adam_beta1, args.adam_beta2),
-        weight_decay=args.adam_weight_decay, eps=args.adam_epsilon, **impl[args.optimizer_impl],
-    )
-
-
-def build_ema(args: argparse.Namespace, model: torch.nn.Module) -> EMAModel | None:
-    """diffusers' EMAModel with warm-up (decay 1 − (1 + step/γ⁻¹)^−power, capped at --ema_max_decay), or
-    None."""
-    if not args.use_ema:
-        return None
-    return EMAModel(model.parameters(), decay=args.ema_max_decay, use_ema_warmup=True, inv_gamma=args.ema_inv_gamma,
-                    power=args.ema_power, model_cls=type(model), model_config=model.config)
-
-
-def planned_steps(args: argparse.Namespace, num_batches: int, num_processes: int) -> int:
-    """The run's number of optimisation steps: --max_train_steps, or --num_epochs of `num_batches` batches."""
-    per_epoch = max(1, math.ceil(num_batches / num_processes / args.gradient_accumulation_steps))
-    return args.max_train_steps or args.num_epochs * per_epoch
-
-
-def guide_step(args: argparse.Namespace, max_steps: int) -> int | None:
-    """The step whose EMA weights become the autoguidance guide (--autoguidance_guide_fraction of `max_steps`,
-    at least 1 and before the last), or None without --autoguidance_scale > 1."""
-    if args.autoguidance_scale <= 1:
-        return None
-    return max(1, min(max_steps - 1, round(args.autoguidance_guide_fraction * max_steps)))
-
-
-class EpochSampler(torch.utils.data.Sampler):
-    """A seeded permutation per epoch (seed, epoch), so the data order survives a restart."""
-
-    def __init__(self, n: int, seed: int):
-        self.n, self.seed, self.epoch = n, seed, 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __iter__(self):
-        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
-        return iter(torch.randperm(self.n, generator=g).tolist())
-
-    def __len__(self) -> int:
-        return self.n
 
 
 @dataclass
@@ -333,47 +167,25 @@ def training_step(
 class Trainer:
     """The prepared objects of one run and its position; [`Trainer.train`] is Algorithm 1 with checkpoints."""
 
-    def __init__(self, args: argparse.Namespace, accelerator: Accelerator, unet: torch.nn.Module,
-                 scheduler: DDPMExtScheduler, loader: torch.utils.data.DataLoader, transform: Any,
-                 identity: RunIdentity, conditioning: Conditioning | None = None, *, max_steps: int,
-                 guide_step: int | None = None):
-        self.args, self.accelerator, self.scheduler, self.transform = args, accelerator, scheduler, transform
-        self.conditioning = conditioning  # class labels and their dropout (--class_conditional), else None
-        self.run_id, self.config = identity.run_id, identity.config
-        self.max_steps = max_steps
-        if args.channels_last:
-            unet.to(memory_format=torch.channels_last)
-        optimizer = build_optimizer(unet.parameters(), args)
-        lr_scheduler = get_scheduler(
-            args.lr_scheduler, optimizer=optimizer, num_warmup_steps=args.lr_warmup_steps * accelerator.num_processes,
-            num_training_steps=max_steps * accelerator.num_processes,
-        )
-        self.unet, self.optimizer, self.loader, self.lr_scheduler = accelerator.prepare(
-            unet, optimizer, loader, lr_scheduler)
-        self.plain_unet = accelerator.unwrap_model(self.unet, keep_torch_compile=False)  # no DDP/compile wrapper
-        self.ema = build_ema(args, self.plain_unet)
-        self.timestep_proposal = (timestep_proposal(scheduler, args.snr_gamma)
-                                  if args.timestep_sampling == "importance" else None)
+    def __init__(self, args: argparse.Namespace, parts: RunParts):
+        self.args, self.accelerator, self.scheduler = args, parts.accelerator, parts.scheduler
+        self.unet, self.optimizer, self.lr_scheduler = parts.unet, parts.optimizer, parts.lr_scheduler
+        self.loader, self.transform = parts.loader, parts.transform
+        self.plain_unet, self.ema = parts.plain_unet, parts.ema  # plain_unet: without DDP/compile wrapper
+        self.timestep_proposal = parts.timestep_proposal  # p(t) with --timestep_sampling importance, else None
+        self.conditioning = parts.conditioning  # class labels and their dropout (--class_conditional), else None
+        self.run_id, self.config = parts.identity.run_id, parts.identity.config
+        self.max_steps = parts.max_steps
         # autoguidance: the step whose EMA weights become the guide (None: no guide), and the guide once taken
-        self.guide_step = guide_step
+        self.guide_step = parts.guide_step
         self.guide_unet = None
-        register_checkpoint_hooks(accelerator, self.ema, self)
+        register_checkpoint_hooks(self.accelerator, self.ema, self)
         # position: optimisation steps done, and where in which epoch the data loader stands
         self.global_step, self.epoch, self.skip = 0, 0, 0
         self.loss_value = float("nan")
         self.train_seconds = 0.0
         self.pending_prune = False
         self.threads = None  # the AdaptiveThreads of the loop (see --cpu_threads)
-
-    def resume(self, saved: dict[str, Any]) -> None:
-        """Load the checkpoint `args.resume` (its training state `saved`) and apply the flags that changed."""
-        # load_kwargs: accelerate reads optimizer.bin / scheduler.bin with torch.load(weights_only=True)
-        self.accelerator.load_state(str(self.args.resume), load_kwargs={"weights_only": True})
-        apply_changed_flags(saved, self.args, self.optimizer, self.lr_scheduler, self.ema, self.accelerator)
-        self.global_step, self.epoch, self.skip = saved["global_step"], saved["epoch"], saved["batches_in_epoch"]
-        if self.guide_step is None:
-            self.guide_unet = None  # resumed without --autoguidance_scale: the run keeps no guide
-        self.accelerator.print(f"Resumed from {self.args.resume} at step {self.global_step}.")
 
     def train(self) -> int:
         """Optimise until `max_steps`, checkpointing and writing grids on the way; 0, or 1 after a non-finite
@@ -429,7 +241,7 @@ class Trainer:
                 self._write_grid()
             if (args.save_model_epochs and self.epoch % args.save_model_epochs == 0
                     and self.global_step < self.max_steps and accelerator.is_main_process):
-                save_pipeline_whole(self.pipeline(), Path(args.output_dir))
+                save_pipeline_whole(pipeline_to_save(self), Path(args.output_dir))
         progress.close()
         self.train_seconds = time.time() - start
         self._prune_if_pending()
@@ -457,15 +269,10 @@ class Trainer:
             self.ema.copy_to(guide.parameters())
         return guide.requires_grad_(False)
 
-    def pipeline(self) -> DDPMExtPipeline:
-        """The pipeline as saved now ([`ddpm_ext.training.outputs.pipeline_to_save`])."""
-        return pipeline_to_save(self.accelerator, self.unet, self.ema, self.scheduler, self.guide_unet,
-                                self.guide_step, self.args.autoguidance_scale)
-
     def _write_grid(self) -> None:
         """A sample grid of the pipeline as it stands, before the run's end (which writes its own; main process)."""
         if self.global_step < self.max_steps and self.accelerator.is_main_process:
-            write_samples(self.accelerator, self.args, self.global_step, self.pipeline())
+            write_samples(self.accelerator, self.args, self.global_step, pipeline_to_save(self))
 
     def _checkpoint(self, epoch: int, batches_in_epoch: int) -> None:
         if not weights_are_finite(self.plain_unet):

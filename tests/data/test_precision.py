@@ -20,7 +20,7 @@ from ddpm_ext.data import ImageTransform, build_transform, load_image_dataset, p
 from ddpm_ext.images import to_8bit
 from ddpm_ext.training.flags import parse_args
 from ddpm_ext.training.resume import RESUME_MUST_MATCH
-from ddpm_ext.training.train import build_data
+from ddpm_ext.training.setup import build_data
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "training" / "train_ddpm.py"

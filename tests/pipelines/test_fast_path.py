@@ -14,6 +14,7 @@ import torch
 from diffusers import DDIMScheduler, DDPMPipeline, DDPMScheduler
 from diffusers.utils.torch_utils import randn_tensor
 
+import ddpm_ext.training.setup as train_setup
 import ddpm_ext.training.train as train_ddpm
 from ddpm_ext import DDIMExtScheduler, DDPMExtPipeline, DDPMExtScheduler, build_unet
 from ddpm_ext.schedulers.scheduling_common import draw_noise
@@ -304,7 +305,7 @@ def _train(flags: list[str], steps: int = 3) -> list[float]:
     if args.channels_last:
         unet.to(memory_format=torch.channels_last)
     scheduler = DDPMExtScheduler(num_train_timesteps=100)
-    optimizer = train_ddpm.build_optimizer(unet.parameters(), args)
+    optimizer = train_setup.build_optimizer(unet.parameters(), args)
     clean = torch.rand(4, 1, 8, 8, generator=torch.Generator().manual_seed(1)) * 2 - 1
     losses = []
     for step in range(steps):
@@ -320,7 +321,7 @@ def _train(flags: list[str], steps: int = 3) -> list[float]:
 
 def test_optimizer_impl_and_channels_last_train_the_same():
     args = parse_training_args([])
-    group = train_ddpm.build_optimizer(build_unet("tiny").parameters(), args).param_groups[0]
+    group = train_setup.build_optimizer(build_unet("tiny").parameters(), args).param_groups[0]
     assert group["foreach"] is None and group["fused"] is None  # auto: PyTorch's own choice, as before
     default = _train([])
     assert _train(["--optimizer_impl", "for-loop"]) == default  # what auto picks on a CPU: the same bits

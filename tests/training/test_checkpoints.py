@@ -22,7 +22,7 @@ from test_training import ENV, ROOT, TINY, assert_same_weights, run, weights
 
 from ddpm_ext.training import flags as train_flags
 from ddpm_ext.training import resume
-from ddpm_ext.training import train as train_ddpm
+from ddpm_ext.training import setup as train_setup
 from ddpm_ext.training.checkpoints import (
     CheckpointError,
     read_training_state,
@@ -306,7 +306,7 @@ def test_unwritable_output_and_foreign_or_damaged_checkpoints_are_refused_in_par
 
 def test_resolution_sets_the_unet_sample_size(tmp_path):
     args = train_flags.parse_args(["--model_config", "tiny", "--resolution", "16", "--output_dir", str(tmp_path / "o")])
-    unet, _ = train_ddpm.build_model_and_scheduler(args)
+    unet, _ = train_setup.build_model_and_scheduler(args)
     assert unet.config.sample_size == 16  # today: 8, the preset's, while training on 16x16 crops
 
 
@@ -314,9 +314,9 @@ def test_new_model_scheduler_samples_with_trailing_spacing(tmp_path):
     """A new model saves "trailing" (few-step chains start at T - 1, also in vanilla diffusers); the scheduler
     class keeps diffusers' "leading" default."""
     args = train_flags.parse_args(["--model_config", "tiny", "--output_dir", str(tmp_path / "o")])
-    _, scheduler = train_ddpm.build_model_and_scheduler(args)
+    _, scheduler = train_setup.build_model_and_scheduler(args)
     assert scheduler.config.timestep_spacing == "trailing"
-    assert train_ddpm.DDPMExtScheduler().config.timestep_spacing == "leading"
+    assert train_setup.DDPMExtScheduler().config.timestep_spacing == "leading"
     scheduler.set_timesteps(10)
     assert scheduler.timesteps[0] == 999
 

@@ -24,9 +24,9 @@ from ddpm_ext.training.conditioning import (
     dataset_class_labels,
     drop_labels,
     make_class_conditional,
-    sample_grid_call,
 )
 from ddpm_ext.training.flags import add_conditioning_arguments, check_conditioning_args
+from ddpm_ext.training.outputs import sample_grid_call
 from ddpm_ext.training.train import main, training_step
 
 # a tiny UNet on 8x8 MNIST crops (as tests/training/test_training.py): seconds per run

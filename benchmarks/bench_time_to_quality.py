@@ -1,6 +1,6 @@
 """Time to an image: `ddpm-ext sample`'s default sampler vs diffusers' `DDPMPipeline` default (1000 steps), same model.
 
-    python benchmarks/bench_time_to_quality.py --pipeline outputs/mnist [--batch_size 16] [--rounds 3] [--threads 2]
+    python benchmarks/bench_time_to_quality.py outputs/mnist [--batch_size 16] [--rounds 3] [--threads 2]
 
 diffusers' `DDPMPipeline.from_pretrained` loads the same folder (ddpm_ext saves diffusers' layout), so both
 pipelines run the same UNet weights on the same batch size, alternating in every round (`_common.alternate`), in
@@ -23,7 +23,7 @@ from ddpm_ext.commands.sample import DEFAULT_STEPS
 
 def main(argv: list[str] | None = None) -> None:
     p = add_common_args(argparse.ArgumentParser(description=__doc__.splitlines()[0]))
-    p.add_argument("--pipeline", required=True, help="A pipeline folder saved by ddpm_ext (e.g. outputs/mnist).")
+    p.add_argument("pipeline", help="A pipeline folder saved by ddpm_ext (e.g. outputs/mnist).")
     p.add_argument("--batch_size", type=int, default=16, help="Images per call (default: 16).")
     p.add_argument("--steps", type=int, default=None, help="ddpm_ext's steps (default: `ddpm-ext sample`'s default).")
     args = p.parse_args(argv)

@@ -22,7 +22,7 @@ and its stand-in judge and features (tests).
 
 It prints a markdown table (and writes JSON with `--output`):
 
-    python benchmarks/guidance_study.py --pipeline outputs/mnist-cond --num_per_class 50 \
+    python benchmarks/guidance_study.py outputs/mnist-cond --num_per_class 50 \
         --guidance_scales 0 1 2 4 --steps 50 --seed 0
 """
 
@@ -55,7 +55,7 @@ Features = Callable[[torch.Tensor], torch.Tensor]  # uint8 images (B, C, H, W) -
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--pipeline", required=True, help="A class-conditional pipeline folder or Hub repo id.")
+    p.add_argument("pipeline", help="A class-conditional pipeline folder or Hub repo id.")
     p.add_argument("--num_per_class", type=int, default=50, help="Images per class and guidance scale (default: 50).")
     p.add_argument("--guidance_scales", type=float, nargs="+", default=[0.0, 1.0, 2.0, 4.0], help="The w to compare.")
     p.add_argument("--steps", type=int, default=50, help="DDIM steps (default: 50).")

@@ -15,8 +15,8 @@ Reference rows: the classifier on the unmasked digits (the ceiling) and on the m
 (the background; what the half alone says). Seeds: one generator per image (ddpm_ext), one per batch (diffusers
 takes a single generator).
 
-    python benchmarks/inpainting_study.py --pipeline outputs/mnist --num_images 200 --steps 250 --device cuda
-    python benchmarks/inpainting_study.py --pipeline outputs/mnist --num_images 50 --steps 100 --masks left_half
+    python benchmarks/inpainting_study.py outputs/mnist --num_images 200 --steps 250 --device cuda
+    python benchmarks/inpainting_study.py outputs/mnist --num_images 50 --steps 100 --masks left_half
 
 `--classifier module:attribute` names a zero-argument factory of the judge (an object with `predict(images)`,
 images (B, 1, H, W) float in [-1, 1], returning labels); the default is the package's digit classifier.
@@ -201,7 +201,7 @@ def markdown(rows: Sequence[StudyRow]) -> str:
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--pipeline", required=True, help="A pipeline trained on mnist-5k (folder or Hub repo id).")
+    p.add_argument("pipeline", help="A pipeline trained on mnist-5k (folder or Hub repo id).")
     p.add_argument("--num_images", type=int, default=200, help="Held-out digits (of 500; default: 200).")
     p.add_argument("--masks", nargs="+", choices=MASKS, default=list(MASKS), help="Halves to mask (default: both).")
     p.add_argument("--steps", type=int, default=250, help="Steps of the respaced chain (default: 250, RePaint's).")

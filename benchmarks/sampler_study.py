@@ -23,10 +23,10 @@ points of other settings). `sampler_study.md` (the table) and `sampler_study.png
 NFE, one line per sampler, log NFE axis, and the wall time per image) are rewritten after every point.
 
     # the study on the quick-start model (hours on two CPU cores: DDPM-1000 x 500 images dominates)
-    python benchmarks/sampler_study.py --pipeline outputs/mnist --output_dir outputs/mnist/sampler_study
+    python benchmarks/sampler_study.py outputs/mnist --output_dir outputs/mnist/sampler_study
 
     # a first look: three samplers, NFE 10 and 20, 100 images
-    python benchmarks/sampler_study.py --pipeline outputs/mnist --output_dir /tmp/study \
+    python benchmarks/sampler_study.py outputs/mnist --output_dir /tmp/study \
         --samplers ddpm-small ddim-eta0 dpmpp --nfe 10 20 --num_samples 100 --kid_subset_size 50
 """
 
@@ -73,7 +73,7 @@ JSON_NAME, MD_NAME, FIGURE_NAME = "sampler_study.json", "sampler_study.md", "sam
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     a = p.add_argument
-    a("--pipeline", required=True, help="The pipeline folder (or Hub repo id) to study.")
+    a("pipeline", help="The pipeline folder (or Hub repo id) to study.")
     a("--output_dir", required=True,
       help="Where sampler_study.json / .md / .png and the sample grids go; an existing study there is resumed.")
     a("--samplers", nargs="+", default=list(SAMPLERS), choices=list(SAMPLERS), metavar="SAMPLER",

@@ -43,7 +43,7 @@ def test_study_end_to_end(conditional_dir, capsys):
 
     real = torch.rand(30, 4, dtype=torch.float64)
     out = conditional_dir / "study.json"
-    code = study.main(["--pipeline", str(conditional_dir / "pipe"), "--num_per_class", "6", "--guidance_scales", "0",
+    code = study.main([str(conditional_dir / "pipe"), "--num_per_class", "6", "--guidance_scales", "0",
                        "1", "3", "--steps", "4", "--kid_subset_size", "5", "--batch_size", "5", "--output", str(out)],
                       judge=judge, features=features, real_features=real, feature_label="pooled pixels")
     assert code == 0
@@ -73,9 +73,9 @@ def test_study_end_to_end(conditional_dir, capsys):
 def test_study_refuses_bad_flags_and_unconditional_pipelines(tmp_path):
     study = load_study()
     with pytest.raises(SystemExit):
-        study.parse_args(["--pipeline", "x", "--guidance_scales", "-1"])
+        study.parse_args(["x", "--guidance_scales", "-1"])
     DDPMExtPipeline(unet=build_unet("tiny"),
                     scheduler=DDPMExtScheduler(num_train_timesteps=20)).save_pretrained(tmp_path / "u")
     with pytest.raises(ValueError, match="unconditional"):
-        study.main(["--pipeline", str(tmp_path / "u")], judge=lambda x: x, features=features,
+        study.main([str(tmp_path / "u")], judge=lambda x: x, features=features,
                    real_features=torch.rand(4, 4, dtype=torch.float64))

@@ -8,7 +8,7 @@ every candidate guide is on disk), installs each checkpoint's EMA weights as the
 the digit judge's classifier IS with its bootstrap spread, the digits present, FID/KID on the offline features,
 precision, recall, density and coverage. w = 1 (the UNet alone) is scored once.
 
-Without `--pipeline` the run is trained first: the unconditional recipe's flags (`recipe_study.UNCONDITIONAL`,
+Without a `pipeline` argument the run is trained first: the unconditional recipe's flags (`recipe_study.UNCONDITIONAL`,
 on which the README's study was measured) plus
 `--checkpointing_steps <checkpoint_every>`, on `--threads` threads, into `<output_dir>/run`.
 
@@ -50,16 +50,16 @@ METRICS = ("classifier_is", "classifier_is_std", "classes_present", "fid", "kid_
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     a = p.add_argument
-    a("--output_dir", required=True,
-      help="Where autoguidance_study.json / .md (and the trained run, without --pipeline) go.")
-    a("--pipeline", default=None,
+    a("pipeline", nargs="?", default=None,
       help="A finished training run with checkpoint-<step>/ folders (default: train <output_dir>/run).")
+    a("--output_dir", required=True,
+      help="Where autoguidance_study.json / .md (and the trained run, without a pipeline) go.")
     a("--guide_steps", nargs="+", type=int, required=True, metavar="STEP",
       help="Checkpoint steps whose EMA weights are tried as the guide.")
     a("--scales", nargs="+", type=float, default=[1.0, 2.0, 3.0, 4.0, 6.0], metavar="W",
       help="Autoguidance scales w >= 1 (default: 1 2 3 4 6).")
     a("--checkpoint_every", type=int, default=100,
-      help="Checkpoint interval of the trained run (without --pipeline; default 100).")
+      help="Checkpoint interval of the trained run (without a pipeline; default 100).")
     a("--threads", type=int, default=1, help="CPU threads of the training run and of the scoring (default: 1).")
     a("--num_samples", type=int, default=256, help="Samples scored per row (default: 256).")
     a("--sampler", default="ddpm:50",

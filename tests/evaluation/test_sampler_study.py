@@ -23,7 +23,7 @@ def study_module():
 
 
 def argv(pipeline, out, stats, *extra):
-    return ["--pipeline", str(pipeline), "--output_dir", str(out), "--stats_cache_dir", str(stats), "--no_progress",
+    return [str(pipeline), "--output_dir", str(out), "--stats_cache_dir", str(stats), "--no_progress",
             "--num_samples", "8", "--max_real_images", "16", "--kid_subset_size", "4", "--kid_subsets", "5",
             "--nearest_k", "3", "--batch_size", "8", "--grid_images", "4", *extra]  # fmt: skip
 
@@ -82,12 +82,12 @@ def test_study_runs_resumes_and_refuses_other_settings(study_module, tiny_pipeli
 
 
 def test_nfe_1000_only_for_the_chosen_samplers(study_module):
-    args = study_module.parse_args(["--pipeline", "p", "--output_dir", "o", "--samplers", "ddpm-small", "dpmpp",
+    args = study_module.parse_args(["p", "--output_dir", "o", "--samplers", "ddpm-small", "dpmpp",
                                     "--nfe", "10", "1000", "--ddim_eps", "model"])  # fmt: skip
     assert study_module.sampler_specs(args) == [("ddpm-small", 10, "ddpm:10:fixed_small"),
                                                ("ddpm-small", 1000, "ddpm:1000:fixed_small"), ("dpmpp", 10, "dpmpp:10")]
-    args = study_module.parse_args(["--pipeline", "p", "--output_dir", "o", "--samplers", "ddim-eta1", "--nfe", "20",
+    args = study_module.parse_args(["p", "--output_dir", "o", "--samplers", "ddim-eta1", "--nfe", "20",
                                     "--ddim_eps", "model", "--spacing", "leading"])  # fmt: skip
     assert study_module.sampler_specs(args) == [("ddim-eta1", 20, "ddim:20:1:spacing=leading:eps=model")]
     with pytest.raises(SystemExit):
-        study_module.parse_args(["--pipeline", "p", "--output_dir", "o", "--nfe", "0"])
+        study_module.parse_args(["p", "--output_dir", "o", "--nfe", "0"])

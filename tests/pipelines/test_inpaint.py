@@ -359,7 +359,7 @@ def test_inpainting_study_end_to_end_with_a_stand_in_judge(tmp_path, monkeypatch
             same = ((x - x0).abs() <= 1e-5).masked_select(keep_top).reshape(4, -1).all(dim=1).numpy()
             return np.where(same, labels, -1)
 
-    rows = study.main(["--pipeline", str(tmp_path / "tiny"), "--num_images", "4", "--masks", "top_half",
+    rows = study.main([str(tmp_path / "tiny"), "--num_images", "4", "--masks", "top_half",
                        "--steps", "5", "--jump_length", "2", "--jump_n_samples", "1", "2", "--batch_size", "3",
                        "--output", str(tmp_path / "rows.json")], classifier=Judge())
     methods = [r.method for r in rows]
@@ -370,7 +370,7 @@ def test_inpainting_study_end_to_end_with_a_stand_in_judge(tmp_path, monkeypatch
     saved = json.loads((tmp_path / "rows.json").read_text())
     assert [r["method"] for r in saved] == methods and saved[2]["accuracy"] == 1.0
     # diffusers' RePaintScheduler needs S | T: with 6 of T = 20 it is reported as not run, not silently skipped
-    rows = study.main(["--pipeline", str(tmp_path / "tiny"), "--num_images", "4", "--masks", "top_half",
+    rows = study.main([str(tmp_path / "tiny"), "--num_images", "4", "--masks", "top_half",
                        "--steps", "6", "--jump_n_samples", "1"], classifier=Judge())
     assert "does not divide T = 20" in rows[-1].note
 

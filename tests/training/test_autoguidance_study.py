@@ -40,7 +40,7 @@ def tiny_run(tmp_path_factory):
 @pytest.mark.slow
 def test_rows_equal_evaluate_with_that_guide_and_the_study_resumes(study, tiny_run, tmp_path, monkeypatch, capsys):
     out = tmp_path / "study"
-    argv = ["--output_dir", str(out), "--pipeline", str(tiny_run), "--guide_steps", "2", "--scales", "1", "2.5",
+    argv = [str(tiny_run), "--output_dir", str(out), "--guide_steps", "2", "--scales", "1", "2.5",
             "--stats_cache_dir", str(tmp_path / "stats"), *SCORING]
     assert study.main(argv) == 0
     result = json.loads((out / "autoguidance_study.json").read_text())
@@ -64,7 +64,7 @@ def test_rows_equal_evaluate_with_that_guide_and_the_study_resumes(study, tiny_r
     scored = []
     real = ev.sample_images
     monkeypatch.setattr(ev, "sample_images", lambda run, spec: scored.append(spec.spec) or real(run, spec))
-    assert study.main(argv[:5] + ["2", "4"] + argv[6:]) == 0
+    assert study.main(argv[:4] + ["2", "4"] + argv[5:]) == 0
     assert scored == ["ddim:4:0:ag=2.5"]
     assert len(json.loads((out / "autoguidance_study.json").read_text())["rows"]) == 3
 
@@ -74,7 +74,7 @@ def test_rows_equal_evaluate_with_that_guide_and_the_study_resumes(study, tiny_r
      "--guide_steps 3: {run} has no checkpoint-3 with weights; its checkpoints are at steps [2, 4]"),
 ])
 def test_a_missing_guide_is_refused_before_anything_is_written(study, tiny_run, tmp_path, capsys, extra, message):
-    assert study.main(["--output_dir", str(tmp_path / "s"), "--pipeline", str(tiny_run), *extra, *SCORING]) == 2
+    assert study.main([str(tiny_run), "--output_dir", str(tmp_path / "s"), *extra, *SCORING]) == 2
     assert message.format(run=tiny_run) in capsys.readouterr().err
     assert not (tmp_path / "s").exists()
 

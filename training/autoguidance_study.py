@@ -70,7 +70,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     a("--max_real_images", type=int, default=None,
       help="Use only this many real images (default: all of the held-out split).")
     a("--stats_cache_dir", default=None, help="Cache of the real images' features (default: evaluate's).")
-    args = p.parse_args(argv)
+    args = p.parse_intermixed_args(argv)  # the optional pipeline path may come after the flags
     for name in ("threads", "num_samples", "kid_subset_size", "checkpoint_every"):
         if getattr(args, name) < 1:
             p.error(f"--{name} must be >= 1, got {getattr(args, name)}")

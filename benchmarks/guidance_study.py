@@ -38,7 +38,8 @@ import torch
 
 from ddpm_ext import DDIMExtScheduler, DDPMExtPipeline
 from ddpm_ext.data import ImageTransform, find_image_column, load_image_dataset
-from ddpm_ext.evaluation.digit_classifier import DigitClassifier, class_accuracy
+from ddpm_ext.evaluation.class_scores import class_accuracy
+from ddpm_ext.evaluation.digit_classifier import DigitClassifier
 from ddpm_ext.evaluation.evaluate import draw_samples
 from ddpm_ext.evaluation.metrics import (
     build_feature_extractor,

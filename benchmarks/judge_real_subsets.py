@@ -25,7 +25,9 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))  # the package, without installing
 
-from ddpm_ext.evaluation.digit_classifier import DigitClassifier, classifier_inception_score, load_mnist_5k_arrays  # noqa: E402
+from ddpm_ext.evaluation.class_scores import classifier_inception_score  # noqa: E402
+from ddpm_ext.evaluation.digit_classifier import DigitClassifier  # noqa: E402
+from ddpm_ext.evaluation.train_digit_classifier import load_mnist_5k_arrays  # noqa: E402
 from ddpm_ext.pipelines.guidance import balanced_class_labels  # noqa: E402
 
 

@@ -21,13 +21,9 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))  # the package, without installing
 
-from ddpm_ext.evaluation.digit_classifier import (  # noqa: E402
-    PRETRAINED_PATH,
-    class_coverage,
-    classifier_inception_score,
-    load_mnist_5k_arrays,
-    train_digit_classifier,
-)
+from ddpm_ext.evaluation.class_scores import class_coverage, classifier_inception_score  # noqa: E402
+from ddpm_ext.evaluation.digit_classifier import PRETRAINED_PATH  # noqa: E402
+from ddpm_ext.evaluation.train_digit_classifier import load_mnist_5k_arrays, train_digit_classifier  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

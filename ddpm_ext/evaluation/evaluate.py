@@ -33,10 +33,10 @@ al. 2020) on the same features as FID/KID (k = `--nearest_k`, default 5; skipped
 warning, when the samples or the real images number fewer than k + 2), and the mean pixel value in [0, 1] (a
 cheap check of grey backgrounds). For MNIST-like data the digit judge
 ([`ddpm_ext.evaluation.digit_classifier`], images resized to 28×28) adds its classifier Inception Score, the
-digits present and the normalized entropy of the predicted digits, per sampler and for the real reference
-images (the ceiling). The rule, `--digit_judge`: `auto` (default) turns it on for 1-channel (grayscale)
-models, `on` requires one, `off` skips it. `--update_model_card` writes a compact table of the results, the
-command and the date between the metrics markers of `<pipeline folder>/README.md`
+digits present and the normalized entropy of the predicted digits ([`ddpm_ext.evaluation.class_scores`]), per
+sampler and for the real reference images (the ceiling). The rule, `--digit_judge`: `auto` (default) turns it on
+for 1-channel (grayscale) models, `on` requires one, `off` skips it. `--update_model_card` writes a compact table
+of the results, the command and the date between the metrics markers of `<pipeline folder>/README.md`
 ([`ddpm_ext.evaluation.report`]).
 
 A class-conditional pipeline (classifier-free guidance, [`ddpm_ext.pipelines.guidance`]) gets one row per sampler
@@ -95,14 +95,14 @@ from ..pipelines.guidance import balanced_class_labels, class_names, is_class_co
 from ..pipelines.pipeline_ddpm_ext import DDPMExtPipeline
 from ..seeding import image_generators
 from ..validation import check_number, learns_variance, resolve_device
-from .config import EvaluationConfig
-from .digit_classifier import (
-    DigitClassifier,
+from .class_scores import (
     class_accuracy,
     class_coverage,
     classifier_inception_score,
     classifier_inception_score_std,
 )
+from .config import EvaluationConfig
+from .digit_classifier import DigitClassifier
 from .metrics import (
     ReferenceStatistics,
     build_feature_extractor,

@@ -18,8 +18,9 @@ import ddpm_ext.evaluation.evaluate as evaluate_mod
 import ddpm_ext.evaluation.samplers as samplers_mod
 from ddpm_ext import DDPMExtPipeline, DDPMExtScheduler, build_unet
 from ddpm_ext.commands.evaluate import build_parser, main
+from ddpm_ext.evaluation.class_scores import class_accuracy
 from ddpm_ext.evaluation.config import EvaluationConfig
-from ddpm_ext.evaluation.digit_classifier import DigitClassifier, class_accuracy
+from ddpm_ext.evaluation.digit_classifier import DigitClassifier
 from ddpm_ext.evaluation.evaluate import evaluate, judge_scores, load_evaluation
 from ddpm_ext.evaluation.report import model_card_metrics
 from ddpm_ext.evaluation.samplers import SamplerSpec, parse_sampler

@@ -16,12 +16,9 @@ from ddpm_ext import DDPMExtPipeline, DDPMExtScheduler, build_unet
 from ddpm_ext.commands.evaluate import build_parser, main
 from ddpm_ext.data import build_transform, load_mnist_5k
 from ddpm_ext.evaluation import report
+from ddpm_ext.evaluation.class_scores import class_coverage, classifier_inception_score
 from ddpm_ext.evaluation.config import EvaluationConfig
-from ddpm_ext.evaluation.digit_classifier import (
-    DigitClassifier,
-    class_coverage,
-    classifier_inception_score,
-)
+from ddpm_ext.evaluation.digit_classifier import DigitClassifier
 from ddpm_ext.evaluation.evaluate import (
     evaluate,
     load_evaluation,

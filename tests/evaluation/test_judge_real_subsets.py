@@ -6,7 +6,7 @@ import pytest
 import torch
 from repo_scripts import load_script
 
-from ddpm_ext.evaluation.digit_classifier import classifier_inception_score
+from ddpm_ext.evaluation.class_scores import classifier_inception_score
 
 
 def test_subset_scores_hand_made_probabilities():

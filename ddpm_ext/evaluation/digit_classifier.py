@@ -34,12 +34,12 @@ from torch import nn
 from ..files import atomic_path
 from ..images import images_to_uint8, normalize
 from ..validation import check_int, check_number
+from .class_scores import NUM_CLASSES  # the ten digits: one owner, the scores' default K
 
 __all__ = ["DigitClassifier", "PRETRAINED_PATH"]
 
 PRETRAINED_PATH = Path(__file__).resolve().parent / "digit_classifier.safetensors"
 IMAGE_SIZE = 28  # MNIST's resolution: what the judge was trained on
-NUM_CLASSES = 10
 _ARCHITECTURE = "digit-cnn-v1"  # bump when the layers below change: stored in (and checked against) the weights
 
 ImageInput = torch.Tensor | np.ndarray | Sequence[Image.Image]

@@ -103,14 +103,10 @@ from .digit_classifier import (
     classifier_inception_score,
     classifier_inception_score_std,
 )
-from .metrics import (
-    ReferenceStatistics,
-    build_feature_extractor,
-    extract_features,
-    reference_statistics,
-    sample_quality,
-)
+from .features import build_feature_extractor, extract_features
+from .metrics import sample_quality
 from .precision_recall import PRDC_KEYS, precision_recall_density_coverage
+from .reference_stats import ReferenceStatistics, reference_statistics
 from .report import check_model_card, evaluation_command, results_markdown, update_model_card, write_results
 from .samplers import SamplerSpec, parse_sampler, row_key
 

@@ -14,20 +14,24 @@ from torchmetrics.image.kid import KernelInceptionDistance
 from torchmetrics.utilities.imports import _TORCH_FIDELITY_AVAILABLE
 
 from ddpm_ext.data import build_transform, load_image_dataset
+from ddpm_ext.evaluation import features as features_module
 from ddpm_ext.evaluation import metrics as metrics_module
-from ddpm_ext.evaluation.metrics import (
+from ddpm_ext.evaluation import reference_stats as reference_stats_module
+from ddpm_ext.evaluation.features import (
     EfficientNetLite0Features,
     FeatureExtractor,
     build_feature_extractor,
     extract_features,
+    to_uint8_rgb,
+)
+from ddpm_ext.evaluation.metrics import (
     feature_statistics,
     fid_from_features,
     frechet_distance,
     kid_from_features,
-    reference_statistics,
     sample_quality,
-    to_uint8_rgb,
 )
+from ddpm_ext.evaluation.reference_stats import reference_statistics
 
 
 class ProjectionFeatures(FeatureExtractor):
@@ -322,5 +326,6 @@ def test_fid_from_very_few_images_warns_with_the_number_needed():
 
 
 def test_docstring_examples():
-    result = doctest.testmod(metrics_module, optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
-    assert result.failed == 0 and result.attempted > 0
+    results = [doctest.testmod(m, optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
+               for m in (features_module, metrics_module, reference_stats_module)]
+    assert all(r.failed == 0 for r in results) and sum(r.attempted for r in results) > 0

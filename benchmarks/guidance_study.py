@@ -41,13 +41,9 @@ from ddpm_ext.data import ImageTransform, find_image_column, load_image_dataset
 from ddpm_ext.evaluation.class_scores import class_accuracy
 from ddpm_ext.evaluation.digit_classifier import DigitClassifier
 from ddpm_ext.evaluation.evaluate import draw_samples
-from ddpm_ext.evaluation.metrics import (
-    build_feature_extractor,
-    extract_features,
-    fid_from_features,
-    kid_from_features,
-    reference_statistics,
-)
+from ddpm_ext.evaluation.features import build_feature_extractor, extract_features
+from ddpm_ext.evaluation.metrics import fid_from_features, kid_from_features
+from ddpm_ext.evaluation.reference_stats import reference_statistics
 from ddpm_ext.pipelines.guidance import num_classes
 
 Judge = Callable[[torch.Tensor], torch.Tensor]  # images (B, C, H, W) in [-1, 1] -> probabilities (B, K)

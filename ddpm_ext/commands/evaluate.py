@@ -8,7 +8,7 @@ from typing import Sequence
 
 from ..evaluation.config import CLIP_DENOISED_CHOICES, DIGIT_JUDGE_CHOICES, EvaluationConfig
 from ..evaluation.evaluate import evaluate
-from ..evaluation.metrics import FEATURE_EXTRACTORS
+from ..evaluation.features import FEATURE_EXTRACTORS
 from ..evaluation.samplers import SAMPLER_GRAMMAR, SamplerSpec, parse_sampler
 from ..schedulers import VARIANCE_TYPES
 from .cli import add_cpu_threads_argument, int_at_least

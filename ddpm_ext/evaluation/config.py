@@ -15,7 +15,7 @@ from typing import Any
 from ..cpu_threads import parse_cpu_threads
 from ..schedulers import VARIANCE_TYPES
 from ..validation import check_choice, check_int, check_number
-from .metrics import FEATURE_EXTRACTORS
+from .features import FEATURE_EXTRACTORS
 from .samplers import SamplerSpec, parse_sampler
 
 __all__ = ["CLIP_DENOISED_CHOICES", "DIGIT_JUDGE_CHOICES", "EvaluationConfig"]

@@ -103,14 +103,10 @@ from .class_scores import (
 )
 from .config import EvaluationConfig
 from .digit_classifier import DigitClassifier
-from .metrics import (
-    ReferenceStatistics,
-    build_feature_extractor,
-    extract_features,
-    reference_statistics,
-    sample_quality,
-)
+from .features import build_feature_extractor, extract_features
+from .metrics import sample_quality
 from .precision_recall import PRDC_KEYS, precision_recall_density_coverage
+from .reference_stats import ReferenceStatistics, reference_statistics
 from .report import check_model_card, evaluation_command, results_markdown, update_model_card, write_results
 from .samplers import SamplerSpec, parse_sampler, row_key
 
@@ -523,7 +519,7 @@ def draw_samples(
 
 
 def reference_features(run: EvaluationRun) -> ReferenceStatistics:
-    """The real images' features and statistics ([`ddpm_ext.evaluation.metrics.reference_statistics`]), cached
+    """The real images' features and statistics ([`ddpm_ext.evaluation.reference_stats.reference_statistics`]), cached
     per data set, split, size, subset and extractor; the images are read only on a cache miss."""
     config, n_data = run.config, len(run.dataset)
     real_rows = run.real_rows

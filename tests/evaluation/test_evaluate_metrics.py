@@ -27,7 +27,7 @@ from ddpm_ext.evaluation.evaluate import (
     score_reference,
     score_samples,
 )
-from ddpm_ext.evaluation.metrics import extract_features
+from ddpm_ext.evaluation.features import extract_features
 from ddpm_ext.evaluation.precision_recall import precision_recall_density_coverage
 from ddpm_ext.evaluation.report import (
     METRICS_END,

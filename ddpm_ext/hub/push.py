@@ -16,7 +16,7 @@ from pathlib import Path
 
 from huggingface_hub import HfApi
 
-__all__ = ["UPLOAD_PATTERNS", "describe_error", "push_pipeline"]
+__all__ = ["UPLOAD_PATTERNS", "describe_error", "push_pipeline", "reach_repo"]
 
 UPLOAD_PATTERNS = ["model_index.json", "unet/config.json", "unet/*.safetensors", "scheduler/scheduler_config.json",
                    "guide_unet/config.json", "guide_unet/*.safetensors", "README.md", "samples.png"]
@@ -59,6 +59,31 @@ def push_pipeline(
         delete_patterns="*", commit_message=commit_message,
     )
     return str(repo)
+
+
+def reach_repo(repo_id: str, *, private: bool = False, token: str | None = None) -> str:
+    """Check `token` (the Hub's `whoami`) and create `repo_id` if needed, or reach it if it exists: what a training
+    run does before its first step (as diffusers' `train_unconditional.py` does), so a bad token or no network shows
+    up before the work, not after it.
+
+    Returns:
+        `str`: the URL of the repo.
+
+    Raises:
+        huggingface_hub.errors.HfHubHTTPError, huggingface_hub.errors.LocalTokenNotFoundError, OSError: the token was
+            refused or missing, the repo could not be created or reached, or the Hub could not be reached.
+
+    Example:
+
+    ```py
+    >>> from ddpm_ext.hub import reach_repo
+    >>> reach_repo("me/ddpm-mnist", private=True)  # doctest: +SKIP
+    'https://huggingface.co/me/ddpm-mnist'
+    ```
+    """
+    api = HfApi(token=token)
+    api.whoami()  # a clear "Invalid user token" for a bad token; create_repo alone accepts one for an existing repo
+    return str(api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model"))
 
 
 def describe_error(error: BaseException, token: str | None = None) -> str:

@@ -1,5 +1,5 @@
 """What a training run writes besides its checkpoints: the pipeline, sample grids, training_info.json, the model
-card, and the push to the Hub.
+card, and the push to the Hub (with its pre-flight before the first step, [`check_hub`]).
 
 The pipeline is saved with one mechanism, [`save_pipeline_whole`]: the whole pipeline is written into a staging
 folder first (all the disk writes), then moved into the output folder by renames. What is guaranteed:
@@ -28,11 +28,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
+from accelerate.utils import broadcast_object_list
 from diffusers import UNet2DModel
 from safetensors import SafetensorError
 
 from ..files import atomic_write_text, write_with
-from ..hub import describe_error, push_pipeline, write_model_card
+from ..hub import describe_error, push_pipeline, reach_repo, write_model_card
 from ..images import save_image_grid
 from ..pipelines.checkpoint_io import GUIDE_DIR
 from ..pipelines.guidance import (
@@ -51,6 +52,8 @@ if TYPE_CHECKING:  # the loop's state, read here; train.py imports this module
     from .train import Trainer
 
 __all__ = [
+    "check_hub",
+    "hub_repo_id",
     "pipeline_to_save",
     "push",
     "sample_grid_call",
@@ -202,9 +205,36 @@ def training_info(trainer: Trainer, pipe: DDPMExtPipeline, num_train_images: int
     }
 
 
+def hub_repo_id(args: argparse.Namespace) -> str:
+    """The Hub repo a run pushes to: `--hub_model_id`, or the `--output_dir` folder's name."""
+    return args.hub_model_id or Path(args.output_dir).name
+
+
+def check_hub(args: argparse.Namespace, accelerator: Any) -> tuple[str | None, str | None]:
+    """The Hub pre-flight of `--push_to_hub`, before the first step: check the token and create or reach the repo
+    ([`ddpm_ext.hub.reach_repo`], main process; the outcome is shared with every process).
+
+    Returns:
+        `tuple[str | None, str | None]`: the repo's URL (main process) and None, or None and the one-line error
+        (token masked), the same on every process.
+    """
+    url = error = None
+    if accelerator.is_main_process:
+        repo_id = hub_repo_id(args)
+        try:
+            url = reach_repo(repo_id, private=args.hub_private_repo, token=args.hub_token)
+        except Exception as e:  # noqa: BLE001 (any failure: one line, before any work)
+            error = (f"--push_to_hub: the Hub repository {repo_id} could not be created or reached "
+                     f"({describe_error(e, args.hub_token)}); nothing was trained or written. Check the token "
+                     "(HF_TOKEN, `hf auth login` or --hub_token) and the network, or train without --push_to_hub.")
+    if accelerator.num_processes > 1:
+        error = broadcast_object_list([error])[0]
+    return url, error
+
+
 def push(args: argparse.Namespace, output_dir: Path, accelerator: Any) -> int:
     """Upload `output_dir` to the Hub; on failure say how to retry (the local output stays). Returns 0 or 3."""
-    repo_id = args.hub_model_id or output_dir.name
+    repo_id = hub_repo_id(args)
     try:
         url = push_pipeline(output_dir, repo_id=repo_id, private=args.hub_private_repo, token=args.hub_token)
     except Exception as e:  # noqa: BLE001 (the local output stays; say how to retry)

@@ -2,8 +2,10 @@
 
 [`main`] is `training/train_ddpm.py` (the launcher at the repository root) and `ddpm-ext train`
 ([`ddpm_ext.commands.train`]). [`run`] is a pipeline of phases: the flags ([`ddpm_ext.training.flags`]), what
-the run is built from ([`ddpm_ext.training.setup`]), the loop ([`Trainer`]), the outputs
-([`ddpm_ext.training.outputs`]); the resume policy is [`ddpm_ext.training.resume`].
+the run is built from ([`ddpm_ext.training.setup`]), the Hub pre-flight, the loop ([`Trainer`]), the outputs
+([`ddpm_ext.training.outputs`]); the resume policy is [`ddpm_ext.training.resume`], and what the run prints for its
+user (a summary at the start, the estimated time left, what it wrote and how to use it) is
+[`ddpm_ext.training.report`].
 
 Examples (from the repository root; `ddpm-ext train` and `python -m ddpm_ext train` take the same flags):
 
@@ -59,7 +61,8 @@ from .checkpoints import (
     weights_are_finite,
 )
 from .flags import parse_args
-from .outputs import pipeline_to_save, save_outputs, save_pipeline_whole, write_samples
+from .outputs import check_hub, pipeline_to_save, save_outputs, save_pipeline_whole, write_samples
+from .report import FinishEstimate, end_summary, start_summary
 from .resume import resume_training, set_aside_diverged
 from .setup import RunParts, build_accelerator, build_run, prepare_run
 
@@ -76,7 +79,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def run(args: argparse.Namespace) -> int:
     """Train with flags checked by [`ddpm_ext.training.flags.check_args`]; return the exit status: 0 done, 1 stopped
-    (a non-finite loss, a failed write), 2 bad input (`error: ...` before any training), 3 the push failed."""
+    (a non-finite loss, a failed write), 2 bad input (`error: ...` before any training), 3 the push failed (or its
+    pre-flight, before any training: the token refused, the repo not reachable)."""
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     logging.getLogger("accelerate").setLevel(logging.WARNING)  # one line per saved file otherwise
     accelerator = build_accelerator(args)
@@ -88,9 +92,18 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as e:  # CheckpointError is a ValueError
         print(f"error: {e}", file=sys.stderr)
         return 2
+    # 2. with --push_to_hub, the token and the repo are checked before anything is written or trained
+    hub_url = None
+    if args.push_to_hub:
+        hub_url, error = check_hub(args, accelerator)
+        if error is not None:
+            if accelerator.is_main_process:
+                print(f"error: {error}", file=sys.stderr)
+            return 3
+    accelerator.print(start_summary(args, parts, hub_url=hub_url))
     parts = prepare_run(args, parts)
 
-    # 2. the optimisation state, fresh or resumed
+    # 3. the optimisation state, fresh or resumed
     trainer = Trainer(args, parts)
     if parts.identity.saved is not None:
         resume_training(trainer, parts.identity.saved)
@@ -100,7 +113,7 @@ def run(args: argparse.Namespace) -> int:
         accelerator.init_trackers("train_ddpm", config={k: v for k, v in vars(args).items()
                                                         if k not in ("hub_token", "resume") and v is not None})
 
-    # 3. the loop (Algorithm 1), then 4. the pipeline (EMA weights), a final sample grid, the model card, the push
+    # 4. the loop (Algorithm 1), then 5. the pipeline (EMA weights), a final sample grid, the model card, the push
     try:
         code = trainer.train()
     except CheckpointWriteError as e:
@@ -110,6 +123,9 @@ def run(args: argparse.Namespace) -> int:
         accelerator.wait_for_everyone()
         if accelerator.is_main_process:
             code = save_outputs(args, trainer, parts.num_train_images, parts.resolution)
+            if code in (0, 3):  # written (and pushed, or not)
+                accelerator.print(end_summary(args, steps=trainer.global_step, seconds=trainer.train_seconds,
+                                              pushed_url=hub_url if code == 0 else None))
     accelerator.end_training()
     return code
 
@@ -186,6 +202,7 @@ class Trainer:
         self.train_seconds = 0.0
         self.pending_prune = False
         self.threads = None  # the AdaptiveThreads of the loop (see --cpu_threads)
+        self.estimate = None  # when to print the time left, and what (set by train)
 
     def train(self) -> int:
         """Optimise until `max_steps`, checkpointing and writing grids on the way; 0, or 1 after a non-finite
@@ -195,6 +212,7 @@ class Trainer:
         self.threads = AdaptiveThreads.from_option(args.cpu_threads, accelerator.device)
         progress = tqdm(total=self.max_steps, initial=self.global_step, disable=not accelerator.is_local_main_process,
                         desc="train")
+        self.estimate = FinishEstimate(self.global_step, self.max_steps)
         start = time.time()
         while self.global_step < self.max_steps:
             epoch_loader = accelerator.skip_first_batches(self.loader, self.skip) if self.skip else self.loader
@@ -258,7 +276,10 @@ class Trainer:
         if self.ema is not None:
             logs["ema_decay"] = self.ema.cur_decay_value
         progress.update(1)
-        progress.set_postfix(loss=f"{self.loss_value:.4f}")
+        progress.set_postfix(loss=f"{self.loss_value:.4f}", lr=f"{logs['lr']:.2e}")
+        line = self.estimate.after_step(self.global_step)
+        if line is not None and self.accelerator.is_main_process:
+            progress.write(line, file=sys.stdout)  # above the bar
         self.accelerator.log(logs, step=self.global_step)
         self.threads.tick()
 

@@ -229,13 +229,31 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
     assert state["changeable"]["learning_rate"] == 1e-4 and (out / "model_index.json").is_file()
 
 
+class OnRepoCreated(dict):
+    """The upload server's record of created repos, calling `hook` as a repo is created (in the server's thread,
+    before the client has its answer): what the training run has done by then is what it did before it."""
+
+    def __init__(self, hook):
+        super().__init__()
+        self.hook = hook
+
+    def __setitem__(self, key, value):
+        self.hook(key)
+        super().__setitem__(key, value)
+
+
 @pytest.mark.slow
 def test_push_to_hub_round_trip(tmp_path, upload_hub, olah_hub):
     out = tmp_path / "push"
+    seen = {}  # the pre-flight creates the repo before the run writes anything (its output folder does not exist)
+    upload_hub.repos = OnRepoCreated(lambda key: seen.update({key: out.exists()}))
     env = {"HF_ENDPOINT": upload_hub.url, "HF_TOKEN": upload_hub.token}
     result = run(TINY + ["--max_train_steps", "2", "--output_dir", str(out), "--push_to_hub",
                          "--hub_model_id", "ddpm-ext-tests/pushed", "--hub_private_repo"], env=env)
+    assert seen == {("model", "ddpm-ext-tests/pushed"): False}
     assert "Pushed to" in result.stdout + result.stderr
+    assert f"Hub:          {upload_hub.url}/ddpm-ext-tests/pushed" in result.stdout  # the end summary
+    assert "ddpm-ext push" not in result.stdout and upload_hub.token not in result.stdout + result.stderr
     [commit] = upload_hub.commits_for("ddpm-ext-tests/pushed")
     uploaded = set(commit.added)
     assert {"model_index.json", "README.md", "samples.png", "unet/diffusion_pytorch_model.safetensors",
@@ -254,9 +272,27 @@ def test_push_to_hub_round_trip(tmp_path, upload_hub, olah_hub):
 
 
 @pytest.mark.slow
+def test_push_preflight_refuses_a_bad_token_before_the_first_step(tmp_path, upload_hub):
+    out = tmp_path / "badtoken"
+    env = {"HF_ENDPOINT": upload_hub.url, "HF_TOKEN": "hf_wrong_secret_token"}
+    result = run(TINY + ["--max_train_steps", "2", "--checkpointing_steps", "1", "--output_dir", str(out),
+                         "--push_to_hub", "--hub_model_id", "ddpm-ext-tests/badtoken"], env=env, check=False)
+    assert result.returncode == 3
+    [line] = [line for line in result.stderr.splitlines() if "error" in line.lower()]
+    assert line.startswith("error: --push_to_hub: the Hub repository ddpm-ext-tests/badtoken could not be created "
+                           "or reached (HfHubHTTPError: Invalid user token.")
+    assert "hf_wrong_secret_token" not in result.stdout + result.stderr
+    assert not out.exists()  # no checkpoint-*, no model_index.json: nothing written, nothing trained
+    assert ("model", "ddpm-ext-tests/badtoken") not in upload_hub.repos
+
+
+@pytest.mark.slow
 def test_failed_push_keeps_output_and_says_how_to_retry(tmp_path, upload_hub):
+    """The pre-flight passes, then the token is revoked during training: the final push fails, the output stays."""
     out = tmp_path / "nopush"
-    env = {"HF_ENDPOINT": upload_hub.url, "HF_TOKEN": "wrong-token"}
+    token = upload_hub.token
+    upload_hub.repos = OnRepoCreated(lambda key: setattr(upload_hub, "token", "revoked"))
+    env = {"HF_ENDPOINT": upload_hub.url, "HF_TOKEN": token}
     result = run(TINY + ["--max_train_steps", "2", "--output_dir", str(out), "--push_to_hub", "--hub_model_id",
                          "ddpm-ext-tests/refused"], env=env, check=False)
     assert result.returncode == 3
@@ -264,7 +300,7 @@ def test_failed_push_keeps_output_and_says_how_to_retry(tmp_path, upload_hub):
     assert "the push to the Hub failed" in text
     assert f"ddpm-ext push {out} --repo_id ddpm-ext-tests/refused" in text
     assert (out / "model_index.json").is_file() and (out / "unet" / "diffusion_pytorch_model.safetensors").is_file()
-    assert "wrong-token" not in text
+    assert token not in text and upload_hub.commits_for("ddpm-ext-tests/refused") == []
 
 
 # --------------------------------------------------------------------------------------------------

@@ -189,7 +189,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     a("--logger", default="none", choices=LOGGERS, help="Log scalars and sample grids to tensorboard or wandb.")
     a("--logging_dir", default="logs", help="Log folder, inside --output_dir.")
     # Hub
-    a("--push_to_hub", action="store_true", help="Upload the pipeline, a sample grid and a model card to the Hub.")
+    a("--push_to_hub", action="store_true",
+      help="Upload the pipeline, a sample grid and a model card to the Hub at the end; the token and the repo are "
+      "checked (the repo created) before the first step.")
     a("--hub_model_id", default=None, help="The Hub repo id (default: the --output_dir folder name).")
     a("--hub_private_repo", action="store_true", help="Create the Hub repo as private.")
     a("--hub_license", default=None,

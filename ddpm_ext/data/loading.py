@@ -71,9 +71,9 @@ def validate_image_folder(train_data_dir: str | os.PathLike, *, max_reported: in
     )
     if not files:
         raise ValueError(
-            f"`train_data_dir` {str(train_data_dir)!r} contains no image files: it is a "
-            f"{_describe_path(root)} (searched recursively; accepted extensions: "
-            f"{' '.join(sorted(set(IMAGE_EXTENSIONS)))}). A local path must be {ACCEPTED_LOCAL_DATA}."
+            f"`train_data_dir` {str(train_data_dir)!r} contains no image files (it is a {_describe_path(root)}; "
+            f"searched recursively; accepted extensions: {' '.join(sorted(set(IMAGE_EXTENSIONS)))}). A local path "
+            f"must be {ACCEPTED_LOCAL_DATA}."
         )
     bad: list[str] = []
     for path in files:

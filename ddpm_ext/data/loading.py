@@ -265,7 +265,7 @@ def load_image_dataset(
     if config_name is not None:
         if not isinstance(config_name, str) or not config_name.strip():
             raise ValueError(f"`config_name` must be a non-empty string or None, got {config_name!r}.")
-        saved = saved_dataset_kind(dataset_name) is not None
+        saved = dataset_name is not None and saved_dataset_kind(dataset_name) is not None
         if train_data_dir is not None or dataset_name in BUILTIN_DATASETS or saved:
             source = (f"the image folder `train_data_dir`={str(train_data_dir)!r}" if train_data_dir is not None
                       else f"the save_to_disk folder {dataset_name!r}" if saved

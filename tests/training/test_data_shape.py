@@ -69,7 +69,7 @@ def test_an_auto_picked_run_resumes_and_a_different_preset_is_refused(tmp_path, 
     out, folder = tmp_path / "out", image_folder(tmp_path)
     common = NEW + ["--train_data_dir", str(folder), "--checkpointing_steps", "2", "--output_dir", str(out)]
     assert train(common, capsys)[0] == 0
-    resume = ["--max_train_steps", "3", "--resume_from_checkpoint", "latest", "--overwrite_output_dir"]
+    resume = ["--max_train_steps", "3", "--resume_from_checkpoint", "latest"]
     code, err = train(common + resume, capsys)
     assert code == 0, err[-2000:]
     assert json.loads((out / "training_info.json").read_text())["global_step"] == 3

@@ -132,3 +132,20 @@ def test_a_dataset_dict_without_train_and_several_splits_is_a_clear_error(tmp_pa
     expected = f"`dataset_name`={str(folder)!r} is a DatasetDict (saved with save_to_disk) with the splits ['a', 'b']"
     assert expected + " and no 'train' split" in err
     assert not out.exists()
+
+
+def test_a_fine_tuning_checkpoint_of_an_older_version_resumes(tmp_path, capsys):
+    """Older versions stored --model_config's then default, mnist-small, in fine-tuning checkpoints too."""
+    DDPMExtPipeline(unet=build_unet("tiny"), scheduler=DDPMExtScheduler(num_train_timesteps=50)).save_pretrained(
+        tmp_path / "grey")
+    out = tmp_path / "out"
+    common = SMALL + ["--pretrained_model_name_or_path", str(tmp_path / "grey"), "--train_data_dir",
+                      str(image_folder(tmp_path, "L")), "--checkpointing_steps", "2", "--output_dir", str(out)]
+    assert train(common, capsys)[0] == 0
+    state_file = out / "checkpoint-2" / "training_state.json"
+    state = json.loads(state_file.read_text())
+    assert state["config"]["model_config"] is None
+    state["config"]["model_config"] = "mnist-small"
+    state_file.write_text(json.dumps(state))
+    code, err = train(common + ["--max_train_steps", "3", "--resume_from_checkpoint", "latest"], capsys)
+    assert code == 0, err[-2000:]

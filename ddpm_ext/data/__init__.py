@@ -10,7 +10,9 @@ Three modules, in the order the training script uses them (`builtin` holds the b
      ([`BUILTIN_DATASETS`]): `"mnist-5k"` (the default) and `"openmoji-32"`;
    - a Hugging Face Hub data set (`datasets.load_dataset(name, config_name)`);
    - a local folder of images (`datasets.load_dataset("imagefolder", data_dir=...)`), every file of which is
-     opened and decoded first, so that a corrupt file is reported by path before any training starts.
+     opened and decoded first, so that a corrupt file is reported by path before any training starts;
+   - a folder written by `Dataset.save_to_disk` or `DatasetDict.save_to_disk` (`datasets.load_from_disk`,
+     [`load_saved_dataset`]).
 
 2. Preprocessing (`transforms.py`). [`ImageTransform`] (made by [`build_transform`]) does with Pillow, NumPy and torch
    what diffusers' `train_unconditional.py` does with torchvision: `Resize(resolution, bilinear)` of the shorter
@@ -46,7 +48,14 @@ from .builtin import (
     load_openmoji_32,
     render_openmoji,
 )
-from .loading import IMAGE_EXTENSIONS, find_image_column, load_image_dataset, validate_image_folder
+from .loading import (
+    IMAGE_EXTENSIONS,
+    find_image_column,
+    load_image_dataset,
+    load_saved_dataset,
+    saved_dataset_kind,
+    validate_image_folder,
+)
 from .transforms import INDEX_COLUMN, ImageTransform, build_transform, collate_fn, infer_channels, preprocess_dataset
 
 __all__ = [
@@ -65,9 +74,11 @@ __all__ = [
     "list_builtin_datasets",
     "load_builtin_dataset",
     "load_image_dataset",
+    "load_saved_dataset",
     "load_mnist_5k",
     "load_openmoji_32",
     "preprocess_dataset",
     "render_openmoji",
+    "saved_dataset_kind",
     "validate_image_folder",
 ]

@@ -1,4 +1,5 @@
-"""Loading image data sets: built-in, Hub or a local image folder (checked file by file before training)."""
+"""Loading image data sets: built-in, Hub, a `save_to_disk` folder or a local image folder (checked file by file
+before training)."""
 
 
 import os
@@ -17,6 +18,17 @@ try:
     IMAGE_EXTENSIONS: tuple[str, ...] = tuple(ext.lower() for ext in _ImageFolder.EXTENSIONS)
 except Exception:  # pragma: no cover - a `datasets` layout we do not know
     IMAGE_EXTENSIONS = (".bmp", ".gif", ".jpeg", ".jpg", ".png", ".tif", ".tiff", ".webp")
+
+# The files `datasets.Dataset.save_to_disk` and `datasets.DatasetDict.save_to_disk` write (read back with
+# `datasets.load_from_disk`).
+SAVED_DATASET_FILES = (datasets.config.DATASET_INFO_FILENAME, datasets.config.DATASET_STATE_JSON_FILENAME)
+SAVED_DATASET_DICT_FILE = datasets.config.DATASETDICT_JSON_FILENAME
+# What a local path may be, for the error messages.
+ACCEPTED_LOCAL_DATA = (
+    "a folder of images (any of the extensions the `imagefolder` builder reads), a folder written by "
+    "`Dataset.save_to_disk` (dataset_info.json + state.json) or `DatasetDict.save_to_disk` (dataset_dict.json), or, "
+    "with `dataset_name`, a folder of data files `datasets.load_dataset` reads (parquet, csv, json, arrow)"
+)
 
 # ----------------------------------------------------------------------------------------------------------
 # Loading
@@ -59,8 +71,9 @@ def validate_image_folder(train_data_dir: str | os.PathLike, *, max_reported: in
     )
     if not files:
         raise ValueError(
-            f"`train_data_dir` {str(train_data_dir)!r} contains no image files (searched recursively; accepted "
-            f"extensions: {' '.join(sorted(set(IMAGE_EXTENSIONS)))})."
+            f"`train_data_dir` {str(train_data_dir)!r} contains no image files (it is a {_describe_path(root)}; "
+            f"searched recursively; accepted extensions: {' '.join(sorted(set(IMAGE_EXTENSIONS)))}). A local path "
+            f"must be {ACCEPTED_LOCAL_DATA}."
         )
     bad: list[str] = []
     for path in files:
@@ -79,6 +92,65 @@ def validate_image_folder(train_data_dir: str | os.PathLike, *, max_reported: in
             f"(corrupt, truncated or not an image); fix or remove them:\n  {shown}{more}"
         )
     return files
+
+
+def saved_dataset_kind(path: str | os.PathLike) -> str | None:
+    """What `save_to_disk` wrote at `path`: `"dataset"` (a `Dataset`: dataset_info.json and state.json),
+    `"dataset_dict"` (a `DatasetDict`: dataset_dict.json), or None when `path` is no such folder."""
+    root = Path(path).expanduser()
+    if not root.is_dir():
+        return None
+    if (root / SAVED_DATASET_DICT_FILE).is_file():
+        return "dataset_dict"
+    if (root / datasets.config.DATASET_STATE_JSON_FILENAME).is_file():
+        return "dataset"
+    return None
+
+
+def load_saved_dataset(path: str | os.PathLike, *, flag: str, split: str = "train") -> datasets.Dataset:
+    """Load a `Dataset.save_to_disk` or `DatasetDict.save_to_disk` folder with `datasets.load_from_disk`.
+
+    Of a `DatasetDict`, the split `split` is taken when it has one; with the default `split="train"` and a single
+    split, that split; otherwise a `ValueError` lists the splits. A saved `Dataset` has no splits: a `split` other
+    than `"train"` is refused.
+
+    Args:
+        path (`str` or `os.PathLike`): The folder ([`saved_dataset_kind`] must not be None).
+        flag (`str`): The argument that named `path` (`"dataset_name"` or `"train_data_dir"`), for the messages.
+        split (`str`, defaults to `"train"`): The split of a `DatasetDict` to load.
+
+    Returns:
+        `datasets.Dataset`
+
+    Raises:
+        `ValueError`: For a folder `datasets.load_from_disk` cannot read (the cause given), a split that is not
+            there (the splits listed) or a split asked of a saved `Dataset`.
+    """
+    kind = saved_dataset_kind(path)
+    written_by = "DatasetDict.save_to_disk" if kind == "dataset_dict" else "Dataset.save_to_disk"
+    try:
+        loaded = datasets.load_from_disk(str(Path(path).expanduser()))
+    except Exception as err:
+        raise ValueError(
+            f"`{flag}`={str(path)!r} looks like a folder written by {written_by}, but datasets.load_from_disk "
+            f"could not read it: {type(err).__name__}: {err}"
+        ) from err
+    if isinstance(loaded, datasets.DatasetDict):
+        splits = list(loaded)
+        if split in loaded:
+            return loaded[split]
+        if split == "train" and len(splits) == 1:
+            return loaded[splits[0]]
+        raise ValueError(
+            f"`{flag}`={str(path)!r} is a DatasetDict (saved with save_to_disk) with the splits {splits} and no "
+            f"{split!r} split; choose one with `split` (--dataset_split), e.g. {splits[0]!r}."
+        )
+    if split != "train":
+        raise ValueError(
+            f"`{flag}`={str(path)!r} is a single Dataset (saved with Dataset.save_to_disk), which has no splits; "
+            f"got split={split!r}. Leave the split at its default 'train', or save a DatasetDict."
+        )
+    return loaded
 
 
 def find_image_column(dataset: datasets.Dataset, image_column: str | None = None) -> str:
@@ -129,18 +201,22 @@ def load_image_dataset(
     `train_data_dir`; with neither, the default built-in data set [`DEFAULT_DATASET`] (`"mnist-5k"`) is loaded.
 
     Args:
-        dataset_name (`str`, *optional*): A built-in name ([`list_builtin_datasets`]) or a Hugging Face Hub
-            data set, loaded with `datasets.load_dataset(dataset_name, config_name, cache_dir=cache_dir,
-            split=split)` (needs the network or a cached copy). A name without "/" that looks like a misspelt built-in
-            name (e.g. `"MNIST-5K"`, `"openmoji"`) is an error rather than a Hub request.
+        dataset_name (`str`, *optional*): A built-in name ([`list_builtin_datasets`]), a folder written by
+            `Dataset.save_to_disk` or `DatasetDict.save_to_disk` (loaded with `datasets.load_from_disk`, see
+            [`load_saved_dataset`]), or a Hugging Face Hub data set or local folder of data files (parquet, csv,
+            json, arrow or images), loaded with `datasets.load_dataset(dataset_name, config_name,
+            cache_dir=cache_dir, split=split)` (a Hub data set needs the network or a cached copy). A name without
+            "/" that looks like a misspelt built-in name (e.g. `"MNIST-5K"`, `"openmoji"`) is an error rather than
+            a Hub request.
         train_data_dir (`str` or `os.PathLike`, *optional*): A local folder of images, checked file by file with
             [`validate_image_folder`] and loaded with `datasets.load_dataset("imagefolder", ...)`
-            (sub-folders become a `"label"` column, as in `datasets`).
+            (sub-folders become a `"label"` column, as in `datasets`), or a `save_to_disk` folder as above.
         config_name (`str`, *optional*): The configuration (subset) of a Hub data set, the second argument of
             `datasets.load_dataset` (e.g. `"cifar10"` of `"uoft-cs/cifar10"`, or a subset of a multi-config
             data set). Only for Hub data sets: built-in data sets and image folders have none.
         split (`str`, defaults to `"train"`): Split to load. mnist-5k has `"train"` (4,500 images), `"test"`
-            (500 held out, 50 per digit) and `"all"`; openmoji-32 has only `"train"`.
+            (500 held out, 50 per digit) and `"all"`; openmoji-32 has only `"train"`. Of a saved `DatasetDict`
+            with a single split, that split is taken by default.
         cache_dir (`str` or `os.PathLike`, *optional*): The `datasets` cache for Hub and folder data sets; the
             built-in data sets rendered on first use are cached in its sub-folder `ddpm_ext` (default:
             [`default_cache_dir`]).
@@ -157,7 +233,8 @@ def load_image_dataset(
         `ValueError`: For both sources given, a `config_name` for a built-in data set or an image folder, an
             unknown built-in-like name, a Hub data set that cannot be
             loaded (name and cause given, chained from the original error), a missing folder, a folder
-            without images, unreadable image files (listed), a missing image column or `max_train_samples < 1`.
+            without images, unreadable image files (listed), a saved `DatasetDict` without the split (its
+            splits listed), a missing image column or `max_train_samples < 1`.
 
     Example:
 
@@ -188,15 +265,21 @@ def load_image_dataset(
     if config_name is not None:
         if not isinstance(config_name, str) or not config_name.strip():
             raise ValueError(f"`config_name` must be a non-empty string or None, got {config_name!r}.")
-        if train_data_dir is not None or dataset_name in BUILTIN_DATASETS:
+        saved = dataset_name is not None and saved_dataset_kind(dataset_name) is not None
+        if train_data_dir is not None or dataset_name in BUILTIN_DATASETS or saved:
             source = (f"the image folder `train_data_dir`={str(train_data_dir)!r}" if train_data_dir is not None
+                      else f"the save_to_disk folder {dataset_name!r}" if saved
                       else f"the built-in data set {dataset_name!r}")
             raise ValueError(
                 f"`config_name`={config_name!r} applies only to Hub data sets (the configuration passed to "
                 f"datasets.load_dataset), not to {source}, which has none; leave it out."
             )
 
-    if train_data_dir is not None:
+    if train_data_dir is not None and saved_dataset_kind(train_data_dir) is not None:
+        ds = load_saved_dataset(train_data_dir, flag="train_data_dir", split=split)
+    elif dataset_name is not None and saved_dataset_kind(dataset_name) is not None:
+        ds = load_saved_dataset(dataset_name, flag="dataset_name", split=split)
+    elif train_data_dir is not None:
         validate_image_folder(train_data_dir)
         try:
             ds = datasets.load_dataset(
@@ -226,6 +309,12 @@ def load_image_dataset(
             )
         except Exception as err:
             config = "" if config_name is None else f"config_name={config_name!r}, "
+            if Path(dataset_name).expanduser().exists():
+                raise ValueError(
+                    f"Could not load `dataset_name`={dataset_name!r}, a local {_describe_path(dataset_name)} "
+                    f"({config}split={split!r}), with datasets.load_dataset: {type(err).__name__}: {err}. A local "
+                    f"path must be {ACCEPTED_LOCAL_DATA}."
+                ) from err
             raise ValueError(
                 f"Could not load the data set `dataset_name`={dataset_name!r} ({config}split={split!r}) with "
                 f"datasets.load_dataset: {type(err).__name__}: {err}. Either the Hugging Face Hub could not be "
@@ -238,7 +327,20 @@ def load_image_dataset(
 
     find_image_column(ds, image_column)
     if max_train_samples is not None:
-        ds = ds.shuffle(seed=seed).select(range(min(int(max_train_samples), len(ds))))
+        # in memory: only an index list, and a save_to_disk folder is left as it was (no cache file written in it)
+        ds = ds.shuffle(seed=seed, keep_in_memory=True).select(
+            range(min(int(max_train_samples), len(ds))), keep_in_memory=True
+        )
     return ds
+
+
+def _describe_path(path: str | os.PathLike, shown: int = 8) -> str:
+    """What is at a local path, for error messages: a file, or a folder and (some of) the names in it."""
+    root = Path(path).expanduser()
+    if not root.is_dir():
+        return "file"
+    names = sorted(p.name + ("/" if p.is_dir() else "") for p in root.iterdir())
+    listed = ", ".join(names[:shown]) + (f", ... ({len(names)} entries)" if len(names) > shown else "")
+    return f"folder holding {listed}" if names else "empty folder"
 
 

@@ -29,6 +29,7 @@ from .resume import plan_resume
 __all__ = [
     "LOGGERS",
     "LR_SCHEDULERS",
+    "MODEL_CONFIG_BY_CHANNELS",
     "MAX_RESOLUTION",
     "MIXED_PRECISION",
     "OPTIMIZER_IMPLS",
@@ -53,6 +54,8 @@ SCHEDULER_FLAGS = {
     "ddpm_num_steps": 1000, "ddpm_beta_schedule": "linear", "variance_type": "fixed_small",
     "prediction_type": "epsilon",
 }
+# The preset of a run from scratch without --model_config, by the data's channels (1 grayscale, 3 colour).
+MODEL_CONFIG_BY_CHANNELS = {1: "mnist-small", 3: "rgb32-small"}
 DESCRIPTION = "Train a DDPM with the simplified loss (Ho et al. 2020, Algorithm 1)."
 
 
@@ -64,14 +67,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     a = parser.add_argument
     # data
     a("--dataset_name", default=None,
-      help=f"A built-in data set {sorted(BUILTIN_DATASETS)} or a Hub data set name (default: mnist-5k).")
+      help=f"A built-in data set {sorted(BUILTIN_DATASETS)}, a Hub data set name, a folder written by "
+      "Dataset.save_to_disk or DatasetDict.save_to_disk (its train split, or its only one), or a folder of parquet, "
+      "csv, json or image files (default, only when training from scratch: mnist-5k).")
     a("--dataset_config_name", default=None,
       help="The configuration (subset) of a Hub --dataset_name, passed to datasets.load_dataset (refused for "
       "built-in data sets and --train_data_dir).")
     a("--dataset_split", default="train",
       help="Split to train on (mnist-5k: train = 4,500 images, test = the 500 held out, all).")
     a("--train_data_dir", default=None,
-      help="A folder of images (loaded with the `imagefolder` builder) instead of --dataset_name.")
+      help="A folder of images (loaded with the `imagefolder` builder), or a save_to_disk folder, instead of "
+      "--dataset_name.")
     a("--image_column", default=None,
       help="The column holding the images (default: 'image', 'img' or the first image column).")
     a("--cache_dir", default=None, help="Where Hub data sets and models are cached.")
@@ -90,11 +96,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     a("--dataloader_num_workers", type=int, default=0,
       help="DataLoader worker processes (0 keeps loading in the main process).")
     # model and diffusion
-    a("--model_config", default="mnist-small",
-      help=f"A UNet preset {sorted(UNET_PRESETS)} or a UNet2DModel config JSON path.")
+    a("--model_config", default=None,
+      help=f"A UNet preset {sorted(UNET_PRESETS)} or a UNet2DModel config JSON path; its in_channels must match "
+      "the data's channels. Default (without --pretrained_model_name_or_path): picked from the data, mnist-small "
+      "for grayscale images and rgb32-small for colour ones, at --resolution if given, else the preset's size.")
     a("--pretrained_model_name_or_path", default=None,
-      help="Fine-tune this pipeline (folder or Hub repo id) instead of a fresh --model_config; its scheduler is "
-      "kept, so the four scheduler flags below are refused with it.")
+      help="Fine-tune this pipeline (folder or Hub repo id) instead of a fresh --model_config (refused with it); "
+      "its scheduler is kept, so the four scheduler flags below are refused with it. Name the data with "
+      "--train_data_dir or --dataset_name; its channels must match the UNet's in_channels.")
     a("--ddpm_num_steps", type=int, default=None, help="T, the number of diffusion steps (default 1000).")
     a("--ddpm_beta_schedule", default=None, choices=BETA_SCHEDULES, help="The β_t schedule (default linear).")
     a("--variance_type", default=None, choices=VARIANCE_TYPES,
@@ -304,12 +313,22 @@ def check_args(args: argparse.Namespace) -> None:
 
 
 def _check_model_flags(args: argparse.Namespace) -> None:
-    """The scheduler flags (refused with a pretrained pipeline, else defaulted) and the UNet preset's flags."""
+    """The scheduler flags (refused with a pretrained pipeline, else defaulted) and the UNet preset's flags; with a
+    pretrained pipeline, --model_config is refused and a data flag is needed."""
     if args.pretrained_model_name_or_path:
         given = [f"--{k}" for k in SCHEDULER_FLAGS if getattr(args, k) is not None]
         if given:
             raise ValueError(f"{', '.join(given)} cannot apply to --pretrained_model_name_or_path: fine-tuning keeps "
                              "the pretrained scheduler, whose schedule the model learned; leave them out")
+        if args.model_config is not None:
+            raise ValueError(f"--model_config {args.model_config} cannot apply to --pretrained_model_name_or_path "
+                             f"{args.pretrained_model_name_or_path}: fine-tuning keeps the pretrained UNet; give one "
+                             "of the two")
+        if args.dataset_name is None and args.train_data_dir is None:
+            raise ValueError(f"--pretrained_model_name_or_path {args.pretrained_model_name_or_path} needs the data to "
+                             "fine-tune on: give --train_data_dir (a folder of images or a save_to_disk folder) or "
+                             f"--dataset_name (a built-in data set {sorted(BUILTIN_DATASETS)}, a Hub data set or a "
+                             "local folder); the built-in default mnist-5k applies only to training from scratch")
         return
     for k, default in SCHEDULER_FLAGS.items():
         if getattr(args, k) is None:
@@ -317,6 +336,8 @@ def _check_model_flags(args: argparse.Namespace) -> None:
     if args.ddpm_num_inference_steps > args.ddpm_num_steps:
         raise ValueError(f"--ddpm_num_inference_steps ({args.ddpm_num_inference_steps}) must not exceed "
                          f"--ddpm_num_steps ({args.ddpm_num_steps})")
+    if args.model_config is None:
+        return  # picked from the data's channels once it is loaded (ddpm_ext.training.setup.pick_model_config)
     if args.model_config not in UNET_PRESETS and not os.path.isfile(args.model_config):
         raise ValueError(f"--model_config must be one of {sorted(UNET_PRESETS)} or an existing JSON file, got "
                          f"{args.model_config!r}")

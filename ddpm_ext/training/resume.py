@@ -7,6 +7,8 @@ module decides, in the order a run meets it:
    holding another run's checkpoints, or a trained pipeline, is refused unless `--overwrite_output_dir`.
 2. [`check_resume`] (once the model is built): the checkpoint's files, the flags of `RESUME_MUST_MATCH` and the
    autoguidance guide are checked; the run's identity ([`RunIdentity`]: its id, those flags, the saved state).
+   `model_config` is compared as the run has it: picked from the data when the flag was left out (the same data
+   picks the same preset again), `None` when fine-tuning.
 3. [`prepare_checkpoints`] (main process, before training): other runs' checkpoints and newer ones than the one
    resumed are moved to `<output_dir>/superseded/`, never deleted.
 4. [`resume_training`] loads the checkpoint into the trainer; [`apply_changed_flags`]: every other flag may
@@ -133,7 +135,13 @@ def check_resume(
     config = resume_config(args, resolution, num_processes)
     if args.resume is None:
         return RunIdentity(uuid.uuid4().hex, config)
-    saved = validate_checkpoint(args.resume, config=config, unet_config=unet_config, use_ema=args.use_ema,
+    compared = config
+    if args.pretrained_model_name_or_path:
+        # --model_config does not apply to fine-tuning (None here); older fine-tuning checkpoints stored its
+        # then default, "mnist-small", which is no reason to refuse them
+        saved_model_config = read_training_state(args.resume)["config"].get("model_config")
+        compared = {**config, "model_config": saved_model_config}
+    saved = validate_checkpoint(args.resume, config=compared, unet_config=unet_config, use_ema=args.use_ema,
                                 num_processes=num_processes)
     check_guide_on_resume(args, saved, guide_step, max_steps)
     return RunIdentity(saved["run_id"], config, saved)

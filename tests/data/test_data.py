@@ -453,3 +453,72 @@ def test_docstring_examples():
     for module in (utils_mod, builtin_mod, loading_mod, transforms_mod):
         result = doctest.testmod(module, optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
         assert result.failed == 0, module.__name__
+
+
+# ------------------------------------------------------------------------------------------------ save_to_disk
+
+
+def _rgb_dataset(n: int = 6) -> datasets.Dataset:
+    rng = np.random.default_rng(0)
+    return datasets.Dataset.from_dict(
+        {"image": [Image.fromarray(rng.integers(0, 256, (6, 6, 3), dtype=np.uint8)) for _ in range(n)]},
+        features=datasets.Features({"image": datasets.Image()}),
+    )
+
+
+def test_save_to_disk_folders_load_from_either_flag(tmp_path):
+    ds = _rgb_dataset()
+    ds.save_to_disk(str(tmp_path / "one"))
+    datasets.DatasetDict({"train": ds, "test": ds.select(range(2))}).save_to_disk(str(tmp_path / "dict"))
+    datasets.DatasetDict({"pictures": ds}).save_to_disk(str(tmp_path / "single"))
+    assert loading_mod.saved_dataset_kind(tmp_path / "one") == "dataset"
+    assert loading_mod.saved_dataset_kind(tmp_path / "dict") == "dataset_dict"
+    assert loading_mod.saved_dataset_kind(tmp_path) is None
+    for flag in ("dataset_name", "train_data_dir"):
+        loaded = load_image_dataset(**{flag: str(tmp_path / "one")})
+        assert len(loaded) == 6 and infer_channels(loaded) == 3
+        assert len(load_image_dataset(**{flag: str(tmp_path / "dict")})) == 6  # the train split
+        assert len(load_image_dataset(**{flag: str(tmp_path / "dict")}, split="test")) == 2
+        assert len(load_image_dataset(**{flag: str(tmp_path / "single")})) == 6  # the only split
+    before = sorted(p.name for p in (tmp_path / "one").iterdir())
+    assert len(load_image_dataset(str(tmp_path / "one"), max_train_samples=3, seed=0)) == 3
+    assert sorted(p.name for p in (tmp_path / "one").iterdir()) == before  # no cache file written into it
+
+
+def test_save_to_disk_errors_say_what_was_found(tmp_path):
+    ds = _rgb_dataset()
+    datasets.DatasetDict({"a": ds, "b": ds}).save_to_disk(str(tmp_path / "ab"))
+    ds.save_to_disk(str(tmp_path / "one"))
+    with pytest.raises(ValueError, match=r"`dataset_name`=.*ab' is a DatasetDict .* with the splits \['a', 'b'\] "
+                                         r"and no 'train' split; choose one with `split` \(--dataset_split\)"):
+        load_image_dataset(str(tmp_path / "ab"))
+    with pytest.raises(ValueError, match=r"`train_data_dir`=.*ab' is a DatasetDict .* no 'c' split"):
+        load_image_dataset(train_data_dir=tmp_path / "ab", split="c")
+    with pytest.raises(ValueError, match=r"is a single Dataset \(saved with Dataset.save_to_disk\), which has no "
+                                         r"splits; got split='test'"):
+        load_image_dataset(str(tmp_path / "one"), split="test")
+    with pytest.raises(ValueError, match=r"`config_name`='x' applies only to Hub data sets.*save_to_disk folder"):
+        load_image_dataset(str(tmp_path / "one"), config_name="x")
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "state.json").write_text("{not json")
+    with pytest.raises(ValueError, match=r"looks like a folder written by Dataset.save_to_disk, but "
+                                         r"datasets.load_from_disk could not read it"):
+        load_image_dataset(str(tmp_path / "broken"))
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "readme.md").write_text("hi")
+    with pytest.raises(ValueError, match=r"contains no image files \(it is a folder holding readme.md;.*"
+                                         r"Dataset.save_to_disk.*DatasetDict.save_to_disk"):
+        load_image_dataset(train_data_dir=tmp_path / "notes")
+
+
+def test_local_folder_of_data_files_loads_and_its_failure_is_not_blamed_on_the_hub(tmp_path):
+    (tmp_path / "pq").mkdir()
+    _rgb_dataset().to_parquet(str(tmp_path / "pq" / "train.parquet"))
+    ds = load_image_dataset(str(tmp_path / "pq"), cache_dir=tmp_path / "hf")
+    assert len(ds) == 6 and infer_channels(ds) == 3
+    (tmp_path / "odd").mkdir()
+    (tmp_path / "odd" / "weights.bin").write_bytes(b"\0")
+    with pytest.raises(ValueError, match=r"a local folder holding weights.bin .*A local path must be a folder of "
+                                         r"images.*save_to_disk.*parquet") as err:
+        load_image_dataset(str(tmp_path / "odd"), cache_dir=tmp_path / "hf")
+    assert "Hub could not be reached" not in str(err.value)

@@ -20,7 +20,7 @@ from ddpm_ext.data import ImageTransform, build_transform, load_image_dataset, p
 from ddpm_ext.images import to_8bit
 from ddpm_ext.training.flags import parse_args
 from ddpm_ext.training.resume import RESUME_MUST_MATCH
-from ddpm_ext.training.setup import build_data
+from ddpm_ext.training.setup import build_data, load_data
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "training" / "train_ddpm.py"
@@ -188,13 +188,13 @@ def test_build_data_forwards_the_flags(tmp_path):
     assert {"dataset_config_name", "preserve_input_precision"} <= set(RESUME_MUST_MATCH)
     folder = _tiny_16bit_folder(tmp_path)
     args = parse_args(["--train_data_dir", str(folder), "--preserve_input_precision", "--center_crop"])
-    _, transform, train = build_data(args, 8, 1)
+    transform, train = build_data(args, load_data(args), 8, 1)
     assert transform.preserve_precision
     x = train[0]["input"]
     assert np.abs(unit(x) * 255 - np.round(unit(x) * 255)).max() > 0.1
     args = parse_args(["--train_data_dir", str(folder), "--dataset_config_name", "cifar10"])
     with pytest.raises(ValueError, match=r"`config_name`='cifar10' applies only to Hub data sets"):
-        build_data(args, 8, 1)
+        load_data(args)
 
 
 def run_script(args: list[str]) -> subprocess.CompletedProcess:

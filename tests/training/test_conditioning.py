@@ -274,8 +274,8 @@ def test_resumed_conditional_run_equals_an_uninterrupted_one(tmp_path):
 def test_fine_tuning_a_conditional_pipeline_needs_the_flag(tmp_path, capsys):
     unet = build_unet("tiny", num_class_embeds=11)
     DDPMExtPipeline(unet=unet, scheduler=DDPMExtScheduler(num_train_timesteps=100)).save_pretrained(tmp_path / "cond")
-    finetune = [a for i, a in enumerate(TINY) if a != "--ddpm_num_steps" and TINY[i - 1] != "--ddpm_num_steps"]
-    code = main(
-        finetune + ["--pretrained_model_name_or_path", str(tmp_path / "cond"), "--output_dir", str(tmp_path / "out")]
-    )
+    fixed = ("--ddpm_num_steps", "--model_config")  # the pretrained pipeline fixes them
+    finetune = [a for i, a in enumerate(TINY) if a not in fixed and TINY[i - 1] not in fixed]
+    code = main(finetune + ["--pretrained_model_name_or_path", str(tmp_path / "cond"), "--dataset_name", "mnist-5k",
+                            "--output_dir", str(tmp_path / "out")])
     assert code == 2 and "is class-conditional (10 classes" in capsys.readouterr().err

@@ -33,8 +33,9 @@ CLI = ["-m", "ddpm_ext", "train"]  # `ddpm-ext train`, as `python -m` and `accel
 TINY = ["--model_config", "tiny", "--resolution", "8", "--train_batch_size", "8", "--max_train_samples", "48",
         "--eval_batch_size", "4", "--ddpm_num_inference_steps", "4", "--ddpm_num_steps", "100",
         "--lr_warmup_steps", "2"]
-# fine-tuning keeps the pretrained scheduler: its flags are refused with --pretrained_model_name_or_path
-TINY_FINETUNE = [a for i, a in enumerate(TINY) if a != "--ddpm_num_steps" and TINY[i - 1] != "--ddpm_num_steps"]
+# fine-tuning keeps the pretrained scheduler and UNet: their flags are refused with --pretrained_model_name_or_path
+_FIXED = ("--ddpm_num_steps", "--model_config")
+TINY_FINETUNE = [a for i, a in enumerate(TINY) if a not in _FIXED and TINY[i - 1] not in _FIXED]
 # Every training subprocess runs with one OpenMP thread: runs compared bit for bit must use the same thread
 # count (a convolution's float sums depend on it), and one thread is the fastest for the tiny UNet anyway.
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -158,7 +159,7 @@ def test_fine_tune_from_ddpm_ext_and_diffusers_pipelines(tmp_path):
     for source, T, schedule in (("diffusers", 50, "squaredcos_cap_v2"), ("ext", 60, "scaled_linear")):
         out = tmp_path / f"ft-{source}"
         run(TINY_FINETUNE + ["--max_train_steps", "2", "--pretrained_model_name_or_path", str(tmp_path / source),
-                    "--output_dir", str(out), "--ddpm_num_inference_steps", "5"])
+                    "--dataset_name", "mnist-5k", "--output_dir", str(out), "--ddpm_num_inference_steps", "5"])
         loaded = DDPMExtPipeline.from_pretrained(out)
         assert loaded.scheduler.config.num_train_timesteps == T and loaded.scheduler.config.beta_schedule == schedule
         # training started from the given weights: they moved, but only a little
@@ -404,7 +405,8 @@ def test_bad_data(entry, case, message, tmp_path, capsys):
     elif case == "column":
         args = ["--train_data_dir", str(make_folder(tmp_path)), "--image_column", "pixels"]
     else:
-        args = ["--pretrained_model_name_or_path", str(tmp_path / "no" / "such" / "pipeline")]
+        args = ["--pretrained_model_name_or_path", str(tmp_path / "no" / "such" / "pipeline"),
+                "--dataset_name", "mnist-5k"]
     base = TINY_FINETUNE if case == "pretrained" else TINY
     argv = base + args + ["--output_dir", str(tmp_path / "o")]
     if entry == "script":  # a subprocess

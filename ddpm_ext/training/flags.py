@@ -65,6 +65,7 @@ DESCRIPTION = "Train a DDPM with the simplified loss (Ho et al. 2020, Algorithm 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add every training flag to `parser` (checked afterwards by [`check_args`])."""
     a = parser.add_argument
+    parser.set_defaults(model_config_picked=False)  # set by setup.pick_model_config, not a flag
     # data
     a("--dataset_name", default=None,
       help=f"A built-in data set {sorted(BUILTIN_DATASETS)}, a Hub data set name, a folder written by "

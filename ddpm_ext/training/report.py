@@ -110,7 +110,8 @@ def model_description(args: argparse.Namespace) -> str:
         return f"fine-tuning {args.pretrained_model_name_or_path}"
     if Path(args.model_config).suffix == ".json":
         return f"new UNet from {args.model_config}"
-    return f"new UNet, preset {args.model_config}"
+    picked = " (picked from the data's channels)" if args.model_config_picked else ""
+    return f"new UNet, preset {args.model_config}{picked}"
 
 
 def count_parameters(model: Any) -> int:

@@ -171,6 +171,7 @@ def pick_model_config(args: argparse.Namespace, channels: int) -> None:
     if args.model_config is not None or args.pretrained_model_name_or_path:
         return
     args.model_config = MODEL_CONFIG_BY_CHANNELS[channels]
+    args.model_config_picked = True  # the run's summary says the preset came from the data
     if args.resolution is not None:
         check_resolution(args.resolution, unet_config(args.model_config))
 

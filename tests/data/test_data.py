@@ -410,6 +410,14 @@ def test_openmoji_32(tmp_path):
     # A second load comes from the cache.
     again = load_image_dataset("openmoji-32", cache_dir=tmp_path)
     assert len(again) == len(ds) and np.array_equal(np.asarray(again[row]["image"]), np.asarray(ds[row]["image"]))
+    # "test" holds every tenth emoji of "all" (rows 9, 19, ...), "train" the rest: disjoint, together everything
+    every = load_image_dataset("openmoji-32", cache_dir=tmp_path, split="all")
+    test = load_image_dataset("openmoji-32", cache_dir=tmp_path, split="test")
+    assert len(ds) + len(test) == len(every) and len(test) == len(every) // 10
+    assert test["codepoints"] == every["codepoints"][9::10]
+    assert ds["codepoints"] == [c for i, c in enumerate(every["codepoints"]) if i % 10 != 9]
+    with pytest.raises(ValueError, match=r"has the splits \['train', 'test', 'all'\], got split='valid'"):
+        load_image_dataset("openmoji-32", cache_dir=tmp_path, split="valid")
 
 
 # ------------------------------------------------------------------------------------------------ grids

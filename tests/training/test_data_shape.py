@@ -9,6 +9,8 @@ from pathlib import Path
 import datasets
 import numpy as np
 import pytest
+import torch
+from diffusers import DDPMPipeline, DDPMScheduler
 from PIL import Image
 
 from ddpm_ext import DDPMExtPipeline, DDPMExtScheduler, build_unet
@@ -151,3 +153,23 @@ def test_a_fine_tuning_checkpoint_of_an_older_version_resumes(tmp_path, capsys):
     state_file.write_text(json.dumps(state))
     code, err = train(common + ["--max_train_steps", "3", "--resume_from_checkpoint", "latest"], capsys)
     assert code == 0, err[-2000:]
+
+
+def test_a_vanilla_diffusers_pipeline_fine_tunes_on_a_colour_folder_and_loads_back_in_diffusers(tmp_path, capsys):
+    """The fine-tuning path a diffusers user takes: their DDPMPipeline folder, their own RGB images, the result
+    loaded and sampled by diffusers' own DDPMPipeline."""
+    torch.manual_seed(0)
+    unet = build_unet("tiny", in_channels=3, out_channels=3, sample_size=8)
+    DDPMPipeline(unet=unet, scheduler=DDPMScheduler(num_train_timesteps=50)).save_pretrained(tmp_path / "vanilla")
+    out = tmp_path / "out"
+    code, err = train(SMALL + ["--pretrained_model_name_or_path", str(tmp_path / "vanilla"), "--train_data_dir",
+                               str(image_folder(tmp_path)), "--output_dir", str(out)], capsys)
+    assert code == 0, err[-2000:]
+    loaded = DDPMPipeline.from_pretrained(out)  # plain diffusers, no ddpm_ext class involved
+    assert type(loaded) is DDPMPipeline and type(loaded.scheduler) is DDPMScheduler
+    assert loaded.scheduler.config.num_train_timesteps == 50 and loaded.unet.config.in_channels == 3
+    # training started from the vanilla weights: they moved, but only a little
+    moved = (loaded.unet.conv_in.weight - unet.conv_in.weight).abs().max().item()
+    assert 0 < moved < 0.1
+    images = loaded(batch_size=1, num_inference_steps=2, generator=torch.manual_seed(0), output_type="np").images
+    assert images.shape == (1, 8, 8, 3) and np.isfinite(images).all()

@@ -16,27 +16,11 @@ from safetensors.torch import save_file
 import ddpm_ext.evaluation.digit_classifier as digit_classifier_mod
 from ddpm_ext.evaluation.class_scores import class_accuracy, class_coverage, classifier_inception_score
 from ddpm_ext.evaluation.digit_classifier import PRETRAINED_PATH, DigitClassifier
-from ddpm_ext.evaluation.train_digit_classifier import load_mnist_5k_arrays
 
 # Measured when the shipped judge was trained (benchmarks/train_digit_classifier.py, seed 0): 492/500 = 0.984
 # held-out accuracy, classifier IS 9.545 of the held-out digits. The bounds leave room for a retrained file.
 MIN_HELDOUT_ACCURACY = 0.98
 HELDOUT_IS_RANGE = (9.3, 9.8)
-
-
-@pytest.fixture(scope="module")
-def judge():
-    return DigitClassifier.pretrained()
-
-
-@pytest.fixture(scope="module")
-def test_digits():
-    return load_mnist_5k_arrays("test")  # uint8 (500, 1, 28, 28), int64 (500,)
-
-
-@pytest.fixture(scope="module")
-def test_probs(judge, test_digits):
-    return judge.predict_proba(test_digits[0])
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -9,22 +9,8 @@ import pytest
 
 from ddpm_ext.evaluation.class_scores import classifier_inception_score
 from ddpm_ext.evaluation.digit_classifier import DigitClassifier
-from ddpm_ext.evaluation.train_digit_classifier import load_mnist_5k_arrays, train_digit_classifier
+from ddpm_ext.evaluation.train_digit_classifier import train_digit_classifier
 
-
-@pytest.fixture(scope="module")
-def judge():
-    return DigitClassifier.pretrained()
-
-
-@pytest.fixture(scope="module")
-def test_digits():
-    return load_mnist_5k_arrays("test")  # uint8 (500, 1, 28, 28), int64 (500,)
-
-
-@pytest.fixture(scope="module")
-def test_probs(judge, test_digits):
-    return judge.predict_proba(test_digits[0])
 
 @pytest.mark.parametrize(
     "kwargs, match",

@@ -25,6 +25,29 @@ def tiny_pipeline_dir(tmp_path_factory):
     return folder
 
 
+# The digit judge's fixtures (tests/evaluation): the shipped judge and the 500 held-out mnist-5k digits. Their
+# imports are local for the same reason as above: ddpm_ext may only be imported after pytest_configure.
+
+
+@pytest.fixture(scope="module")
+def judge():
+    from ddpm_ext.evaluation.digit_classifier import DigitClassifier  # noqa: PLC0415 after pytest_configure
+
+    return DigitClassifier.pretrained()
+
+
+@pytest.fixture(scope="module")
+def test_digits():
+    from ddpm_ext.evaluation.train_digit_classifier import load_mnist_5k_arrays  # noqa: PLC0415 (as above)
+
+    return load_mnist_5k_arrays("test")  # uint8 (500, 1, 28, 28), int64 (500,)
+
+
+@pytest.fixture(scope="module")
+def test_probs(judge, test_digits):
+    return judge.predict_proba(test_digits[0])
+
+
 # --------------------------------------------------------------------------- #
 # Test tiers, as diffusers does it: the fast tier by default, the slow tier (end-to-end training runs, subprocesses,
 # long sampling) opted into with `--runslow` or RUN_SLOW=1 (or by selecting it with `-m slow`).

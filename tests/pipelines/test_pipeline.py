@@ -386,3 +386,40 @@ def test_hub_diffusers_checkpoint_and_offline_cache(olah_hub, tmp_path):
 def test_hub_unknown_repo_is_a_clear_error(olah_hub):
     with pytest.raises(ValueError, match=r"Could not fetch the pipeline 'ddpm-ext-tests/does-not-exist'"):
         DDPMExtPipeline.from_pretrained("ddpm-ext-tests/does-not-exist")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Inputs and results that are never silently wrong (issue 31)
+# ---------------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"generator": 5}, r"`generator` must be a torch.Generator, .* got int .*manual_seed\(5\)"),
+        ({"generator": "0"}, r"`generator` must be a torch.Generator, a list of them or None, got str"),
+        ({"generator": [5, 6], "batch_size": 2}, r"`generator` must be a list of torch.Generator, .* holding int"),
+        ({"latents": torch.full((1, 1, 8, 8), float("nan"))}, r"`latents` holds 64 NaN and 0 infinite value\(s\)"),
+        ({"latents": torch.zeros(1, 1, 8, 8).index_fill_(2, torch.tensor([0]), float("inf"))},
+         r"`latents` holds 0 NaN and 8 infinite value\(s\) of 64"),
+    ],
+)
+def test_bad_generator_and_non_finite_latents_are_refused(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        make_pipe()(num_inference_steps=2, **kwargs)
+
+
+@pytest.mark.parametrize("output_type", ["pil", "np", "pt", "latent"])
+def test_non_finite_weights_give_no_images(output_type):
+    pipe = make_pipe()
+    with torch.no_grad():
+        for p in pipe.unet.parameters():
+            p.fill_(float("nan"))
+    with pytest.raises(ValueError, match=r"non-finite value\(s\) of 64: the weights of `unet` hold NaN"):
+        pipe(num_inference_steps=2, output_type=output_type)
+
+
+def test_a_diverging_callback_is_named_as_the_cause():
+    def blow_up(pipe, i, t, tensors):
+        return {"latents": tensors["latents"] * float("inf")}
+
+    with pytest.raises(ValueError, match=r"non-finite .* the chain diverged"):
+        make_pipe()(num_inference_steps=2, callback_on_step_end=blow_up)

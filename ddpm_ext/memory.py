@@ -29,6 +29,7 @@ __all__ = [
     "format_bytes",
     "sampling_bytes",
     "schedule_bytes",
+    "stored_images_bytes",
 ]
 
 # Bytes per timestep of a scheduler's tables: float64 coefficients (β, α, ᾱ, the posterior's, their logs...) and the
@@ -127,6 +128,12 @@ def sampling_bytes(
         largest = max(largest, c * level_pixels)
     unet = (skips + _WORKING_TENSORS * 2 * largest) * unet_batch_factor  # the up path concatenates skip and input
     return int(batch_size) * (images + unet) * element_size
+
+
+def stored_images_bytes(num_images: int, channels: int, height: int, width: int) -> int:
+    """Bytes of `num_images` sampled images kept until they are written: the float32 batches, their concatenation
+    and the uint8 grid (9 bytes per value)."""
+    return int(num_images) * int(channels) * int(height) * int(width) * 9
 
 
 def schedule_bytes(num_train_timesteps: int) -> int:

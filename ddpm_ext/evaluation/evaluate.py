@@ -254,10 +254,6 @@ def load_evaluation(config: EvaluationConfig) -> EvaluationRun:
     card = None
     if config.update_model_card:  # before loading anything: the card is checked first, the write comes last
         card = check_model_card(config.pipeline)
-    if config.output_dir is not None:  # earlier results are the user's: kept unless `overwrite`
-        out = Path(config.output_dir)
-        check_new_files([out / "results.json", out / "results.md", *sorted(out.glob("samples_*.png"))],
-                        "--output_dir", config.overwrite)
 
     # the pipeline and the checks that need it
     pipe = DDPMExtPipeline.from_pretrained(config.pipeline, revision=config.revision)
@@ -679,6 +675,10 @@ def evaluate(config: EvaluationConfig | argparse.Namespace) -> dict[str, Any]:
         config = EvaluationConfig.from_namespace(config)
     if not isinstance(config, EvaluationConfig):
         raise ValueError(f"`config` must be an EvaluationConfig, got {type(config).__name__}.")
+    if config.output_dir is not None:  # earlier results are the user's: kept unless `overwrite`, checked first
+        out = Path(config.output_dir)
+        check_new_files([out / "results.json", out / "results.md", *sorted(out.glob("samples_*.png"))],
+                        "--output_dir", config.overwrite)
     run = load_evaluation(config)
     results: dict[str, Any] = {
         "pipeline": str(config.pipeline),

@@ -22,7 +22,7 @@ from ..cpu_threads import parse_cpu_threads
 from ..data import BUILTIN_DATASETS
 from ..losses import LOSS_TYPES, TIMESTEP_SAMPLINGS
 from ..memory import check_fits, sampling_bytes, schedule_bytes
-from ..models.unet_presets import UNET_PRESETS, unet_config
+from ..models.unet_presets import UNET_PRESETS, check_unet_config, unet_config
 from ..pipelines.checkpoint_io import read_json
 from ..schedulers.scheduling_common import BETA_SCHEDULES, DEFAULT_SAMPLING_STEPS, PREDICTION_TYPES, VARIANCE_TYPES
 from ..validation import check_number, check_path, check_seed
@@ -454,7 +454,7 @@ def _check_sizes_before_loading(args: argparse.Namespace) -> None:
     size = {"sample_size": args.resolution} if args.resolution is not None else {}
     if args.pretrained_model_name_or_path:
         path = Path(args.pretrained_model_name_or_path) / "unet" / "config.json"
-        configs = [{**read_json(path), **size}] if path.is_file() else []
+        configs = [{**check_unet_config(read_json(path), str(path)), **size}] if path.is_file() else []
     elif args.model_config is not None:
         configs = [unet_config(args.model_config, **size)]
     else:  # picked from the data's channels later: the smaller of the two candidates (never refuse what may fit)

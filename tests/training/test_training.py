@@ -395,6 +395,18 @@ def test_a_model_config_with_negative_channels_is_refused_naming_the_key(tmp_pat
     assert not (tmp_path / "o").exists()
 
 
+def test_a_pipeline_folder_with_bad_sizes_is_refused_before_fine_tuning(tmp_path, capsys):
+    pipe = DDPMExtPipeline(unet=build_unet("tiny"), scheduler=DDPMExtScheduler(num_train_timesteps=10))
+    pipe.save_pretrained(tmp_path / "p")
+    config = json.loads((tmp_path / "p" / "unet" / "config.json").read_text())
+    (tmp_path / "p" / "unet" / "config.json").write_text(json.dumps({**config, "out_channels": 0}))
+    assert cli.main(["train", "--pretrained_model_name_or_path", str(tmp_path / "p"), "--dataset_name", "mnist-5k",
+                     "--output_dir", str(tmp_path / "o")]) == 2
+    assert f"{tmp_path / 'p' / 'unet' / 'config.json'}: `out_channels` must be an integer >= 1, got 0." in (
+        capsys.readouterr().err)
+    assert not (tmp_path / "o").exists()
+
+
 @pytest.mark.skipif(flags.has_accelerator(), reason="fp16 runs on this machine's GPU")
 def test_fp16_without_a_gpu_is_refused(tmp_path, capsys):
     assert cli.main(["train", "--mixed_precision", "fp16", "--output_dir", str(tmp_path / "o")]) == 2

@@ -275,8 +275,8 @@ class DDPMExtPipeline(DiffusionPipeline):
             callback_on_step_end_tensor_inputs (`list[str]`, defaults to `["latents"]`): any of
                 `pipe._callback_tensor_inputs`: `"latents"` (x_{t-1} after the step), `"pred_original_sample"`
                 (x̂_0, when the scheduler gives it) and `"model_output"`.
-            latents (`torch.Tensor`, *optional*): x_T itself, (B, C, H, W), instead of drawing it; it is scaled by
-                the scheduler's `init_noise_sigma` as a drawn one is.
+            latents (`torch.Tensor`, *optional*): x_T itself, (B, C, H, W), every value finite, instead of drawing
+                it; it is scaled by the scheduler's `init_noise_sigma` as a drawn one is.
             timesteps (`list[int]`, *optional*): custom descending timesteps, for schedulers whose `set_timesteps`
                 accepts them; replaces `num_inference_steps`.
             class_labels (`list[int | str]`, *optional*): for a class-conditional UNet, one class id or name per
@@ -306,6 +306,13 @@ class DDPMExtPipeline(DiffusionPipeline):
 
         Returns:
             [`DDPMExtPipelineOutput`] or `(images,)`.
+
+        Raises:
+            `ValueError`: before any work, for an argument of the wrong type or value (e.g. `generator=5`: pass
+                `torch.Generator().manual_seed(5)`), `latents` holding NaN or ±inf, or a `batch_size` whose images
+                and UNet activations would not fit in the device's available memory (the estimate and the limit
+                are named: [`ddpm_ext.memory`]); after the chain, for a sample holding NaN or ±inf (non-finite
+                weights, or a callback that diverged), whatever the `output_type`: no images are returned.
 
         Example:
 

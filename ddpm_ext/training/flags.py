@@ -180,7 +180,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
       "machine.")
     a("--compile", action="store_true",
       help="torch.compile the UNet (through accelerate's dynamo_backend='inductor'); the first steps compile.")
-    a("--seed", type=int, default=0, help="Seed of every random choice: weights, data order, t, ε, flips.")
+    a("--seed", type=int, default=0,
+      help="Seed of every random choice: weights, data order, t, ε, flips; an integer in [0, 2**32).")
     a("--local_rank", type=int, default=-1,
       help="Set by torch.distributed launchers (accelerate reads LOCAL_RANK itself).")
     # checkpoints, logs, outputs

@@ -29,7 +29,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from unittest import mock
 
+import huggingface_hub.constants
+import numpy as np
 import pytest
+import torch
+from accelerate.commands.launch import launch_command_parser
+from PIL import Image
+
+from ddpm_ext import DDPMExtPipeline, DDPMExtScheduler, build_unet
+from ddpm_ext.commands.cli import main as ddpm_ext_main
+from ddpm_ext.pipelines.guidance import AUTOGUIDANCE_SCALE_KEY, set_class_names
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
@@ -302,9 +311,7 @@ def _parse_error(run) -> str | None:
 
 
 def check_cli(argv: list[str]) -> str | None:
-    from ddpm_ext.commands.cli import main  # noqa: PLC0415 imports diffusers: only once the suite's HF env is set
-
-    return _parse_error(lambda: main(argv))
+    return _parse_error(lambda: ddpm_ext_main(argv))
 
 
 def check_script(script: str, argv: list[str]) -> str | None:
@@ -321,8 +328,6 @@ def check_script(script: str, argv: list[str]) -> str | None:
 
 
 def check_accelerate(argv: list[str]) -> str | None:
-    from accelerate.commands.launch import launch_command_parser  # noqa: PLC0415 (as above)
-
     err = io.StringIO()
     with contextlib.redirect_stderr(err):
         try:
@@ -407,11 +412,6 @@ def test_the_command_check_rejects_a_misspelt_flag():
 def _save_docs_pipeline(folder: Path) -> None:
     """The stand-in for the main job's `outputs/mnist`: a 4/8-channel UNet at 28x28 conditional on the ten digits, an
     autoguidance guide with w = 3 saved in its config, a cosine T = 1000 scheduler with trailing spacing."""
-    import torch  # noqa: PLC0415 (as above)
-
-    from ddpm_ext import DDPMExtPipeline, DDPMExtScheduler, build_unet  # noqa: PLC0415 (as above)
-    from ddpm_ext.pipelines.guidance import AUTOGUIDANCE_SCALE_KEY, set_class_names  # noqa: PLC0415 (as above)
-
     unets = []
     for seed in (0, 1):
         torch.manual_seed(seed)
@@ -434,9 +434,6 @@ def docs_pipeline_dir(tmp_path_factory):
 
 @pytest.fixture
 def docs_workdir(docs_pipeline_dir, tmp_path, monkeypatch):
-    import numpy as np  # noqa: PLC0415 (test data only)
-    from PIL import Image  # noqa: PLC0415 (as above)
-
     shutil.copytree(docs_pipeline_dir, tmp_path / "outputs" / "mnist")
     digit = np.zeros((28, 28), dtype=np.uint8)
     digit[6:22, 12:16] = 255  # a "1"
@@ -451,8 +448,6 @@ def _run_blocks(page: Path, *, slow: bool, request) -> dict:
                                                                    (slow and b.marker == ("run", "slow")))]
     assert runnable, f"{rel(page)} has no runnable Python block"
     if any("push_pipeline" in b.code for b in runnable):
-        import huggingface_hub.constants  # noqa: PLC0415 (as above)
-
         hub = request.getfixturevalue("upload_hub")
         mp = request.getfixturevalue("monkeypatch")
         mp.setattr(huggingface_hub.constants, "ENDPOINT", hub.url)  # HfApi() reads it when built

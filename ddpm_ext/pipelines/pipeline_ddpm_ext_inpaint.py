@@ -355,8 +355,9 @@ class DDPMExtInpaintPipeline(DDPMExtPipeline):
 
         Raises:
             `ValueError`: before any sampling, for images and masks of different sizes or counts, images of the
-            wrong channels or size, values out of range, `jump_length` or `jump_n_sample` < 1, a bad `eta`, and the
-            other arguments [`DDPMExtPipeline`] checks. An all-keep or all-fill mask works, with a `UserWarning`.
+                wrong channels or size, values out of range, `jump_length` or `jump_n_sample` < 1, a bad `eta`, and
+                the other arguments [`DDPMExtPipeline`] checks. An all-keep or all-fill mask works, with a
+                `UserWarning`.
         """
         x0, fill = self._prepare_inputs(image, mask_image)
         batch_size = x0.shape[0]

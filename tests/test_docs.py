@@ -212,6 +212,10 @@ def test_relative_links_and_images_exist(page):
         if not path.exists():
             missing.append(target)
     assert missing == [], f"{rel(page)} links files that do not exist"
+    # a figure is a command's output: it lives where the commands write results, never a hand-made copy in docs/
+    for target in re.findall(r"!\[[^\]]*\]\(([^)\s]+)\)", text):
+        path = (page.parent / target).resolve().relative_to(ROOT).as_posix()
+        assert path.startswith(("training/results/", "benchmarks/results/")), f"{rel(page)}: figure {target}"
 
 
 @pytest.mark.parametrize("page", PAGES, ids=rel)

@@ -39,6 +39,7 @@ from PIL import Image
 from ddpm_ext import DDPMExtPipeline, DDPMExtScheduler, build_unet
 from ddpm_ext.commands.cli import main as ddpm_ext_main
 from ddpm_ext.pipelines.guidance import AUTOGUIDANCE_SCALE_KEY, set_class_names
+from ddpm_ext.training import flags
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
@@ -199,6 +200,15 @@ def test_every_page_is_in_the_site_navigation():
     pages = {p.relative_to(DOCS).as_posix() for p in DOCS.rglob("*.md")}
     assert pages - in_nav == set(), "pages missing from mkdocs.yml's nav"
     assert in_nav - pages == set(), "nav entries without a page"
+
+
+def test_every_training_flag_is_in_the_training_page():
+    parser = argparse.ArgumentParser()
+    flags.add_arguments(parser)
+    documented = set(re.findall(r"`(--[a-z0-9_]+)", (DOCS / "training.md").read_text()))
+    missing = [a.option_strings[0] for a in parser._actions if a.option_strings and a.option_strings[0] != "-h"
+               and a.option_strings[0] not in documented]
+    assert missing == [], "flags missing from docs/training.md's table of flags"
 
 
 @pytest.mark.parametrize("page", PAGES, ids=rel)

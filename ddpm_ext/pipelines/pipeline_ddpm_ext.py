@@ -437,7 +437,7 @@ class DDPMExtPipeline(DiffusionPipeline):
             batch_size (`int`, *optional*): (image, timestep) pairs per UNet call; defaults to N.
             variance_type (`str`, *optional*): σ_t² of p_θ; defaults to the scheduler's `variance_type`.
             clip_denoised (`bool`, *optional*): clip x̂_0 to [-1, 1] before computing μ_θ; defaults to the
-            scheduler's `clip_sample` (p_θ as the sampler draws from it).
+                scheduler's `clip_sample` (p_θ as the sampler draws from it).
             class_labels (`int` or N ints, *optional*): for a class-conditional UNet, the class id of every image
                 (or one for all); the null class id K (`len(self.id2label)`) scores the unconditional p(x). Required
                 for a conditional UNet, refused for an unconditional one.

@@ -355,10 +355,10 @@ class DDPMExtInpaintPipeline(DDPMExtPipeline):
 
         Raises:
             `ValueError`: before any sampling, for images and masks of different sizes or counts, images of the
-            wrong channels or size, values out of range, `jump_length` or `jump_n_sample` < 1, a bad `eta`, and the
-            other arguments [`DDPMExtPipeline`] checks (the generator's type, a batch that cannot fit in memory).
-            An all-keep or all-fill mask works, with a `UserWarning`. After the chain, a result holding NaN or ±inf
-            (non-finite weights) raises a `ValueError` instead of returning images.
+                wrong channels or size, values out of range, `jump_length` or `jump_n_sample` < 1, a bad `eta`,
+                and the other arguments [`DDPMExtPipeline`] checks (the generator's type, a batch that cannot fit
+                in memory). An all-keep or all-fill mask works, with a `UserWarning`. After the chain, a result
+                holding NaN or ±inf (non-finite weights) raises a `ValueError` instead of returning images.
         """
         x0, fill = self._prepare_inputs(image, mask_image)
         batch_size = x0.shape[0]

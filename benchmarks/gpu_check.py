@@ -53,7 +53,7 @@ from typing import Any, Callable
 STARTED = time.monotonic()  # the deadline counts from here: importing torch, diffusers and ddpm_ext takes seconds
 
 import torch  # noqa: E402
-from _common import ROOT, alternate, command_line, cpu_model, machine_line  # noqa: E402
+from _common import ROOT, alternate, command_line, cpu_model, fmt_bytes, machine_line  # noqa: E402
 from bench_training import DiffusersTrainer, OursTrainer  # noqa: E402 (after _common: it puts the repo on sys.path)
 
 # --------------------------------------------------------------------------------------------------
@@ -188,15 +188,6 @@ class StepResult:
         elif statuses and all(s == SKIPPED for s in statuses):
             self.status = SKIPPED
         return self
-
-
-def fmt_bytes(n: int | None) -> str:
-    if n is None:
-        return "n/a"
-    for unit, size in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
-        if abs(n) >= size:
-            return f"{n / size:.2f} {unit}"
-    return f"{n} B"
 
 
 def render_table(rows: list[Row]) -> str:

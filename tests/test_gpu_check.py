@@ -107,10 +107,10 @@ def test_table_rendering(check):
         "| step | variant | status | ddpm_ext | diffusers | time ratio ddpm_ext / diffusers | speed-up "
         "| peak memory ddpm_ext / diffusers | notes |",
         "|---|---|---|---|---|---|---|---|---|",
-        "| train_throughput | bf16 | passed | 812.0 img/s | 640.0 img/s | 0.80× | 1.25× | 3.00 GiB / 512.00 MiB "
+        "| train_throughput | bf16 | passed | 812.0 img/s | 640.0 img/s | 0.80× | 1.25× | 3.0 GiB / 512.0 MiB "
         "| max \\|Δ\\| 1e-05 |",
         "| train_throughput | bf16 + compile | **not run** |  |  |  |  |  | stopped at the global deadline |",
-        "| train_run | bf16, 120 s target | passed | 118 s |  |  |  | 1.50 KiB |  |",
+        "| train_run | bf16, 120 s target | passed | 118 s |  |  |  | 1.5 KiB |  |",
     ]
 
 

@@ -452,7 +452,11 @@ def run_train_throughput(ctx: Context, variants: list[TrainVariant]) -> list[Row
 # --------------------------------------------------------------------------------------------------
 # 3. Sampling throughput
 # --------------------------------------------------------------------------------------------------
-SAMPLING_TOL = 1e-3  # max |Δ| in [0, 1] between ddpm_ext's and diffusers' DDPM-1000 images (same UNet, same noise)
+# max |Δ| in [0, 1] between ddpm_ext's and diffusers' DDPM-1000 images (same UNet, same noise). The pipelines'
+# scheduler arithmetic differs in the last bits; on CUDA the UNet's TF32 convolutions (the default) turn such input
+# differences into differences of TF32's precision, so the GPU's tolerance is that of the device-vs-CPU test's
+# default math (tests/gpu/test_cuda.py: an estimate until a GPU run measures it).
+SAMPLING_TOL = {"cpu": 1e-3, "cuda": 2e-2}
 
 
 def run_sampling(ctx: Context) -> list[Row]:
@@ -491,7 +495,8 @@ def run_sampling(ctx: Context) -> list[Row]:
     per_image = {k: statistics.median(v) / n for k, v in times.items()}
     ms = {k: f"{v * 1e3:.1f} ms/image" for k, v in per_image.items()}
     delta = (images["ours_full"] - images["diffusers"]).abs().max().item()
-    same_work_ok = delta <= SAMPLING_TOL
+    tol = SAMPLING_TOL[device.type]
+    same_work_ok = delta <= tol
     base = {"batch": n, "diffusers_s_per_image": per_image["diffusers"], "rounds": sizes.sample_rounds}
     return [
         Row("sampling", f"time to image: ddpm_ext default (DDPM, {DEFAULT_SAMPLING_STEPS} trailing steps) vs "
@@ -504,7 +509,7 @@ def run_sampling(ctx: Context) -> list[Row]:
             ours=ms["ours_full"], theirs=ms["diffusers"],
             time_ratio=per_image["ours_full"] / per_image["diffusers"], ours_peak=mem_ours.bytes,
             theirs_peak=mem_theirs.bytes,
-            note=f"images max |Δ| {delta:.1e} ({'≤' if same_work_ok else '>'} {SAMPLING_TOL:g}, [0, 1] units)",
+            note=f"images max |Δ| {delta:.1e} ({'≤' if same_work_ok else '>'} {tol:g}, [0, 1] units)",
             data={**base, "ours_s_per_image": per_image["ours_full"], "ours_steps": full, "max_abs_diff": delta}),
     ]
 

@@ -367,7 +367,7 @@ DTYPES = {"no": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 def cpu_skip_reason(variant: TrainVariant) -> str | None:
     """Why a training variant cannot run in the CPU smoke run, or None."""
     if variant.compile:
-        return "skipped on the CPU: torch.compile compiles for minutes there (README, Speed), beyond the smoke budget"
+        return "skipped on the CPU: torch.compile compiles for minutes there (docs/speed.md), beyond the smoke budget"
     if variant.precision == "fp16":
         try:
             torch.amp.GradScaler("cpu")
@@ -724,7 +724,7 @@ def run_check(ctx: Context) -> list[StepResult]:
 
 
 def device_slug(device: torch.device) -> str:
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu-{cpu_model()}"
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu-smoke-{cpu_model()}"
     return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
 
 

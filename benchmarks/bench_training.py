@@ -51,7 +51,8 @@ def mnist_32(split: str) -> torch.Tensor:
 class OursTrainer:
     """The training script's step: its `training_step`, then the loop's backward / clip / AdamW / zero_grad."""
 
-    def __init__(self, unet, device, flags: list[str], autocast_dtype=None, compile=False, compile_mode=None):
+    def __init__(self, unet, device, flags: list[str], autocast_dtype=None, compile=False, compile_mode=None,
+                 grad_scaler=False):
         self.args = parse_args(["--learning_rate", str(LEARNING_RATE), *flags])
         self.train_ddpm = train_ddpm
         self.unet = unet.to(device).train()
@@ -62,6 +63,8 @@ class OursTrainer:
         self.optimizer = build_optimizer(self.unet.parameters(), self.args)
         self.randomness = train_ddpm.StepRandomness(self.args.seed)
         self.device, self.autocast_dtype, self.step_count = device, autocast_dtype, 0
+        # fp16 autocast needs loss scaling, as accelerate's `--mixed_precision fp16` does it (torch.amp.GradScaler)
+        self.scaler = torch.amp.GradScaler(device.type) if grad_scaler else None
 
     def step(self, clean: torch.Tensor) -> torch.Tensor:
         if self.args.channels_last:
@@ -71,36 +74,61 @@ class OursTrainer:
                     else contextlib.nullcontext())
         with autocast:
             loss = self.train_ddpm.training_step(self.model, self.scheduler, clean, g, loss_type="simple")
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(self.unet.parameters(), 1.0)
-        self.optimizer.step()
+        backward_clip_step(loss, self.unet, self.optimizer, self.scaler)
         self.optimizer.zero_grad(set_to_none=True)
         self.step_count += 1
         return loss.detach()
 
 
-class DiffusersTrainer:
-    """One step as in diffusers' train_unconditional.py (fp32, no EMA)."""
+def backward_clip_step(loss: torch.Tensor, unet, optimizer, scaler=None) -> None:
+    """backward, clipping at 1.0, the optimizer step: through `scaler` (fp16) as accelerate's backward,
+    `clip_grad_norm_` (which unscales first) and optimizer step do it."""
+    if scaler is None:
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
+        optimizer.step()
+        return
+    scaler.scale(loss).backward()
+    scaler.unscale_(optimizer)
+    torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
+    scaler.step(optimizer)
+    scaler.update()
 
-    def __init__(self, unet, device, seed: int = 0):
+
+# train_unconditional.py's `weight_dtype` of each --mixed_precision
+MIXED_PRECISION_DTYPES = {"no": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+class DiffusersTrainer:
+    """One step as in diffusers' train_unconditional.py (no EMA; fp32 unless `mixed_precision` is given).
+
+    With `mixed_precision` "bf16" or "fp16" the step does what the example does under accelerate: the batch and the
+    noise in `weight_dtype`, the UNet's forward under `torch.autocast` (accelerate wraps the prepared model's
+    forward in it), the loss in float32, and for fp16 a gradient scaler.
+    """
+
+    def __init__(self, unet, device, seed: int = 0, mixed_precision: str = "no"):
         self.unet = unet.to(device).train()
         self.scheduler = DDPMScheduler(num_train_timesteps=1000)
         self.optimizer = torch.optim.AdamW(self.unet.parameters(), lr=LEARNING_RATE, betas=(0.9, 0.999),
                                            weight_decay=0.0, eps=1e-8)
         self.device = device
+        self.weight_dtype = MIXED_PRECISION_DTYPES[mixed_precision]
+        self.scaler = torch.amp.GradScaler(device.type) if mixed_precision == "fp16" else None
         torch.manual_seed(seed)
 
     def step(self, clean_images: torch.Tensor) -> torch.Tensor:
+        if self.weight_dtype is not None:
+            clean_images = clean_images.to(self.weight_dtype)
         noise = torch.randn(clean_images.shape, dtype=clean_images.dtype, device=clean_images.device)
         bsz = clean_images.shape[0]
         timesteps = torch.randint(0, self.scheduler.config.num_train_timesteps, (bsz,),
                                   device=clean_images.device).long()
         noisy_images = self.scheduler.add_noise(clean_images, noise, timesteps)
-        model_output = self.unet(noisy_images, timesteps).sample
+        with torch.autocast(self.device.type, dtype=self.weight_dtype, enabled=self.weight_dtype is not None):
+            model_output = self.unet(noisy_images, timesteps).sample
         loss = F.mse_loss(model_output.float(), noise.float())
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(self.unet.parameters(), 1.0)
-        self.optimizer.step()
+        backward_clip_step(loss, self.unet, self.optimizer, self.scaler)
         self.optimizer.zero_grad()
         return loss.detach()
 

@@ -19,9 +19,6 @@ if [[ "${1:-}" == "--no-pyarrow" ]]; then
   packages=("${packages[@]/pyarrow/}")
 fi
 
-exclude=$(git rev-parse --git-path info/exclude)
-grep -qxF '/.whl/' "$exclude" 2>/dev/null || echo '/.whl/' >>"$exclude"
-
 pins=()
 for name in "${packages[@]}"; do
   [[ -z "$name" ]] && continue

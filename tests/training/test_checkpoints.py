@@ -7,6 +7,7 @@ by `validate_checkpoint` naming the file, and the scenarios of issue 18 run the 
 from __future__ import annotations
 
 import json
+import logging
 import math
 import pickle
 import shutil
@@ -14,20 +15,31 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from diffusers import UNet2DModel
 from diffusers.optimization import get_scheduler
+from PIL import Image
+from safetensors.torch import load_file, save_file
 from test_training import ENV, ROOT, TINY, assert_same_weights, run, weights
 
+from ddpm_ext.files import file_sha256
+from ddpm_ext.training import checkpoints, resume
 from ddpm_ext.training import flags as train_flags
-from ddpm_ext.training import resume
 from ddpm_ext.training import setup as train_setup
 from ddpm_ext.training.checkpoints import (
     CheckpointError,
+    check_ema_state,
+    list_checkpoints,
+    prune_checkpoints,
+    read_manifest,
     read_training_state,
     validate_checkpoint,
+    verify_manifest,
+    write_manifest,
 )
+from ddpm_ext.training.train import main as train_main
 
 STEPS = ["--max_train_steps", "6", "--checkpointing_steps", "2"]
 
@@ -360,3 +372,251 @@ def test_resume_applies_a_changed_learning_rate_and_keeps_an_unchanged_one_exact
             assert opt2.param_groups[0]["lr"] == pytest.approx(1e-4 * factor, rel=1e-12)
             sched2.step()
             assert sched2.base_lrs == [1e-4]
+
+
+# --------------------------------------------------------------------------------------------------
+# Integrity (issue 31): a manifest proves a checkpoint's files, the data is the same, the weights are finite,
+# faults end cleanly. In process (fast): exact comparisons hold there by construction (same process, one thread).
+# --------------------------------------------------------------------------------------------------
+IN_PROCESS = TINY + ["--cpu_threads", "1", "--checkpointing_steps", "2", "--checkpoints_total_limit", "3"]
+
+
+def train_here(argv: list[str]) -> int:
+    return train_main(IN_PROCESS + argv)
+
+
+@pytest.fixture(scope="module")
+def straight(tmp_path_factory) -> Path:
+    """An uninterrupted 6-step run in this process, keeping checkpoint-2, -4 and -6, and its final pipeline."""
+    out = tmp_path_factory.mktemp("straight") / "out"
+    assert train_here(["--max_train_steps", "6", "--output_dir", str(out)]) == 0
+    return out
+
+
+def interrupted_copy(straight: Path, tmp_path: Path, at: int = 4) -> Path:
+    """The output folder of `straight` as a run stopped after checkpoint-`at` leaves it: no pipeline, no later ones."""
+    out = tmp_path / "out"
+    out.mkdir()
+    for step in range(2, at + 1, 2):
+        shutil.copytree(straight / f"checkpoint-{step}", out / f"checkpoint-{step}")
+    return out
+
+
+def error_lines(text: str) -> list[str]:
+    """The lines saying something went wrong (the rest of stderr is progress bars)."""
+    return [line for line in text.splitlines() if "error" in line.lower() or "Traceback" in line]
+
+
+def snapshot(folder: Path) -> dict[str, bytes]:
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def flip_lowest_mantissa_bits(path: Path, fraction: float = 0.01) -> None:
+    """Flip the lowest mantissa bit of `fraction` of the float32 values of a safetensors file (the same ones each
+    time: a seeded choice)."""
+    tensors = load_file(path)
+    g = torch.Generator().manual_seed(0)
+    for name, t in tensors.items():
+        bits = t.contiguous().view(torch.int32).flatten()
+        chosen = torch.rand(bits.numel(), generator=g) < fraction
+        bits[chosen] ^= 1
+        tensors[name] = bits.view(torch.float32).view(t.shape)
+    save_file(tensors, path, metadata={"format": "pt"})
+
+
+def test_the_manifest_lists_every_file_and_the_data(straight):
+    ckpt = straight / "checkpoint-4"
+    manifest = json.loads((ckpt / "manifest.json").read_text())
+    files = {p.relative_to(ckpt).as_posix(): p for p in ckpt.rglob("*") if p.is_file() and p.name != "manifest.json"}
+    assert set(manifest["files"]) == set(files) and "unet/diffusion_pytorch_model.safetensors" in files
+    for name, entry in manifest["files"].items():
+        assert entry == {"size": files[name].stat().st_size, "sha256": file_sha256(files[name])}
+    assert manifest["data"] == {"source": "mnist-5k", "split": "train", "rows": 48,
+                                "fingerprint": manifest["data"]["fingerprint"]}
+    assert len(manifest["data"]["fingerprint"]) == 16
+    assert verify_manifest(ckpt) == manifest
+
+
+@pytest.mark.parametrize(
+    "tamper, named",
+    [
+        ("flip_unet_bits", "checkpoint-4/unet/diffusion_pytorch_model.safetensors"),
+        ("older_training_state", "checkpoint-4/training_state.json"),
+        ("older_unet", "checkpoint-4/unet/diffusion_pytorch_model.safetensors"),
+        ("older_optimizer", "checkpoint-4/optimizer.bin"),
+        ("added_file", "checkpoint-4/guide_unet/config.json"),
+        ("removed_file", "checkpoint-4/scheduler.bin"),
+    ],
+)
+def test_a_tampered_checkpoint_is_refused_before_loading_and_the_intact_one_resumes_exactly(
+    straight, tmp_path, capsys, tamper, named
+):
+    out = interrupted_copy(straight, tmp_path)
+    ckpt, older = out / "checkpoint-4", out / "checkpoint-2"
+    original = snapshot(ckpt)
+    if tamper == "flip_unet_bits":
+        flip_lowest_mantissa_bits(ckpt / "unet" / "diffusion_pytorch_model.safetensors")
+    elif tamper == "older_training_state":
+        shutil.copy(older / "training_state.json", ckpt / "training_state.json")
+    elif tamper == "older_unet":
+        shutil.rmtree(ckpt / "unet")
+        shutil.copytree(older / "unet", ckpt / "unet")
+    elif tamper == "older_optimizer":
+        shutil.copy(older / "optimizer.bin", ckpt / "optimizer.bin")
+    elif tamper == "added_file":
+        shutil.copytree(older / "unet", ckpt / "guide_unet")
+    else:
+        (ckpt / "scheduler.bin").unlink()
+    before = snapshot(out)
+    capsys.readouterr()
+    code = train_here(["--max_train_steps", "6", "--output_dir", str(out), "--resume_from_checkpoint", "latest"])
+    err = capsys.readouterr().err
+    assert code == 2, err[-2000:]
+    [line] = error_lines(err)
+    assert line.startswith(f"error: {out / named} ") and "Traceback" not in err
+    assert snapshot(out) == before  # nothing loaded, trained, moved or written
+    if tamper == "flip_unet_bits":  # the intact checkpoint resumes to the uninterrupted run's bits
+        shutil.copy(straight / "checkpoint-4" / "unet" / "diffusion_pytorch_model.safetensors", ckpt / "unet")
+        assert snapshot(ckpt) == original
+        assert train_here(["--max_train_steps", "6", "--output_dir", str(out), "--resume_from_checkpoint",
+                           "latest"]) == 0
+        for sub in ("unet", "unet_ema"):
+            assert_same_weights(out / "checkpoint-6", straight / "checkpoint-6", sub)
+        assert_same_weights(out, straight)
+
+
+def test_a_checkpoint_of_the_earlier_format_resumes_with_a_warning(straight, tmp_path, caplog):
+    """No manifest (written before checkpoints had one): accepted, said in the log, resumed exactly."""
+    out = interrupted_copy(straight, tmp_path)
+    (out / "checkpoint-4" / "manifest.json").unlink()
+    with caplog.at_level(logging.WARNING):
+        assert train_here(["--max_train_steps", "6", "--output_dir", str(out), "--resume_from_checkpoint",
+                           "latest"]) == 0
+    assert f"{out / 'checkpoint-4'} has no manifest.json" in caplog.text and "cannot be verified" in caplog.text
+    assert_same_weights(out, straight)
+    assert (out / "checkpoint-6" / "manifest.json").is_file()  # what the run writes is verifiable
+
+
+def test_a_damaged_manifest_is_refused_naming_it(straight, tmp_path, capsys):
+    out = interrupted_copy(straight, tmp_path)
+    (out / "checkpoint-4" / "manifest.json").write_text('{"format": 1, "files": {"../x": {}}}')
+    assert train_here(["--max_train_steps", "6", "--output_dir", str(out), "--resume_from_checkpoint", "latest"]) == 2
+    assert f"error: {out / 'checkpoint-4' / 'manifest.json'} is damaged" in capsys.readouterr().err
+
+
+def images_folder(folder: Path, n: int) -> Path:
+    folder.mkdir(exist_ok=True)
+    for i in range(n):
+        Image.fromarray(np.full((8, 8), 30 * i, dtype=np.uint8)).save(folder / f"{i}.png")
+    return folder
+
+
+def test_changed_training_data_is_refused_on_resume_unless_allowed(tmp_path, capsys, caplog):
+    data = images_folder(tmp_path / "images", 8)
+    argv = ["--train_data_dir", str(data), "--output_dir", str(tmp_path / "out")]
+    assert train_here(["--max_train_steps", "2"] + argv) == 0
+    recorded = json.loads((tmp_path / "out" / "checkpoint-2" / "manifest.json").read_text())["data"]
+    assert recorded["source"] == f"image folder {data}" and (recorded["files"], recorded["rows"]) == (8, 8)
+    Image.fromarray(np.full((8, 8), 255, dtype=np.uint8)).save(data / "3.png")  # one image edited
+    before = snapshot(tmp_path / "out")
+    capsys.readouterr()
+    resume = ["--max_train_steps", "4", "--resume_from_checkpoint", "latest"] + argv
+    assert train_here(resume) == 2
+    [line] = error_lines(capsys.readouterr().err)
+    assert line.startswith("error: the training data differs from the data") and "--allow_data_change" in line
+    assert "sha256: " in line and "files:" not in line  # the same file count: the content changed
+    assert snapshot(tmp_path / "out") == before
+    with caplog.at_level(logging.WARNING):
+        assert train_here(resume + ["--allow_data_change"]) == 0
+    assert "--allow_data_change: the training data differs" in caplog.text
+    assert json.loads((tmp_path / "out" / "checkpoint-4" / "manifest.json").read_text())["data"]["files"] == 8
+
+
+@pytest.mark.parametrize(
+    "damage, message",
+    [
+        ({"optimization_step": "4"}, "optimization_step must be an integer >= 0 (got \"4\")"),
+        ({"optimization_step": -1}, "optimization_step must be an integer >= 0 (got -1)"),
+        ({"decay": float("nan")}, "decay must be a number in [0, 1] (got NaN)"),
+        ({"power": True}, "power must be a finite number > 0 (got true)"),
+        ({"inv_gamma": None}, "inv_gamma must be a finite number > 0 (got null)"),
+        ({"use_ema_warmup": 1}, "use_ema_warmup must be true or false (got 1)"),
+        ({"min_decay": "missing"}, "min_decay must be a number in [0, 1] (missing)"),
+    ],
+)
+def test_damaged_ema_state_values_are_named(straight, tmp_path, damage, message):
+    path = tmp_path / "ema_state.json"
+    scalars = json.loads((straight / "checkpoint-4" / "ema_state.json").read_text())
+    for key, value in damage.items():
+        if value == "missing":
+            del scalars[key]
+        else:
+            scalars[key] = value
+    path.write_text(json.dumps(scalars))
+    with pytest.raises(CheckpointError) as e:
+        check_ema_state(path)
+    assert str(e.value) == f"{path} is damaged: {message}."
+
+
+def test_damaged_ema_state_in_a_checkpoint_is_a_clear_error(straight, tmp_path, capsys):
+    """Even with a manifest that agrees (written again after the damage): named, no traceback."""
+    out = interrupted_copy(straight, tmp_path)
+    state = out / "checkpoint-4" / "ema_state.json"
+    state.write_text(state.read_text().replace('"optimization_step": 4', '"optimization_step": -4'))
+    write_manifest(out / "checkpoint-4", data=read_manifest(straight / "checkpoint-4")["data"])
+    assert train_here(["--max_train_steps", "6", "--output_dir", str(out), "--resume_from_checkpoint", "latest"]) == 2
+    err = capsys.readouterr().err
+    assert f"error: {state} is damaged: optimization_step must be an integer >= 0 (got -4)." in err
+    assert "Traceback" not in err
+
+
+def test_a_checkpoint_holding_nonfinite_weights_is_refused_before_resuming(straight, tmp_path, capsys):
+    out = interrupted_copy(straight, tmp_path)
+    weights_file = out / "checkpoint-4" / "unet_ema" / "diffusion_pytorch_model.safetensors"
+    tensors = load_file(weights_file)
+    tensors["conv_in.weight"][0, 0, 0, 0] = float("nan")
+    save_file(tensors, weights_file)
+    write_manifest(out / "checkpoint-4", data=read_manifest(straight / "checkpoint-4")["data"])
+    capsys.readouterr()
+    assert train_here(["--max_train_steps", "6", "--output_dir", str(out), "--resume_from_checkpoint", "latest"]) == 2
+    [line] = error_lines(capsys.readouterr().err)
+    assert line.startswith(f"error: {weights_file} holds non-finite weights (1 of 72 values of conv_in.weight")
+    assert "Resumed" not in line and not (out / "checkpoint-6").exists()
+
+
+@pytest.mark.parametrize("flag", ["--learning_rate", "--adam_weight_decay"])
+def test_weights_blown_up_on_the_last_step_are_never_saved_or_reported_as_success(tmp_path, capsys, flag):
+    out = tmp_path / "out"
+    code = train_here(["--max_train_steps", "4", "--output_dir", str(out), flag, "1e308"])
+    printed = capsys.readouterr()
+    assert code == 1, printed.err[-2000:]
+    text = printed.out + printed.err
+    assert "error: the weights of the UNet and its EMA became non-finite (NaN or inf) at step" in text
+    assert "nothing of them was saved" in text and "Done:" not in text
+    assert not (out / "model_index.json").exists() and not (out / "training_info.json").exists()
+    for ckpt in out.glob("checkpoint-*"):  # the checkpoints kept hold finite weights and pass the checks
+        validate(ckpt)
+
+
+def test_a_kill_while_pruning_leaves_a_folder_that_resumes_exactly(straight, tmp_path):
+    """Pruning renames a checkpoint to checkpoint-<step>.pruning before deleting it: a kill mid-deletion leaves a
+    partial `.pruning` folder (simulated here), which resume ignores and removes."""
+    out = interrupted_copy(straight, tmp_path)
+    (out / "checkpoint-2").rename(out / "checkpoint-2.pruning")
+    (out / "checkpoint-2.pruning" / "training_state.json").unlink()  # deleted before the kill
+    shutil.rmtree(out / "checkpoint-2.pruning" / "unet")
+    assert train_here(["--max_train_steps", "6", "--output_dir", str(out), "--resume_from_checkpoint", "latest"]) == 0
+    assert not (out / "checkpoint-2.pruning").exists()
+    assert_same_weights(out, straight)
+
+
+def test_pruning_renames_before_deleting(tmp_path, monkeypatch):
+    for step in (2, 4):
+        (tmp_path / f"checkpoint-{step}").mkdir()
+        (tmp_path / f"checkpoint-{step}" / "training_state.json").write_text(json.dumps(
+            {"run_id": "r", "global_step": step, "epoch": 0, "batches_in_epoch": 0, "config": {}}))
+    deleted = []
+    monkeypatch.setattr(checkpoints.shutil, "rmtree", lambda p, **k: deleted.append(Path(p).name))
+    assert [p.name for p in prune_checkpoints(tmp_path, "r", keep=1)] == ["checkpoint-2"]
+    assert deleted == ["checkpoint-2.pruning"] and (tmp_path / "checkpoint-2.pruning").is_dir()
+    assert [p.name for p in list_checkpoints(tmp_path)] == ["checkpoint-4"]

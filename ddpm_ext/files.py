@@ -28,6 +28,7 @@ __all__ = [
     "atomic_write_text",
     "file_sha256",
     "naming_failed_writes",
+    "temporary_names_as",
     "write_with",
 ]
 
@@ -61,8 +62,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         os.replace(tmp, target)
     except BaseException as e:
         tmp.unlink(missing_ok=True)
-        if isinstance(e, OSError) and e.filename is not None and os.fspath(e.filename) == os.fspath(tmp):
-            e.filename = os.fspath(target)  # the user's file could not be written; the temporary name is gone
+        _rename_in_error(e, tmp, target)  # the user's file could not be written; the temporary name is gone
         raise
 
 
@@ -116,6 +116,29 @@ def write_with(path: str | os.PathLike, writer: Callable[[Path], object]) -> Pat
         writer(tmp)
     return Path(path)
 
+
+
+@contextlib.contextmanager
+def temporary_names_as(tmp: str | os.PathLike, target: str | os.PathLike) -> Iterator[None]:
+    """Within the block, an `OSError` naming a path inside the temporary file or folder `tmp` names it at its
+    place in `target` instead (what is written into `tmp` becomes `target`; the temporary name is gone after a
+    failure).
+    """
+    try:
+        yield
+    except OSError as e:
+        _rename_in_error(e, Path(tmp), Path(target))
+        raise
+
+
+def _rename_in_error(error: BaseException, tmp: Path, target: Path) -> None:
+    if not isinstance(error, OSError) or error.filename is None:
+        return
+    name = Path(os.fspath(error.filename))
+    if name == tmp:
+        error.filename = os.fspath(target)
+    elif tmp in name.parents:
+        error.filename = os.fspath(target / name.relative_to(tmp))
 
 
 def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:

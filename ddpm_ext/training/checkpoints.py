@@ -63,7 +63,7 @@ from accelerate.utils import load as accelerate_load
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file
 
-from ..files import atomic_write_text, file_sha256, naming_failed_writes
+from ..files import atomic_write_text, file_sha256, naming_failed_writes, temporary_names_as
 from ..pipelines.checkpoint_io import GUIDE_DIR  # the guide's folder: the same name as in a saved pipeline
 
 __all__ = [
@@ -275,8 +275,8 @@ def save_checkpoint(
 
     def write_all_or_fail(write) -> None:
         error: OSError | None = None
-        try:
-            with naming_failed_writes():  # PyTorch's and safetensors' write errors become OSErrors naming the file
+        try:  # PyTorch's and safetensors' write errors become OSErrors naming the file, as in the final folder
+            with temporary_names_as(tmp, final), naming_failed_writes():
                 write()
         except (OSError, SafetensorError) as e:  # safetensors reports some failures as its own error type
             error = e if isinstance(e, OSError) else OSError(None, str(e))
@@ -288,7 +288,7 @@ def save_checkpoint(
         if error is not None:
             if accelerator.is_main_process:
                 shutil.rmtree(tmp, ignore_errors=True)
-            what = f": {_shown(error.filename, tmp, final)}" if error.filename else ""
+            what = f": {error.filename}" if error.filename else ""
             raise CheckpointWriteError(
                 error.errno, f"could not write {final.name}{what} ({error.strerror or error}); the partial folder was "
                 f"removed and the earlier checkpoints in {output_dir} are intact"
@@ -312,14 +312,6 @@ def save_checkpoint(
             os.replace(tmp, final)
     accelerator.wait_for_everyone()
     return final
-
-
-def _shown(filename: str, tmp: Path, final: Path) -> str:
-    """A file of the partial folder `tmp`, named as its place in `final` (the partial folder is gone)."""
-    try:
-        return str(final / Path(filename).relative_to(tmp))
-    except ValueError:
-        return str(filename)
 
 
 def write_manifest(checkpoint: str | os.PathLike, *, data: dict[str, Any] | None = None) -> Path:

@@ -32,7 +32,7 @@ from accelerate.utils import broadcast_object_list
 from diffusers import UNet2DModel
 from safetensors import SafetensorError
 
-from ..files import atomic_write_text, naming_failed_writes, write_with
+from ..files import atomic_write_text, naming_failed_writes, temporary_names_as, write_with
 from ..hub import describe_error, push_pipeline, reach_repo, write_model_card
 from ..images import save_image_grid
 from ..pipelines.checkpoint_io import GUIDE_DIR
@@ -91,15 +91,11 @@ def save_pipeline_whole(pipe: DDPMExtPipeline, output_dir: Path) -> None:
     output_dir.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".pipeline-", suffix=".tmp", dir=output_dir))
     try:
-        with naming_failed_writes():  # a full disk: an OSError naming the file, not PyTorch's or safetensors' own
+        # a full disk: an OSError naming the file at its place in the output folder (the staging folder is gone)
+        with temporary_names_as(staging, output_dir), naming_failed_writes():
             pipe.save_pretrained(staging)
-    except BaseException as e:
+    except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
-        if isinstance(e, OSError) and e.filename is not None:
-            try:  # name the file as its place in the output folder: the staging folder is gone
-                e.filename = str(output_dir / Path(e.filename).relative_to(staging))
-            except ValueError:
-                pass
         raise
     for part in sorted(staging.iterdir(), key=lambda p: p.name == INDEX):
         target = output_dir / part.name

@@ -6,9 +6,13 @@ by `validate_checkpoint` naming the file, and the scenarios of issue 18 run the 
 
 from __future__ import annotations
 
+import builtins
+import errno
+import io
 import json
 import logging
 import math
+import os
 import pickle
 import shutil
 import subprocess
@@ -17,14 +21,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import safetensors.torch
 import torch
 from diffusers import UNet2DModel
 from diffusers.optimization import get_scheduler
 from PIL import Image
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from test_training import ENV, ROOT, TINY, assert_same_weights, run, weights
 
-from ddpm_ext.files import file_sha256
+from ddpm_ext.files import file_sha256, naming_failed_writes
 from ddpm_ext.training import checkpoints, resume
 from ddpm_ext.training import flags as train_flags
 from ddpm_ext.training import setup as train_setup
@@ -620,3 +626,98 @@ def test_pruning_renames_before_deleting(tmp_path, monkeypatch):
     assert [p.name for p in prune_checkpoints(tmp_path, "r", keep=1)] == ["checkpoint-2"]
     assert deleted == ["checkpoint-2.pruning"] and (tmp_path / "checkpoint-2.pruning").is_dir()
     assert [p.name for p in list_checkpoints(tmp_path)] == ["checkpoint-4"]
+
+
+class FullDisk:
+    """Fault injection in this process: every write whose path contains `where` fails as a full disk does, the way
+    the writer reports it (PyTorch: a RuntimeError from inline_container.cc; safetensors: a SafetensorError; open:
+    OSError ENOSPC)."""
+
+    def __init__(self, monkeypatch, where: str):
+        self.where = where
+        real_open, real_io_open = builtins.open, io.open
+        real_torch_save, real_save_file = torch.save, safetensors.torch.save_file
+
+        def hit(f) -> bool:
+            return isinstance(f, (str, os.PathLike)) and where in os.fspath(f)
+
+        def failing_open(real):
+            def open_(file, mode="r", *a, **k):
+                if any(c in mode for c in "wax+") and hit(file):
+                    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), os.fspath(file))
+                return real(file, mode, *a, **k)
+            return open_
+
+        def torch_save(obj, f, *a, **k):
+            if hit(f):
+                raise RuntimeError("[enforce fail at inline_container.cc:664] . PytorchStreamWriter failed writing "
+                                   "file data/0: file write failed")
+            return real_torch_save(obj, f, *a, **k)
+
+        def save_file(tensors, filename, *a, **k):
+            if hit(filename):
+                raise SafetensorError('Error while serializing: IoError(Os { code: 28, kind: StorageFull, message: '
+                                      '"No space left on device" })')
+            return real_save_file(tensors, filename, *a, **k)
+
+        monkeypatch.setattr(builtins, "open", failing_open(real_open))
+        monkeypatch.setattr(io, "open", failing_open(real_io_open))
+        monkeypatch.setattr(torch, "save", torch_save)
+        monkeypatch.setattr(safetensors.torch, "save_file", save_file)
+
+
+SLOW = pytest.mark.slow  # one case per writer (safetensors, torch.save, open, pipeline, grid) in the fast tier
+
+
+@pytest.mark.parametrize(
+    "where, named",
+    [
+        ("checkpoint-4.tmp/unet/diffusion", "checkpoint-4/unet/diffusion_pytorch_model.safetensors (No space left"),
+        pytest.param("checkpoint-4.tmp/unet_ema/config", "checkpoint-4/unet_ema/config.json (No space left on device)",
+                     marks=SLOW),
+        ("checkpoint-4.tmp/optimizer.bin", "checkpoint-4/optimizer.bin (torch.save failed: [enforce fail at"),
+        pytest.param("checkpoint-4.tmp/random_states_0", "checkpoint-4/random_states_0.pkl (torch.save failed",
+                     marks=SLOW),
+        pytest.param("checkpoint-4.tmp/.training_state.json",
+                     "checkpoint-4/training_state.json (No space left on device)", marks=SLOW),
+        ("checkpoint-4.tmp/.manifest.json", "checkpoint-4/manifest.json (No space left on device)"),
+        ("samples/.step-000002", "samples/step-000002.png (No space left on device)"),
+        pytest.param("/.pipeline-", "unet/config.json (No space left on device)", marks=SLOW),
+        ("tmp/diffusion_pytorch_model", "unet/diffusion_pytorch_model.safetensors (No space left on device)"),
+        pytest.param("/.samples.png", "samples.png (No space left on device)", marks=SLOW),
+        pytest.param("/.README.md", "README.md (No space left on device)", marks=SLOW),
+    ],
+)
+def test_a_full_disk_during_any_save_ends_in_one_line_naming_the_file(straight, tmp_path, monkeypatch, capsys, where,
+                                                                       named):
+    out = tmp_path / "out"
+    argv = ["--max_train_steps", "6", "--output_dir", str(out)]
+    if where.startswith("samples/"):
+        argv += ["--save_images_steps", "2"]
+    FullDisk(monkeypatch, where)
+    code = train_here(argv)
+    monkeypatch.undo()
+    printed = capsys.readouterr()
+    text = printed.out + printed.err
+    assert code == 1, text[-2000:]
+    [line] = error_lines(text)
+    assert line.startswith(f"error: could not write {out}/" if "checkpoint" not in where else
+                           "error: could not write checkpoint-4: ")
+    assert f"{out}/{named}" in line
+    left = [p.name for p in out.rglob("*") if ".tmp" in p.name or ".pruning" in p.name or ".old" in p.name]
+    assert left == []  # no temporary file or folder behind
+    validate(out / "checkpoint-2")  # every earlier file intact: the same bits as the uninterrupted run's
+    for sub in ("unet", "unet_ema"):
+        assert_same_weights(out / "checkpoint-2", straight / "checkpoint-2", sub)
+
+
+def test_naming_failed_writes_names_the_file_of_torch_and_safetensors_writers(tmp_path, monkeypatch):
+    FullDisk(monkeypatch, "full")
+    with pytest.raises(OSError) as e, naming_failed_writes():
+        torch.save({"a": 1}, tmp_path / "full.bin")
+    assert (e.value.errno, e.value.filename) == (errno.EIO, str(tmp_path / "full.bin"))
+    assert "torch.save failed: [enforce fail at inline_container.cc:664]" in e.value.strerror
+    with pytest.raises(OSError) as e, naming_failed_writes():
+        safetensors.torch.save_file({"w": torch.zeros(1)}, str(tmp_path / "full.safetensors"))
+    assert (e.value.errno, e.value.filename) == (errno.ENOSPC, str(tmp_path / "full.safetensors"))
+    assert torch.save.__name__ == "torch_save"  # the injected writer is back in place: only the block wraps

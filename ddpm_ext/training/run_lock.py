@@ -84,7 +84,7 @@ def acquire_run_lock(output_dir: str | os.PathLike) -> RunLock:
     while True:
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
         if not _try_lock(fd):
-            holder = _read_record(fd)
+            holder = _holder(fd)
             os.close(fd)
             raise OutputDirInUse(
                 f"--output_dir {out} is in use by another training run ({describe_holder(holder)}; lock file "
@@ -174,6 +174,30 @@ def _try_lock(fd: int) -> bool:
     except OSError:  # pragma: no cover
         return False
     return True  # pragma: no cover
+
+
+def _holder(fd: int, wait: float = 1.0) -> dict[str, Any] | None:
+    """The record of the live holder: a holder that has just locked the file may not have written its record yet
+    (empty, or still the record of the killed run it takes over); wait up to `wait` seconds for it."""
+    deadline = time.monotonic() + wait
+    record = _read_record(fd)
+    while (record is None or _dead_here(record)) and time.monotonic() < deadline:
+        time.sleep(0.02)
+        record = _read_record(fd)
+    return record
+
+
+def _dead_here(record: dict[str, Any]) -> bool:
+    """Whether `record` names a process of this host that no longer runs (only to word a message right)."""
+    if record.get("host") != socket.gethostname() or not isinstance(record.get("pid"), int):
+        return False
+    try:
+        os.kill(record["pid"], 0)
+    except ProcessLookupError:
+        return True
+    except OSError:  # alive, owned by another user
+        return False
+    return False
 
 
 def _read_record(fd: int) -> dict[str, Any] | None:

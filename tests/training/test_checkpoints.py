@@ -141,6 +141,10 @@ def test_damaged_or_foreign_checkpoint_is_refused_naming_the_file(trained, tmp_p
         _crafted_pickle(ckpt / "optimizer.bin", marker)
     else:
         _crafted_pickle(ckpt / "custom_checkpoint_0.pkl", marker)
+    if damage in ("other_unet_config", "other_flags", "crafted_pickle"):
+        # a coherent checkpoint of another configuration, or a crafted one with a manifest that agrees: the checks
+        # behind the manifest's refuse it (without the new manifest, the manifest would name the changed file)
+        write_manifest(ckpt)
     state = json.loads((trained / "checkpoint-6" / "training_state.json").read_text())
     unet_config = json.loads((trained / "checkpoint-6" / "unet" / "config.json").read_text())
     with pytest.raises(CheckpointError, match="ddpm_num_steps" if damage == "other_flags" else str(ckpt)):
@@ -159,6 +163,7 @@ def test_crafted_checkpoint_is_refused_by_the_script_before_training(trained, tm
     ckpt = checkpoint_copy(trained, out, step=4)
     marker = tmp_path / "code-ran"
     _crafted_pickle(ckpt / "scheduler.bin", marker)
+    write_manifest(ckpt)  # crafted with a manifest that agrees: the restricted unpickler still refuses it
     result = run(TINY + STEPS + ["--output_dir", str(out), "--resume_from_checkpoint", "latest"], check=False)
     assert result.returncode == 2, result.stderr[-3000:]
     assert f"error: {ckpt / 'scheduler.bin'} is damaged or holds objects other than tensors" in result.stderr
@@ -248,7 +253,9 @@ def test_full_disk_during_a_checkpoint_save_loses_nothing(trained, tmp_path):
     result = run_with_full_disk("checkpoint-4.tmp", TINY + STEPS + ["--output_dir", str(out)])
     assert result.returncode == 1, result.stderr[-3000:]
     text = result.stdout + result.stderr
-    assert "error: could not write checkpoint-4 (No space left on device)" in text and "Traceback" not in text
+    assert f"error: could not write checkpoint-4: {out / 'checkpoint-4' / 'unet' / 'config.json'} (No space left on " \
+        "device)" in text and "Traceback" not in text
+    assert not list(out.glob("checkpoint-4*"))
     assert [p.name for p in out.glob("checkpoint-*")] == ["checkpoint-2"]  # no partial folder left
     validate(out / "checkpoint-2")
     for sub in ("unet", "unet_ema"):  # intact: the same bits as the uninterrupted run's checkpoint-2
@@ -264,7 +271,8 @@ def test_full_disk_during_the_final_save_keeps_the_earlier_pipeline(trained, tmp
                                                       "--overwrite_output_dir"])
     assert result.returncode == 1, result.stderr[-3000:]
     text = result.stdout + result.stderr
-    assert "error: could not write the outputs to" in text and "Traceback" not in text
+    assert f"error: could not write {out / 'unet' / 'config.json'} (No space left on device)" in text
+    assert "Traceback" not in text
     for rel, data in before.items():
         if rel.parts[0] not in ("superseded",):
             assert (out / rel).read_bytes() == data, f"{rel} changed"
@@ -721,3 +729,50 @@ def test_naming_failed_writes_names_the_file_of_torch_and_safetensors_writers(tm
         safetensors.torch.save_file({"w": torch.zeros(1)}, str(tmp_path / "full.safetensors"))
     assert (e.value.errno, e.value.filename) == (errno.ENOSPC, str(tmp_path / "full.safetensors"))
     assert torch.save.__name__ == "torch_save"  # the injected writer is back in place: only the block wraps
+
+
+_KILL_WHILE_PRUNING = """
+import os, shutil, signal, sys
+import ddpm_ext.training.checkpoints as checkpoints
+import ddpm_ext.training.train as train_ddpm
+
+def rmtree(path, **kwargs):  # delete part of the pruned checkpoint, then die as a SIGKILL kills
+    if str(path).endswith(".pruning"):
+        os.remove(os.path.join(path, "training_state.json"))
+        shutil.rmtree(os.path.join(path, "unet"))
+        os.kill(os.getpid(), signal.SIGKILL)
+    return shutil.rmtree(path, **kwargs)
+
+checkpoints.shutil = type("Shutil", (), {"rmtree": staticmethod(rmtree)})
+sys.exit(train_ddpm.main(ARGV))
+"""
+
+
+@pytest.mark.slow
+def test_a_sigkill_while_pruning_leaves_a_folder_that_resumes_exactly(trained, tmp_path):
+    out = tmp_path / "pruned"
+    argv = TINY + STEPS + ["--checkpoints_total_limit", "1", "--output_dir", str(out)]
+    code = _KILL_WHILE_PRUNING.replace("ARGV", repr(argv))
+    killed = subprocess.run([sys.executable, "-c", code], check=False, cwd=ROOT, env=ENV, capture_output=True,
+                            text=True, timeout=600)
+    assert killed.returncode == -9, killed.stderr[-3000:]
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-2.pruning", "checkpoint-4"]
+    result = run(argv + ["--resume_from_checkpoint", "latest"])
+    assert f"Resumed from {out / 'checkpoint-4'} at step 4" in result.stdout + result.stderr
+    assert [p.name for p in out.glob("checkpoint-*")] == ["checkpoint-6"]
+    assert_same_weights(out, trained)  # the uninterrupted run's final weights, to the bit
+
+
+@pytest.mark.slow
+def test_the_script_refuses_a_checkpoint_with_flipped_bits_naming_the_file(trained, tmp_path):
+    out = tmp_path / "flipped"
+    out.mkdir()
+    ckpt = checkpoint_copy(trained, out, step=4)
+    flip_lowest_mantissa_bits(ckpt / "unet" / "diffusion_pytorch_model.safetensors")
+    result = run(TINY + STEPS + ["--output_dir", str(out), "--resume_from_checkpoint", "latest"], check=False)
+    assert result.returncode == 2
+    [line] = error_lines(result.stderr)
+    assert line == (f"error: {ckpt / 'unet' / 'diffusion_pytorch_model.safetensors'} is not the file this checkpoint "
+                    "saved (its SHA-256 differs from the one the manifest records): it was damaged or replaced (e.g. "
+                    "copied in from another checkpoint) since. Resume from another checkpoint, or start a new run.")
+    assert sorted(p.name for p in out.iterdir()) == ["checkpoint-4"]

@@ -7,6 +7,7 @@ by `validate_checkpoint` naming the file, and the scenarios of issue 18 run the 
 from __future__ import annotations
 
 import builtins
+import copy
 import errno
 import io
 import json
@@ -18,6 +19,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -25,11 +27,13 @@ import safetensors.torch
 import torch
 from diffusers import UNet2DModel
 from diffusers.optimization import get_scheduler
+from diffusers.training_utils import EMAModel
 from PIL import Image
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from test_training import ENV, ROOT, TINY, assert_same_weights, run, weights
 
+from ddpm_ext import build_unet
 from ddpm_ext.files import file_sha256, naming_failed_writes
 from ddpm_ext.training import checkpoints, resume
 from ddpm_ext.training import flags as train_flags
@@ -45,6 +49,7 @@ from ddpm_ext.training.checkpoints import (
     verify_manifest,
     write_manifest,
 )
+from ddpm_ext.training.train import Trainer
 from ddpm_ext.training.train import main as train_main
 
 STEPS = ["--max_train_steps", "6", "--checkpointing_steps", "2"]
@@ -610,6 +615,21 @@ def test_weights_blown_up_on_the_last_step_are_never_saved_or_reported_as_succes
     assert not (out / "model_index.json").exists() and not (out / "training_info.json").exists()
     for ckpt in out.glob("checkpoint-*"):  # the checkpoints kept hold finite weights and pass the checks
         validate(ckpt)
+
+
+def test_every_weight_set_a_run_saves_is_checked_for_finiteness():
+    """The UNet, its EMA and the autoguidance guide: each is named when it holds NaN or inf."""
+    unet = build_unet("tiny")
+    guide, ema = copy.deepcopy(unet), EMAModel(unet.parameters())
+    trainer = SimpleNamespace(plain_unet=unet, ema=ema, guide_unet=guide)
+    assert Trainer._nonfinite_weights(trainer) == []
+    with torch.no_grad():
+        guide.conv_in.weight[0, 0, 0, 0] = float("inf")
+    ema.shadow_params[-1][0] = float("nan")
+    assert Trainer._nonfinite_weights(trainer) == ["its EMA", "the autoguidance guide"]
+    with torch.no_grad():
+        unet.conv_out.bias[0] = float("nan")
+    assert Trainer._nonfinite_weights(trainer) == ["the UNet", "its EMA", "the autoguidance guide"]
 
 
 def test_a_kill_while_pruning_leaves_a_folder_that_resumes_exactly(straight, tmp_path):

@@ -45,6 +45,7 @@ from ddpm_ext.training.checkpoints import (
     prune_checkpoints,
     read_manifest,
     read_training_state,
+    remove_partial_folders,
     validate_checkpoint,
     verify_manifest,
     write_manifest,
@@ -642,6 +643,18 @@ def test_a_kill_while_pruning_leaves_a_folder_that_resumes_exactly(straight, tmp
     assert train_here(["--max_train_steps", "6", "--output_dir", str(out), "--resume_from_checkpoint", "latest"]) == 0
     assert not (out / "checkpoint-2.pruning").exists()
     assert_same_weights(out, straight)
+
+
+def test_what_interrupted_writes_left_is_cleared_and_a_replaced_checkpoint_comes_back(tmp_path):
+    """A kill while replacing checkpoint-4 by a new one of the same step (checkpoint-4 moved to checkpoint-4.old,
+    the new one still checkpoint-4.tmp) and while pruning checkpoint-2: the old checkpoint-4 is put back."""
+    for name in ("checkpoint-4.old", "checkpoint-4.tmp", "checkpoint-2.pruning", "checkpoint-6", "checkpoint-6.old"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "training_state.json").write_text(name)
+    removed = remove_partial_folders(tmp_path)
+    assert sorted(p.name for p in removed) == ["checkpoint-2.pruning", "checkpoint-4.tmp", "checkpoint-6.old"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint-4", "checkpoint-6"]
+    assert (tmp_path / "checkpoint-4" / "training_state.json").read_text() == "checkpoint-4.old"
 
 
 def test_pruning_renames_before_deleting(tmp_path, monkeypatch):

@@ -517,6 +517,15 @@ def test_a_checkpoint_of_the_earlier_format_resumes_with_a_warning(straight, tmp
     assert (out / "checkpoint-6" / "manifest.json").is_file()  # what the run writes is verifiable
 
 
+def test_without_a_manifest_a_training_state_of_another_step_is_still_refused(straight, tmp_path, capsys):
+    out = interrupted_copy(straight, tmp_path)
+    (out / "checkpoint-4" / "manifest.json").unlink()
+    shutil.copy(out / "checkpoint-2" / "training_state.json", out / "checkpoint-4")
+    assert train_here(["--max_train_steps", "6", "--output_dir", str(out), "--resume_from_checkpoint", "latest"]) == 2
+    assert (f"error: {out / 'checkpoint-4' / 'training_state.json'} is at step 2, but the folder is checkpoint-4: "
+            "the file belongs to another checkpoint.") in capsys.readouterr().err
+
+
 def test_a_damaged_manifest_is_refused_naming_it(straight, tmp_path, capsys):
     out = interrupted_copy(straight, tmp_path)
     (out / "checkpoint-4" / "manifest.json").write_text('{"format": 1, "files": {"../x": {}}}')

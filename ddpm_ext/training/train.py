@@ -84,8 +84,12 @@ def main(argv: list[str] | None = None) -> int:
 
 def run(args: argparse.Namespace) -> int:
     """Train with flags checked by [`ddpm_ext.training.flags.check_args`]; return the exit status: 0 done, 1 stopped
-    (a non-finite loss, a failed write), 2 bad input (`error: ...` before any training), 3 the push failed (or its
-    pre-flight, before any training: the token refused, the repo not reachable)."""
+    (a non-finite loss or non-finite weights, a failed write), 2 bad input (`error: ...` before any training: a
+    flag, the data, a checkpoint to resume, or `--output_dir` in use by another run), 3 the push failed (or its
+    pre-flight, before any training: the token refused, the repo not reachable).
+
+    The output folder is locked for the run ([`ddpm_ext.training.run_lock`], main process): before its checkpoints
+    are read when it exists, else before its first file is written; the lock is released however the run ends."""
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     logging.getLogger("accelerate").setLevel(logging.WARNING)  # one line per saved file otherwise
     accelerator = build_accelerator(args)

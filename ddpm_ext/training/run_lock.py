@@ -86,6 +86,12 @@ def acquire_run_lock(output_dir: str | os.PathLike) -> RunLock:
         if not _try_lock(fd):
             holder = _holder(fd)
             os.close(fd)
+            if holder is not None and _dead_here(holder):  # its forked children (data loader workers) hold it
+                raise OutputDirInUse(
+                    f"--output_dir {out} is still locked by processes of a run that has ended "
+                    f"({describe_holder(holder)}; lock file {path}): its child processes (data loader workers) "
+                    "are still exiting; retry in a few seconds"
+                )
             raise OutputDirInUse(
                 f"--output_dir {out} is in use by another training run ({describe_holder(holder)}; lock file "
                 f"{path}); wait for it to end, stop it, or train into another --output_dir"

@@ -131,3 +131,27 @@ def test_two_concurrent_runs_one_is_refused_and_a_killed_runs_lock_is_taken_over
     assert f"Took over the lock of {killed}, left by a run that ended without releasing it (pid {third.pid} on host" \
         in resumed.stdout
     assert_same_weights(out, killed)
+
+
+def test_a_lock_still_held_by_the_children_of_an_ended_run_says_so(tmp_path):
+    """A killed run's forked data loader workers keep its lock for a moment: the message says to retry."""
+    out = tmp_path / "out"
+    out.mkdir()
+    ended = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    record = {"pid": int(ended.stdout), "host": socket.gethostname(), "started": "earlier", "command": "train"}
+    (out / LOCK_FILE).write_text(json.dumps(record))
+    child = subprocess.Popen([sys.executable, "-c", f"""
+import fcntl, os, sys, time
+fd = os.open({str(out / LOCK_FILE)!r}, os.O_RDWR)
+fcntl.flock(fd, fcntl.LOCK_EX)
+print("held", flush=True)
+sys.stdin.read()
+"""], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout.readline() == "held\n"
+        with pytest.raises(OutputDirInUse, match=r"is still locked by processes of a run that has ended \(pid "
+                           f"{record['pid']} on host .*retry in a few seconds"):
+            acquire_run_lock(out)
+    finally:
+        child.communicate("")
+    acquire_run_lock(out).release()

@@ -3,12 +3,18 @@
 Every file the package writes (pipelines, grids, cards, metrics, figures, samples) goes through here: the
 content is written to a temporary file in the same folder, flushed to disk, then renamed over the target with
 `os.replace` (atomic on POSIX and Windows). Until the rename the old file is untouched; after it the new one is
-complete. A failed write removes its temporary file and re-raises.
+complete. A failed write removes its temporary file and re-raises, naming the target (not the temporary file).
+
+[`naming_failed_writes`] makes the writers of PyTorch and safetensors fail like `open` does: an `OSError` naming
+the file (PyTorch reports a full disk as `RuntimeError: [enforce fail at inline_container.cc]`, safetensors as a
+`SafetensorError`, neither naming the file). [`file_sha256`] is the content hash checkpoints record.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
+import hashlib
 import os
 import shutil
 import tempfile
@@ -22,7 +28,10 @@ __all__ = [
     "atomic_write_bytes",
     "atomic_write_text",
     "check_new_files",
+    "file_sha256",
     "images_in",
+    "naming_failed_writes",
+    "temporary_names_as",
     "write_with",
 ]
 
@@ -56,8 +65,9 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
             os.fsync(f.fileno())
         os.chmod(tmp, _final_mode(target))  # mkstemp makes 0600 files; give the permissions `open` would
         os.replace(tmp, target)
-    except BaseException:
+    except BaseException as e:
         tmp.unlink(missing_ok=True)
+        _rename_in_error(e, tmp, target)  # the user's file could not be written; the temporary name is gone
         raise
 
 
@@ -129,3 +139,76 @@ def images_in(folder: str | os.PathLike) -> list[Path]:
     if not folder.is_dir():
         return []
     return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+@contextlib.contextmanager
+def temporary_names_as(tmp: str | os.PathLike, target: str | os.PathLike) -> Iterator[None]:
+    """Within the block, an `OSError` naming a path inside the temporary file or folder `tmp` names it at its
+    place in `target` instead (what is written into `tmp` becomes `target`; the temporary name is gone after a
+    failure).
+    """
+    try:
+        yield
+    except OSError as e:
+        _rename_in_error(e, Path(tmp), Path(target))
+        raise
+
+
+def _rename_in_error(error: BaseException, tmp: Path, target: Path) -> None:
+    if not isinstance(error, OSError) or error.filename is None:
+        return
+    name = Path(os.fspath(error.filename))
+    if name == tmp:
+        error.filename = os.fspath(target)
+    elif tmp in name.parents:
+        error.filename = os.fspath(target / name.relative_to(tmp))
+
+
+def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    """The SHA-256 of the file at `path`, in hex (read in chunks: any file size)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+@contextlib.contextmanager
+def naming_failed_writes() -> Iterator[None]:
+    """Within the block, a failed `torch.save` or `safetensors.torch.save_file` raises an `OSError` naming the file.
+
+    PyTorch reports a full disk as `RuntimeError: [enforce fail at inline_container.cc:...] ... file write failed`
+    and safetensors as `SafetensorError: Error while serializing: IoError(... StorageFull ...)`; neither names the
+    file. Both are looked up on their modules at call time by accelerate and diffusers, so they are wrapped here for
+    the block's duration (the process's only writer then: the training loop is single-threaded). The error keeps
+    `errno.ENOSPC` when the message says the disk is full (`errno.EIO` otherwise) and chains the original.
+    """
+    import safetensors.torch  # noqa: PLC0415 (torch and safetensors are heavy: imported by the code that saves)
+    import torch  # noqa: PLC0415
+
+    real_torch_save, real_save_file = torch.save, safetensors.torch.save_file
+
+    def named(writer: Callable, label: str) -> Callable:
+        def write(obj, f, *args, **kwargs):
+            try:
+                return writer(obj, f, *args, **kwargs)
+            except OSError as e:
+                if e.filename is None and isinstance(f, (str, os.PathLike)):
+                    e.filename = os.fspath(f)
+                raise
+            except Exception as e:  # noqa: BLE001 (RuntimeError from torch, SafetensorError: a failed write)
+                if not isinstance(f, (str, os.PathLike)):
+                    raise
+                text = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+                full = "No space left" in text or "StorageFull" in text
+                code = errno.ENOSPC if full else errno.EIO
+                raise OSError(code, os.strerror(code) if full else f"{label} failed: {text[:200]}",
+                              os.fspath(f)) from e
+        return write
+
+    torch.save = named(real_torch_save, "torch.save")
+    safetensors.torch.save_file = named(real_save_file, "safetensors save_file")
+    try:
+        yield
+    finally:
+        torch.save, safetensors.torch.save_file = real_torch_save, real_save_file

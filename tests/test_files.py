@@ -8,7 +8,14 @@ import stat
 import pytest
 from PIL import Image
 
-from ddpm_ext.files import atomic_directory, atomic_path, atomic_write_text, write_with
+from ddpm_ext.files import (
+    atomic_directory,
+    atomic_path,
+    atomic_write_text,
+    file_sha256,
+    temporary_names_as,
+    write_with,
+)
 
 
 def leftovers(folder):
@@ -59,3 +66,21 @@ def test_atomic_directory_swaps_in_whole_or_not_at_all(tmp_path):
     with atomic_directory(target) as tmp:
         (tmp / "b.txt").write_text("3")
     assert sorted(p.name for p in target.iterdir()) == ["b.txt"] and leftovers(tmp_path) == []
+
+
+def test_a_failed_write_names_the_users_file_not_the_temporary_one(tmp_path):
+    target = tmp_path / "samples.png"
+    with pytest.raises(OSError) as e:
+        with atomic_path(target) as tmp:
+            raise OSError(28, "No space left on device", str(tmp))
+    assert e.value.filename == str(target) and leftovers(tmp_path) == []
+    staging, final = tmp_path / ".unet.x.tmp", tmp_path / "unet"
+    with pytest.raises(OSError) as e, temporary_names_as(staging, final):
+        raise OSError(28, "No space left on device", str(staging / "config.json"))
+    assert e.value.filename == str(final / "config.json")
+
+
+def test_file_sha256_is_the_sha256_of_the_content(tmp_path):
+    path = tmp_path / "f.bin"
+    path.write_bytes(b"abc")
+    assert file_sha256(path) == "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"  # FIPS 180-2 "abc"

@@ -2,8 +2,10 @@
 before training)."""
 
 
+import hashlib
 import os
 from pathlib import Path
+from typing import Any
 
 import datasets
 from PIL import Image
@@ -41,6 +43,47 @@ def _is_hidden(path: Path, root: Path) -> bool:
     return any(p.startswith(".") for p in parts) or any(p.startswith("__") for p in parts[:-1])
 
 
+def _image_files(root: Path) -> list[Path]:
+    """The image files `datasets`' imagefolder loads from `root`, sorted."""
+    return sorted(
+        p for p in root.rglob("*")
+        if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file() and not _is_hidden(p, root)
+    )
+
+
+def dataset_identity(
+    dataset: datasets.Dataset,
+    dataset_name: str | None = None,
+    train_data_dir: str | os.PathLike | None = None,
+    *,
+    split: str = "train",
+) -> dict[str, Any]:
+    """What identifies the training data `dataset`, loaded by [`load_image_dataset`] from the same arguments: a
+    record that changes when the data does, stored with each training checkpoint and compared on resume.
+
+    For an image folder: its number of image files, their total size and a SHA-256 over every file's relative path
+    and content (a renamed, added, removed or edited image changes it). For anything else (a built-in, Hub or
+    `save_to_disk` data set): the source, split and `datasets` fingerprint (which covers the data and every
+    transform, e.g. the `max_train_samples` selection). Both also record the number of rows used.
+
+    Returns:
+        `dict`: JSON-serialisable; equal records mean the same data.
+    """
+    rows = len(dataset)
+    if train_data_dir is not None and saved_dataset_kind(train_data_dir) is None:
+        root = Path(train_data_dir).expanduser()
+        digest, total = hashlib.sha256(), 0
+        files = _image_files(root)
+        for path in files:
+            data = path.read_bytes()
+            total += len(data)
+            digest.update(path.relative_to(root).as_posix().encode() + b"\0" + hashlib.sha256(data).digest())
+        return {"source": f"image folder {root}", "files": len(files), "bytes": total,
+                "sha256": digest.hexdigest(), "rows": rows}
+    source = str(train_data_dir) if train_data_dir is not None else (dataset_name or DEFAULT_DATASET)
+    return {"source": source, "split": split, "rows": rows, "fingerprint": getattr(dataset, "_fingerprint", None)}
+
+
 def validate_image_folder(train_data_dir: str | os.PathLike, *, max_reported: int = 5) -> list[Path]:
     """Check a folder of training images before loading it; return the image files found.
 
@@ -65,10 +108,7 @@ def validate_image_folder(train_data_dir: str | os.PathLike, *, max_reported: in
         raise ValueError(f"`train_data_dir` does not exist: {str(train_data_dir)!r}.")
     if not root.is_dir():
         raise ValueError(f"`train_data_dir` must be a directory of images, got the file {str(train_data_dir)!r}.")
-    files = sorted(
-        p for p in root.rglob("*")
-        if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file() and not _is_hidden(p, root)
-    )
+    files = _image_files(root)
     if not files:
         raise ValueError(
             f"`train_data_dir` {str(train_data_dir)!r} contains no image files (it is a {_describe_path(root)}; "

@@ -26,7 +26,7 @@ from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from huggingface_hub import snapshot_download
 from safetensors import safe_open
 
-from ..files import atomic_path, atomic_write_text
+from ..files import atomic_path, atomic_write_text, temporary_names_as
 from ..models.unet_presets import check_unet_config
 from ..schedulers.scheduling_common import ScheduleMixin
 from ..schedulers.scheduling_ddim_ext import DDIMExtScheduler
@@ -101,7 +101,8 @@ def _save_unet(
     staging = Path(tempfile.mkdtemp(prefix=f".{component}.", suffix=".tmp", dir=out))
     try:
         kwargs = {"max_shard_size": max_shard_size} if max_shard_size is not None else {}
-        unet.save_pretrained(staging, safe_serialization=True, variant=variant, **kwargs)
+        with temporary_names_as(staging, out / component):  # a failed write names the file of `component`
+            unet.save_pretrained(staging, safe_serialization=True, variant=variant, **kwargs)
         written = {f.name for f in staging.iterdir()}
         _move_into(staging, out / component)
         # weights of an earlier save of the same variant that this one does not overwrite (other sharding)

@@ -196,6 +196,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     a("--resume_from_checkpoint", default=None,
       help="A checkpoint folder, or 'latest' in --output_dir. Newer checkpoints of the run are moved to "
       "<output_dir>/superseded/.")
+    a("--allow_data_change", action="store_true",
+      help="Resume on training data other than the checkpoint's (refused otherwise); the change is logged.")
     a("--save_images_steps", type=int, default=0,
       help="Also write a sample grid every this many steps (0: only at the end).")
     a("--save_images_epochs", type=int, default=0,

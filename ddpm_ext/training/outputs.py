@@ -32,7 +32,7 @@ from accelerate.utils import broadcast_object_list
 from diffusers import UNet2DModel
 from safetensors import SafetensorError
 
-from ..files import atomic_write_text, write_with
+from ..files import atomic_write_text, naming_failed_writes, temporary_names_as, write_with
 from ..hub import describe_error, push_pipeline, reach_repo, write_model_card
 from ..images import save_image_grid
 from ..pipelines.checkpoint_io import GUIDE_DIR
@@ -91,7 +91,9 @@ def save_pipeline_whole(pipe: DDPMExtPipeline, output_dir: Path) -> None:
     output_dir.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".pipeline-", suffix=".tmp", dir=output_dir))
     try:
-        pipe.save_pretrained(staging)
+        # a full disk: an OSError naming the file at its place in the output folder (the staging folder is gone)
+        with temporary_names_as(staging, output_dir), naming_failed_writes():
+            pipe.save_pretrained(staging)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
@@ -174,15 +176,18 @@ def save_outputs(args: argparse.Namespace, trainer: Trainer, num_train_images: i
     output_dir = Path(args.output_dir)
     pipe = pipeline_to_save(trainer)
     try:
-        save_pipeline_whole(pipe, output_dir)
-        grid = write_samples(trainer.accelerator, args, trainer.global_step, pipe)
-        info = training_info(trainer, pipe, num_train_images, resolution)
-        atomic_write_text(output_dir / "training_info.json", json.dumps(info, indent=2))
-        write_model_card(output_dir, args=vars(args), info=info, grid_path=grid, train_data_dir=args.train_data_dir,
-                         dataset_name=args.dataset_name or (None if args.train_data_dir else "mnist-5k"))
+        with naming_failed_writes():
+            save_pipeline_whole(pipe, output_dir)
+            grid = write_samples(trainer.accelerator, args, trainer.global_step, pipe)
+            info = training_info(trainer, pipe, num_train_images, resolution)
+            atomic_write_text(output_dir / "training_info.json", json.dumps(info, indent=2))
+            write_model_card(output_dir, args=vars(args), info=info, grid_path=grid,
+                             train_data_dir=args.train_data_dir,
+                             dataset_name=args.dataset_name or (None if args.train_data_dir else "mnist-5k"))
     except (OSError, SafetensorError) as e:  # safetensors reports a full disk as its own error type
-        print(f"error: could not write the outputs to {output_dir} ({getattr(e, 'strerror', None) or e}); the "
-              "checkpoints and every earlier file there are intact (each is replaced only once its new version is "
+        what = getattr(e, "filename", None) or f"the outputs to {output_dir}"
+        print(f"error: could not write {what} ({getattr(e, 'strerror', None) or e}); the checkpoints and every "
+              "earlier file in the output folder are intact (each is replaced only once its new version is "
               "complete).", file=sys.stderr)
         return 1
     return push(args, output_dir, trainer.accelerator) if args.push_to_hub else 0

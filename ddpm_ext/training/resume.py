@@ -5,12 +5,15 @@ module decides, in the order a run meets it:
 
 1. [`plan_resume`] (with the flags, before anything is loaded): the checkpoint to resume from; an output folder
    holding another run's checkpoints, or a trained pipeline, is refused unless `--overwrite_output_dir`.
-2. [`check_resume`] (once the model is built): the checkpoint's files, the flags of `RESUME_MUST_MATCH` and the
-   autoguidance guide are checked; the run's identity ([`RunIdentity`]: its id, those flags, the saved state).
+2. [`check_resume`] (once the model is built): the checkpoint's files (against its manifest), the flags of
+   `RESUME_MUST_MATCH`, the autoguidance guide and the training data ([`check_data_on_resume`]: the same data, or
+   `--allow_data_change`) are checked; the run's identity ([`RunIdentity`]: its id, those flags, its data, the
+   saved state).
    `model_config` is compared as the run has it: picked from the data when the flag was left out (the same data
    picks the same preset again), `None` when fine-tuning.
 3. [`prepare_checkpoints`] (main process, before training): other runs' checkpoints and newer ones than the one
-   resumed are moved to `<output_dir>/superseded/`, never deleted.
+   resumed are moved to `<output_dir>/superseded/`, never deleted; what interrupted writes and prunes left is
+   cleared.
 4. [`resume_training`] loads the checkpoint into the trainer; [`apply_changed_flags`]: every other flag may
    change, its new value is applied to the loaded state.
 5. [`set_aside_diverged`] (on a non-finite loss): the checkpoints holding the diverged weights are moved aside,
@@ -20,8 +23,8 @@ module decides, in the order a run meets it:
 from __future__ import annotations
 
 import argparse
+import logging
 import os
-import shutil
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,7 +38,9 @@ from .checkpoints import (
     checkpoint_run_id,
     checkpoint_step,
     list_checkpoints,
+    read_manifest,
     read_training_state,
+    remove_partial_folders,
     set_aside,
     validate_checkpoint,
 )
@@ -47,6 +52,7 @@ __all__ = [
     "RESUME_MUST_MATCH",
     "RunIdentity",
     "apply_changed_flags",
+    "check_data_on_resume",
     "check_guide_on_resume",
     "check_resume",
     "plan_resume",
@@ -76,6 +82,7 @@ class RunIdentity:
     run_id: str
     config: dict[str, Any]
     saved: dict[str, Any] | None = None
+    data: dict[str, Any] | None = None  # the training data's identity (ddpm_ext.data.loading.dataset_identity)
 
 
 def plan_resume(args: argparse.Namespace) -> Path | None:
@@ -124,17 +131,18 @@ def check_resume(
     num_processes: int,
     guide_step: int | None,
     max_steps: int,
+    data: dict[str, Any] | None = None,
 ) -> RunIdentity:
     """The identity of this run: a new one, or that of `args.resume` once every file of that checkpoint has been
-    read and its flags, UNet and guide fit this run (nothing is loaded into a model yet).
+    read and its flags, UNet, guide and training data fit this run (nothing is loaded into a model yet).
 
     Raises:
-        CheckpointError: naming the damaged or mismatching file or flag ([`validate_checkpoint`]), or the missing
-            guide ([`check_guide_on_resume`]).
+        CheckpointError: naming the damaged or mismatching file or flag ([`validate_checkpoint`]), the missing
+            guide ([`check_guide_on_resume`]) or the changed data ([`check_data_on_resume`]).
     """
     config = resume_config(args, resolution, num_processes)
     if args.resume is None:
-        return RunIdentity(uuid.uuid4().hex, config)
+        return RunIdentity(uuid.uuid4().hex, config, data=data)
     compared = config
     if args.pretrained_model_name_or_path:
         # --model_config does not apply to fine-tuning (None here); older fine-tuning checkpoints stored its
@@ -144,7 +152,25 @@ def check_resume(
     saved = validate_checkpoint(args.resume, config=compared, unet_config=unet_config, use_ema=args.use_ema,
                                 num_processes=num_processes)
     check_guide_on_resume(args, saved, guide_step, max_steps)
-    return RunIdentity(saved["run_id"], config, saved)
+    check_data_on_resume(args, data)
+    return RunIdentity(saved["run_id"], config, saved, data)
+
+
+def check_data_on_resume(args: argparse.Namespace, data: dict[str, Any] | None) -> None:
+    """Refuse to resume `args.resume` on other training data than its manifest records, unless
+    `--allow_data_change` (then the change is logged). A checkpoint without a manifest or data record (the
+    earlier format) cannot be compared: [`verify_manifest`] has warned about it already."""
+    manifest = read_manifest(args.resume)
+    saved = None if manifest is None else manifest.get("data")
+    if saved is None or data is None or saved == data:
+        return
+    changes = "; ".join(f"{k}: {saved.get(k)!r} then, {data.get(k)!r} now"
+                        for k in sorted(set(saved) | set(data)) if saved.get(k) != data.get(k))
+    what = f"the training data differs from the data {args.resume} was trained on ({changes})"
+    if not getattr(args, "allow_data_change", False):
+        raise CheckpointError(f"{what}. Resume with the same data, pass --allow_data_change to continue on this "
+                              "data, or start a new run.")
+    logging.getLogger(__name__).warning("--allow_data_change: %s; training continues on the new data.", what)
 
 
 def check_guide_on_resume(args: argparse.Namespace, saved: dict[str, Any], guide_step: int | None,
@@ -172,8 +198,7 @@ def prepare_checkpoints(args: argparse.Namespace, run_id: str, accelerator: Any)
         dest = set_aside(group, out, reason)
         if dest is not None:
             accelerator.print(f"Moved {', '.join(c.name for c in group)} to {dest} (kept, not used by this run).")
-    for stale in out.glob("checkpoint-*.tmp"):
-        shutil.rmtree(stale, ignore_errors=True)
+    remove_partial_folders(out)
 
 
 def resume_training(trainer: Trainer, saved: dict[str, Any]) -> None:

@@ -21,6 +21,7 @@ from diffusers.optimization import get_scheduler
 from diffusers.training_utils import EMAModel
 
 from ..data import DEFAULT_DATASET, build_transform, collate_fn, infer_channels, load_image_dataset, preprocess_dataset
+from ..data.loading import dataset_identity
 from ..losses import timestep_proposal
 from ..models.unet_presets import build_unet, unet_config
 from ..pipelines.checkpoint_io import square_sample_size
@@ -97,8 +98,10 @@ def build_run(args: argparse.Namespace, accelerator: Accelerator) -> RunParts:
     loader = build_loader(args, train_data)
     max_steps = planned_steps(args, len(loader), accelerator.num_processes)
     guide = guide_step(args, max_steps)
+    data = dataset_identity(dataset, args.dataset_name, args.train_data_dir, split=args.dataset_split)
     identity = check_resume(args, unet_config=dict(unet.config), resolution=resolution,
-                            num_processes=accelerator.num_processes, guide_step=guide, max_steps=max_steps)
+                            num_processes=accelerator.num_processes, guide_step=guide, max_steps=max_steps,
+                            data=data)
     return RunParts(accelerator, unet, scheduler, transform, loader, conditioning, max_steps, guide, identity,
                     num_train_images=len(dataset), resolution=resolution)
 

@@ -54,6 +54,7 @@ from accelerate.utils import set_seed
 from tqdm.auto import tqdm
 
 from ..cpu_threads import AdaptiveThreads
+from ..files import naming_failed_writes
 from ..losses import diffusion_loss, importance_scale
 from ..schedulers.scheduling_ddpm_ext import DDPMExtScheduler
 from .checkpoints import (
@@ -67,6 +68,7 @@ from .flags import parse_args
 from .outputs import check_hub, pipeline_to_save, save_outputs, save_pipeline_whole, write_samples
 from .report import FinishEstimate, end_summary, start_summary
 from .resume import resume_training, set_aside_diverged
+from .run_lock import lock_output_dir
 from .setup import RunParts, build_accelerator, build_run, prepare_run
 
 __all__ = ["StepRandomness", "Trainer", "main", "run", "training_step"]
@@ -82,13 +84,39 @@ def main(argv: list[str] | None = None) -> int:
 
 def run(args: argparse.Namespace) -> int:
     """Train with flags checked by [`ddpm_ext.training.flags.check_args`]; return the exit status: 0 done, 1 stopped
-    (a non-finite loss, a failed write), 2 bad input (`error: ...` before any training), 3 the push failed (or its
-    pre-flight, before any training: the token refused, the repo not reachable)."""
+    (a non-finite loss or non-finite weights, a failed write), 2 bad input (`error: ...` before any training: a
+    flag, the data, a checkpoint to resume, or `--output_dir` in use by another run), 3 the push failed (or its
+    pre-flight, before any training: the token refused, the repo not reachable).
+
+    The output folder is locked for the run ([`ddpm_ext.training.run_lock`], main process): before its checkpoints
+    are read when it exists, else before its first file is written; the lock is released however the run ends."""
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     logging.getLogger("accelerate").setLevel(logging.WARNING)  # one line per saved file otherwise
     accelerator = build_accelerator(args)
     set_seed(args.seed)
+    # one run per output folder: locked before its checkpoints are read, or before a new folder is first written
+    held = []
 
+    def take_lock(create: bool) -> str | None:
+        lock, error = lock_output_dir(args.output_dir, accelerator, held[0] if held else None, create=create)
+        if lock is not None and not held:
+            held.append(lock)
+        return error
+
+    try:
+        error = take_lock(create=False)
+        if error is not None:
+            if accelerator.is_main_process:
+                print(f"error: {error}", file=sys.stderr)
+            return 2
+        return _run_locked(args, accelerator, lambda: take_lock(create=True))
+    finally:
+        for lock in held:
+            lock.release()
+
+
+def _run_locked(args: argparse.Namespace, accelerator, take_lock) -> int:
+    """[`run`] once the output folder is locked, or about to be (`take_lock`, before anything is written)."""
     # 1. what the run is made of: every bad path, repo, checkpoint or data set surfaces here, before any write
     try:
         parts = build_run(args, accelerator)
@@ -103,6 +131,11 @@ def run(args: argparse.Namespace) -> int:
             if accelerator.is_main_process:
                 print(f"error: {error}", file=sys.stderr)
             return 3
+    error = take_lock()  # a folder made by this run: locked before the first file is written
+    if error is not None:
+        if accelerator.is_main_process:
+            print(f"error: {error}", file=sys.stderr)
+        return 2
     accelerator.print(start_summary(args, parts, hub_url=hub_url))
     parts = prepare_run(args, parts)
 
@@ -118,9 +151,15 @@ def run(args: argparse.Namespace) -> int:
 
     # 4. the loop (Algorithm 1), then 5. the pipeline (EMA weights), a final sample grid, the model card, the push
     try:
-        code = trainer.train()
+        with naming_failed_writes():  # a full disk while writing a grid or pipeline: an OSError naming the file
+            code = trainer.train()
     except CheckpointWriteError as e:
         accelerator.print(f"error: {e.strerror}.")
+        code = 1
+    except OSError as e:  # a sample grid or an intermediate pipeline (--save_model_epochs)
+        accelerator.print(f"error: could not write {e.filename or args.output_dir} ({e.strerror or e}); training "
+                          "stopped. Every earlier file is intact (each is replaced only once its new version is "
+                          "complete); resume with --resume_from_checkpoint latest once there is space.")
         code = 1
     if code == 0:
         accelerator.wait_for_everyone()
@@ -194,6 +233,7 @@ class Trainer:
         self.timestep_proposal = parts.timestep_proposal  # p(t) with --timestep_sampling importance, else None
         self.conditioning = parts.conditioning  # class labels and their dropout (--class_conditional), else None
         self.run_id, self.config = parts.identity.run_id, parts.identity.config
+        self.data = parts.identity.data  # the training data's identity, recorded in each checkpoint's manifest
         self.max_steps = parts.max_steps
         # autoguidance: the step whose EMA weights become the guide (None: no guide), and the guide once taken
         self.guide_step = parts.guide_step
@@ -252,7 +292,8 @@ class Trainer:
                 self._after_step(losses, progress)
                 if self.global_step % args.checkpointing_steps == 0:
                     at_end = seen == len(self.loader)
-                    self._checkpoint(self.epoch + at_end, 0 if at_end else seen)
+                    if self._checkpoint(self.epoch + at_end, 0 if at_end else seen):
+                        return 1
                 if args.save_images_steps and self.global_step % args.save_images_steps == 0:
                     self._write_grid()
                 if self.global_step >= self.max_steps:
@@ -261,10 +302,17 @@ class Trainer:
             if args.save_images_epochs and self.epoch % args.save_images_epochs == 0:
                 self._write_grid()
             if (args.save_model_epochs and self.epoch % args.save_model_epochs == 0
-                    and self.global_step < self.max_steps and accelerator.is_main_process):
-                save_pipeline_whole(pipeline_to_save(self), Path(args.output_dir))
+                    and self.global_step < self.max_steps):
+                bad = self._nonfinite_weights()
+                if bad:
+                    return self._stop_nonfinite_weights(bad)
+                if accelerator.is_main_process:
+                    save_pipeline_whole(pipeline_to_save(self), Path(args.output_dir))
         progress.close()
         self.train_seconds = time.time() - start
+        bad = self._nonfinite_weights()  # the last step can blow the weights up with a finite loss: never save them
+        if bad:
+            return self._stop_nonfinite_weights(bad)
         self._prune_if_pending()
         return 0
 
@@ -298,15 +346,36 @@ class Trainer:
         if self.global_step < self.max_steps and self.accelerator.is_main_process:
             write_samples(self.accelerator, self.args, self.global_step, pipeline_to_save(self))
 
-    def _checkpoint(self, epoch: int, batches_in_epoch: int) -> None:
-        if not weights_are_finite(self.plain_unet):
-            return  # the next loss is not finite and stops the run; never save such weights
+    def _checkpoint(self, epoch: int, batches_in_epoch: int) -> int:
+        """Save a checkpoint of the weights now; 0, or 1 (nothing saved) when they are not finite."""
+        bad = self._nonfinite_weights()
+        if bad:
+            return self._stop_nonfinite_weights(bad)  # never save such weights
         state = {"run_id": self.run_id, "global_step": self.global_step, "epoch": epoch,
                  "batches_in_epoch": batches_in_epoch, "loss": self.loss_value, "config": self.config,
                  "changeable": {"learning_rate": self.args.learning_rate}}
-        save_checkpoint(self.accelerator, self.args.output_dir, state)
+        save_checkpoint(self.accelerator, self.args.output_dir, state, data=self.data)
         # pruned once the new weights have produced a finite loss (next micro-batch), so a good one always stays
         self.pending_prune = True
+        return 0
+
+    def _nonfinite_weights(self) -> list[str]:
+        """Which of the weights a checkpoint or the pipeline would save hold NaN or ±inf (the UNet, its EMA, the
+        autoguidance guide); identical on every process (the weights are)."""
+        bad = [] if weights_are_finite(self.plain_unet) else ["the UNet"]
+        if self.ema is not None and not weights_are_finite(self.ema.shadow_params):
+            bad.append("its EMA")
+        if self.guide_unet is not None and not weights_are_finite(self.guide_unet):
+            bad.append("the autoguidance guide")
+        return bad
+
+    def _stop_nonfinite_weights(self, bad: list[str]) -> int:
+        """The weights after `global_step` steps are not finite although the loss was: stop, save nothing of them."""
+        advice = set_aside_diverged(self.args.output_dir, self.run_id, self.global_step,
+                                    move=self.accelerator.is_main_process)
+        self.accelerator.print(f"error: the weights of {' and '.join(bad)} became non-finite (NaN or inf) at step "
+                               f"{self.global_step}; training stopped and nothing of them was saved.{advice}")
+        return 1
 
     def _prune_if_pending(self) -> None:
         if self.pending_prune and self.accelerator.is_main_process:

@@ -151,6 +151,7 @@ def test_a_fine_tuning_checkpoint_of_an_older_version_resumes(tmp_path, capsys):
     assert state["config"]["model_config"] is None
     state["config"]["model_config"] = "mnist-small"
     state_file.write_text(json.dumps(state))
+    (out / "checkpoint-2" / "manifest.json").unlink()  # nor did they write a manifest
     code, err = train(common + ["--max_train_steps", "3", "--resume_from_checkpoint", "latest"], capsys)
     assert code == 0, err[-2000:]
 

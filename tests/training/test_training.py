@@ -176,6 +176,11 @@ def test_two_process_data_parallel_run(tmp_path):
     info = json.loads((out / "training_info.json").read_text())
     assert info["num_processes"] == 2 and info["global_step"] == 3
     assert (out / "model_index.json").is_file() and len(list(out.glob("samples/*.png"))) == 1
+    # the manifest, written once every process has written its part, lists both processes' files; only the main
+    # process held the output folder's lock (another rank taking it would have been refused), and released it
+    manifest = json.loads((out / "checkpoint-3" / "manifest.json").read_text())
+    assert {"random_states_0.pkl", "random_states_1.pkl"} <= set(manifest["files"])
+    assert not (out / ".ddpm_ext-run.lock").exists()
     assert "Pushed" not in result.stdout
 
 

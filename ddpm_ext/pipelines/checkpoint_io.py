@@ -27,6 +27,7 @@ from huggingface_hub import snapshot_download
 from safetensors import safe_open
 
 from ..files import atomic_path, atomic_write_text
+from ..network import hub_time_limits
 from ..schedulers.scheduling_common import ScheduleMixin
 from ..schedulers.scheduling_ddim_ext import DDIMExtScheduler
 from ..schedulers.scheduling_ddpm_ext import DDPMExtScheduler
@@ -217,9 +218,10 @@ def resolve_pipeline_folder(
 
         patterns = ["model_index.json", "*/*.json", "*/*.safetensors", "*.md"]
         try:
-            folder = fetch(patterns)
-            if allow_pickle and not any((folder / "unet").glob("*.safetensors")):
-                folder = fetch(patterns + ["unet/*.bin"])
+            with hub_time_limits():  # every request (the repo info included, which has none of its own) ends
+                folder = fetch(patterns)
+                if allow_pickle and not any((folder / "unet").glob("*.safetensors")):
+                    folder = fetch(patterns + ["unet/*.bin"])
         except Exception as e:  # huggingface_hub raises many types; give one clear message
             raise ValueError(
                 f"Could not fetch the pipeline {name!r} (revision {revision or 'main'!r}): it is not a local folder, "

@@ -57,7 +57,7 @@ def _limit_timeouts(timeout: float, deadline: float | None, what: str) -> Callab
 
 @contextlib.contextmanager
 def hub_time_limits(
-    timeout: float = DEFAULT_REQUEST_TIMEOUT, deadline: float | None = None, what: str = "the Hub operation"
+    timeout: float | None = None, deadline: float | None = None, what: str = "the Hub operation"
 ) -> Iterator[None]:
     """Bound every request huggingface_hub sends inside the block: each waits at most `timeout` seconds for a
     connection, a read or a write, and none is sent or waits past `deadline` (a `time.monotonic()` time).
@@ -66,7 +66,8 @@ def hub_time_limits(
     replaced, and restored on exit; the shared client is recreated on entry and on exit.
 
     Args:
-        timeout (`float`): Seconds one request may wait without progress (> 0).
+        timeout (`float`, *optional*): Seconds one request may wait without progress (> 0); default
+            [`DEFAULT_REQUEST_TIMEOUT`].
         deadline (`float`, *optional*): `time.monotonic()` time after which no request is sent and every open one
             times out; None: only `timeout`.
         what (`str`): The operation's name for [`HubDeadlineError`]'s message.
@@ -80,7 +81,8 @@ def hub_time_limits(
     ...     pass  # HfApi().create_repo(...), snapshot_download(...): every request bounded
     ```
     """
-    if not (isinstance(timeout, (int, float)) and timeout > 0):
+    timeout = DEFAULT_REQUEST_TIMEOUT if timeout is None else timeout
+    if isinstance(timeout, bool) or not (isinstance(timeout, (int, float)) and timeout > 0):
         raise ValueError(f"`timeout` must be a number of seconds > 0, got {timeout!r}.")
     try:
         from huggingface_hub.utils import _http, set_client_factory  # noqa: PLC0415 (huggingface_hub >= 1.0)
@@ -104,7 +106,7 @@ def hub_time_limits(
 
 
 def run_with_deadline(
-    fn: Callable[[], T], seconds: float, *, timeout: float = DEFAULT_REQUEST_TIMEOUT, what: str = "the Hub operation"
+    fn: Callable[[], T], seconds: float, *, timeout: float | None = None, what: str = "the Hub operation"
 ) -> T:
     """`fn()` under [`hub_time_limits`] with a deadline `seconds` from now: its result, its exception, or
     [`HubDeadlineError`] once `seconds` have passed.
@@ -127,6 +129,7 @@ def run_with_deadline(
         except BaseException as e:  # noqa: BLE001 (handed to the caller's thread)
             outcome["error"] = e
 
+    timeout = DEFAULT_REQUEST_TIMEOUT if timeout is None else timeout
     with hub_time_limits(timeout=min(timeout, seconds), deadline=deadline, what=what):
         worker = threading.Thread(target=target, name="ddpm-ext-hub", daemon=True)
         worker.start()

@@ -29,7 +29,9 @@ from typing import Any
 
 import numpy as np
 import torch
+import yaml
 from huggingface_hub import EvalResult, ModelCard
+from huggingface_hub.repocard import REGEX_YAML_BLOCK
 
 from ..files import atomic_write_text
 from ..hub.model_card import (  # the card format's owner; the template holds the markers
@@ -266,16 +268,22 @@ def update_model_card(pipeline: str | os.PathLike, results: dict[str, Any], date
             not parse).
     """
     card = check_model_card(pipeline)
-    parsed = ModelCard(card.read_bytes().decode("utf-8"))
+    text = card.read_bytes().decode("utf-8")
+    data = ModelCard(text).data
     ours = model_index_results(results)
     # an earlier evaluation of the same data and split is replaced, results of other data sets are kept
-    same = {(e.task_type, e.dataset_type, e.dataset_split) for e in ours}
-    kept = [e for e in parsed.data.eval_results or [] if (e.task_type, e.dataset_type, e.dataset_split) not in same]
-    parsed.data.eval_results = (kept + ours) or None
-    if parsed.data.eval_results and not parsed.data.model_name:
-        parsed.data.model_name = Path(pipeline).expanduser().resolve().name  # the model-index needs a name
-    parsed.text = replace_marked_section(parsed.text, model_card_metrics(results, date))  # keeps \r\n
-    atomic_write_text(card, str(parsed))
+    same = (TASK_TYPE, str(results["dataset"]), str(results["split"]))
+    kept = [e for e in data.eval_results or [] if (e.task_type, e.dataset_type, e.dataset_split) != same]
+    data.eval_results = (kept + ours) or None
+    if data.eval_results and not data.model_name:
+        data.model_name = Path(pipeline).expanduser().resolve().name  # the model-index needs a name
+    # the text after the metadata is kept byte for byte (\r\n included), the metadata keeps its order and line break
+    match = REGEX_YAML_BLOCK.search(text)
+    body = text[match.end():] if match else text
+    line_break = match.group(1).split("---", 1)[1] if match else "\n"  # what follows the opening ---
+    order = list((yaml.safe_load(match.group(2)) or {}).keys()) if match else None
+    front = f"---{line_break}{data.to_yaml(line_break=line_break, original_order=order)}{line_break}---{line_break}"
+    atomic_write_text(card, front + replace_marked_section(body, model_card_metrics(results, date)))
     return card
 
 

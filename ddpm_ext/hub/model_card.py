@@ -67,16 +67,18 @@ def _dataset_info(dataset_name: str | None) -> dict[str, str]:
             "description": info.description}
 
 
-def _is_hub_id(name: str | None) -> bool:
-    """Whether `name` is a Hub repo id ('name' or 'org/name', huggingface_hub's `validate_repo_id`) rather than a
-    local path."""
-    if not isinstance(name, str) or not name or os.path.exists(name):
-        return False
+def _valid_repo_id(name: Any) -> bool:
+    """Whether `name` is a valid Hub repo id ('name' or 'org/name', huggingface_hub's `validate_repo_id`)."""
     try:
         validate_repo_id(name)
     except ValueError:
         return False
-    return True
+    return isinstance(name, str) and bool(name)
+
+
+def _is_hub_id(name: str | None) -> bool:
+    """Whether `name` is a Hub repo id rather than a local path."""
+    return _valid_repo_id(name) and not os.path.exists(name)
 
 
 def data_description(dataset_name: str | None, train_data_dir: str | None = None) -> tuple[str, list[str] | None]:
@@ -119,6 +121,15 @@ def write_model_card(
         grid_path: the sample grid (copied to `samples.png` beside the card by the training script).
         template_path: a Jinja template with a `{{ card_data }}` front matter.
 
+    Every user-given string in the card's text (class names, ids, data set names, paths) is escaped for Markdown
+    and HTML ([`escape_markdown`]); the usage snippets load a Python literal (`repr`) of the repo id when
+    `args["push_to_hub"]` is set, else of the folder's absolute path ([`usage_id`]), so they run from any working
+    directory and no id can end the string.
+
+    Raises:
+        ValueError: when the template is missing, or `args["push_to_hub"]` is set and the repo id (`hub_model_id`,
+            else the folder's name) is not a valid Hub repo id.
+
     Example:
 
     ```py
@@ -153,6 +164,9 @@ def write_model_card(
         tags=["ddpm_ext", "diffusers", "ddpm", "unconditional-image-generation", f"beta-{scheduler['beta_schedule']}"],
     )
     repo_id = safe_args.get("hub_model_id") or out.name  # the push's repo (ddpm_ext.training.outputs.hub_repo_id)
+    if safe_args.get("push_to_hub") and not _valid_repo_id(repo_id):
+        raise ValueError(f"`args['hub_model_id']` must be a Hub repo id ('name' or 'org/name' of A-Z a-z 0-9 - _ .) "
+                         f"when `args['push_to_hub']` is set, got {repo_id!r}.")
     n_params = _count_parameters(out / "unet")
     T = scheduler["num_train_timesteps"]
     final_loss = info.get("final_loss")

@@ -4,8 +4,12 @@ snippet that runs for the trained model, and the metrics markers `ddpm-ext evalu
 from __future__ import annotations
 
 import ast
+import os
 import re
 import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import yaml
@@ -18,6 +22,7 @@ from ddpm_ext.pipelines.guidance import set_class_names
 
 ARGS = {"seed": 0, "eval_batch_size": 4, "ddpm_num_inference_steps": 100, "use_ema": True, "ema_max_decay": 0.999,
         "loss_type": "simple", "model_config": "tiny", "hub_token": "hf_must_not_appear", "learning_rate": 2e-3}
+ROOT = Path(__file__).resolve().parents[2]
 # a fenced Python block: it ends only at a line that is a fence (CommonMark), never at ``` inside a line
 SNIPPET = re.compile(r"^```python\n(.*?)^```$", flags=re.DOTALL | re.MULTILINE)
 INFO = {"global_step": 12, "final_loss": 0.123456, "num_train_images": 48, "resolution": 16, "num_processes": 1}
@@ -172,3 +177,18 @@ def test_conditional_card_names_the_classes_and_its_snippet_samples_a_class(tmp_
     namespace = {"DDPMExtPipeline": DDPMExtPipeline, "DDIMExtScheduler": DDIMExtScheduler}
     exec(compile(code, "snippet", "exec"), namespace)  # noqa: S102 the card's own code, on the saved pipeline
     assert len(namespace["images"]) == 2  # class_labels=['cat', 'dog']
+
+
+@pytest.mark.slow  # a fresh Python process importing ddpm_ext and diffusers
+def test_the_cards_python_block_copied_into_a_file_runs_from_another_working_directory(folder, tmp_path):
+    text, _ = card(folder, dataset_name="mnist-5k")
+    code = SNIPPET.findall(text)[0].replace("batch_size=16", "batch_size=1")  # as a reader copies it; one image
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    script = elsewhere / "snippet.py"
+    script.write_text(code + "print('images:', len(images), images[0].size)\n")
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    result = subprocess.run([sys.executable, str(script)], cwd=elsewhere, env=env, capture_output=True, text=True,
+                            timeout=300, check=False)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.strip().endswith("images: 1 (16, 16)")

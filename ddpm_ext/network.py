@@ -4,10 +4,11 @@ whole operation (a push, a download), so no Hub call can wait forever.
 huggingface_hub (>= 1.0) sends every request through one shared `httpx` client, made by its client factory, with
 no timeout of its own (`timeout=None`; only downloads and HEAD requests pass `HF_HUB_DOWNLOAD_TIMEOUT` /
 `HF_HUB_ETAG_TIMEOUT`). Its retries (`http_backoff`: up to 5, 1 to 8 s apart, on timeouts, network errors and
-5xx) then repeat a request that never ends. [`hub_time_limits`] installs, for the duration of a `with` block, a
-client factory that wraps the previous one and adds a request hook: each request's connect, read, write and pool
-timeouts become at most `timeout` seconds and at most the time left before the deadline, and once the deadline
-has passed every new request (a retry included) raises [`HubDeadlineError`] at once instead of being sent.
+5xx) then repeat a request that never ends. [`hub_time_limits`] installs, while a `with` block is open, a client
+factory that wraps the previous one and adds a request hook: each request's connect, read, write and pool timeouts
+become at most `timeout` seconds and at most the time left before the deadline, and once the deadline has passed
+every new request (a retry included) raises [`HubDeadlineError`] at once instead of being sent. Blocks nest and
+may be open in several threads; every request obeys the strictest open one.
 [`run_with_deadline`] runs a function under these limits in a worker thread and gives up at the deadline, so even
 work outside `httpx` (e.g. the optional `hf_xet` uploader) cannot hold the caller past it.
 
@@ -21,6 +22,7 @@ import contextlib
 import threading
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 __all__ = ["DEFAULT_REQUEST_TIMEOUT", "HubDeadlineError", "hub_time_limits", "run_with_deadline"]
@@ -28,31 +30,43 @@ __all__ = ["DEFAULT_REQUEST_TIMEOUT", "HubDeadlineError", "hub_time_limits", "ru
 T = TypeVar("T")
 
 DEFAULT_REQUEST_TIMEOUT = 60.0  # seconds without progress on one request (connect, one read, one write)
-_LOCK = threading.RLock()
 
 
 class HubDeadlineError(TimeoutError):
     """A Hub operation did not finish before its deadline."""
 
 
-def _limit_timeouts(timeout: float, deadline: float | None, what: str) -> Callable[[Any], None]:
-    """An httpx request hook: clamp the request's timeouts to `timeout` and to the time left before `deadline`
-    (`time.monotonic()` seconds); past the deadline, refuse the request."""
+@dataclass(eq=False)  # each scope is its own entry, removed by identity
+class _Limits:
+    timeout: float
+    deadline: float | None
+    what: str
 
-    def hook(request: Any) -> None:
-        limit = timeout
-        if deadline is not None:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise HubDeadlineError(f"{what} passed its deadline; {request.method} {request.url} was not sent")
-            limit = min(limit, left)
-        current = request.extensions.get("timeout") or {}
-        request.extensions["timeout"] = {
-            key: limit if current.get(key) is None else min(current[key], limit)
-            for key in ("connect", "read", "write", "pool")
-        }
 
-    return hook
+_LOCK = threading.Lock()
+_ACTIVE: list[_Limits] = []  # the limits of every open `hub_time_limits` block, of any thread
+_PREVIOUS_FACTORY: list[Callable[[], Any]] = []  # the factory in place before the first open block
+
+
+def _limit_request(request: Any) -> None:
+    """The httpx request hook: clamp the request's timeouts to the strictest open block's `timeout` and to the time
+    left before its deadline; past a deadline, refuse the request (a retry included) instead of sending it."""
+    with _LOCK:
+        active = list(_ACTIVE)
+    if not active:
+        return
+    limit = min(a.timeout for a in active)
+    now = time.monotonic()
+    for a in active:
+        if a.deadline is not None:
+            if a.deadline <= now:
+                raise HubDeadlineError(f"{a.what} passed its deadline; {request.method} {request.url} was not sent")
+            limit = min(limit, a.deadline - now)
+    current = request.extensions.get("timeout") or {}
+    request.extensions["timeout"] = {
+        key: limit if current.get(key) is None else min(current[key], limit)
+        for key in ("connect", "read", "write", "pool")
+    }
 
 
 @contextlib.contextmanager
@@ -62,8 +76,10 @@ def hub_time_limits(
     """Bound every request huggingface_hub sends inside the block: each waits at most `timeout` seconds for a
     connection, a read or a write, and none is sent or waits past `deadline` (a `time.monotonic()` time).
 
-    The previous client factory (huggingface_hub's default, or one set with `set_client_factory`) is wrapped, not
-    replaced, and restored on exit; the shared client is recreated on entry and on exit.
+    Blocks may nest and may be open in several threads at once: every request obeys the strictest open block. The
+    client factory in place before the first block (huggingface_hub's default, or one set with
+    `set_client_factory`) is wrapped, not replaced, and restored when the last block closes; the shared client is
+    recreated then and when the first block opens.
 
     Args:
         timeout (`float`, *optional*): Seconds one request may wait without progress (> 0); default
@@ -89,20 +105,27 @@ def hub_time_limits(
     except ImportError:  # requests-based huggingface_hub: its own timeouts apply
         yield
         return
+    limits = _Limits(float(timeout), deadline, what)
     with _LOCK:
-        previous = getattr(_http, "_GLOBAL_CLIENT_FACTORY", None) or _http.default_client_factory
-        hook = _limit_timeouts(float(timeout), deadline, what)
+        if not _ACTIVE:
+            previous = getattr(_http, "_GLOBAL_CLIENT_FACTORY", None) or _http.default_client_factory
+            _PREVIOUS_FACTORY[:] = [previous]
 
-        def bounded_client() -> Any:
-            client = previous()
-            client.event_hooks = {**client.event_hooks, "request": [*client.event_hooks.get("request", []), hook]}
-            return client
+            def bounded_client() -> Any:
+                client = previous()
+                hooks = client.event_hooks
+                client.event_hooks = {**hooks, "request": [*hooks.get("request", []), _limit_request]}
+                return client
 
-        set_client_factory(bounded_client)  # closes the shared client: the next request makes a bounded one
-        try:
-            yield
-        finally:
-            set_client_factory(previous)  # closes the bounded client: a request still open in a thread ends now
+            set_client_factory(bounded_client)  # closes the shared client: the next request makes a bounded one
+        _ACTIVE.append(limits)
+    try:
+        yield
+    finally:
+        with _LOCK:
+            _ACTIVE.remove(limits)
+            if not _ACTIVE:
+                set_client_factory(_PREVIOUS_FACTORY.pop())  # closes the bounded client: open requests end now
 
 
 def run_with_deadline(

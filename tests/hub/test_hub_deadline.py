@@ -147,6 +147,19 @@ def test_hub_time_limits_bound_each_request_and_restore_the_client_factory():
     assert len(after.event_hooks["request"]) == len(outside.event_hooks["request"])  # the factory restored
 
 
+def test_nested_limits_apply_the_strictest_and_the_factory_comes_back_after_the_last():
+    outside = len(get_session().event_hooks["request"])
+    with hub_time_limits(timeout=5):
+        with hub_time_limits(timeout=0.5):
+            request = get_session().build_request("GET", "http://127.0.0.1:9/x")
+            get_session().event_hooks["request"][-1](request)
+            assert set(request.extensions["timeout"].values()) == {0.5}
+        request = get_session().build_request("GET", "http://127.0.0.1:9/x", timeout=None)
+        get_session().event_hooks["request"][-1](request)
+        assert set(request.extensions["timeout"].values()) == {5.0}  # the inner block closed, the outer holds
+    assert len(get_session().event_hooks["request"]) == outside
+
+
 def test_past_the_deadline_no_request_is_sent():
     with hub_time_limits(timeout=3, deadline=time.monotonic() - 1, what="the test"):
         client = get_session()
@@ -157,6 +170,12 @@ def test_past_the_deadline_no_request_is_sent():
 
 def test_run_with_deadline_returns_raises_and_checks_its_seconds():
     assert run_with_deadline(lambda: 42, 5) == 42
+
+    def nested() -> str:  # e.g. a download (its own block) inside a push: another thread, no deadlock
+        with hub_time_limits(timeout=1):
+            return "inner"
+
+    assert run_with_deadline(nested, 5) == "inner"
     with pytest.raises(KeyError, match="inner"):
         run_with_deadline(lambda: {}["inner"], 5)
     with pytest.raises(HubDeadlineError, match="the nap did not finish within 0.3 s"):

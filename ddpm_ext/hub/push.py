@@ -106,7 +106,8 @@ def push_pipeline(
 
     Every other file of the repo (e.g. an earlier push's weights under another name) is deleted in the same commit.
     Every request has a timeout, and the whole push must end within `timeout` seconds ([`ddpm_ext.network`]). A
-    card whose snippets load `folder` by its absolute path is first pointed at `repo_id` (rewritten atomically).
+    card whose snippets load `folder` by its absolute path is first pointed at `repo_id` (rewritten atomically; put
+    back as it was if the push fails).
 
     Args:
         folder: the saved pipeline folder.
@@ -138,7 +139,7 @@ def push_pipeline(
         raise ValueError(f"`folder` {path} is not a saved pipeline (no model_index.json).")
     check_repo_id(repo_id)
     check_push_timeout(timeout)
-    _point_card_at_repo(path, repo_id)
+    original_card = _point_card_at_repo(path, repo_id)
     api = HfApi(token=token, endpoint=endpoint)
 
     def upload() -> str:
@@ -149,18 +150,26 @@ def push_pipeline(
         )
         return str(repo)
 
-    return run_with_deadline(upload, timeout, what=f"the push to {repo_id}")
+    try:
+        return run_with_deadline(upload, timeout, what=f"the push to {repo_id}")
+    except BaseException:
+        if original_card is not None:  # not pushed: the local card loads the folder again
+            atomic_write_text(path / "README.md", original_card)
+        raise
 
 
-def _point_card_at_repo(folder: Path, repo_id: str) -> None:
-    """Replace the card's load-by-absolute-path literal ([`ddpm_ext.hub.model_card.usage_id`]) by the repo id's."""
+def _point_card_at_repo(folder: Path, repo_id: str) -> str | None:
+    """Replace the card's load-by-absolute-path literal ([`ddpm_ext.hub.model_card.usage_id`]) by the repo id's;
+    the card's earlier text if it changed, else None."""
     card = folder / "README.md"
     if not card.is_file():
-        return
-    text = card.read_bytes().decode("utf-8", errors="surrogateescape")
+        return None
+    text = card.read_bytes().decode("utf-8")
     local = usage_id(folder)
-    if local in text:
-        atomic_write_text(card, text.replace(local, usage_id(folder, repo_id)))
+    if local not in text:
+        return None
+    atomic_write_text(card, text.replace(local, usage_id(folder, repo_id)))
+    return text
 
 
 def reach_repo(repo_id: str, *, private: bool = False, token: str | None = None,

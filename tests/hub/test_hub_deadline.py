@@ -71,6 +71,9 @@ def snapshot(folder: Path) -> dict[str, bytes]:
 
 
 def test_a_push_to_a_hub_that_never_answers_ends_at_its_deadline(silent_hub, pipeline_folder):
+    # a card not yet pushed: its snippet loads the folder (the push points it at the repo, and back if it fails)
+    (pipeline_folder / "README.md").write_text(f"```python\npipe = DDPMExtPipeline.from_pretrained("
+                                               f"{str(pipeline_folder.resolve())!r})\n```\n")
     before = snapshot(pipeline_folder)
     start = time.monotonic()
     with pytest.raises(HubDeadlineError, match=r"the push to me/tiny did not finish within 2 s"):

@@ -228,7 +228,8 @@ def model_index_results(results: dict[str, Any]) -> list[EvalResult]:
     class accuracy and classifier IS where measured. Non-finite numbers are left out (YAML has no portable NaN).
 
     Each metric's name says what the Markdown table says beside the number (the sampler, w, the feature
-    extractor's label), e.g. `FID (ddim:50:0; EfficientNet-Lite0 FID — NOT comparable to ...)`.
+    extractor), e.g. `FID (ddim:50:0; EfficientNet-Lite0 FID — NOT comparable to ...)` or
+    `KID (ddim:50:0; efficientnet-lite0 features)`.
     """
     common = {"task_type": TASK_TYPE, "dataset_type": str(results["dataset"]),
               "dataset_name": str(results["dataset"]), "dataset_split": str(results["split"])}
@@ -237,12 +238,15 @@ def model_index_results(results: dict[str, Any]) -> list[EvalResult]:
         if _finite(r.get("bits_per_dim")):
             out.append(EvalResult(**common, metric_type="bits_per_dim", metric_value=float(r["bits_per_dim"]),
                                   metric_name=f"bits/dim (σ² = {r['variance_type']}, upper bound)"))
-    label = (results.get("feature_extractor") or {}).get("label")
+    fe = results.get("feature_extractor") or {}
     for r in results.get("samples") or []:
         where = r["sampler"] + (f", w = {r['guidance_scale']:g}" if r.get("guidance_scale") is not None else "")
         for key, metric_type, name in _SAMPLE_METRICS:
             if _finite(r.get(key)):
-                features = f"; {label}" if label and key in ("fid", "kid_mean", "precision", "recall") else ""
+                # FID names its comparability (the extractor's label); KID, precision, recall the features used
+                features = (f"; {fe['label']}" if key == "fid" and fe.get("label") else
+                            f"; {fe['name']} features" if key in ("kid_mean", "precision", "recall") and fe.get("name")
+                            else "")
                 out.append(EvalResult(**common, metric_type=metric_type, metric_value=float(r[key]),
                                       metric_name=f"{name} ({where}{features})"))
     return out

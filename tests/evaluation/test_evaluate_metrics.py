@@ -236,11 +236,12 @@ def test_update_model_card_writes_a_model_index_that_modelcard_load_reads_back(s
     # what evaluate measured, number for number (exact: YAML writes a float's repr, which reads back to itself)
     expected = {("bits_per_dim", f"bits/dim (σ² = {r['variance_type']}, upper bound)"): r["bits_per_dim"]
                 for r in results["bits_per_dim"]}
-    label = results["feature_extractor"]["label"]
+    label, features = results["feature_extractor"]["label"], results["feature_extractor"]["name"] + " features"
     [row] = results["samples"]
-    expected |= {("fid", f"FID (ddim:3:0; {label})"): row["fid"], ("kid", f"KID (ddim:3:0; {label})"): row["kid_mean"],
-                 ("precision", f"precision (ddim:3:0; {label})"): row["precision"],
-                 ("recall", f"recall (ddim:3:0; {label})"): row["recall"],
+    expected |= {("fid", f"FID (ddim:3:0; {label})"): row["fid"],
+                 ("kid", f"KID (ddim:3:0; {features})"): row["kid_mean"],
+                 ("precision", f"precision (ddim:3:0; {features})"): row["precision"],
+                 ("recall", f"recall (ddim:3:0; {features})"): row["recall"],
                  ("inception_score", "classifier IS (ddim:3:0)"): row["classifier_is"]}
     assert parsed == expected and len(evals) == len(expected) == 7
     # the Markdown metrics stay beside it

@@ -95,6 +95,7 @@ def hub_time_limits(
     >>> from ddpm_ext.network import hub_time_limits
     >>> with hub_time_limits(timeout=10, deadline=time.monotonic() + 60):
     ...     pass  # HfApi().create_repo(...), snapshot_download(...): every request bounded
+
     ```
     """
     timeout = DEFAULT_REQUEST_TIMEOUT if timeout is None else timeout

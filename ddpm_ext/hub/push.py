@@ -7,7 +7,8 @@ Every request has a timeout and the push as a whole a deadline (`timeout`, `ddpm
 [`DEFAULT_PUSH_TIMEOUT`] s; [`ddpm_ext.network`]): a Hub that stops answering ends the push with
 [`ddpm_ext.network.HubDeadlineError`], and nothing local is lost.
 A card whose usage snippets load the folder by its absolute path (a run trained without `--push_to_hub`) is
-pointed at the repo id before the upload, so the pushed card loads the pushed model.
+pointed at the repo id before the upload, so the pushed card loads the pushed model (and put back if the push
+fails).
 A re-push makes the repo hold exactly these files: files of an earlier push that are no longer part of the output
 are deleted in the same commit (`.gitattributes` is kept).
 

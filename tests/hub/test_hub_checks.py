@@ -4,6 +4,7 @@ usage snippets pointed at the repo."""
 from __future__ import annotations
 
 import argparse
+import doctest
 import re
 import shutil
 from pathlib import Path
@@ -75,3 +76,12 @@ def test_a_push_points_the_cards_snippets_at_the_repo_and_keeps_the_pipelines_co
     card = commit.added["README.md"].decode()
     assert card.count(f"from_pretrained({repo!r})") == 2 and str(folder.resolve()) not in card
     assert "pipeline.py" in commit.added  # the pipeline's own code travels with it
+
+
+def test_the_docstring_examples_run():
+    from ddpm_ext import network  # noqa: PLC0415
+    from ddpm_ext.hub import model_card, push  # noqa: PLC0415
+
+    for module in (push, model_card, network):
+        result = doctest.testmod(module, optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
+        assert result.failed == 0 and result.attempted >= 1, module.__name__

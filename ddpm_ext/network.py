@@ -1,5 +1,9 @@
 """Time limits on the Hub's HTTP requests: a timeout on every request huggingface_hub sends, and a deadline on a
-whole operation (a push, a download), so no Hub call can wait forever.
+whole operation (a push and its pre-flight), so no Hub call can wait forever.
+
+Where ddpm_ext uses them: pushes and the training run's pre-flight ([`ddpm_ext.hub.push`], a deadline), the
+download of a pipeline by repo id ([`ddpm_ext.pipelines.checkpoint_io`]) and of a Hub data set
+([`ddpm_ext.data.loading`]) (a timeout on each request; a download's length depends on its size).
 
 huggingface_hub (>= 1.0) sends every request through one shared `httpx` client, made by its client factory, with
 no timeout of its own (`timeout=None`; only downloads and HEAD requests pass `HF_HUB_DOWNLOAD_TIMEOUT` /

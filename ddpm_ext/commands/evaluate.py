@@ -96,7 +96,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
            "i mod K, and the digit judge adds the class accuracy when the classes are the digits 0-9. Default: 1.")
     a("--update_model_card", action="store_true",
       help="Replace the metrics section (between the ddpm_ext:metrics markers) of the pipeline folder's README.md "
-           "with these results, the command and the date.")
+           "with these results, the command and the date, and write them as the Hub's model-index in its metadata.")
     a("--no_progress", action="store_true", help="Hide the progress bars.")
     add_cpu_threads_argument(parser)
     return parser

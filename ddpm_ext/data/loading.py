@@ -10,6 +10,7 @@ from typing import Any
 import datasets
 from PIL import Image
 
+from ..network import hub_time_limits
 from ..validation import check_int
 from .builtin import BUILTIN_DATASETS, DEFAULT_DATASET, _builtin_lookalike, list_builtin_datasets, load_builtin_dataset
 
@@ -344,9 +345,10 @@ def load_image_dataset(
                 f"The built-in data sets are {list_builtin_datasets()}; Hub data sets are named 'owner/name'."
             )
         try:
-            ds = datasets.load_dataset(
-                dataset_name, config_name, split=split, cache_dir=None if cache_dir is None else str(cache_dir)
-            )
+            with hub_time_limits():  # every Hub request of the download ends (huggingface_hub sets no timeout)
+                ds = datasets.load_dataset(
+                    dataset_name, config_name, split=split, cache_dir=None if cache_dir is None else str(cache_dir)
+                )
         except Exception as err:
             config = "" if config_name is None else f"config_name={config_name!r}, "
             if Path(dataset_name).expanduser().exists():

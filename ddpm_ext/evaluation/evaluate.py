@@ -36,8 +36,8 @@ cheap check of grey backgrounds). For MNIST-like data the digit judge
 digits present and the normalized entropy of the predicted digits ([`ddpm_ext.evaluation.class_scores`]), per
 sampler and for the real reference images (the ceiling). The rule, `--digit_judge`: `auto` (default) turns it on
 for 1-channel (grayscale) models, `on` requires one, `off` skips it. `--update_model_card` writes a compact table
-of the results, the command and the date between the metrics markers of `<pipeline folder>/README.md`
-([`ddpm_ext.evaluation.report`]).
+of the results, the command and the date between the metrics markers of `<pipeline folder>/README.md`, and the
+same numbers as the Hub's `model-index` block in the card's metadata ([`ddpm_ext.evaluation.report`]).
 
 A class-conditional pipeline (classifier-free guidance, [`ddpm_ext.pipelines.guidance`]) gets one row per sampler
 and guidance scale w (`--guidance_scales`, default 1: p(x | y)). Image i keeps its x_T and is asked for class

@@ -7,8 +7,12 @@ The card template (`ddpm_ext/hub/model_card_template.md`) wraps its metrics sect
 [`METRICS_START`] and [`METRICS_END`]. [`update_model_card`] (`ddpm-ext evaluate --update_model_card`) replaces
 what lies between them in `<pipeline folder>/README.md` by [`model_card_metrics`] of an [`evaluate`] result (a
 compact table: bits/dim per σ², per sampler FID/KID with the feature extractor named, precision/recall and the
-digit judge's classifier IS, then the command that produced them and the date); every byte outside the markers is
-kept. Every file is replaced atomically ([`ddpm_ext.files.atomic_write_text`]).
+digit judge's classifier IS, then the command that produced them and the date), and writes the same numbers into the
+card's YAML metadata as the Hub's `model-index` block ([`model_index_results`], huggingface_hub's `EvalResult`s;
+`huggingface_hub.ModelCard.load` reads them back). The rest of the metadata is kept (re-serialised by
+huggingface_hub), and every byte of the card's text outside the markers is kept. User-given names (the data set,
+the split) are escaped for Markdown and HTML ([`ddpm_ext.hub.model_card.escape_markdown`]). Every file is replaced
+atomically ([`ddpm_ext.files.atomic_write_text`]).
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import datetime
 import json
 import math
 import os
+import re
 import shlex
 from dataclasses import fields
 from pathlib import Path
@@ -24,9 +29,16 @@ from typing import Any
 
 import numpy as np
 import torch
+import yaml
+from huggingface_hub import EvalResult, ModelCard
+from huggingface_hub.repocard import REGEX_YAML_BLOCK
 
 from ..files import atomic_write_text
-from ..hub.model_card import METRICS_END, METRICS_START  # the card format's owner; the template holds them
+from ..hub.model_card import (  # the card format's owner; the template holds the markers
+    METRICS_END,
+    METRICS_START,
+    escape_markdown,
+)
 from ..images import save_image_grid
 from .config import EvaluationConfig
 from .precision_recall import PRDC_KEYS
@@ -38,6 +50,7 @@ __all__ = [
     "check_model_card",
     "evaluation_command",
     "model_card_metrics",
+    "model_index_results",
     "replace_marked_section",
     "results_markdown",
     "update_model_card",
@@ -94,9 +107,14 @@ def check_model_card(pipeline: str | os.PathLike) -> Path:
             "with `ddpm_ext.hub` (its template has the metrics markers) or drop `--update_model_card`."
         )
     try:
-        replace_marked_section(card.read_bytes().decode("utf-8"), "")
-    except ValueError as err:
+        text = card.read_bytes().decode("utf-8")
+        replace_marked_section(text, "")
+        ModelCard(text)  # the metadata (where the model-index goes) parses
+    except ValueError as err:  # UnicodeDecodeError and yaml's errors are ValueErrors too
         raise ValueError(f"`--update_model_card`: {str(card)!r}: {err}") from None
+    except Exception as err:  # noqa: BLE001 (yaml.YAMLError: invalid metadata)
+        raise ValueError(f"`--update_model_card`: {str(card)!r}: its YAML metadata does not parse: "
+                         f"{type(err).__name__}: {err}") from None
     return card
 
 
@@ -145,9 +163,11 @@ def model_card_metrics(results: dict[str, Any], date: str | None = None) -> str:
         date (`str`, *optional*): ISO date shown; default today (UTC).
     """
     date = date or datetime.datetime.now(datetime.UTC).date().isoformat()
+    md = escape_markdown  # the data set and split are user-given: data, never Markdown or HTML
     lines = [
-        (f"Measured with `ddpm-ext evaluate` on {date} against `{results['dataset']}` (split `{results['split']}`), "
-         f"{results['image_size']}×{results['image_size']}, {results['channels']} channel(s)."),
+        (f"Measured with `ddpm-ext evaluate` on {md(date)} against {md(results['dataset'])} (split "
+         f"{md(results['split'])}), {results['image_size']}×{results['image_size']}, {results['channels']} "
+         "channel(s)."),
     ]
     cond = results.get("conditioning")
     if results["bits_per_dim"]:
@@ -189,22 +209,85 @@ def model_card_metrics(results: dict[str, Any], date: str | None = None) -> str:
         elif first.get("nearest_k"):
             lines += ["", "Precision/recall (Kynkäänniemi et al. 2019) on the same features, "
                           f"k = {first['nearest_k']}."]
-    lines += ["", "Command:", "", "```bash", results.get("command", "ddpm-ext evaluate"), "```"]
+    command = " ".join(str(results.get("command", "ddpm-ext evaluate")).splitlines())
+    fence = "`" * max(3, 1 + max((len(run) for run in re.findall(r"`+", command)), default=0))  # outlasts any run
+    lines += ["", "Command:", "", f"{fence}bash", command, fence]
     return "\n".join(lines)
 
 
+# (results key, Hub metric type, display name) of each sample-quality number the model-index carries
+_SAMPLE_METRICS = (("fid", "fid", "FID"), ("kid_mean", "kid", "KID"), ("precision", "precision", "precision"),
+                   ("recall", "recall", "recall"), ("class_accuracy", "accuracy", "class accuracy"),
+                   ("classifier_is", "inception_score", "classifier IS"))
+TASK_TYPE = "unconditional-image-generation"  # the card's pipeline_tag
+
+
+def model_index_results(results: dict[str, Any]) -> list[EvalResult]:
+    """The Hub's `model-index` entries of an [`evaluate`] result, one `huggingface_hub.EvalResult` per number: the
+    bits/dim per σ² (`bits_per_dim`), and per sampler (and guidance scale w) FID, KID (mean), precision, recall,
+    class accuracy and classifier IS where measured. Non-finite numbers are left out (YAML has no portable NaN).
+
+    Each metric's name says what the Markdown table says beside the number (the sampler, w, the feature
+    extractor), e.g. `FID (ddim:50:0; EfficientNet-Lite0 FID — NOT comparable to ...)` or
+    `KID (ddim:50:0; efficientnet-lite0 features)`.
+    """
+    common = {"task_type": TASK_TYPE, "dataset_type": str(results["dataset"]),
+              "dataset_name": str(results["dataset"]), "dataset_split": str(results["split"])}
+    out = []
+    for r in results.get("bits_per_dim") or []:
+        if _finite(r.get("bits_per_dim")):
+            out.append(EvalResult(**common, metric_type="bits_per_dim", metric_value=float(r["bits_per_dim"]),
+                                  metric_name=f"bits/dim (σ² = {r['variance_type']}, upper bound)"))
+    fe = results.get("feature_extractor") or {}
+    for r in results.get("samples") or []:
+        where = r["sampler"] + (f", w = {r['guidance_scale']:g}" if r.get("guidance_scale") is not None else "")
+        for key, metric_type, name in _SAMPLE_METRICS:
+            if _finite(r.get(key)):
+                # FID names its comparability (the extractor's label); KID, precision, recall the features used
+                features = (f"; {fe['label']}" if key == "fid" and fe.get("label") else
+                            f"; {fe['name']} features" if key in ("kid_mean", "precision", "recall") and fe.get("name")
+                            else "")
+                out.append(EvalResult(**common, metric_type=metric_type, metric_value=float(r[key]),
+                                      metric_name=f"{name} ({where}{features})"))
+    return out
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool) and bool(
+        np.isfinite(value))
+
+
 def update_model_card(pipeline: str | os.PathLike, results: dict[str, Any], date: str | None = None) -> Path:
-    """Replace the metrics section of `<pipeline>/README.md` by [`model_card_metrics`]`(results)`, atomically.
+    """Replace the metrics section of `<pipeline>/README.md` by [`model_card_metrics`]`(results)` and write
+    [`model_index_results`]`(results)` into its metadata's `model-index`, atomically.
+
+    The model-index entries of an earlier evaluation of the same data set and split are replaced, others kept; the
+    model-index's `name` is the card's `model_name`, else the folder's name.
 
     Returns:
         `pathlib.Path`: The card.
 
     Raises:
-        `ValueError`: As [`check_model_card`] (not a local folder, no README.md, no markers).
+        `ValueError`: As [`check_model_card`] (not a local folder, no README.md, no markers, metadata that does
+            not parse).
     """
     card = check_model_card(pipeline)
-    text = replace_marked_section(card.read_bytes().decode("utf-8"), model_card_metrics(results, date))  # keeps \r\n
-    atomic_write_text(card, text)
+    text = card.read_bytes().decode("utf-8")
+    data = ModelCard(text).data
+    ours = model_index_results(results)
+    # an earlier evaluation of the same data and split is replaced, results of other data sets are kept
+    same = (TASK_TYPE, str(results["dataset"]), str(results["split"]))
+    kept = [e for e in data.eval_results or [] if (e.task_type, e.dataset_type, e.dataset_split) != same]
+    data.eval_results = (kept + ours) or None
+    if data.eval_results and not data.model_name:
+        data.model_name = Path(pipeline).expanduser().resolve().name  # the model-index needs a name
+    # the text after the metadata is kept byte for byte (\r\n included), the metadata keeps its order and line break
+    match = REGEX_YAML_BLOCK.search(text)
+    body = text[match.end():] if match else text
+    line_break = match.group(1).split("---", 1)[1] if match else "\n"  # what follows the opening ---
+    order = list((yaml.safe_load(match.group(2)) or {}).keys()) if match else None
+    front = f"---{line_break}{data.to_yaml(line_break=line_break, original_order=order)}{line_break}---{line_break}"
+    atomic_write_text(card, front + replace_marked_section(body, model_card_metrics(results, date)))
     return card
 
 

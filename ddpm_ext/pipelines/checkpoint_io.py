@@ -28,6 +28,7 @@ from safetensors import safe_open
 
 from ..files import atomic_path, atomic_write_text, temporary_names_as
 from ..models.unet_presets import check_unet_config
+from ..network import hub_time_limits
 from ..schedulers.scheduling_common import ScheduleMixin
 from ..schedulers.scheduling_ddim_ext import DDIMExtScheduler
 from ..schedulers.scheduling_ddpm_ext import DDPMExtScheduler
@@ -219,9 +220,10 @@ def resolve_pipeline_folder(
 
         patterns = ["model_index.json", "*/*.json", "*/*.safetensors", "*.md"]
         try:
-            folder = fetch(patterns)
-            if allow_pickle and not any((folder / "unet").glob("*.safetensors")):
-                folder = fetch(patterns + ["unet/*.bin"])
+            with hub_time_limits():  # every request (the repo info included, which has none of its own) ends
+                folder = fetch(patterns)
+                if allow_pickle and not any((folder / "unet").glob("*.safetensors")):
+                    folder = fetch(patterns + ["unet/*.bin"])
         except Exception as e:  # huggingface_hub raises many types; give one clear message
             raise ValueError(
                 f"Could not fetch the pipeline {name!r} (revision {revision or 'main'!r}): it is not a local folder, "

@@ -20,6 +20,7 @@ import torch
 
 from ..cpu_threads import parse_cpu_threads
 from ..data import BUILTIN_DATASETS
+from ..hub.push import DEFAULT_PUSH_TIMEOUT, check_push_timeout, check_repo_id
 from ..losses import LOSS_TYPES, TIMESTEP_SAMPLINGS
 from ..memory import check_fits, sampling_bytes, schedule_bytes
 from ..models.unet_presets import UNET_PRESETS, check_unet_config, unet_config
@@ -215,6 +216,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
       "checked (the repo created) before the first step.")
     a("--hub_model_id", default=None, help="The Hub repo id (default: the --output_dir folder name).")
     a("--hub_private_repo", action="store_true", help="Create the Hub repo as private.")
+    a("--hub_push_timeout", type=float, default=DEFAULT_PUSH_TIMEOUT,
+      help=f"Seconds the push at the end (and the Hub check before the first step) may take (default "
+      f"{DEFAULT_PUSH_TIMEOUT:g}); each request also stops after 60 s without progress. A push past it ends with "
+      "the `ddpm-ext push` command that retries it; the trained pipeline stays on disk.")
     a("--hub_license", default=None,
       help="License of the trained model for the model card (default: the built-in data set's, none for your own "
       "data).")
@@ -321,8 +326,17 @@ def check_args(args: argparse.Namespace) -> None:
     if args.enable_xformers_memory_efficient_attention and not _importable("xformers"):
         raise ValueError("--enable_xformers_memory_efficient_attention needs xformers, which is not installed "
                          "(pip install xformers; it needs a GPU)")
-    if args.push_to_hub and args.hub_model_id is not None and args.hub_model_id.count("/") > 1:
-        raise ValueError(f"--hub_model_id must look like 'name' or 'org/name', got {args.hub_model_id!r}")
+    if args.push_to_hub:  # before any work: a bad id would otherwise be found by the push, after training
+        check_push_timeout(args.hub_push_timeout, "--hub_push_timeout")
+        if args.hub_model_id is not None:
+            check_repo_id(args.hub_model_id, "--hub_model_id")
+        else:
+            try:
+                check_repo_id(Path(args.output_dir).name, "--hub_model_id")
+            except ValueError:
+                raise ValueError(f"--push_to_hub without --hub_model_id pushes to the --output_dir folder's name "
+                                 f"{Path(args.output_dir).name!r}, which is not a Hub repo id (1 to 96 of A-Z a-z "
+                                 "0-9 - _ .); give --hub_model_id 'name' or 'org/name'") from None
     if args.hub_token is not None:
         warnings.warn("--hub_token on the command line is visible to other users and is printed by `accelerate "
                       "launch` if the script fails; prefer HF_TOKEN or `hf auth login`.", stacklevel=2)

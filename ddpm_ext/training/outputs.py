@@ -34,7 +34,9 @@ from safetensors import SafetensorError
 
 from ..files import atomic_write_text, naming_failed_writes, temporary_names_as, write_with
 from ..hub import describe_error, push_pipeline, reach_repo, write_model_card
+from ..hub.push import retry_command
 from ..images import save_image_grid
+from ..network import HubDeadlineError
 from ..pipelines.checkpoint_io import GUIDE_DIR
 from ..pipelines.guidance import (
     AUTOGUIDANCE_SCALE_KEY,
@@ -227,7 +229,8 @@ def check_hub(args: argparse.Namespace, accelerator: Any) -> tuple[str | None, s
     if accelerator.is_main_process:
         repo_id = hub_repo_id(args)
         try:
-            url = reach_repo(repo_id, private=args.hub_private_repo, token=args.hub_token)
+            url = reach_repo(repo_id, private=args.hub_private_repo, token=args.hub_token,
+                             timeout=args.hub_push_timeout)
         except Exception as e:  # noqa: BLE001 (any failure: one line, before any work)
             error = (f"--push_to_hub: the Hub repository {repo_id} could not be created or reached "
                      f"({describe_error(e, args.hub_token)}); nothing was trained or written. Check the token "
@@ -240,13 +243,16 @@ def check_hub(args: argparse.Namespace, accelerator: Any) -> tuple[str | None, s
 def push(args: argparse.Namespace, output_dir: Path, accelerator: Any) -> int:
     """Upload `output_dir` to the Hub; on failure say how to retry (the local output stays). Returns 0 or 3."""
     repo_id = hub_repo_id(args)
+    timeout = args.hub_push_timeout
     try:
-        url = push_pipeline(output_dir, repo_id=repo_id, private=args.hub_private_repo, token=args.hub_token)
+        url = push_pipeline(output_dir, repo_id=repo_id, private=args.hub_private_repo, token=args.hub_token,
+                            timeout=timeout)
     except Exception as e:  # noqa: BLE001 (the local output stays; say how to retry)
+        why = (f"it did not finish within {timeout:g} s: the Hub did not answer in time"
+               if isinstance(e, HubDeadlineError) else describe_error(e, args.hub_token))
         accelerator.print(
-            f"error: the push to the Hub failed ({describe_error(e, args.hub_token)}). The trained pipeline is intact "
-            f"in {output_dir}; retry with: ddpm-ext push {output_dir} --repo_id "
-            f"{repo_id}{' --private' if args.hub_private_repo else ''}"
+            f"error: the push to the Hub failed ({why}). The trained pipeline is intact in {output_dir}; retry with: "
+            f"{retry_command(output_dir, repo_id, private=args.hub_private_repo, timeout=timeout)}"
         )
         return 3
     accelerator.print(f"Pushed to {url}")

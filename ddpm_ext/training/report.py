@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 from ..data import BUILTIN_DATASETS
+from ..hub.push import DEFAULT_PUSH_TIMEOUT, retry_command
 from ..pipelines.checkpoint_io import GUIDE_DIR
 from .checkpoints import list_checkpoints
 from .outputs import hub_repo_id
@@ -231,6 +232,6 @@ def use_commands(args: argparse.Namespace, *, pushed: bool = False) -> list[str]
         f"ddpm-ext evaluate {out} --dataset {shlex.quote(str(data))}",
     ]
     if not pushed:
-        commands.append(f"ddpm-ext push {out} --repo_id {shlex.quote(hub_repo_id(args))}"
-                        + (" --private" if args.hub_private_repo else ""))
+        commands.append(retry_command(args.output_dir, hub_repo_id(args), private=args.hub_private_repo,
+                                      timeout=getattr(args, "hub_push_timeout", DEFAULT_PUSH_TIMEOUT)))
     return commands

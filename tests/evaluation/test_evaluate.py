@@ -22,7 +22,7 @@ from ddpm_ext.evaluation.class_scores import class_accuracy
 from ddpm_ext.evaluation.config import EvaluationConfig
 from ddpm_ext.evaluation.digit_classifier import DigitClassifier
 from ddpm_ext.evaluation.evaluate import evaluate, judge_scores, load_evaluation
-from ddpm_ext.evaluation.report import model_card_metrics
+from ddpm_ext.evaluation.report import model_card_metrics, model_index_results
 from ddpm_ext.evaluation.samplers import SamplerSpec, parse_sampler
 from ddpm_ext.images import make_grid
 from ddpm_ext.likelihood import bits_per_dim_variances
@@ -396,6 +396,10 @@ def test_a_class_conditional_pipeline_evaluates_end_to_end(digit_pipeline, tmp_p
             f"{r['precision']:.3f} | {r['recall']:.3f} | {r['class_accuracy']:.3f} | "
             f"{r['classifier_is']:.2f} |") in card
     assert "under the null class ∅ (id 10)" in card and "| real images (16) | – | – | – | – | – | – |" in card
+    # and the card's model-index: one entry per number, the row's sampler and w in its name
+    index = {(e.metric_type, e.metric_name): e.metric_value for e in model_index_results(results)}
+    assert index[("accuracy", "class accuracy (ddpm:5, w = 2)")] == r["class_accuracy"]
+    assert index[("fid", f"FID (ddpm:5, w = 2; {results['feature_extractor']['label']})")] == r["fid"]
 
 
 def test_class_accuracy_of_hand_made_judgements():

@@ -11,6 +11,7 @@ import shutil
 import numpy as np
 import pytest
 import torch
+from huggingface_hub import EvalResult, ModelCard
 
 from ddpm_ext import DDPMExtPipeline, DDPMExtScheduler, build_unet
 from ddpm_ext.commands.evaluate import build_parser, main
@@ -172,7 +173,8 @@ def test_digit_judge_on_needs_a_grayscale_model(tmp_path):
 # The model card
 # ----------------------------------------------------------------------------------------------------------
 
-CARD_HEAD = "---\r\nlicense: mit\r\n---\r\n# A tiny DDPM\r\n\r\n## Metrics\r\n\r\n"
+CARD_BODY_HEAD = "# A tiny DDPM\r\n\r\n## Metrics\r\n\r\n"
+CARD_HEAD = "---\r\nlicense: mit\r\n---\r\n" + CARD_BODY_HEAD
 CARD_TAIL = "\r\n\r\n## Data attribution\r\n\r\nmnist-5k ✓\r\n"
 
 
@@ -192,8 +194,12 @@ def test_update_model_card_replaces_only_the_marked_section(tiny_pipeline_dir, t
         assert main(argv) == 0
     assert f"Model card updated: {folder / 'README.md'}" in capsys.readouterr().err
     raw = (folder / "README.md").read_bytes()
-    head, tail = (CARD_HEAD + METRICS_START).encode(), (METRICS_END + CARD_TAIL).encode()
-    assert raw.startswith(head) and raw.endswith(tail)  # byte-identical outside the markers (CRLF kept)
+    # the metadata gains the model-index (its own test below); the text after it is byte-identical outside the
+    # markers (CRLF kept)
+    head, tail = (CARD_BODY_HEAD + METRICS_START).encode(), (METRICS_END + CARD_TAIL).encode()
+    assert raw.startswith(b"---\r\nlicense: mit\r\nmodel-index:\r\n") and raw.endswith(tail)
+    raw = raw[raw.index(b"\r\n---\r\n") + len(b"\r\n---\r\n") :]
+    assert raw.startswith(head)
     section = raw[len(head) : -len(tail)].decode()
     assert "No evaluation has been run yet." not in section
     assert "EfficientNet-Lite0 FID — NOT comparable to published (Inception) FIDs" in section
@@ -212,8 +218,52 @@ def test_update_model_card_replaces_only_the_marked_section(tiny_pipeline_dir, t
                "samples": [], "command": "ddpm-ext evaluate x"}
     update_model_card(folder, results, date="2026-01-02")
     raw = (folder / "README.md").read_bytes()
+    raw = raw[raw.index(b"\r\n---\r\n") + len(b"\r\n---\r\n") :]
     assert raw.startswith(head) and raw.endswith(tail) and raw.count(METRICS_START.encode()) == 1
     assert raw[len(head) : -len(tail)].decode() == "\n" + model_card_metrics(results, date="2026-01-02") + "\n"
+
+
+def test_update_model_card_writes_a_model_index_that_modelcard_load_reads_back(small_run, tiny_pipeline_dir, tmp_path):
+    _, results, _ = small_run
+    folder = card_pipeline(tiny_pipeline_dir, tmp_path)
+    update_model_card(folder, results, date="2026-01-02")
+    card = ModelCard.load(folder / "README.md")
+    assert card.data.license == "mit" and card.data.model_name == "pipe"  # the earlier metadata stays
+    evals = card.data.eval_results
+    assert {(e.task_type, e.dataset_type, e.dataset_name, e.dataset_split) for e in evals} == {
+        ("unconditional-image-generation", "mnist-5k", "mnist-5k", results["split"])}
+    parsed = {(e.metric_type, e.metric_name): e.metric_value for e in evals}
+    # what evaluate measured, number for number (exact: YAML writes a float's repr, which reads back to itself)
+    expected = {("bits_per_dim", f"bits/dim (σ² = {r['variance_type']}, upper bound)"): r["bits_per_dim"]
+                for r in results["bits_per_dim"]}
+    label, features = results["feature_extractor"]["label"], results["feature_extractor"]["name"] + " features"
+    [row] = results["samples"]
+    expected |= {("fid", f"FID (ddim:3:0; {label})"): row["fid"],
+                 ("kid", f"KID (ddim:3:0; {features})"): row["kid_mean"],
+                 ("precision", f"precision (ddim:3:0; {features})"): row["precision"],
+                 ("recall", f"recall (ddim:3:0; {features})"): row["recall"],
+                 ("inception_score", "classifier IS (ddim:3:0)"): row["classifier_is"]}
+    assert parsed == expected and len(evals) == len(expected) == 7
+    # the Markdown metrics stay beside it
+    assert f"| ddim:3:0 | {row['fid']:.2f} |" in card.text
+
+    # a second evaluation of the same data replaces the entries; another data set's entries are kept
+    other = EvalResult(task_type="unconditional-image-generation", dataset_type="elsewhere", dataset_name="elsewhere",
+                       metric_type="fid", metric_value=1.5)
+    card.data.eval_results = [*evals, other]
+    card.save(folder / "README.md")
+    update_model_card(folder, {**results, "bits_per_dim": []}, date="2026-01-03")
+    again = ModelCard.load(folder / "README.md").data.eval_results
+    assert len(again) == 6 and other in again and all(e.metric_type != "bits_per_dim" for e in again)
+
+
+def test_model_card_metrics_escape_the_user_given_data_set_name():
+    results = {"dataset": "<img src=x onerror=alert(1)>", "split": "te_st*", "image_size": 16, "channels": 1,
+               "bits_per_dim": [], "samples": [], "command": "ddpm-ext evaluate '```x'"}
+    text = model_card_metrics(results, date="2026-01-02")
+    assert "<img" not in text and "against &lt;img src=x onerror=alert(1)&gt; (split te\\_st\\*)" in text
+    # the command's fence outlasts the backticks inside it, so it cannot end the code block early
+    assert "\n````bash\nddpm-ext evaluate '```x'\n````" in text
 
 
 @pytest.mark.parametrize(

@@ -3,8 +3,13 @@ snippet that runs for the trained model, and the metrics markers `ddpm-ext evalu
 
 from __future__ import annotations
 
+import ast
+import os
 import re
 import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import yaml
@@ -17,6 +22,9 @@ from ddpm_ext.pipelines.guidance import set_class_names
 
 ARGS = {"seed": 0, "eval_batch_size": 4, "ddpm_num_inference_steps": 100, "use_ema": True, "ema_max_decay": 0.999,
         "loss_type": "simple", "model_config": "tiny", "hub_token": "hf_must_not_appear", "learning_rate": 2e-3}
+ROOT = Path(__file__).resolve().parents[2]
+# a fenced Python block: it ends only at a line that is a fence (CommonMark), never at ``` inside a line
+SNIPPET = re.compile(r"^```python\n(.*?)^```$", flags=re.DOTALL | re.MULTILINE)
 INFO = {"global_step": 12, "final_loss": 0.123456, "num_train_images": 48, "resolution": 16, "num_processes": 1}
 
 
@@ -64,18 +72,84 @@ def test_final_loss_and_metrics_markers(folder):
     assert start < end
 
 
-def test_usage_snippet_runs_for_the_trained_model(folder):
-    """The tiny pipeline has T = 20: today's hard-coded num_inference_steps=100 raises for it."""
+def test_usage_snippet_runs_for_the_trained_model_from_any_working_directory(folder, tmp_path, monkeypatch):
+    """The tiny pipeline has T = 20 (a hard-coded num_inference_steps=100 would raise for it); the snippets load
+    the folder's absolute path, so they run from another working directory as they are."""
     text, _ = card(folder, dataset_name="mnist-5k")
     snippets = re.findall(r"```python\n(.*?)```", text, flags=re.DOTALL)
-    assert len(snippets) == 2
+    assert len(snippets) == 2 and all(f"from_pretrained({str(folder.resolve())!r})" in code for code in snippets)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
     for code in snippets:
-        code = code.replace(f'"{folder.name}"', repr(str(folder))).replace("batch_size=16", "batch_size=1")
+        code = code.replace("batch_size=16", "batch_size=1")  # the snippet as it is, one image for speed
         namespace = {"DDPMExtPipeline": DDPMExtPipeline, "DDIMExtScheduler": DDIMExtScheduler,
                      "DDPMPipeline": DDPMPipeline}
         exec(compile(code, "snippet", "exec"), namespace)  # noqa: S102 the card's own code, on the saved pipeline
         assert len(namespace["images"]) == 1
     assert "num_inference_steps=20)" in text
+
+
+def test_a_pushed_runs_snippet_loads_the_repo_id(folder):
+    text, _ = card(folder, dataset_name="mnist-5k", args={"push_to_hub": True, "hub_model_id": "me/ddpm-tiny"})
+    snippets = re.findall(r"```python\n(.*?)```", text, flags=re.DOTALL)
+    assert len(snippets) == 2 and all("from_pretrained('me/ddpm-tiny')" in code for code in snippets)
+    assert str(folder.resolve()) not in text and "# ddpm-tiny\n" in text
+
+
+@pytest.mark.parametrize("bad", ['x"); import os; os.system("touch pwned"); ("', "a/b/c", "my run", "-x", "a--b"])
+def test_a_pushed_card_refuses_an_invalid_repo_id(folder, bad):
+    message = r"`args\['hub_model_id'\]` must be a Hub repo id .* got " + re.escape(repr(bad))
+    with pytest.raises(ValueError, match=message):
+        card(folder, dataset_name="mnist-5k", args={"push_to_hub": True, "hub_model_id": bad})
+    assert not (folder / "README.md").exists()
+
+
+def test_the_snippet_quotes_any_path_as_one_python_string(tmp_path, tiny_pipeline_dir):
+    """A local folder may be named anything: the snippet holds it as one string literal (repr), never as code."""
+    folder = tmp_path / 'x"); import os; os.system("touch pwned"); ("\n```'
+    shutil.copytree(tiny_pipeline_dir, folder)
+    text, _ = card(folder, dataset_name="mnist-5k")
+    for code in SNIPPET.findall(text):
+        tree = ast.parse(code)
+        assert not [n for n in ast.walk(tree) if isinstance(n, (ast.Import, ast.ImportFrom)) and n.module != "ddpm_ext"
+                    and n.module != "diffusers"]
+        [load] = [n for n in ast.walk(tree) if isinstance(n, ast.Call) and getattr(n.func, "attr", "") ==
+                  "from_pretrained" and getattr(n.func.value, "id", "") != "DDIMExtScheduler"]
+        assert [a.value for a in load.args] == [str(folder.resolve())]  # one constant: the path itself
+    assert "# x\"); import os; os.system(\"touch pwned\"); (\" \\`\\`\\`\n" in text  # the title, escaped
+
+
+HOSTILE = ["<img src=x onerror=alert(1)>", "[click](https://evil.example)", "**bold** `code` | cell",
+           "line\n# heading\n```"]
+
+
+def test_user_given_names_are_data_in_the_card_never_html_or_markdown(tmp_path):
+    """Class-folder names, the data set, the UNet config path and the license: escaped for Markdown and HTML."""
+    unet = build_unet("tiny", num_class_embeds=len(HOSTILE) + 1)
+    set_class_names(unet, HOSTILE)
+    folder = tmp_path / "cond"
+    DDPMExtPipeline(unet=unet, scheduler=DDPMExtScheduler(num_train_timesteps=10)).save_pretrained(folder)
+    info = {**INFO, "num_classes": len(HOSTILE), "class_names": HOSTILE, "class_dropout_prob": 0.1}
+    args = {**ARGS, "model_config": "/cfg/<script>alert(1)</script>.json", "hub_license": "mit<br>"}
+    text = write_model_card(folder, args=args, info=info, dataset_name="<b>data</b>").read_text()
+    body = text.split("---", 2)[2].replace(model_card.METRICS_START, "").replace(model_card.METRICS_END, "")
+    prose = SNIPPET.sub("", body)  # a fenced code block shows its text as it is (the snippet's literals, below)
+    assert "<" not in prose and ">" not in prose  # no HTML of any user value survives
+    assert "| classes | 4: &lt;img src=x onerror=alert(1)&gt;, \\[click\\](https://evil.example), " \
+           "\\*\\*bold\\*\\* \\`code\\` \\| cell, line # heading \\`\\`\\` (null class id 4" in body
+    assert "| UNet | /cfg/&lt;script&gt;alert(1)&lt;/script&gt;.json (" in body
+    assert "| license | mit&lt;br&gt; |" in body
+    assert "a local data set (not published)" in body  # '<b>data</b>' is no Hub id: not linked, not listed
+    # no name starts a line: no heading, and the only fences are the snippet's own two
+    assert "\n# heading" not in body and len(re.findall(r"^```", body, flags=re.MULTILINE)) == 2
+    # the snippet's comment and labels are Python literals: no name leaves its string or its comment
+    (code,) = SNIPPET.findall(text)
+    tree = ast.parse(code)
+    assert [c.value for c in ast.walk(tree) if isinstance(c, ast.Constant) and isinstance(c.value, str)][:1] == [
+        str(folder.resolve())]
+    assert f"# the classes: {', '.join(map(repr, HOSTILE))}\n" in code
+    assert f"class_labels=[{HOSTILE[0]!r}, {HOSTILE[1]!r}]" in code
 
 
 def test_template_holds_the_metrics_markers_that_evaluate_replaces():
@@ -100,7 +174,21 @@ def test_conditional_card_names_the_classes_and_its_snippet_samples_a_class(tmp_
     assert "| classes | 2: cat, dog (null class id 2, label dropout 0.1) |" in text
     assert "cannot sample it" in text  # vanilla DDPMPipeline never passes labels
     (code,) = re.findall(r"```python\n(.*?)```", text, flags=re.DOTALL)
-    code = code.replace(f'"{folder.name}"', repr(str(folder)))
     namespace = {"DDPMExtPipeline": DDPMExtPipeline, "DDIMExtScheduler": DDIMExtScheduler}
     exec(compile(code, "snippet", "exec"), namespace)  # noqa: S102 the card's own code, on the saved pipeline
     assert len(namespace["images"]) == 2  # class_labels=['cat', 'dog']
+
+
+@pytest.mark.slow  # a fresh Python process importing ddpm_ext and diffusers
+def test_the_cards_python_block_copied_into_a_file_runs_from_another_working_directory(folder, tmp_path):
+    text, _ = card(folder, dataset_name="mnist-5k")
+    code = SNIPPET.findall(text)[0].replace("batch_size=16", "batch_size=1")  # as a reader copies it; one image
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    script = elsewhere / "snippet.py"
+    script.write_text(code + "print('images:', len(images), images[0].size)\n")
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    result = subprocess.run([sys.executable, str(script)], cwd=elsewhere, env=env, capture_output=True, text=True,
+                            timeout=300, check=False)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.strip().endswith("images: 1 (16, 16)")

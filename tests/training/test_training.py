@@ -275,6 +275,7 @@ def test_push_to_hub_round_trip(tmp_path, upload_hub, olah_hub):
         torch.testing.assert_close(pulled.unet.state_dict()[k], v, rtol=0, atol=0)
     card = ModelCard.load("ddpm-ext-tests/pushed")
     assert card.data.library_name == "diffusers" and card.data.pipeline_tag == "unconditional-image-generation"
+    assert card.text.count("from_pretrained('ddpm-ext-tests/pushed')") == 2  # the snippets load the pushed repo
 
 
 @pytest.mark.slow

@@ -228,9 +228,11 @@ def test_scheduler_saved_alone_loads_in_diffusers_with_the_same_betas(tmp_path):
     theirs = DDPMScheduler.from_pretrained(tmp_path)
     torch.testing.assert_close(theirs.betas, ours.betas, rtol=0, atol=0)
     back = DDPMExtScheduler.from_pretrained(tmp_path)
-    assert back.config.cosine_s == 0.02 and back.config._ddpm_ext_betas_for_diffusers  # β: a stand-in for diffusers
+    # β: a stand-in for diffusers
+    assert back.config._ddpm_ext_config["cosine_s"] == 0.02 and back.config._ddpm_ext_betas_for_diffusers
     np.testing.assert_array_equal(back._betas64, ours._betas64)
-    assert DDPMExtScheduler.from_pretrained(tmp_path, cosine_s=0.05).config.cosine_s == 0.05  # recomputed, not frozen
+    recomputed = DDPMExtScheduler.from_pretrained(tmp_path, cosine_s=0.05)  # β recomputed, not frozen
+    assert recomputed.config._ddpm_ext_config["cosine_s"] == 0.05
     assert not np.array_equal(DDPMExtScheduler.from_pretrained(tmp_path, cosine_s=0.05)._betas64, ours._betas64)
     # the pipeline writes the same file
     make_pipe(beta_schedule="cosine", cosine_s=0.02).save_pretrained(tmp_path / "pipe")

@@ -1,7 +1,8 @@
 """Pushes of pipeline folders to the Hugging Face Hub (the command line is `ddpm-ext push`).
 
-Only the pipeline (`model_index.json`, `unet/`, `scheduler/`, an autoguidance `guide_unet/`), the model card and the
-sample grid are uploaded: never checkpoints, logs or anything holding a token. The token is handed to
+Only the pipeline (`model_index.json`, `unet/`, `scheduler/`, an autoguidance `guide_unet/`, diffusers'
+custom-pipeline file `pipeline.py`), the model card and the sample grid are uploaded: never checkpoints, logs or
+anything holding a token. The token is handed to
 `huggingface_hub` and nowhere else.
 A re-push makes the repo hold exactly these files: files of an earlier push that are no longer part of the output
 are deleted in the same commit (`.gitattributes` is kept).
@@ -19,7 +20,7 @@ from huggingface_hub import HfApi
 __all__ = ["UPLOAD_PATTERNS", "describe_error", "push_pipeline", "reach_repo"]
 
 UPLOAD_PATTERNS = ["model_index.json", "unet/config.json", "unet/*.safetensors", "scheduler/scheduler_config.json",
-                   "guide_unet/config.json", "guide_unet/*.safetensors", "README.md", "samples.png"]
+                   "guide_unet/config.json", "guide_unet/*.safetensors", "pipeline.py", "README.md", "samples.png"]
 
 
 def push_pipeline(

@@ -10,6 +10,7 @@ from __future__ import annotations
 import inspect
 import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable, Literal, Sequence, get_args
 
 import numpy as np
@@ -27,9 +28,11 @@ from ..validation import check_choice, check_int, check_number
 from .chain_start import draw_initial_noise, resolve_timestep_spacing, set_sampling_timesteps
 from .checkpoint_io import (
     GUIDE_DIR,
+    as_ext_scheduler,
     check_component_classes,
     check_components,
     check_unet_weights,
+    folder_with_guide,
     load_scheduler,
     resolve_pipeline_folder,
     save_pipeline,
@@ -695,6 +698,36 @@ class DDPMExtPipeline(DiffusionPipeline):
         pipe.register_to_config(_name_or_path=os.fspath(pretrained_model_name_or_path))
         return pipe
 
+
+
+class DDPMExtCustomPipeline(DDPMExtPipeline):
+    r"""[`DDPMExtPipeline`] as diffusers' own loader builds it from a saved folder or Hub repo, through the
+    custom-pipeline file `pipeline.py` that ddpm_ext saves beside `model_index.json`:
+
+    ```py
+    from diffusers import DiffusionPipeline
+    pipe = DiffusionPipeline.from_pretrained(folder_or_repo_id, custom_pipeline="pipeline", trust_remote_code=True)
+    ```
+
+    diffusers loads the components that `model_index.json` lists (the UNet, and diffusers' `DDPMScheduler` /
+    `DDIMScheduler`) and calls this class; it then does what [`DDPMExtPipeline.from_pretrained`] does on top: the
+    scheduler becomes ddpm_ext's with every saved setting, and a saved autoguidance guide (`guide_unet/`, which
+    diffusers neither lists nor downloads) is loaded from the UNet's folder, or for a Hub repo fetched from the same
+    commit. Samples equal [`DDPMExtPipeline.from_pretrained`]'s. Built directly, it is a plain [`DDPMExtPipeline`].
+    """
+
+    def __init__(self, unet: UNet2DModel, scheduler: SchedulerMixin, guide_unet: UNet2DModel | None = None):
+        scheduler = as_ext_scheduler(scheduler)
+        source = getattr(unet.config, "_name_or_path", None)  # diffusers' loader: <pipeline folder>/unet
+        if guide_unet is None and source and os.path.isdir(source):
+            folder = folder_with_guide(Path(source).parent)
+            if (folder / GUIDE_DIR / "config.json").is_file():
+                safe = check_unet_weights(folder, variant=None, use_safetensors=None, allow_pickle=False,
+                                          component=GUIDE_DIR)
+                guide_unet = UNet2DModel.from_pretrained(
+                    folder, subfolder=GUIDE_DIR, use_safetensors=safe, torch_dtype=unet.dtype
+                ).to(unet.device)
+        super().__init__(unet=unet, scheduler=scheduler, guide_unet=guide_unet)
 
 # from_pretrained's arguments: for fetching a Hub repo, and passed on to diffusers' loading
 _HUB_ARGUMENTS = ("revision", "cache_dir", "token", "local_files_only", "force_download", "proxies")

@@ -314,7 +314,10 @@ def check_unet_weights(
             raise ValueError(f"{unet_dir} has no safetensors weights{label}, and `use_safetensors=True` was passed.")
         if not pickles:
             found = sorted(p.name for p in unet_dir.iterdir() if p.suffix in (".safetensors", ".bin"))
-            raise ValueError(f"{unet_dir} has no weights{label}; its weights files are {found}.")
+            # (diffusers' own wording first, for a variant: "You are trying to load the model files of ...")
+            theirs = (f"You are trying to load the model files of the `variant={variant}`, but no such modeling files "
+                      "are available. ") if variant else ""
+            raise ValueError(f"{theirs}{unet_dir} has no weights{label}; its weights files are {found}.")
         if not allow_pickle:
             raise ValueError(
                 f"{unet_dir} has no safetensors weights{label} (only the pickle file(s) {[p.name for p in pickles]}). "

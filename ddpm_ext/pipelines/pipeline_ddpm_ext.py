@@ -19,6 +19,7 @@ import torch
 from diffusers import DiffusionPipeline, ImagePipelineOutput, UNet2DModel
 from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
+from diffusers.utils import logging as diffusers_logging
 
 from ..data import ImageTransform
 from ..images import images_to_uint8, normalize, tensor_to_numpy, to_pil, to_unit
@@ -113,6 +114,15 @@ class DDPMExtPipeline(DiffusionPipeline):
         self._num_timesteps = 0
         self._interrupt = False
         self._fast_path: FastPath | None = None  # the enabled fast path (see fast_path.py)
+
+    @property
+    def components(self) -> dict[str, Any]:
+        """diffusers' `components` (what `__init__` takes), without `guide_unet` when there is no guide: the
+        components a pipeline was built from, as diffusers' `test_components_function` expects."""
+        components = super().components
+        if components.get("guide_unet") is None:
+            components.pop("guide_unet", None)
+        return components
 
     # ----------------------------------------------------------------------------------------------
     # Fast path (opt-in; the machinery is in fast_path.py, the README's "Speed" section measures it)
@@ -678,6 +688,7 @@ class DDPMExtPipeline(DiffusionPipeline):
         check_component_classes(folder)
         if "scheduler" not in overrides:
             overrides["scheduler"] = load_scheduler(folder)
+            _log_loaded("scheduler", overrides["scheduler"], folder)
         asked_safetensors = kwargs.get("use_safetensors")  # the caller's, before the UNet's check sets it
         if "unet" not in overrides:
             kwargs["use_safetensors"] = check_unet_weights(
@@ -691,6 +702,7 @@ class DDPMExtPipeline(DiffusionPipeline):
             overrides["guide_unet"] = UNet2DModel.from_pretrained(
                 folder, subfolder=GUIDE_DIR, variant=kwargs.get("variant"), use_safetensors=safe,
                 **({"torch_dtype": dtype} if dtype is not None else {}))
+            _log_loaded(GUIDE_DIR, overrides["guide_unet"], folder)
         pipe = super().from_pretrained(folder, **overrides, **kwargs)
         uninitialised = [name for name, p in pipe.unet.state_dict().items() if p.device.type == "meta"]
         if uninitialised:  # a pickle file with missing tensors (safetensors ones are refused before loading)
@@ -728,6 +740,13 @@ class DDPMExtCustomPipeline(DDPMExtPipeline):
                     folder, subfolder=GUIDE_DIR, use_safetensors=safe, torch_dtype=unet.dtype
                 ).to(unet.device)
         super().__init__(unet=unet, scheduler=scheduler, guide_unet=guide_unet)
+
+def _log_loaded(name: str, component: Any, folder: Path) -> None:
+    """diffusers' log line for a component it loads itself, for one that ddpm_ext loaded and passed in."""
+    diffusers_logging.get_logger("diffusers.pipelines.pipeline_utils").info(
+        f"Loaded {name} as {type(component).__name__} from `{name}` subfolder of {folder}."
+    )
+
 
 # from_pretrained's arguments: for fetching a Hub repo, and passed on to diffusers' loading
 _HUB_ARGUMENTS = ("revision", "cache_dir", "token", "local_files_only", "force_download", "proxies")

@@ -726,6 +726,8 @@ class DDPMExtCustomPipeline(DDPMExtPipeline):
     scheduler becomes ddpm_ext's with every saved setting, and a saved autoguidance guide (`guide_unet/`, which
     diffusers neither lists nor downloads) is loaded from the UNet's folder, or for a Hub repo fetched from the same
     commit. Samples equal [`DDPMExtPipeline.from_pretrained`]'s. Built directly, it is a plain [`DDPMExtPipeline`].
+    The guide is read without a `variant` (diffusers does not pass the one it loaded); a guide saved only as a
+    variant loads through [`DDPMExtPipeline.from_pretrained`] with `variant=`.
     """
 
     def __init__(self, unet: UNet2DModel, scheduler: SchedulerMixin, guide_unet: UNet2DModel | None = None):

@@ -15,7 +15,18 @@ import tempfile
 from pathlib import Path
 from typing import Callable, Iterator
 
-__all__ = ["atomic_directory", "atomic_path", "atomic_write_bytes", "atomic_write_text", "write_with"]
+__all__ = [
+    "IMAGE_SUFFIXES",
+    "atomic_directory",
+    "atomic_path",
+    "atomic_write_bytes",
+    "atomic_write_text",
+    "check_new_files",
+    "images_in",
+    "write_with",
+]
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".gif", ".bmp", ".webp", ".tif", ".tiff")
 
 
 @contextlib.contextmanager
@@ -100,3 +111,21 @@ def write_with(path: str | os.PathLike, writer: Callable[[Path], object]) -> Pat
         writer(tmp)
     return Path(path)
 
+
+
+def check_new_files(paths: list[str | os.PathLike], option: str, overwrite: bool = False) -> None:
+    """Refuse to replace files that already exist, unless `overwrite`: a `ValueError` naming `option`, the files
+    and `--overwrite` (the commands' outputs are the user's files: none is replaced without being asked)."""
+    existing = [str(p) for p in paths if Path(p).exists()]
+    if existing and not overwrite:
+        more = f" and {len(existing) - 5} more" if len(existing) > 5 else ""
+        shown = ", ".join(repr(p) for p in existing[:5]) + more
+        raise ValueError(f"`{option}`: {shown} already exist(s); pass --overwrite to replace (nothing was written).")
+
+
+def images_in(folder: str | os.PathLike) -> list[Path]:
+    """The image files directly in `folder` (by suffix), sorted; none for a folder that does not exist."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)

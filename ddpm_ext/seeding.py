@@ -16,7 +16,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .validation import check_int
+from .validation import check_int, check_seed
 
 __all__ = ["image_generators", "image_seed"]
 
@@ -35,7 +35,7 @@ def image_seed(seed: int, index: int) -> int:
 
     ```
     """
-    seed, index = check_int("seed", seed, 0), check_int("index", index, 0)
+    seed, index = check_seed("seed", seed), check_int("index", index, 0)
     word = np.random.SeedSequence(seed, spawn_key=(_SAMPLE_STREAM, index)).generate_state(1, np.uint64)[0]
     return int(word >> np.uint64(1))  # torch seeds must fit in a signed 64-bit integer
 
@@ -46,7 +46,7 @@ def image_generators(
     """Generators of images `start, ..., start + count - 1` for `seed`: pass them to a pipeline as `generator=`.
 
     Args:
-        seed (`int`): The run's seed, >= 0.
+        seed (`int`): The run's seed, in [0, 2**32).
         start (`int`): Index of the first image (e.g. the offset of a batch), >= 0.
         count (`int`): Number of images, >= 0.
         device (`str` or `torch.device`, defaults to `"cpu"`): Device of the generators. CPU generators give the

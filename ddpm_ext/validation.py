@@ -8,14 +8,28 @@ arguments once per call); the command line turns these errors into `error: ...` 
 from __future__ import annotations
 
 import math
+import os
 from typing import Any, Sequence
 
 import numpy as np
 import torch
 
-__all__ = ["check_choice", "check_int", "check_number", "check_positive", "learns_variance", "resolve_device"]
+__all__ = [
+    "MAX_SEED",
+    "check_choice",
+    "check_finite",
+    "check_generator",
+    "check_int",
+    "check_number",
+    "check_path",
+    "check_positive",
+    "check_seed",
+    "learns_variance",
+    "resolve_device",
+]
 
 LEARNED_VARIANCE_TYPES = ("learned_range", "learned")
+MAX_SEED = 2**32 - 1  # NumPy's legacy seeding (accelerate's set_seed) takes seeds in [0, 2**32)
 
 
 def check_int(name: str, value: Any, low: int | None = None, high: int | None = None) -> int:
@@ -67,6 +81,61 @@ def _allowed(kind: str, unbounded: str, low: Any, high: Any, low_open: bool = Fa
     if high is not None:
         return f"{kind} <= {high}"
     return unbounded
+
+
+def check_seed(name: str, value: Any) -> int:
+    """`value` as an `int` seed in [0, 2**32); else a `ValueError` (every seed of the package has this range).
+
+    Example:
+
+    ```py
+    >>> check_seed("seed", 2**32)
+    Traceback (most recent call last):
+    ...
+    ValueError: `seed` must be an integer in [0, 4294967295], got 4294967296.
+
+    ```
+    """
+    return check_int(name, value, 0, MAX_SEED)
+
+
+def check_path(name: str, value: Any) -> str:
+    """`value` as a non-empty path string (an empty one would silently mean the current folder); else a
+    `ValueError`."""
+    if not isinstance(value, (str, os.PathLike)) or not os.fspath(value).strip():
+        raise ValueError(f"`{name}` must be a non-empty path, got {value!r}.")
+    return os.fspath(value)
+
+
+def check_generator(generator: Any, batch_size: int, name: str = "generator") -> None:
+    """`generator` must be `None`, a `torch.Generator`, or a list of `batch_size` of them; else a `ValueError`
+    (an int seed is refused with the way to make a generator of it)."""
+    if generator is None or isinstance(generator, torch.Generator):
+        return
+    if isinstance(generator, list):
+        bad = [type(g).__name__ for g in generator if not isinstance(g, torch.Generator)]
+        if bad:
+            raise ValueError(f"`{name}` must be a list of torch.Generator, got a list holding {bad[0]}.")
+        if len(generator) != batch_size:
+            raise ValueError(f"`{name}` is a list of {len(generator)} generators but `batch_size` is {batch_size}.")
+        return
+    hint = (f" (for a seed, pass `torch.Generator().manual_seed({generator!r})`)"
+            if isinstance(generator, (int, np.integer)) and not isinstance(generator, bool) else "")
+    raise ValueError(
+        f"`{name}` must be a torch.Generator, a list of them or None, got {type(generator).__name__}{hint}."
+    )
+
+
+def check_finite(name: str, tensor: torch.Tensor, what: str = "") -> torch.Tensor:
+    """`tensor` when every value is finite; else a `ValueError` counting the NaN and infinite values."""
+    finite = torch.isfinite(tensor)
+    if not bool(finite.all()):
+        nan = int(torch.isnan(tensor).sum())
+        raise ValueError(
+            f"`{name}` holds {nan} NaN and {int((~finite).sum()) - nan} infinite value(s) of {tensor.numel()}"
+            f"{what}."
+        )
+    return tensor
 
 
 def check_positive(name: str, value: Any, *, upper: float | None = None) -> float:

@@ -20,6 +20,7 @@ CORE = [
     "ddpm_ext.images",
     "ddpm_ext.seeding",
     "ddpm_ext.validation",
+    "ddpm_ext.memory",
     "ddpm_ext.files",
     "ddpm_ext.data",
     "ddpm_ext.version",

@@ -41,7 +41,9 @@ def test_image_seed_is_keyed_by_seed_and_index():
     assert all(0 <= s < 2**63 for s in seeds)
     a, b = image_generators(1, 2, 3), image_generators(1, 0, 5)[2:]
     assert [g.initial_seed() for g in a] == [g.initial_seed() for g in b]
-    for bad, message in (((-1, 0), "`seed` must be an integer >= 0"), ((0, 1.5), "`index` must be an integer >= 0")):
+    for bad, message in (((-1, 0), r"`seed` must be an integer in \[0, 4294967295\], got -1"),
+                         ((2**32, 0), r"`seed` must be an integer in \[0, 4294967295\], got 4294967296"),
+                         ((0, 1.5), "`index` must be an integer >= 0")):
         with pytest.raises(ValueError, match=message):
             image_seed(*bad)
     with pytest.raises(ValueError, match="`count` must be an integer >= 0"):

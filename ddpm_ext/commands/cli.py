@@ -27,8 +27,12 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from ..cpu_threads import parse_cpu_threads
+from ..validation import MAX_SEED, check_seed
 
-__all__ = ["COMMANDS", "main", "build_parser", "int_at_least", "positive_int", "nonnegative_int", "check_output_dir"]
+__all__ = [
+    "COMMANDS", "main", "build_parser", "int_at_least", "positive_int", "nonnegative_int", "seed_int", "nonempty_path",
+    "add_overwrite_argument", "check_output_dir",
+]
 
 # name -> (help, module exposing add_arguments(parser) and run(args) -> int)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -61,6 +65,35 @@ def int_at_least(low: int) -> Callable[[str], int]:
 
 positive_int = int_at_least(1)
 nonnegative_int = int_at_least(0)
+
+
+def seed_int(text: str) -> int:
+    """An argparse `type` for seeds: an integer in [0, 2**32) ([`ddpm_ext.validation.check_seed`])."""
+    try:
+        return check_seed("seed", int(text))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be an integer in [0, {MAX_SEED}], got {text!r}") from None
+
+
+seed_int.__name__ = "seed"
+
+
+def nonempty_path(text: str) -> str:
+    """An argparse `type` for paths: not empty (an empty path would silently mean the current folder)."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError(f"must be a non-empty path, got {text!r}")
+    return text
+
+
+nonempty_path.__name__ = "path"
+
+
+def add_overwrite_argument(parser: argparse.ArgumentParser, what: str) -> None:
+    """`--overwrite`: replace existing output files (without it, a command refuses to write over `what`)."""
+    parser.add_argument(
+        "--overwrite", action="store_true",
+        help=f"Replace {what} that already exist (default: refuse, writing nothing).",
+    )
 
 
 def cpu_threads_option(text: str) -> str | int:

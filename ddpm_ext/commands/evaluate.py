@@ -11,7 +11,7 @@ from ..evaluation.evaluate import evaluate
 from ..evaluation.features import FEATURE_EXTRACTORS
 from ..evaluation.samplers import SAMPLER_GRAMMAR, SamplerSpec, parse_sampler
 from ..schedulers import VARIANCE_TYPES
-from .cli import add_cpu_threads_argument, int_at_least
+from .cli import add_cpu_threads_argument, int_at_least, nonempty_path, seed_int
 
 __all__ = ["add_arguments", "run", "main"]
 
@@ -74,11 +74,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     a("--no_stats_cache", action="store_true", help="Neither read nor write cached real-image features.")
     a("--batch_size", type=int_at_least(1),
       help="Images per sampling call; (image, timestep) pairs per UNet call for bits/dim; images per feature batch.")
-    a("--seed", type=int_at_least(0), help="Seed of the data subsets, the bits/dim noise, the samples and KID.")
+    a("--seed", type=seed_int, help="Seed of the data subsets, the bits/dim noise, the samples and KID.")
     a("--num_grid_images", type=int_at_least(0), help="Samples shown in each sampler's grid.")
     a("--device", help="'auto' (CUDA when available, else CPU), 'cpu', 'cuda', 'cuda:1', ...")
-    a("--output_dir",
-      help="Write results.json, results.md and samples_<sampler>.png here (created); default: print only.")
+    a("--output_dir", type=nonempty_path,
+      help="Write results.json, results.md and samples_<sampler>.png here (created; earlier results there are kept "
+      "unless --overwrite); default: print only.")
+    a("--overwrite", action="store_true",
+      help="Replace results.json, results.md and samples_*.png already in --output_dir (default: refuse, writing "
+      "nothing).")
     a("--nearest_k", type=int_at_least(0),
       help="k of precision/recall (Kynkäänniemi et al. 2019) and density/coverage (Naeem et al. 2020) on the FID "
            "features; each of the samples and the real images needs >= k + 2 images, else they are skipped with the "

@@ -33,11 +33,12 @@ from ..figures import (
     schedule_figure,
 )
 from ..figures.common import check_steps
+from ..files import check_new_files
 from ..pipelines.guidance import is_class_conditional, resolve_class_labels
 from ..pipelines.pipeline_ddpm_ext import DDPMExtPipeline
 from ..pipelines.pipeline_ddpm_ext_inpaint import MASK_KINDS
 from ..validation import check_number, resolve_device
-from .cli import check_output_dir, nonnegative_int, positive_int
+from .cli import add_overwrite_argument, check_output_dir, nonempty_path, nonnegative_int, positive_int, seed_int
 
 __all__ = ["FIGURES", "PIPELINE_FIGURES", "add_arguments", "run"]
 
@@ -74,14 +75,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="A trained pipeline folder (e.g. the training script's --output_dir) or a Hub repo id 'org/name', for "
         "the figures sampled from a model; without it only forward_process and schedules are written.",
     )
-    parser.add_argument("--output_dir", default="figures", help="Folder for the PNGs and the GIF (default: figures).")
+    parser.add_argument(
+        "--output_dir", type=nonempty_path, default="figures",
+        help="Folder for the PNGs and the GIF (default: figures); figures already there are kept unless --overwrite.",
+    )
     parser.add_argument(
         "--only", nargs="+", choices=FIGURES, default=None, metavar="FIGURE",
         help=f"Write only these figures, one of {', '.join(FIGURES)} each (default: every figure the inputs allow; "
         "class_grid needs a class-conditional pipeline).",
     )
     parser.add_argument(
-        "--seed", type=nonnegative_int, default=0,
+        "--seed", type=seed_int, default=0,
         help="Seed of the sampled images (image i as in `ddpm-ext sample --seed`), of the forward process's noise "
         "and of the inpainting masks' strokes (default: 0).",
     )
@@ -141,6 +145,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         f"(default: {_default(class_grid_figure, 'guidance_scale')}).",
     )
     parser.add_argument("--device", default=None, help="Device for sampling (default: cuda if available, else cpu).")
+    add_overwrite_argument(parser, "figure files")
 
 
 def _figures_to_draw(args: argparse.Namespace, pipe: DDPMExtPipeline | None) -> list[str]:
@@ -205,6 +210,8 @@ def run(args: argparse.Namespace) -> int:
     if args.pipeline is not None:
         pipe = DDPMExtPipeline.from_pretrained(args.pipeline).to(resolve_device(args.device))
     names = _figures_to_draw(args, pipe)
+    gif = [out / "reverse_trajectory.gif"] if "reverse_trajectory" in names else []
+    check_new_files([out / f"{n}.png" for n in names] + gif, "--output_dir", args.overwrite)  # before any work
     steps = step_counts = None
     if pipe is not None:
         chain = pipe.scheduler.config.num_train_timesteps

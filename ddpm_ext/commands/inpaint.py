@@ -20,7 +20,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from ..files import atomic_path
+from ..files import atomic_path, check_new_files
 from ..pipelines.pipeline_ddpm_ext_inpaint import (
     DDPMExtInpaintPipeline,
     repaint_schedule,
@@ -28,7 +28,7 @@ from ..pipelines.pipeline_ddpm_ext_inpaint import (
 from ..schedulers.scheduling_ddim_ext import DDIMExtScheduler
 from ..seeding import image_generators
 from ..validation import resolve_device
-from .cli import nonnegative_int, positive_int
+from .cli import add_overwrite_argument, nonempty_path, positive_int, seed_int
 from .sample import SCHEDULERS, check_output_file
 
 __all__ = ["add_arguments", "run", "DEFAULT_STEPS"]
@@ -48,7 +48,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="The mask, same size as the image: white = fill, black = keep (diffusers' inpainting convention).",
     )
     parser.add_argument(
-        "--output", default="inpainted.png", help="The completed image to write (default: inpainted.png)."
+        "--output", type=nonempty_path, default="inpainted.png",
+        help="The completed image to write (default: inpainted.png); an existing file is kept unless --overwrite.",
     )
     parser.add_argument(
         "--steps", type=positive_int, default=None,
@@ -71,11 +72,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="Model steps without the added noise z (the kept region and the jumps stay noisy).",
     )
     parser.add_argument(
-        "--seed", type=nonnegative_int, default=0,
+        "--seed", type=seed_int, default=0,
         help="Seed: the generator of image 0 of this seed (ddpm_ext.seeding.image_generators), as `ddpm-ext sample` "
         "draws it (default: 0).",
     )
     parser.add_argument("--device", default=None, help="Torch device (default: cuda if available, else cpu).")
+    add_overwrite_argument(parser, "--output")
 
 
 def _open_image(path: str, option: str) -> Image.Image:
@@ -97,6 +99,7 @@ def run(args: argparse.Namespace) -> int:
     if args.eta is not None and args.scheduler == "ddpm":
         raise ValueError(f"`--eta` {args.eta} is DDIM's η; it cannot be used with `--scheduler ddpm`.")
     output = check_output_file(args.output, "--output")
+    check_new_files([output], "--output", args.overwrite)
     image, mask = _open_image(args.image, "--image"), _open_image(args.mask, "--mask")
     if image.size != mask.size:
         raise ValueError(
@@ -131,7 +134,7 @@ def run(args: argparse.Namespace) -> int:
         **kwargs,
     )
 
-    # 4. Write
+    # 4. Write (the pipeline refused a non-finite result: nothing is written for one)
     with atomic_path(output) as tmp:
         out.images[0].save(tmp, format=Image.registered_extensions()[output.suffix.lower()])
     print(output)

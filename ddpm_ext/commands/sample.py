@@ -15,6 +15,7 @@ ddpm-ext sample outputs/mnist-cond --class_labels 3 7 --guidance_scale 2   # a r
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from pathlib import Path
 
@@ -23,8 +24,9 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from ..cpu_threads import AdaptiveThreads
-from ..files import write_with
+from ..files import check_new_files, images_in, write_with
 from ..images import save_image_grid, to_pil
+from ..memory import check_fits, stored_images_bytes
 from ..pipelines.pipeline_ddpm_ext import DDPMExtPipeline
 from ..schedulers.fast_samplers import FAST_SAMPLERS, fast_sampler
 from ..schedulers.scheduling_common import DEFAULT_SAMPLING_STEPS, TIMESTEP_SPACINGS
@@ -32,7 +34,14 @@ from ..schedulers.scheduling_ddim_ext import DDIMExtScheduler
 from ..schedulers.scheduling_ddpm_ext import DDPMExtScheduler
 from ..seeding import image_generators
 from ..validation import check_number, resolve_device
-from .cli import add_cpu_threads_argument, check_output_dir, nonnegative_int, positive_int
+from .cli import (
+    add_cpu_threads_argument,
+    add_overwrite_argument,
+    check_output_dir,
+    nonempty_path,
+    positive_int,
+    seed_int,
+)
 from .guidance_options import add_guidance_arguments, cli_guidance
 
 __all__ = ["SCHEDULERS", "add_arguments", "run", "check_output_file"]
@@ -79,17 +88,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="Sample without the added noise z: every step returns the mean μ_θ (the lecture's comparison).",
     )
     parser.add_argument(
-        "--seed", type=nonnegative_int, default=0,
+        "--seed", type=seed_int, default=0,
         help="Seed of the images: image i has its own generator from (seed, i), as in `ddpm-ext evaluate` "
         "and the figures (default: 0).",
     )
-    parser.add_argument("--output", default="samples.png", help="The grid image to write (default: samples.png).")
+    parser.add_argument(
+        "--output", type=nonempty_path, default="samples.png", help="The grid image to write (default: samples.png)."
+    )
     parser.add_argument("--nrow", type=positive_int, default=None, help="Images per grid row (default: ceil(sqrt(N))).")
-    parser.add_argument("--images_dir", default=None, help="Also write each image as 00000.png, 00001.png, ... here.")
+    parser.add_argument(
+        "--images_dir", type=nonempty_path, default=None,
+        help="Also write each image as 00000.png, 00001.png, ... here; a folder that already holds images is refused "
+        "unless --overwrite (which replaces the numbered images of an earlier run, and says so).",
+    )
     parser.add_argument("--batch_size", type=positive_int, default=16, help="Images per forward pass (default: 16).")
     parser.add_argument("--device", default=None, help="Torch device (default: cuda if available, else cpu).")
     add_guidance_arguments(parser)  # --class_labels, --guidance_scale
     add_cpu_threads_argument(parser)
+    add_overwrite_argument(parser, "--output and the images of --images_dir")
 
 
 def check_output_file(path: str, option: str) -> Path:
@@ -119,7 +135,15 @@ def run(args: argparse.Namespace) -> int:
             )
         check_number("--eta", args.eta, 0, 1)
     output = check_output_file(args.output, "--output")
+    check_new_files([output], "--output", args.overwrite)
     images_dir = check_output_dir(args.images_dir, "--images_dir") if args.images_dir is not None else None
+    older = images_in(images_dir) if images_dir is not None else []
+    if older and not args.overwrite:
+        raise ValueError(
+            f"`--images_dir` {str(images_dir)!r} already holds {len(older)} image(s) (e.g. {older[0].name}); new "
+            "images would mix with them. Pass --overwrite to replace them, or give an empty folder (nothing was "
+            "written)."
+        )
     device = resolve_device(args.device)
 
     # 2. The pipeline, and the options that depend on it
@@ -151,6 +175,10 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"`--steps` must be at most the pipeline's num_train_timesteps = {T}, got {steps}.")
     _, guide, nrow = cli_guidance(pipe, args.class_labels, args.guidance_scale, args.num_images, args.nrow)
     autoguidance = pipe.resolve_autoguidance_scale(args.autoguidance_scale)  # w > 1 needs the pipeline's guide
+    height, width = pipe._sample_hw()
+    check_fits(stored_images_bytes(args.num_images, pipe.unet.config.in_channels, height, width), "cpu",
+               f"`--num_images` {args.num_images} ({height}x{width} images kept until written)",
+               "sample fewer images per command (several --seed values)")
     pipe = pipe.to(device)
     pipe.set_progress_bar_config(disable=True)
 
@@ -191,11 +219,19 @@ def run(args: argparse.Namespace) -> int:
         threads.restore()  # the caller's thread count back (`run` is also called in-process)
     images = np.concatenate(chunks)  # (N, H, W, C) in [0, 1]
 
-    # 4. Write
+    # 4. Write (the pipeline refused a non-finite sample: nothing is written for one)
     save_image_grid(images, output, nrow)
     print(output)
     if images_dir is not None:
+        written = {images_dir / f"{i:05d}.png" for i in range(len(images))}
         for i, im in enumerate(to_pil(images)):
             write_with(images_dir / f"{i:05d}.png", im.save)
+        stale = [p for p in older if p not in written and re.fullmatch(r"\d{5}\.png", p.name)]
+        for p in stale:  # the numbered images of an earlier, larger run: --overwrite replaces that set
+            p.unlink()
         print(f"{len(images)} images in {images_dir}")
+        if older:
+            kept = len(older) - len(stale) - len(written & set(older))
+            print(f"--overwrite: replaced {len(written & set(older))} and removed {len(stale)} older image(s) in "
+                  f"{images_dir}" + (f"; {kept} other image(s) left as they were" if kept else ""), file=sys.stderr)
     return 0

@@ -14,7 +14,7 @@ from typing import Any
 
 from ..cpu_threads import parse_cpu_threads
 from ..schedulers import VARIANCE_TYPES
-from ..validation import check_choice, check_int, check_number
+from ..validation import check_choice, check_int, check_number, check_path, check_seed
 from .features import FEATURE_EXTRACTORS
 from .samplers import SamplerSpec, parse_sampler
 
@@ -70,6 +70,7 @@ class EvaluationConfig:
     nearest_k: int = 5  # k of precision/recall/density/coverage, Naeem et al.'s recommendation; 0 skips them
     digit_judge: str = "auto"  # "auto": on for 1-channel (grayscale) models, the judge's domain; "on" / "off"
     update_model_card: bool = False  # the card is the user's file: rewrite its metrics section only when asked
+    overwrite: bool = False  # results already in output_dir are the user's: replaced only when asked
     guidance_scales: list[float] | None = None  # conditional only; None: [1.0], p(x | y) as `ddpm-ext sample`
     cpu_threads: str | int = "auto"  # "auto": fewer threads while other processes need the cores; N: exactly N
 
@@ -79,8 +80,11 @@ class EvaluationConfig:
         if self.max_real_images is not None:
             check_int("max_real_images", self.max_real_images, 2)
         for name, low in (("num_bpd_images", 0), ("num_samples", 0), ("kid_subset_size", 2), ("kid_subsets", 1),
-                          ("batch_size", 1), ("seed", 0), ("num_grid_images", 0), ("nearest_k", 0)):
+                          ("batch_size", 1), ("num_grid_images", 0), ("nearest_k", 0)):
             setattr(self, name, check_int(name, getattr(self, name), low))
+        self.seed = check_seed("seed", self.seed)
+        if self.output_dir is not None:
+            check_path("output_dir", self.output_dir)
         if self.variance_types is not None:
             self.variance_types = [check_choice("variance_types", v, VARIANCE_TYPES) for v in self.variance_types]
         if isinstance(self.clip_denoised, bool):
@@ -89,8 +93,9 @@ class EvaluationConfig:
         check_choice("feature_extractor", self.feature_extractor, FEATURE_EXTRACTORS)
         check_choice("digit_judge", self.digit_judge, DIGIT_JUDGE_CHOICES)
         self.cpu_threads = parse_cpu_threads(self.cpu_threads)
-        if not isinstance(self.update_model_card, bool):
-            raise ValueError(f"`update_model_card` must be True or False, got {self.update_model_card!r}.")
+        for name in ("update_model_card", "overwrite"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"`{name}` must be True or False, got {getattr(self, name)!r}.")
         self.samplers = [parse_sampler(s) for s in (self.samplers or [])]
         if len({s.spec for s in self.samplers}) != len(self.samplers):
             raise ValueError(f"`--samplers` lists a sampler twice: {[s.spec for s in self.samplers]}.")

@@ -88,6 +88,7 @@ from ..data import (
     load_image_dataset,
     validate_image_folder,
 )
+from ..files import check_new_files
 from ..images import normalize, to_uint8
 from ..likelihood import bits_per_dim_variances
 from ..pipelines.checkpoint_io import check_components, square_sample_size
@@ -257,6 +258,10 @@ def load_evaluation(config: EvaluationConfig) -> EvaluationRun:
     # the pipeline and the checks that need it
     pipe = DDPMExtPipeline.from_pretrained(config.pipeline, revision=config.revision)
     unet = pipe.unet
+    bad = [name for name, p in unet.named_parameters() if not bool(torch.isfinite(p).all())]
+    if bad:  # bits/dim would be NaN and every sample refused: say why before any work
+        raise ValueError(f"The UNet of {str(config.pipeline)!r} has non-finite weights (NaN or ±inf) in {len(bad)} "
+                         f"tensor(s), e.g. {bad[0]}; it cannot be evaluated.")
     names, scales = _conditioning(config, unet)  # before any data or feature work
     size = square_sample_size(unet, "Evaluation's images")
     channels = int(unet.config.in_channels)
@@ -670,6 +675,10 @@ def evaluate(config: EvaluationConfig | argparse.Namespace) -> dict[str, Any]:
         config = EvaluationConfig.from_namespace(config)
     if not isinstance(config, EvaluationConfig):
         raise ValueError(f"`config` must be an EvaluationConfig, got {type(config).__name__}.")
+    if config.output_dir is not None:  # earlier results are the user's: kept unless `overwrite`, checked first
+        out = Path(config.output_dir)
+        check_new_files([out / "results.json", out / "results.md", *sorted(out.glob("samples_*.png"))],
+                        "--output_dir", config.overwrite)
     run = load_evaluation(config)
     results: dict[str, Any] = {
         "pipeline": str(config.pipeline),

@@ -81,6 +81,57 @@ UNET_PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
+def check_unet_config(config: dict[str, Any], source: str = "the UNet config") -> dict[str, Any]:
+    """`config` when its sizes can build a `UNet2DModel`; else a `ValueError` naming `source`, the key and the value.
+
+    Checked: `in_channels`, `out_channels`, `layers_per_block`, `norm_num_groups` (integers >= 1), `sample_size` (an
+    integer >= 1 or a pair of them), `block_out_channels` (a non-empty list of integers >= 1, each divisible by
+    `norm_num_groups`, as GroupNorm needs), `attention_head_dim` and `num_class_embeds` (None or an integer >= 1), and
+    as many down and up block types as `block_out_channels`. Keys the config leaves out keep diffusers' defaults.
+
+    Example:
+
+    ```py
+    >>> from ddpm_ext.models.unet_presets import check_unet_config, unet_config
+    >>> check_unet_config({**unet_config("tiny"), "block_out_channels": [8, -16]}, "my.json")
+    Traceback (most recent call last):
+    ...
+    ValueError: my.json: `block_out_channels` must be a non-empty list of integers >= 1, got [8, -16].
+
+    ```
+    """
+
+    def positive(value: Any) -> bool:
+        return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+    def bad(key: str, allowed: str) -> ValueError:
+        return ValueError(f"{source}: `{key}` must be {allowed}, got {config[key]!r}.")
+
+    for key in ("in_channels", "out_channels", "layers_per_block", "norm_num_groups"):
+        if key in config and not positive(config[key]):
+            raise bad(key, "an integer >= 1")
+    for key in ("attention_head_dim", "num_class_embeds"):
+        if config.get(key) is not None and not positive(config[key]):
+            raise bad(key, "None or an integer >= 1")
+    if "sample_size" in config:
+        size = config["sample_size"]
+        pair = isinstance(size, (list, tuple)) and len(size) == 2 and all(positive(v) for v in size)
+        if not (positive(size) or pair):
+            raise bad("sample_size", "an integer >= 1 or a pair [height, width] of them")
+    channels = config.get("block_out_channels")
+    if channels is not None:
+        if not isinstance(channels, (list, tuple)) or not channels or not all(positive(c) for c in channels):
+            raise bad("block_out_channels", "a non-empty list of integers >= 1")
+        groups = config.get("norm_num_groups", 32)
+        if any(c % groups for c in channels):
+            raise bad("block_out_channels", f"a list of multiples of `norm_num_groups` = {groups} (GroupNorm)")
+        for key in ("down_block_types", "up_block_types"):
+            types = config.get(key)
+            if types is not None and (not isinstance(types, (list, tuple)) or len(types) != len(channels)):
+                raise bad(key, f"a list of {len(channels)} block types, one per `block_out_channels` entry")
+    return config
+
+
 def _unet_keys() -> set[str]:
     return set(inspect.signature(UNet2DModel.__init__).parameters) - {"self"}
 
@@ -131,7 +182,7 @@ def unet_config(preset: str | os.PathLike = "ddpm-cifar10", **overrides: Any) ->
     if unknown:
         raise ValueError(f"Unknown UNet2DModel config keys {unknown}; allowed: {sorted(allowed)}.")
     config.update(overrides)
-    return config
+    return check_unet_config(config, f"`preset` {name!r}")
 
 
 def build_unet(preset: str | os.PathLike = "ddpm-cifar10", **overrides: Any) -> UNet2DModel:

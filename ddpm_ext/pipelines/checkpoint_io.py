@@ -27,6 +27,7 @@ from huggingface_hub import snapshot_download
 from safetensors import safe_open
 
 from ..files import atomic_path, atomic_write_text
+from ..models.unet_presets import check_unet_config
 from ..schedulers.scheduling_common import ScheduleMixin
 from ..schedulers.scheduling_ddim_ext import DDIMExtScheduler
 from ..schedulers.scheduling_ddpm_ext import DDPMExtScheduler
@@ -187,7 +188,7 @@ def save_pipeline(
 
 def saved_guide(folder: Path) -> bool:
     """Whether `folder`'s `model_index.json` names an autoguidance guide (`guide_unet/`)."""
-    return json.loads((folder / "model_index.json").read_text()).get(GUIDE_INDEX_KEY) == GUIDE_DIR
+    return read_json(folder / "model_index.json").get(GUIDE_INDEX_KEY) == GUIDE_DIR
 
 
 def _looks_like_repo_id(name: str) -> bool:
@@ -261,12 +262,31 @@ def resolve_pipeline_folder(
     return folder
 
 
+def read_json(path: Path) -> dict[str, Any]:
+    """The JSON object in `path` (a pipeline's `model_index.json` or a component's config); a `ValueError` naming the
+    file and the problem for text that is not JSON, or JSON that is not an object."""
+    try:
+        value = json.loads(Path(path).read_text(encoding="utf-8"))
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path} is not a text file (UTF-8 JSON expected): {e}.") from None
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path} is not valid JSON: {e.msg} at line {e.lineno}, column {e.colno}.") from None
+    if not isinstance(value, dict):
+        raise ValueError(f"{path} must hold a JSON object, got {type(value).__name__}.")
+    return value
+
+
 def check_component_classes(folder: Path) -> None:
-    """Refuse, before anything is built, a folder whose components are not a `UNet2DModel` and a scheduler."""
-    entry = json.loads((folder / "model_index.json").read_text()).get("unet")
+    """Refuse, before anything is built, a folder whose components are not a `UNet2DModel` and a scheduler, and a
+    UNet config whose sizes cannot build one ([`check_unet_config`])."""
+    entry = read_json(folder / "model_index.json").get("unet")
     names = [("model_index.json", entry[-1] if isinstance(entry, list) and entry else entry)]
-    if (folder / "unet" / "config.json").is_file():
-        names.append(("unet/config.json", json.loads((folder / "unet" / "config.json").read_text()).get("_class_name")))
+    for component in ("unet", GUIDE_DIR):
+        if (folder / component / "config.json").is_file():
+            config = read_json(folder / component / "config.json")
+            check_unet_config(config, str(folder / component / "config.json"))
+            if component == "unet":
+                names.append(("unet/config.json", config.get("_class_name")))
     for where, name in names:
         if name is not None and name != "UNet2DModel":
             raise ValueError(
@@ -285,7 +305,7 @@ def _weights_files(unet_dir: Path, variant: str | None, suffix: str) -> list[Pat
         return [single]
     index = unet_dir / f"{stem}{suffix}.index.json"
     if index.is_file():
-        shards = sorted(set(json.loads(index.read_text()).get("weight_map", {}).values()))
+        shards = sorted(set(read_json(index).get("weight_map", {}).values()))
         return [unet_dir / name for name in shards]
     return []
 
@@ -332,7 +352,7 @@ def check_unet_weights(
     for path in safe:
         with safe_open(path, framework="pt") as f:
             found.update(f.keys())
-    config = json.loads((unet_dir / "config.json").read_text())
+    config = read_json(unet_dir / "config.json")
     with init_empty_weights():
         expected = set(UNet2DModel.from_config(config).state_dict())
     missing, unexpected = sorted(expected - found), sorted(found - expected)
@@ -354,7 +374,7 @@ def scheduler_class_of(folder: Path) -> type:
     """The class `folder/scheduler` loads as: ddpm_ext's scheduler for diffusers' DDPM / DDIM configs (and for
     ddpm_ext's own), diffusers' class for the others; a `ValueError` for anything that is not a scheduler."""
     path = folder / "scheduler" / "scheduler_config.json"
-    return _scheduler_class_for(json.loads(path.read_text()), str(path))
+    return _scheduler_class_for(read_json(path), str(path))
 
 
 def _scheduler_class_for(config: dict[str, Any], where: str) -> type:
@@ -406,5 +426,5 @@ def folder_with_guide(folder: Path, **hub: Any) -> Path:
 def load_scheduler(folder: str | os.PathLike) -> SchedulerMixin:
     """Load `folder/scheduler` as ddpm_ext's scheduler (or the diffusers one it cannot express)."""
     folder = Path(folder)
-    config = json.loads((folder / "scheduler" / "scheduler_config.json").read_text())
+    config = read_json(folder / "scheduler" / "scheduler_config.json")
     return scheduler_class_of(folder).from_config(config)  # ScheduleMixin.from_config undoes the disk translation

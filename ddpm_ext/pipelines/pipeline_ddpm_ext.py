@@ -24,8 +24,9 @@ from diffusers.utils import logging as diffusers_logging
 from ..data import ImageTransform
 from ..images import images_to_uint8, normalize, tensor_to_numpy, to_pil, to_unit
 from ..likelihood import BitsPerDimOutput, bits_per_dim
+from ..memory import check_fits, sampling_bytes
 from ..schedulers.scheduling_common import ScheduleMixin
-from ..validation import check_choice, check_int, check_number
+from ..validation import check_choice, check_finite, check_generator, check_int, check_number
 from .chain_start import draw_initial_noise, resolve_timestep_spacing, set_sampling_timesteps
 from .checkpoint_io import (
     GUIDE_DIR,
@@ -287,8 +288,8 @@ class DDPMExtPipeline(DiffusionPipeline):
             callback_on_step_end_tensor_inputs (`list[str]`, defaults to `["latents"]`): any of
                 `pipe._callback_tensor_inputs`: `"latents"` (x_{t-1} after the step), `"pred_original_sample"`
                 (x̂_0, when the scheduler gives it) and `"model_output"`.
-            latents (`torch.Tensor`, *optional*): x_T itself, (B, C, H, W), instead of drawing it; it is scaled by
-                the scheduler's `init_noise_sigma` as a drawn one is.
+            latents (`torch.Tensor`, *optional*): x_T itself, (B, C, H, W), every value finite, instead of drawing
+                it; it is scaled by the scheduler's `init_noise_sigma` as a drawn one is.
             timesteps (`list[int]`, *optional*): custom descending timesteps, for schedulers whose `set_timesteps`
                 accepts them; replaces `num_inference_steps`.
             class_labels (`list[int | str]`, *optional*): for a class-conditional UNet, one class id or name per
@@ -318,6 +319,13 @@ class DDPMExtPipeline(DiffusionPipeline):
 
         Returns:
             [`DDPMExtPipelineOutput`] or `(images,)`.
+
+        Raises:
+            `ValueError`: before any work, for an argument of the wrong type or value (e.g. `generator=5`: pass
+                `torch.Generator().manual_seed(5)`), `latents` holding NaN or ±inf, or a `batch_size` whose images
+                and UNet activations would not fit in the device's available memory (the estimate and the limit
+                are named: [`ddpm_ext.memory`]); after the chain, for a sample holding NaN or ±inf (non-finite
+                weights, or a callback that diverged), whatever the `output_type`: no images are returned.
 
         Example:
 
@@ -393,7 +401,8 @@ class DDPMExtPipeline(DiffusionPipeline):
                 trajectory.append(latents.cpu())
                 x0s.append(None if pred_original_sample is None else pred_original_sample.cpu())
 
-        # 4. [-1, 1] -> [0, 1] -> the requested type ("latent": x_0 as it is)
+        # 4. [-1, 1] -> [0, 1] -> the requested type ("latent": x_0 as it is); NaN or ±inf is refused for every type
+        self._check_result(latents)
         images = self._output(latents, output_type)
         self.maybe_free_model_hooks()
         if not return_dict:
@@ -441,7 +450,7 @@ class DDPMExtPipeline(DiffusionPipeline):
             batch_size (`int`, *optional*): (image, timestep) pairs per UNet call; defaults to N.
             variance_type (`str`, *optional*): σ_t² of p_θ; defaults to the scheduler's `variance_type`.
             clip_denoised (`bool`, *optional*): clip x̂_0 to [-1, 1] before computing μ_θ; defaults to the
-            scheduler's `clip_sample` (p_θ as the sampler draws from it).
+                scheduler's `clip_sample` (p_θ as the sampler draws from it).
             class_labels (`int` or N ints, *optional*): for a class-conditional UNet, the class id of every image
                 (or one for all); the null class id K (`len(self.id2label)`) scores the unconditional p(x). Required
                 for a conditional UNet, refused for an unconditional one.
@@ -513,7 +522,7 @@ class DDPMExtPipeline(DiffusionPipeline):
 
     def _check_call(
         self, batch_size, generator, eta, stochastic, output_type, latents=None, timesteps=None, callback=None,
-        tensor_inputs=(), use_clipped_model_output=None,
+        tensor_inputs=(), use_clipped_model_output=None, image_hw=None,
     ) -> tuple[dict[str, Any], list[str]]:  # fmt: skip
         """Check the call's own arguments once, before any work; return `scheduler.step`'s keyword arguments and
         the callback's tensor names. (The scheduler checks `num_inference_steps` / `timesteps` in `set_timesteps`.)
@@ -523,13 +532,14 @@ class DDPMExtPipeline(DiffusionPipeline):
         """
         check_int("batch_size", batch_size, 1)
         check_choice("output_type", output_type, OUTPUT_TYPES)
-        if isinstance(generator, list) and len(generator) != batch_size:
-            raise ValueError(f"`generator` is a list of {len(generator)} generators but `batch_size` is {batch_size}.")
+        check_generator(generator, batch_size)
         if latents is not None:
             shape = (batch_size, self.unet.config.in_channels, *self._sample_hw())
             if not isinstance(latents, torch.Tensor) or tuple(latents.shape) != shape:
                 got = tuple(latents.shape) if isinstance(latents, torch.Tensor) else type(latents).__name__
                 raise ValueError(f"`latents` must be a tensor of shape {shape} (batch_size, C, H, W), got {got}.")
+            check_finite("latents", latents, " (x_T must be finite)")
+        self._check_memory(batch_size, image_hw)
         if timesteps is not None and "timesteps" not in inspect.signature(self.scheduler.set_timesteps).parameters:
             raise ValueError(
                 f"`timesteps` needs a scheduler whose `set_timesteps` accepts custom timesteps; "
@@ -575,6 +585,31 @@ class DDPMExtPipeline(DiffusionPipeline):
                     f"`{name}`={value!r} needs {needs}; {type(self.scheduler).__name__}.step has no `{name}`."
                 )
         return kwargs, list(tensor_inputs)
+
+    def _check_memory(self, batch_size: int, image_hw: tuple[int, int] | None = None) -> None:
+        """Refuse a call whose images and UNet activations would not fit in the device's memory
+        ([`ddpm_ext.memory.sampling_bytes`]; both guidance branches go through one batched UNet call)."""
+        h, w = image_hw or self._sample_hw()
+        needed = sampling_bytes(
+            self.unet.config, batch_size, height=h, width=w, element_size=self.unet.dtype.itemsize,
+            unet_batch_factor=2 if is_class_conditional(self.unet) else 1,
+        )
+        check_fits(needed, self._execution_device, f"`batch_size`={batch_size} of {h}x{w} images",
+                   "sample in smaller batches (several calls)")
+
+    def _check_result(self, sample: torch.Tensor) -> None:
+        """Refuse a chain that ended in NaN or ±inf (an image of only 0 and 255 pixels is no sample), naming the
+        likely cause: non-finite UNet weights."""
+        if bool(torch.isfinite(sample).all()):
+            return
+        bad = sorted(name for name, unet in self._unets().items()
+                     if not all(bool(torch.isfinite(p).all()) for p in unet.parameters()))
+        cause = (f"the weights of {' and '.join(f'`{b}`' for b in bad)} hold NaN or infinite values" if bad
+                 else "the chain diverged (a callback's latents, or a scheduler option)")
+        raise ValueError(
+            f"Sampling produced {int((~torch.isfinite(sample)).sum())} non-finite value(s) of {sample.numel()}: "
+            f"{cause}; no images are returned."
+        )
 
     # ----------------------------------------------------------------------------------------------
     # Saving and loading

@@ -37,7 +37,7 @@ from PIL import ImageDraw
 
 from ..images import convert_image, normalize, to_unit
 from ..schedulers.scheduling_common import ScheduleMixin, draw_noise
-from ..validation import check_choice, check_int
+from ..validation import check_choice, check_int, check_seed
 from .chain_start import draw_initial_noise, resolve_timestep_spacing, set_sampling_timesteps
 from .guidance import prepare_guidance
 from .pipeline_ddpm_ext import DDPMExtPipeline, DDPMExtPipelineOutput, OutputType
@@ -150,7 +150,7 @@ def make_mask(kind: MaskKind, height: int, width: int, *, seed: int = 0) -> torc
     elif kind == "centre_box":
         mask[..., height // 4 : height // 4 + height // 2, width // 4 : width // 4 + width // 2] = 1
     else:
-        rng = np.random.default_rng(check_int("seed", seed, 0))
+        rng = np.random.default_rng(check_seed("seed", seed))
         canvas = PIL.Image.new("L", (width, height), 0)
         draw = ImageDraw.Draw(canvas)
         for _ in range(4):
@@ -355,13 +355,16 @@ class DDPMExtInpaintPipeline(DDPMExtPipeline):
 
         Raises:
             `ValueError`: before any sampling, for images and masks of different sizes or counts, images of the
-            wrong channels or size, values out of range, `jump_length` or `jump_n_sample` < 1, a bad `eta`, and the
-            other arguments [`DDPMExtPipeline`] checks. An all-keep or all-fill mask works, with a `UserWarning`.
+                wrong channels or size, values out of range, `jump_length` or `jump_n_sample` < 1, a bad `eta`,
+                and the other arguments [`DDPMExtPipeline`] checks (the generator's type, a batch that cannot fit
+                in memory). An all-keep or all-fill mask works, with a `UserWarning`. After the chain, a result
+                holding NaN or ±inf (non-finite weights) raises a `ValueError` instead of returning images.
         """
         x0, fill = self._prepare_inputs(image, mask_image)
         batch_size = x0.shape[0]
         step_kwargs, _ = self._check_call(
-            batch_size, generator, eta, stochastic, output_type, use_clipped_model_output=use_clipped_model_output
+            batch_size, generator, eta, stochastic, output_type, use_clipped_model_output=use_clipped_model_output,
+            image_hw=tuple(x0.shape[-2:]),
         )
         spacing = resolve_timestep_spacing(self.scheduler, timestep_spacing)
         guidance = prepare_guidance(self.unet, class_labels, guidance_scale, batch_size)  # None: unconditional
@@ -415,7 +418,9 @@ class DDPMExtInpaintPipeline(DDPMExtPipeline):
                 trajectory.append(x.cpu())
                 visited.append(s)
 
-        # 3. [-1, 1] -> [0, 1] -> the requested type (the last step put x_0 itself in the kept region)
+        # 3. [-1, 1] -> [0, 1] -> the requested type (the last step put x_0 itself in the kept region); NaN or ±inf
+        #    is refused
+        self._check_result(x)
         images = self._output(x, output_type)
         self.maybe_free_model_hooks()
         if not return_dict:

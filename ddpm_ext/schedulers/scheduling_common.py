@@ -29,6 +29,7 @@ from diffusers.utils import BaseOutput
 from diffusers.utils.torch_utils import randn_tensor
 
 from ..files import atomic_write_text
+from ..memory import check_fits, schedule_bytes
 from ..validation import check_choice, check_int, check_positive
 
 BetaSchedule = Literal["linear", "quadratic", "cosine", "sigmoid", "scaled_linear", "squaredcos_cap_v2"]
@@ -105,6 +106,7 @@ def make_betas(
             `beta_start` > `beta_end`, or `trained_betas` of the wrong length or out of range.
     """
     T = check_int("num_train_timesteps", num_train_timesteps, 1)
+    check_fits(schedule_bytes(T), "cpu", f"`num_train_timesteps`={T}", "DDPM uses T = 1000")
 
     if trained_betas is not None:
         betas = np.asarray(trained_betas, dtype=np.float64).reshape(-1)

@@ -62,11 +62,12 @@ class DDIMExtScheduler(ScheduleMixin, ConfigMixin):
     Unlike diffusers' DDIMScheduler (which steps to t - T // S), every step lands on the timestep actually
     used next, for every `timestep_spacing`.
 
+    `num_train_timesteps`, `beta_start`, `beta_end`, `beta_schedule`, `trained_betas`, `clip_sample`,
+    `prediction_type`, `thresholding`, `dynamic_thresholding_ratio`, `clip_sample_range`, `sample_max_value`,
+    `timestep_spacing`, `steps_offset`, `rescale_betas_zero_snr`, `cosine_s` and `max_beta` are as in
+    [`DDPMExtScheduler`].
+
     Args:
-        num_train_timesteps, beta_start, beta_end, beta_schedule, trained_betas, clip_sample, prediction_type,
-        thresholding, dynamic_thresholding_ratio, clip_sample_range, sample_max_value, timestep_spacing,
-        steps_offset, rescale_betas_zero_snr, cosine_s, max_beta:
-            as in [`DDPMExtScheduler`].
         set_alpha_to_one (`bool`, defaults to `True`): ᾱ after the last step is 1 (the step lands on x_0);
             `False` uses ᾱ_0, as diffusers' option of that name.
         variance_type (`str`, defaults to `"fixed_small"`): kept so that configs survive a swap with

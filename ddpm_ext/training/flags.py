@@ -16,13 +16,16 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from ..cpu_threads import parse_cpu_threads
 from ..data import BUILTIN_DATASETS
 from ..losses import LOSS_TYPES, TIMESTEP_SAMPLINGS
-from ..models.unet_presets import UNET_PRESETS, unet_config
+from ..memory import check_fits, sampling_bytes, schedule_bytes
+from ..models.unet_presets import UNET_PRESETS, check_unet_config, unet_config
+from ..pipelines.checkpoint_io import read_json
 from ..schedulers.scheduling_common import BETA_SCHEDULES, DEFAULT_SAMPLING_STEPS, PREDICTION_TYPES, VARIANCE_TYPES
-from ..validation import check_number
+from ..validation import check_number, check_path, check_seed
 from .conditioning import DEFAULT_LABEL_COLUMN
 from .resume import plan_resume
 
@@ -40,6 +43,8 @@ __all__ = [
     "check_conditioning_args",
     "check_output_dir",
     "check_resolution",
+    "check_sizes",
+    "has_accelerator",
     "parse_args",
 ]
 
@@ -157,7 +162,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     a("--ema_max_decay", type=float, default=0.999,
       help="Largest EMA decay (diffusers: 0.9999, which averages over ~10k steps; 0.999 over ~1k, for short runs).")
     a("--mixed_precision", default="no", choices=MIXED_PRECISION,
-      help="Mixed precision (bf16 works on CPUs with AVX512-BF16).")
+      help="Mixed precision: fp16 needs a GPU (refused on a machine without one, where accelerate would silently "
+      "train in fp32); bf16 runs everywhere (autocast on CPUs, fast only with AVX512-BF16 / AMX).")
     a("--enable_xformers_memory_efficient_attention", action="store_true",
       help="Use xformers' attention (needs `pip install xformers` and a GPU).")
     # speed (README "Speed"; the defaults keep the arithmetic of earlier versions exactly)
@@ -174,7 +180,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
       "machine.")
     a("--compile", action="store_true",
       help="torch.compile the UNet (through accelerate's dynamo_backend='inductor'); the first steps compile.")
-    a("--seed", type=int, default=0, help="Seed of every random choice: weights, data order, t, ε, flips.")
+    a("--seed", type=int, default=0,
+      help="Seed of every random choice: weights, data order, t, ε, flips; an integer in [0, 2**32).")
     a("--local_rank", type=int, default=-1,
       help="Set by torch.distributed launchers (accelerate reads LOCAL_RANK itself).")
     # checkpoints, logs, outputs
@@ -197,7 +204,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
       help="Also save the pipeline every this many epochs (diffusers: 10; 0: only at the end — checkpoints cover "
       "interruptions).")
     a("--logger", default="none", choices=LOGGERS, help="Log scalars and sample grids to tensorboard or wandb.")
-    a("--logging_dir", default="logs", help="Log folder, inside --output_dir.")
+    a("--logging_dir", default="logs",
+      help="Log folder: a relative path is inside --output_dir (one that leaves it, such as ../logs, is refused); an "
+      "absolute path is used as it is, outside the run's folder.")
     # Hub
     a("--push_to_hub", action="store_true",
       help="Upload the pipeline, a sample grid and a model card to the Hub at the end; the token and the repo are "
@@ -269,6 +278,8 @@ def check_args(args: argparse.Namespace) -> None:
         if getattr(args, name) < 0:
             raise ValueError(f"--{name} must be >= 0, got {getattr(args, name)}")
     args.cpu_threads = parse_cpu_threads(args.cpu_threads, "--cpu_threads")
+    check_seed("--seed", args.seed)
+    _check_paths(args)
     _check_flag_number("learning_rate", args.learning_rate, 0, None, low_open=True)
     _check_flag_number("adam_beta1", args.adam_beta1, 0, 1, high_open=True)
     _check_flag_number("adam_beta2", args.adam_beta2, 0, 1, high_open=True)
@@ -289,6 +300,11 @@ def check_args(args: argparse.Namespace) -> None:
     if args.dataset_name is not None and args.train_data_dir is not None:
         raise ValueError("give either --dataset_name or --train_data_dir, not both")
     _check_model_flags(args)
+    _check_mixed_precision(args.mixed_precision)
+    if args.autoguidance_scale > 1 and args.max_train_steps is not None and args.max_train_steps < 2:
+        raise ValueError(f"--autoguidance_scale {args.autoguidance_scale:g} needs --max_train_steps >= 2, got "
+                         f"{args.max_train_steps}: the guide is the EMA of an earlier step, and a run of one step has "
+                         "none before its last, so the guide would equal the final model and w would do nothing")
     if args.timestep_sampling == "importance" and args.snr_gamma is None:
         raise ValueError("--timestep_sampling importance draws t in proportion to the min-SNR-γ weight: it needs "
                          "--snr_gamma (without it every t has the same weight and uniform sampling is already the "
@@ -310,6 +326,7 @@ def check_args(args: argparse.Namespace) -> None:
                       "launch` if the script fails; prefer HF_TOKEN or `hf auth login`.", stacklevel=2)
     check_conditioning_args(args)
     check_output_dir(args.output_dir)
+    _check_sizes_before_loading(args)
     args.resume = plan_resume(args)
 
 
@@ -342,8 +359,12 @@ def _check_model_flags(args: argparse.Namespace) -> None:
     if args.model_config not in UNET_PRESETS and not os.path.isfile(args.model_config):
         raise ValueError(f"--model_config must be one of {sorted(UNET_PRESETS)} or an existing JSON file, got "
                          f"{args.model_config!r}")
+    try:
+        config = unet_config(args.model_config)  # its sizes checked (models.unet_presets.check_unet_config)
+    except ValueError as e:
+        raise ValueError(f"--model_config: {e}") from None
     if args.resolution is not None:
-        check_resolution(args.resolution, unet_config(args.model_config))
+        check_resolution(args.resolution, config)
 
 
 def check_conditioning_args(args: argparse.Namespace) -> None:
@@ -366,6 +387,82 @@ def _check_flag_number(name: str, value: Any, low: float, high: float | None = N
     check_number(f"--{name}", value, low, None if high_open else high, low_open=low_open)
     if high_open and value >= high:
         raise ValueError(f"`--{name}` must be a number in {'(' if low_open else '['}{low}, {high}), got {value!r}.")
+
+
+# path flags that an empty string would silently turn into the current folder (or nothing)
+PATH_FLAGS = ("output_dir", "logging_dir", "cache_dir", "train_data_dir", "dataset_name", "model_config",
+              "pretrained_model_name_or_path", "resume_from_checkpoint")
+
+
+def _check_paths(args: argparse.Namespace) -> None:
+    """Path flags: none empty; `--logging_dir` relative stays inside `--output_dir` (an absolute one is the user's)."""
+    for name in PATH_FLAGS:
+        value = getattr(args, name, None)
+        if value is not None:
+            check_path(f"--{name}", value)
+    logs = Path(args.logging_dir)
+    if not logs.is_absolute():
+        out = Path(os.path.abspath(args.output_dir))
+        if not Path(os.path.abspath(out / logs)).is_relative_to(out):
+            raise ValueError(f"--logging_dir {args.logging_dir!r} leaves --output_dir {args.output_dir!r}: a relative "
+                             "--logging_dir is a folder inside --output_dir (give an absolute path for logs elsewhere)")
+
+
+def has_accelerator() -> bool:
+    """Whether accelerate will train on a GPU (CUDA, MPS or XPU) rather than the CPU."""
+    xpu = getattr(torch, "xpu", None)
+    return torch.cuda.is_available() or torch.backends.mps.is_available() or bool(xpu and xpu.is_available())
+
+
+def _check_mixed_precision(mode: str) -> None:
+    """fp16 without a GPU is refused: accelerate would train in fp32 without a word while the card says fp16. bf16
+    is kept: on a CPU accelerate runs the model under torch.autocast(cpu, bfloat16)."""
+    if mode == "fp16" and not has_accelerator():
+        raise ValueError("--mixed_precision fp16 needs a GPU, and this machine has none (accelerate would train in "
+                         "fp32 and the model card would say fp16); use --mixed_precision bf16 (runs on CPUs) or no")
+
+
+def _run_device(args: argparse.Namespace) -> torch.device:
+    """The device this process will train on (as accelerate picks it), for the memory checks before it exists."""
+    if torch.cuda.is_available():
+        return torch.device("cuda", max(args.local_rank, 0))
+    return torch.device("cpu")
+
+
+def check_sizes(args: argparse.Namespace, config: dict[str, Any], device: torch.device | str) -> None:
+    """Refuse a batch whose memory cannot fit `device` ([`ddpm_ext.memory`]): the sample grids' `--eval_batch_size`
+    images, and `--train_batch_size` (a training step needs at least its forward pass's activations; gradients and
+    the optimizer come on top)."""
+    h, w = _config_hw(config)
+    for flag, when in (("eval_batch_size", "the sample grid"), ("train_batch_size", "at least, a training step")):
+        batch = getattr(args, flag)
+        factor = 2 if flag == "eval_batch_size" and getattr(args, "class_conditional", False) else 1
+        check_fits(sampling_bytes(config, batch, unet_batch_factor=factor), device,
+                   f"--{flag} {batch} ({when} of {h}x{w} images)", f"lower --{flag}")
+
+
+def _config_hw(config: dict[str, Any]) -> tuple[int, int]:
+    size = config.get("sample_size", 32)
+    return (size, size) if isinstance(size, int) else (int(size[0]), int(size[-1]))
+
+
+def _check_sizes_before_loading(args: argparse.Namespace) -> None:
+    """The memory checks that need no data: the schedule's T, and the batches where the UNet config is known now (a
+    preset or JSON file, or both default presets; a pretrained folder's own). Hub models are checked once built."""
+    if args.ddpm_num_steps is not None:
+        check_fits(schedule_bytes(args.ddpm_num_steps), "cpu", f"--ddpm_num_steps {args.ddpm_num_steps}",
+                   "DDPM uses 1000")
+    size = {"sample_size": args.resolution} if args.resolution is not None else {}
+    if args.pretrained_model_name_or_path:
+        path = Path(args.pretrained_model_name_or_path) / "unet" / "config.json"
+        configs = [{**check_unet_config(read_json(path), str(path)), **size}] if path.is_file() else []
+    elif args.model_config is not None:
+        configs = [unet_config(args.model_config, **size)]
+    else:  # picked from the data's channels later: the smaller of the two candidates (never refuse what may fit)
+        configs = [min((unet_config(p, **size) for p in MODEL_CONFIG_BY_CHANNELS.values()),
+                       key=lambda c: sampling_bytes(c, 1))]
+    for config in configs:
+        check_sizes(args, config, _run_device(args))
 
 
 def _importable(module: str) -> bool:

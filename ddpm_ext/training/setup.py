@@ -28,7 +28,7 @@ from ..pipelines.pipeline_ddpm_ext import DDPMExtPipeline
 from ..schedulers.scheduling_common import SAMPLING_TIMESTEP_SPACING
 from ..schedulers.scheduling_ddpm_ext import DDPMExtScheduler
 from .conditioning import Conditioning, setup_conditioning
-from .flags import MODEL_CONFIG_BY_CHANNELS, check_resolution
+from .flags import MODEL_CONFIG_BY_CHANNELS, check_resolution, check_sizes, has_accelerator
 from .resume import RunIdentity, check_resume, prepare_checkpoints
 
 __all__ = [
@@ -88,6 +88,7 @@ def build_run(args: argparse.Namespace, accelerator: Accelerator) -> RunParts:
     pick_model_config(args, channels)
     unet, scheduler = build_model_and_scheduler(args)
     check_channels(args, unet.config.in_channels, channels)
+    check_sizes(args, dict(unet.config), accelerator.device)  # the batches of the model built (a Hub model too)
     resolution = square_sample_size(unet, "Training images")
     transform, train_data = build_data(args, dataset, resolution, channels)
     unet, conditioning = setup_conditioning(args, dataset, unet)  # (unet, None) without --class_conditional
@@ -139,7 +140,7 @@ def build_accelerator(args: argparse.Namespace) -> Accelerator:
     return Accelerator(
         # Without any accelerator, `accelerate launch --multi_gpu` processes must be told they are CPU ranks,
         # or each would train alone; with cpu=True accelerate joins them with gloo (DistributedType.MULTI_CPU).
-        cpu=not _has_accelerator(),
+        cpu=not has_accelerator(),
         gradient_accumulation_steps=args.gradient_accumulation_steps,
         mixed_precision=args.mixed_precision,
         dynamo_backend="inductor" if args.compile else None,
@@ -147,11 +148,6 @@ def build_accelerator(args: argparse.Namespace) -> Accelerator:
         project_config=ProjectConfiguration(project_dir=str(output_dir),
                                             logging_dir=str(output_dir / args.logging_dir)),
     )
-
-
-def _has_accelerator() -> bool:
-    xpu = getattr(torch, "xpu", None)
-    return torch.cuda.is_available() or torch.backends.mps.is_available() or bool(xpu and xpu.is_available())
 
 
 def load_data(args: argparse.Namespace):
@@ -266,6 +262,10 @@ def guide_step(args: argparse.Namespace, max_steps: int) -> int | None:
     at least 1 and before the last), or None without --autoguidance_scale > 1."""
     if args.autoguidance_scale <= 1:
         return None
+    if max_steps < 2:  # the guide would be the final model itself: w would change nothing
+        raise ValueError(f"--autoguidance_scale {args.autoguidance_scale:g} needs a run of >= 2 optimisation steps, "
+                         f"got {max_steps}: the guide is the EMA of an earlier step, and a one-step run has none "
+                         "before its last, so the guide would equal the final model and w would do nothing")
     return max(1, min(max_steps - 1, round(args.autoguidance_guide_fraction * max_steps)))
 
 

@@ -70,7 +70,8 @@ def test_sample_grid_single_images_and_seeds(tiny_pipeline_dir, tmp_path, capsys
     other = tmp_path / "other.png"
     assert main([*args, "--batch_size", "2", "--output", str(other), "--seed", "8"]) == 0
     assert (read(other) != read(grid)).any()
-    assert main([*args, "--batch_size", "2", "--output", str(again)]) == 0
+    assert main([*args, "--batch_size", "2", "--output", str(again)]) == 2  # kept: it exists (issue 31)
+    assert main([*args, "--batch_size", "2", "--output", str(again), "--overwrite"]) == 0
     assert again.read_bytes() == grid.read_bytes()  # same batches, same process and thread count: exact
 
 
@@ -238,3 +239,119 @@ def test_push_refuses_a_folder_that_is_not_a_pipeline_before_any_network(tmp_pat
 def test_push_requires_the_repo_id(tmp_path, capsys):
     assert main(["push", str(tmp_path)]) == 2
     assert "--repo_id" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Every command's inputs bounded, its outputs never silently replaced, non-finite results never written (issue 31)
+# ---------------------------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def nan_pipeline_dir(tmp_path_factory):
+    """The tiny pipeline with every weight NaN (what a diverged run would have saved)."""
+    from tiny_pipeline import make_tiny_pipeline  # noqa: PLC0415 (as the conftest fixture)
+
+    pipe = make_tiny_pipeline()
+    with torch.no_grad():
+        for p in pipe.unet.parameters():
+            p.fill_(float("nan"))
+    folder = tmp_path_factory.mktemp("nan_pipeline")
+    pipe.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture()
+def inpaint_inputs(tmp_path):
+    Image.fromarray(np.full((TINY_SIZE, TINY_SIZE), 128, np.uint8)).save(tmp_path / "x.png")
+    mask = np.zeros((TINY_SIZE, TINY_SIZE), np.uint8)
+    mask[:, : TINY_SIZE // 2] = 255
+    Image.fromarray(mask).save(tmp_path / "m.png")
+    return ["--image", str(tmp_path / "x.png"), "--mask", str(tmp_path / "m.png")]
+
+
+@pytest.mark.parametrize("command", ["sample", "inpaint", "figures", "evaluate"])
+@pytest.mark.parametrize("seed", ["-1", "4294967296"])
+def test_every_commands_seed_is_bounded(command, seed, tiny_pipeline_dir, tmp_path, capsys):
+    assert main([command, str(tiny_pipeline_dir), "--seed", seed, "--output_dir" if command in ("figures", "evaluate")
+                 else "--output", str(tmp_path / ("o" if command in ("figures", "evaluate") else "o.png"))]) == 2
+    assert f"argument --seed: must be an integer in [0, 4294967295], got '{seed}'" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    "argv, option",
+    [
+        (["sample", "P", "--output", ""], "--output"),
+        (["sample", "P", "--images_dir", ""], "--images_dir"),
+        (["inpaint", "P", "--image", "x.png", "--mask", "m.png", "--output", ""], "--output"),
+        (["figures", "--output_dir", ""], "--output_dir"),
+        (["evaluate", "P", "--output_dir", " "], "--output_dir"),
+    ],
+)
+def test_empty_output_paths_are_refused(argv, option, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)  # '' would have meant this folder
+    assert main(argv) == 2
+    assert f"argument {option}: must be a non-empty path, got" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_existing_outputs_are_kept_unless_overwrite(tiny_pipeline_dir, inpaint_inputs, tmp_path, capsys):
+    keep = tmp_path / "mine.png"
+    keep.write_bytes(b"the user's file")
+    quick = ["--steps", "2", "--cpu_threads", "1"]
+    for argv in (["sample", str(tiny_pipeline_dir), "--num_images", "1", *quick],
+                 ["inpaint", str(tiny_pipeline_dir), *inpaint_inputs, "--steps", "2", "--jump_n_sample", "1"]):
+        assert main([*argv, "--output", str(keep)]) == 2
+        assert f"`--output`: '{keep}' already exist(s); pass --overwrite to replace (nothing was written)." in (
+            capsys.readouterr().err)
+        assert keep.read_bytes() == b"the user's file"
+        assert main([*argv, "--output", str(keep), "--overwrite"]) == 0
+        assert Image.open(keep).size[1] >= TINY_SIZE
+        keep.write_bytes(b"the user's file")
+    figures = tmp_path / "figures"
+    figures.mkdir()
+    (figures / "schedules.png").write_bytes(b"an earlier figure")
+    fig = ["figures", "--only", "schedules", "--output_dir", str(figures), "--num_train_timesteps", "20"]
+    assert main(fig) == 2
+    assert "schedules.png' already exist(s); pass --overwrite" in capsys.readouterr().err
+    assert (figures / "schedules.png").read_bytes() == b"an earlier figure"
+    assert main([*fig, "--overwrite"]) == 0 and Image.open(figures / "schedules.png").size[0] > 10
+
+
+def test_images_dir_holding_images_is_refused_unless_overwrite(tiny_pipeline_dir, tmp_path, capsys):
+    folder = tmp_path / "single"
+    folder.mkdir()
+    for name in ("00000.png", "00001.png", "00002.png", "cat.png"):  # an earlier run of 3, and the user's own
+        Image.new("L", (4, 4), 7).save(folder / name)
+    argv = ["sample", str(tiny_pipeline_dir), "--num_images", "2", "--steps", "2", "--cpu_threads", "1",
+            "--output", str(tmp_path / "grid.png"), "--images_dir", str(folder)]
+    assert main(argv) == 2
+    assert f"`--images_dir` '{folder}' already holds 4 image(s) (e.g. 00000.png); new images would mix" in (
+        capsys.readouterr().err)
+    assert not (tmp_path / "grid.png").exists() and len(list(folder.iterdir())) == 4
+    assert main([*argv, "--overwrite"]) == 0
+    assert (f"--overwrite: replaced 2 and removed 1 older image(s) in {folder}; 1 other image(s) left as they were"
+            in capsys.readouterr().err)
+    assert sorted(p.name for p in folder.iterdir()) == ["00000.png", "00001.png", "cat.png"]
+    assert Image.open(folder / "00000.png").size == (TINY_SIZE, TINY_SIZE)
+
+
+def test_non_finite_weights_fail_in_one_line_writing_nothing(nan_pipeline_dir, inpaint_inputs, tmp_path, capsys):
+    out = tmp_path / "out"
+    for argv in (["sample", str(nan_pipeline_dir), "--num_images", "2", "--steps", "2", "--output",
+                  str(out / "grid.png"), "--images_dir", str(out / "single")],
+                 ["inpaint", str(nan_pipeline_dir), *inpaint_inputs, "--steps", "2", "--jump_n_sample", "1",
+                  "--output", str(out / "inpainted.png")]):
+        assert main(argv) == 2
+        err = capsys.readouterr().err.strip().splitlines()[-1]
+        assert err.startswith("error: Sampling produced ") and "the weights of `unet` hold NaN" in err
+        assert not out.exists()
+    assert main(["evaluate", str(nan_pipeline_dir), "--num_samples", "2", "--num_bpd_images", "0",
+                 "--output_dir", str(out)]) == 2
+    assert "non-finite weights (NaN or ±inf) in " in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_sample_refuses_more_images_than_memory_holds(tiny_pipeline_dir, tmp_path, capsys):
+    assert main(["sample", str(tiny_pipeline_dir), "--num_images", str(10**12), "--output",
+                 str(tmp_path / "g.png")]) == 2
+    assert "`--num_images` 1000000000000 (16x16 images kept until written) needs about" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []

@@ -186,6 +186,15 @@ def test_bad_inputs_name_the_argument_value_and_allowed(tiny_pipeline, tmp_path,
         quick_eval(tiny_pipeline, tmp_path, *extra)
 
 
+def test_earlier_results_are_kept_unless_overwrite(tiny_pipeline, tmp_path):
+    out = tmp_path / "eval"
+    out.mkdir()
+    (out / "results.json").write_text("{}")
+    with pytest.raises(ValueError, match=r"`--output_dir`: '.*results.json' already exist\(s\); pass --overwrite"):
+        evaluate(EvaluationConfig(tiny_pipeline, num_samples=0, num_bpd_images=0, output_dir=out))
+    assert (out / "results.json").read_text() == "{}"
+
+
 def test_channel_mismatch_and_missing_pipeline(tiny_pipeline, tmp_path):
     folder = tmp_path / "rgb"
     folder.mkdir()
@@ -258,6 +267,10 @@ def test_evaluate_from_python_config_equals_the_command(tiny_pipeline, tmp_path)
         ({"feature_extractor": "clip"}, r"`feature_extractor` must be one of \['efficientnet-lite0', 'inception'\]"),
         ({"samplers": ["ddim:0"]}, r"STEPS must be an integer >= 1, got 0"),
         ({"pipeline": ""}, r"`pipeline` must be a folder or a Hub repo id"),
+        ({"seed": 2**32}, r"`seed` must be an integer in \[0, 4294967295\], got 4294967296"),
+        ({"seed": -1}, r"`seed` must be an integer in \[0, 4294967295\], got -1"),
+        ({"output_dir": ""}, r"`output_dir` must be a non-empty path, got ''"),
+        ({"overwrite": "yes"}, r"`overwrite` must be True or False, got 'yes'"),
     ],
 )
 def test_config_rejects_bad_values_on_construction(kwargs, message):

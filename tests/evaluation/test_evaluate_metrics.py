@@ -258,7 +258,7 @@ def test_report_docstring_examples():
 
 def test_real_row_reproduces_the_judges_held_out_score(tmp_path):
     """At 28x28 (no resizing) the real-images row of the 500 mnist-5k test digits is the judge's stored
-    held-out classifier IS (9.55), the number the README quotes."""
+    held-out classifier IS (9.55), the number docs/evaluation.md quotes."""
     torch.manual_seed(0)
     folder = tmp_path / "pipe28"
     DDPMExtPipeline(unet=build_unet("tiny", sample_size=28),

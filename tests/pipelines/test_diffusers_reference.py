@@ -6,7 +6,7 @@ for an unconditional pipeline, reduced to what applies without a GPU: dict/tuple
 single, the call signature, `to(dtype)`, `components`, callbacks). The expected slices and tolerances are
 diffusers'. Skipped: the `@slow @require_torch_gpu` integration tests (they download google/ddpm-cifar10-32 and
 google/ddpm-ema-bedroom-256 from the Hub; no network here) and the mixin's CPU-offload / float16 / xformers
-tests (they need a GPU). Where ddpm_ext differs on purpose, the test says so (see the README's pipeline section).
+tests (they need a GPU). Where ddpm_ext differs on purpose, the test says so (see docs/differences.md).
 """
 
 from __future__ import annotations

@@ -402,3 +402,29 @@ def test_class_conditional_inpainting_with_guidance(guidance_scale):
 def test_inpainting_label_errors_come_before_sampling():
     with pytest.raises(ValueError, match="class"):
         inpaint_pipe()(digits(1), left_half_fill(), num_inference_steps=4, class_labels=[0])  # unconditional UNet
+
+
+# ------------------------------------------------------------------------------------------------
+# Inputs and results that are never silently wrong (issue 31): shared with DDPMExtPipeline's checks
+# ------------------------------------------------------------------------------------------------
+def test_inpaint_refuses_an_int_generator_and_a_batch_that_cannot_fit(monkeypatch):
+    pipe = inpaint_pipe()
+    with pytest.raises(ValueError, match=r"`generator` must be a torch.Generator, a list of them or None, got int"):
+        pipe(digits(1), left_half_fill(), num_inference_steps=2, jump_n_sample=1, generator=5)
+    monkeypatch.setattr("ddpm_ext.memory.available_memory", lambda device=None: 2**10)  # a device with 1 KiB
+    with pytest.raises(ValueError, match=r"`batch_size`=2 of 16x16 images needs about .* cpu has 1\.0 KiB available"):
+        pipe(digits(2), left_half_fill(), num_inference_steps=2, jump_n_sample=1)
+
+
+def test_inpaint_with_non_finite_weights_gives_no_image():
+    pipe = inpaint_pipe()
+    with torch.no_grad():
+        for p in pipe.unet.parameters():
+            p.fill_(float("nan"))
+    with pytest.raises(ValueError, match=r"non-finite .* the weights of `unet` hold NaN"):
+        pipe(digits(1), left_half_fill(), num_inference_steps=2, jump_n_sample=1, output_type="np")
+
+
+def test_strokes_mask_seed_is_bounded():
+    with pytest.raises(ValueError, match=r"`seed` must be an integer in \[0, 4294967295\], got 4294967296"):
+        make_mask("strokes", 8, 8, seed=2**32)

@@ -184,6 +184,50 @@ def test_bad_preset(args, kwargs, message):
         unet_config(*args, **kwargs)
 
 
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ({"block_out_channels": (8, -16)}, r"`block_out_channels` must be a non-empty list .* >= 1, got \(8, -16\)"),
+        ({"block_out_channels": (8, 0)}, r"`block_out_channels` must be a non-empty list of integers >= 1"),
+        ({"block_out_channels": (8, 16.5)}, r"`block_out_channels` must be a non-empty list of integers >= 1"),
+        ({"block_out_channels": (8, 18)},
+         r"`block_out_channels` must be a list of multiples of `norm_num_groups` = 4 \(GroupNorm\), got \(8, 18\)"),
+        ({"block_out_channels": (8, 16, 32)}, r"`down_block_types` must be a list of 3 block types"),
+        ({"in_channels": 0}, r"`in_channels` must be an integer >= 1, got 0"),
+        ({"out_channels": -1}, r"`out_channels` must be an integer >= 1, got -1"),
+        ({"layers_per_block": 1.5}, r"`layers_per_block` must be an integer >= 1, got 1.5"),
+        ({"sample_size": -8}, r"`sample_size` must be an integer >= 1 or a pair"),
+        ({"norm_num_groups": 0}, r"`norm_num_groups` must be an integer >= 1, got 0"),
+        ({"num_class_embeds": -2}, r"`num_class_embeds` must be None or an integer >= 1, got -2"),
+    ],
+)
+def test_bad_unet_sizes_are_refused_before_building(overrides, message):
+    with pytest.raises(ValueError, match=r"`preset` 'tiny': " + message):
+        build_unet("tiny", **overrides)
+
+
+def test_bad_sizes_in_a_json_config_and_a_pipeline_folder_name_the_file(tmp_path):
+    config = {**unet_config("tiny"), "block_out_channels": [8, -16]}
+    (tmp_path / "unet.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match=r"unet.json'?: `block_out_channels` must be .* got \[8, -16\]"):
+        unet_config(tmp_path / "unet.json")
+    make_pipe().save_pretrained(tmp_path / "pipe")
+    (tmp_path / "pipe" / "unet" / "config.json").write_text(json.dumps({**config, "_class_name": "UNet2DModel"}))
+    with pytest.raises(ValueError, match=r"unet/config.json: `block_out_channels` must be .* got \[8, -16\]"):
+        DDPMExtPipeline.from_pretrained(tmp_path / "pipe")
+
+
+@pytest.mark.parametrize("file", ["model_index.json", "unet/config.json", "scheduler/scheduler_config.json"])
+def test_invalid_json_in_a_pipeline_folder_names_the_file(file, tmp_path):
+    make_pipe().save_pretrained(tmp_path)
+    (tmp_path / file).write_text('{"_class_name": ')
+    with pytest.raises(ValueError, match=rf"{file} is not valid JSON: Expecting value at line 1, column 17"):
+        DDPMExtPipeline.from_pretrained(tmp_path)
+    (tmp_path / file).write_text("[1, 2]")
+    with pytest.raises(ValueError, match=rf"{file} must hold a JSON object, got list"):
+        DDPMExtPipeline.from_pretrained(tmp_path)
+
+
 def test_bad_json_preset(tmp_path):
     (tmp_path / "bad.json").write_text("{not json")
     with pytest.raises(ValueError, match=r"is not valid JSON"):
@@ -386,3 +430,40 @@ def test_hub_diffusers_checkpoint_and_offline_cache(olah_hub, tmp_path):
 def test_hub_unknown_repo_is_a_clear_error(olah_hub):
     with pytest.raises(ValueError, match=r"Could not fetch the pipeline 'ddpm-ext-tests/does-not-exist'"):
         DDPMExtPipeline.from_pretrained("ddpm-ext-tests/does-not-exist")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Inputs and results that are never silently wrong (issue 31)
+# ---------------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"generator": 5}, r"`generator` must be a torch.Generator, .* got int .*manual_seed\(5\)"),
+        ({"generator": "0"}, r"`generator` must be a torch.Generator, a list of them or None, got str"),
+        ({"generator": [5, 6], "batch_size": 2}, r"`generator` must be a list of torch.Generator, .* holding int"),
+        ({"latents": torch.full((1, 1, 8, 8), float("nan"))}, r"`latents` holds 64 NaN and 0 infinite value\(s\)"),
+        ({"latents": torch.zeros(1, 1, 8, 8).index_fill_(2, torch.tensor([0]), float("inf"))},
+         r"`latents` holds 0 NaN and 8 infinite value\(s\) of 64"),
+    ],
+)
+def test_bad_generator_and_non_finite_latents_are_refused(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        make_pipe()(num_inference_steps=2, **kwargs)
+
+
+@pytest.mark.parametrize("output_type", ["pil", "np", "pt", "latent"])
+def test_non_finite_weights_give_no_images(output_type):
+    pipe = make_pipe()
+    with torch.no_grad():
+        for p in pipe.unet.parameters():
+            p.fill_(float("nan"))
+    with pytest.raises(ValueError, match=r"non-finite value\(s\) of 64: the weights of `unet` hold NaN"):
+        pipe(num_inference_steps=2, output_type=output_type)
+
+
+def test_a_diverging_callback_is_named_as_the_cause():
+    def blow_up(pipe, i, t, tensors):
+        return {"latents": tensors["latents"] * float("inf")}
+
+    with pytest.raises(ValueError, match=r"non-finite .* the chain diverged"):
+        make_pipe()(num_inference_steps=2, callback_on_step_end=blow_up)

@@ -19,8 +19,10 @@ def study():
 
 def readme_training_flags() -> list[str]:
     text = (ROOT / "README.md").read_text()
-    quick_start = text[text.index("## Quick start"):text.index("**2. Run the tests:**")]
-    command = next(line for line in quick_start.splitlines() if line.startswith("python3 -m venv"))
+    quick_start = text[text.index("## Quick start"):text.index("**2. Run the tests**")]
+    block = quick_start[quick_start.index("```bash\n") + len("```bash\n"):]
+    block = block[:block.index("```")].replace("\\\n", " ")  # the command, its continuation lines joined
+    command = next(line for line in block.splitlines() if line.startswith("python3 -m venv"))
     words = shlex.split(command.split("&&")[-1])
     flags = words[words.index("training/train_ddpm.py") + 1:]
     i = flags.index("--output_dir")

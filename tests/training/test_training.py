@@ -338,6 +338,25 @@ def test_failed_push_keeps_output_and_says_how_to_retry(tmp_path, upload_hub):
         (["--autoguidance_guide_fraction", "1"],
          "`--autoguidance_guide_fraction` must be a number in (0, 1), got 1.0."),
         (["--autoguidance_guide_fraction", "0"], "`--autoguidance_guide_fraction` must be a number > 0, got 0.0."),
+        # issue 31: every input bounded before work
+        (["--seed", "-1"], "`--seed` must be an integer in [0, 4294967295], got -1."),
+        (["--seed", "4294967296"], "`--seed` must be an integer in [0, 4294967295], got 4294967296."),
+        (["--eval_batch_size", "1000000"],
+         "--eval_batch_size 1000000 (the sample grid of 28x28 images) needs about 607.5 GiB of memory (estimate) but"),
+        (["--train_batch_size", "1000000000", "--model_config", "tiny"],
+         "--train_batch_size 1000000000 (at least, a training step of 8x8 images) needs about"),
+        (["--model_config", "tiny", "--resolution", "4096"],
+         "--eval_batch_size 64 (the sample grid of 4096x4096 images) needs about"),
+        (["--ddpm_num_steps", "1000000000", "--ddpm_num_inference_steps", "10"],
+         "--ddpm_num_steps 1000000000 needs about 279.4 GiB of memory (estimate) but"),
+        (["--autoguidance_scale", "3", "--max_train_steps", "1"],
+         "--autoguidance_scale 3 needs --max_train_steps >= 2, got 1: the guide is the EMA of an earlier step"),
+        (["--logging_dir", "../x"], "--logging_dir '../x' leaves --output_dir"),
+        (["--logging_dir", "a/../../x"], "--logging_dir 'a/../../x' leaves --output_dir"),
+        (["--cache_dir", ""], "`--cache_dir` must be a non-empty path, got ''."),
+        (["--train_data_dir", " "], "`--train_data_dir` must be a non-empty path, got ' '."),
+        (["--model_config", "tiny", "--pretrained_model_name_or_path", ""],
+         "`--pretrained_model_name_or_path` must be a non-empty path, got ''."),
     ],
 )
 # the script in a subprocess is the slow tier; the same messages in process are the fast tier
@@ -353,6 +372,59 @@ def test_bad_flags(entry, args, message, tmp_path, capsys):
     assert code == 2
     assert message in err
     assert not (tmp_path / "o").exists()
+
+
+def test_empty_output_dir_is_refused_and_nothing_is_written(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)  # '' would have meant this folder
+    assert cli.main(["train", "--output_dir", ""]) == 2
+    assert capsys.readouterr().err.strip() == "error: `--output_dir` must be a non-empty path, got ''."
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_absolute_logging_dir_is_the_users_choice(tmp_path):
+    parser = argparse.ArgumentParser()
+    flags.add_arguments(parser)
+    args = parser.parse_args(["--output_dir", str(tmp_path / "o"), "--logging_dir", str(tmp_path / "logs"),
+                              "--model_config", "tiny", "--resolution", "8"])
+    flags.check_args(args)  # accepted: the help says an absolute path is used as it is
+    assert "absolute path is used as it is" in " ".join(a.help for a in parser._actions if a.dest == "logging_dir")
+
+
+def test_a_model_config_with_negative_channels_is_refused_naming_the_key(tmp_path, capsys):
+    config = tmp_path / "unet.json"
+    config.write_text(json.dumps({**flags.unet_config("tiny"), "block_out_channels": [8, -16]}))
+    assert cli.main(["train", "--model_config", str(config), "--output_dir", str(tmp_path / "o")]) == 2
+    assert "--model_config: `preset` " in (err := capsys.readouterr().err)
+    assert "`block_out_channels` must be a non-empty list of integers >= 1, got [8, -16]" in err
+    assert not (tmp_path / "o").exists()
+
+
+def test_a_pipeline_folder_with_bad_sizes_is_refused_before_fine_tuning(tmp_path, capsys):
+    pipe = DDPMExtPipeline(unet=build_unet("tiny"), scheduler=DDPMExtScheduler(num_train_timesteps=10))
+    pipe.save_pretrained(tmp_path / "p")
+    config = json.loads((tmp_path / "p" / "unet" / "config.json").read_text())
+    (tmp_path / "p" / "unet" / "config.json").write_text(json.dumps({**config, "out_channels": 0}))
+    assert cli.main(["train", "--pretrained_model_name_or_path", str(tmp_path / "p"), "--dataset_name", "mnist-5k",
+                     "--output_dir", str(tmp_path / "o")]) == 2
+    assert f"{tmp_path / 'p' / 'unet' / 'config.json'}: `out_channels` must be an integer >= 1, got 0." in (
+        capsys.readouterr().err)
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.skipif(flags.has_accelerator(), reason="fp16 runs on this machine's GPU")
+def test_fp16_without_a_gpu_is_refused(tmp_path, capsys):
+    assert cli.main(["train", "--mixed_precision", "fp16", "--output_dir", str(tmp_path / "o")]) == 2
+    assert capsys.readouterr().err.startswith("error: --mixed_precision fp16 needs a GPU, and this machine has none")
+    assert not (tmp_path / "o").exists()
+
+
+def test_autoguidance_of_a_one_step_run_is_refused_once_its_steps_are_known():
+    from ddpm_ext.training.setup import guide_step  # noqa: PLC0415 (the step count is known after the data)
+
+    args = argparse.Namespace(autoguidance_scale=3.0, autoguidance_guide_fraction=0.5)
+    with pytest.raises(ValueError, match=r"--autoguidance_scale 3 needs a run of >= 2 optimisation steps, got 1"):
+        guide_step(args, 1)
+    assert guide_step(args, 2) == 1 and guide_step(args, 10) == 5
 
 
 def test_train_command_help_lists_every_training_flag(capsys):

@@ -307,10 +307,11 @@ class DDPMExtPipeline(DiffusionPipeline):
                 clipped); `False` is diffusers' `DDIMPipeline` default, bit for bit.
             timestep_spacing (`str`, *optional*): `"leading"`, `"trailing"` or `"linspace"` for this call, in place
                 of the scheduler config's (which is left as it is), for every scheduler with that option. `None`
-                (default): the config's spacing, except that diffusers' default `"leading"` becomes `"trailing"`,
-                so a chain of S < T steps starts at t = T − 1 instead of (S − 1)·T/S (t = 900 of 1000 for 10 steps);
-                see [`resolve_timestep_spacing`]. `"leading"` with a leading config is diffusers' `DDPMPipeline`
-                behaviour, bit for bit. At S = T every spacing gives the same chain.
+                (default): the config's spacing, except that diffusers' default `"leading"` becomes `"trailing"`
+                for the schedulers verified with it (not diffusers' PNDM), so a chain of S < T steps starts at
+                t = T − 1 instead of (S − 1)·T/S (t = 900 of 1000 for 10 steps); see [`resolve_timestep_spacing`].
+                `"leading"` with a leading config is diffusers' `DDPMPipeline` behaviour, bit for bit. At S = T
+                every spacing gives the same chain.
             autoguidance_scale (`float`, *optional*): autoguidance w >= 1 with the pipeline's `guide_unet`:
                 D̂ = D_guide + w (D − D_guide) at every step (Karras et al. 2024; combined after classifier-free
                 guidance, which each model then gets). 1 samples `unet` alone (the guide is not run; diffusers'

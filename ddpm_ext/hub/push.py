@@ -1,8 +1,8 @@
 """Pushes of pipeline folders to the Hugging Face Hub (the command line is `ddpm-ext push`).
 
-Only the pipeline (`model_index.json`, `unet/`, `scheduler/`, an autoguidance `guide_unet/`), the model card and the
-sample grid are uploaded: never checkpoints, logs or anything holding a token. The token is handed to
-`huggingface_hub` and nowhere else.
+Only the pipeline (`model_index.json`, `unet/`, `scheduler/`, an autoguidance `guide_unet/`, diffusers'
+custom-pipeline file `pipeline.py`), the model card and the sample grid are uploaded: never checkpoints, logs or
+anything holding a token. The token is handed to `huggingface_hub` and nowhere else.
 Every request has a timeout and the push as a whole a deadline (`timeout`, `ddpm-ext push --timeout`, default
 [`DEFAULT_PUSH_TIMEOUT`] s; [`ddpm_ext.network`]): a Hub that stops answering ends the push with
 [`ddpm_ext.network.HubDeadlineError`], and nothing local is lost.

@@ -2,14 +2,32 @@
 
 from __future__ import annotations
 
+import diffusers
 import torch
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from diffusers.utils.torch_utils import randn_tensor
 
-from ..schedulers.scheduling_common import SAMPLING_TIMESTEP_SPACING, TIMESTEP_SPACINGS
+from ..schedulers.scheduling_common import (
+    COMPATIBLE_DIFFUSERS_SCHEDULERS,
+    SAMPLING_TIMESTEP_SPACING,
+    TIMESTEP_SPACINGS,
+    ScheduleMixin,
+)
 from ..validation import check_choice
 
-__all__ = ["draw_initial_noise", "resolve_timestep_spacing", "set_sampling_timesteps"]
+__all__ = [
+    "KEEPS_CONFIGURED_SPACING",
+    "draw_initial_noise",
+    "resolve_timestep_spacing",
+    "set_sampling_timesteps",
+    "switches_to_sampling_spacing",
+]
+
+# diffusers' schedulers in `compatibles` that the pipeline's default must not switch from "leading" to "trailing":
+# diffusers' own PNDMScheduler diverges with trailing spacing on a cosine (squaredcos_cap_v2) model (std 9.6 at
+# 100 steps, 78 at 50, 1e4 at 20, where the data has 0.3; 0.30 with "leading"), measured with the exact-ε oracle
+# of tests/pipelines/test_scheduler_swaps.py, which also checks that this stays so.
+KEEPS_CONFIGURED_SPACING: tuple[str, ...] = ("PNDMScheduler",)
 
 
 def draw_initial_noise(
@@ -34,7 +52,8 @@ def resolve_timestep_spacing(
 
     `None` (the pipeline's default) means the scheduler config's own spacing, except that diffusers' default
     `"leading"` becomes `"trailing"` ([`SAMPLING_TIMESTEP_SPACING`]: few-step chains start at t = T - 1, not at
-    (S - 1)·T/S). An explicit value is used as it is (`"leading"` with a leading config: diffusers' behaviour).
+    (S - 1)·T/S) for the schedulers verified with it ([`switches_to_sampling_spacing`]; not diffusers' PNDM).
+    An explicit value is used as it is (`"leading"` with a leading config: diffusers' behaviour).
 
     Args:
         scheduler (`SchedulerMixin`): the sampler; it needs `timestep_spacing` in its config for a spacing to apply.
@@ -77,8 +96,23 @@ def resolve_timestep_spacing(
             )
         return None
     if timestep_spacing is None:
-        return SAMPLING_TIMESTEP_SPACING if configured == "leading" else configured
+        switch = configured == "leading" and switches_to_sampling_spacing(scheduler)
+        return SAMPLING_TIMESTEP_SPACING if switch else configured
     return timestep_spacing
+
+
+def switches_to_sampling_spacing(scheduler: SchedulerMixin) -> bool:
+    """Whether the pipeline's default turns `scheduler`'s `"leading"` config into [`SAMPLING_TIMESTEP_SPACING`].
+
+    Only for the combinations that the exact-ε swap tests verified with both spacings and both β schedules:
+    ddpm_ext's schedulers and diffusers' in [`COMPATIBLE_DIFFUSERS_SCHEDULERS`] (by exact class, not a subclass),
+    except [`KEEPS_CONFIGURED_SPACING`] (PNDM). Any other scheduler samples with its config's own spacing.
+    """
+    if isinstance(scheduler, ScheduleMixin):
+        return True
+    name = type(scheduler).__name__
+    verified = name in COMPATIBLE_DIFFUSERS_SCHEDULERS and type(scheduler) is getattr(diffusers, name, None)
+    return verified and name not in KEEPS_CONFIGURED_SPACING
 
 
 def set_sampling_timesteps(

@@ -41,6 +41,24 @@ _FROM_DIFFUSERS = {"DDPMScheduler": DDPMExtScheduler, "DDIMScheduler": DDIMExtSc
 WEIGHTS_STEM = "diffusion_pytorch_model"  # diffusers' weights file name (+ .<variant>) + .safetensors / .bin
 GUIDE_DIR = "guide_unet"  # the autoguidance guide's folder
 GUIDE_INDEX_KEY = "_ddpm_ext_guide_unet"  # model_index.json's private key naming it (diffusers ignores it)
+# diffusers' custom-pipeline file (its CUSTOM_PIPELINE_FILE_NAME), saved beside model_index.json: with
+# `DiffusionPipeline.from_pretrained(folder_or_repo, custom_pipeline="pipeline", trust_remote_code=True)` diffusers
+# runs it, and it imports the installed ddpm_ext's loader class ([`DDPMExtCustomPipeline`]). Without
+# `custom_pipeline` diffusers never reads it (the folder loads as its vanilla `DDPMPipeline`).
+CUSTOM_PIPELINE_FILE = "pipeline.py"
+CUSTOM_PIPELINE_SOURCE = '''"""diffusers' custom-pipeline file of a ddpm_ext model: it loads it as DDPMExtPipeline.
+
+    from diffusers import DiffusionPipeline
+    pipe = DiffusionPipeline.from_pretrained(folder_or_repo_id, custom_pipeline="pipeline", trust_remote_code=True)
+
+It runs no code of its own: it imports the installed package (pip install ddpm-ext), whose loader restores
+ddpm_ext's scheduler and the autoguidance guide. Without custom_pipeline, diffusers loads its vanilla DDPMPipeline.
+"""
+
+from ddpm_ext.pipelines.pipeline_ddpm_ext import DDPMExtCustomPipeline
+
+__all__ = ["DDPMExtCustomPipeline"]
+'''
 
 
 # --------------------------------------------------------------------------------------------------
@@ -126,8 +144,10 @@ def save_pipeline(
     variant: str | None = None,
     max_shard_size: int | str | None = None,
 ) -> None:
-    """Write `unet/` (safetensors), `scheduler/` and `model_index.json` in diffusers' `DDPMPipeline` layout, and
-    `guide_unet/` when there is an autoguidance guide.
+    """Write `unet/` (safetensors), `scheduler/` and `model_index.json` in diffusers' `DDPMPipeline` layout,
+    `guide_unet/` when there is an autoguidance guide, and diffusers' custom-pipeline file `pipeline.py`
+    ([`CUSTOM_PIPELINE_FILE`]: `DiffusionPipeline.from_pretrained(..., custom_pipeline="pipeline",
+    trust_remote_code=True)` loads the folder as ddpm_ext's pipeline).
 
     Every file is written atomically (a temporary file, then a rename over the old one), and `model_index.json`
     last: a full disk or a kill while saving leaves each earlier file whole, and the folder's other files
@@ -153,6 +173,7 @@ def save_pipeline(
         _save_unet(guide_unet, out, GUIDE_DIR, variant, max_shard_size)
     config = scheduler_config_for_disk(scheduler)
     atomic_write_text(out / "scheduler" / "scheduler_config.json", json.dumps(config, indent=2, sort_keys=True) + "\n")
+    atomic_write_text(out / CUSTOM_PIPELINE_FILE, CUSTOM_PIPELINE_SOURCE)
     index = {
         "_class_name": "DDPMPipeline",
         "_diffusers_version": diffusers.__version__,
@@ -316,7 +337,10 @@ def check_unet_weights(
             raise ValueError(f"{unet_dir} has no safetensors weights{label}, and `use_safetensors=True` was passed.")
         if not pickles:
             found = sorted(p.name for p in unet_dir.iterdir() if p.suffix in (".safetensors", ".bin"))
-            raise ValueError(f"{unet_dir} has no weights{label}; its weights files are {found}.")
+            # (diffusers' own wording first, for a variant: "You are trying to load the model files of ...")
+            theirs = (f"You are trying to load the model files of the `variant={variant}`, but no such modeling files "
+                      "are available. ") if variant else ""
+            raise ValueError(f"{theirs}{unet_dir} has no weights{label}; its weights files are {found}.")
         if not allow_pickle:
             raise ValueError(
                 f"{unet_dir} has no safetensors weights{label} (only the pickle file(s) {[p.name for p in pickles]}). "
@@ -353,7 +377,10 @@ def scheduler_class_of(folder: Path) -> type:
     """The class `folder/scheduler` loads as: ddpm_ext's scheduler for diffusers' DDPM / DDIM configs (and for
     ddpm_ext's own), diffusers' class for the others; a `ValueError` for anything that is not a scheduler."""
     path = folder / "scheduler" / "scheduler_config.json"
-    config = read_json(path)
+    return _scheduler_class_for(read_json(path), str(path))
+
+
+def _scheduler_class_for(config: dict[str, Any], where: str) -> type:
     name = config.get("_ddpm_ext_class_name") or config.get("_class_name")
     if name in ScheduleMixin._ext_classes:
         return ScheduleMixin._ext_classes[name]
@@ -362,7 +389,41 @@ def scheduler_class_of(folder: Path) -> type:
     cls = getattr(diffusers, name, None) if isinstance(name, str) else None
     if isinstance(cls, type) and issubclass(cls, SchedulerMixin):
         return cls
-    raise ValueError(f"{path} names {name!r}, which is not a diffusers or ddpm_ext scheduler class.")
+    raise ValueError(f"{where} names {name!r}, which is not a diffusers or ddpm_ext scheduler class.")
+
+
+def as_ext_scheduler(scheduler: SchedulerMixin) -> SchedulerMixin:
+    """The scheduler as [`DDPMExtPipeline.from_pretrained`] would have loaded it: diffusers' `DDPMScheduler` /
+    `DDIMScheduler` (as diffusers' loader builds them from a saved folder, the private keys kept in their config)
+    become ddpm_ext's scheduler with every setting; any other scheduler is returned as it is."""
+    if isinstance(scheduler, ScheduleMixin) or type(scheduler).__name__ not in _FROM_DIFFUSERS:
+        return scheduler
+    cls = _scheduler_class_for({**scheduler.config, "_class_name": type(scheduler).__name__}, "the scheduler config")
+    return cls.from_config(scheduler.config)
+
+
+def _hub_snapshot_of(folder: Path) -> tuple[str, str] | None:
+    """`(repo_id, commit)` when `folder` is a snapshot in huggingface_hub's cache
+    (`.../models--<org>--<name>/snapshots/<commit>`), else `None`."""
+    parts = folder.parts
+    for i in range(len(parts) - 2):
+        if parts[i].startswith("models--") and parts[i + 1] == "snapshots":
+            return parts[i][len("models--"):].replace("--", "/"), parts[i + 2]
+    return None
+
+
+def folder_with_guide(folder: Path, **hub: Any) -> Path:
+    """`folder`, or, for a Hub snapshot that lacks the `guide_unet/` its `model_index.json` names (diffusers'
+    loader downloads only the components the index lists), the same commit fetched with the guide."""
+    if not saved_guide(folder) or (folder / GUIDE_DIR / "config.json").is_file():
+        return folder
+    snapshot = _hub_snapshot_of(folder)
+    if snapshot is None:
+        raise ValueError(
+            f"{folder}'s model_index.json names an autoguidance guide, but {folder / GUIDE_DIR} is missing."
+        )
+    repo_id, commit = snapshot
+    return resolve_pipeline_folder(repo_id, revision=commit, cache_dir=folder.parents[2], **hub)
 
 
 def load_scheduler(folder: str | os.PathLike) -> SchedulerMixin:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import inspect
 import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable, Literal, Sequence, get_args
 
 import numpy as np
@@ -18,6 +19,7 @@ import torch
 from diffusers import DiffusionPipeline, ImagePipelineOutput, UNet2DModel
 from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
+from diffusers.utils import logging as diffusers_logging
 
 from ..data import ImageTransform
 from ..images import images_to_uint8, normalize, tensor_to_numpy, to_pil, to_unit
@@ -28,9 +30,11 @@ from ..validation import check_choice, check_finite, check_generator, check_int,
 from .chain_start import draw_initial_noise, resolve_timestep_spacing, set_sampling_timesteps
 from .checkpoint_io import (
     GUIDE_DIR,
+    as_ext_scheduler,
     check_component_classes,
     check_components,
     check_unet_weights,
+    folder_with_guide,
     load_scheduler,
     resolve_pipeline_folder,
     save_pipeline,
@@ -111,6 +115,15 @@ class DDPMExtPipeline(DiffusionPipeline):
         self._num_timesteps = 0
         self._interrupt = False
         self._fast_path: FastPath | None = None  # the enabled fast path (see fast_path.py)
+
+    @property
+    def components(self) -> dict[str, Any]:
+        """diffusers' `components` (what `__init__` takes), without `guide_unet` when there is no guide: the
+        components a pipeline was built from, as diffusers' `test_components_function` expects."""
+        components = super().components
+        if components.get("guide_unet") is None:
+            components.pop("guide_unet", None)
+        return components
 
     # ----------------------------------------------------------------------------------------------
     # Fast path (opt-in; the machinery is in fast_path.py, the README's "Speed" section measures it)
@@ -294,10 +307,11 @@ class DDPMExtPipeline(DiffusionPipeline):
                 clipped); `False` is diffusers' `DDIMPipeline` default, bit for bit.
             timestep_spacing (`str`, *optional*): `"leading"`, `"trailing"` or `"linspace"` for this call, in place
                 of the scheduler config's (which is left as it is), for every scheduler with that option. `None`
-                (default): the config's spacing, except that diffusers' default `"leading"` becomes `"trailing"`,
-                so a chain of S < T steps starts at t = T − 1 instead of (S − 1)·T/S (t = 900 of 1000 for 10 steps);
-                see [`resolve_timestep_spacing`]. `"leading"` with a leading config is diffusers' `DDPMPipeline`
-                behaviour, bit for bit. At S = T every spacing gives the same chain.
+                (default): the config's spacing, except that diffusers' default `"leading"` becomes `"trailing"`
+                for the schedulers verified with it (not diffusers' PNDM), so a chain of S < T steps starts at
+                t = T − 1 instead of (S − 1)·T/S (t = 900 of 1000 for 10 steps); see [`resolve_timestep_spacing`].
+                `"leading"` with a leading config is diffusers' `DDPMPipeline` behaviour, bit for bit. At S = T
+                every spacing gives the same chain.
             autoguidance_scale (`float`, *optional*): autoguidance w >= 1 with the pipeline's `guide_unet`:
                 D̂ = D_guide + w (D − D_guide) at every step (Karras et al. 2024; combined after classifier-free
                 guidance, which each model then gets). 1 samples `unet` alone (the guide is not run; diffusers'
@@ -710,6 +724,7 @@ class DDPMExtPipeline(DiffusionPipeline):
         check_component_classes(folder)
         if "scheduler" not in overrides:
             overrides["scheduler"] = load_scheduler(folder)
+            _log_loaded("scheduler", overrides["scheduler"], folder)
         asked_safetensors = kwargs.get("use_safetensors")  # the caller's, before the UNet's check sets it
         if "unet" not in overrides:
             kwargs["use_safetensors"] = check_unet_weights(
@@ -723,12 +738,52 @@ class DDPMExtPipeline(DiffusionPipeline):
             overrides["guide_unet"] = UNet2DModel.from_pretrained(
                 folder, subfolder=GUIDE_DIR, variant=kwargs.get("variant"), use_safetensors=safe,
                 **({"torch_dtype": dtype} if dtype is not None else {}))
+            _log_loaded(GUIDE_DIR, overrides["guide_unet"], folder)
         pipe = super().from_pretrained(folder, **overrides, **kwargs)
         uninitialised = [name for name, p in pipe.unet.state_dict().items() if p.device.type == "meta"]
         if uninitialised:  # a pickle file with missing tensors (safetensors ones are refused before loading)
             raise ValueError(f"The weights in {folder / 'unet'} lack the tensor(s) {uninitialised[:10]}.")
         pipe.register_to_config(_name_or_path=os.fspath(pretrained_model_name_or_path))
         return pipe
+
+
+
+class DDPMExtCustomPipeline(DDPMExtPipeline):
+    r"""[`DDPMExtPipeline`] as diffusers' own loader builds it from a saved folder or Hub repo, through the
+    custom-pipeline file `pipeline.py` that ddpm_ext saves beside `model_index.json`:
+
+    ```py
+    from diffusers import DiffusionPipeline
+    pipe = DiffusionPipeline.from_pretrained(folder_or_repo_id, custom_pipeline="pipeline", trust_remote_code=True)
+    ```
+
+    diffusers loads the components that `model_index.json` lists (the UNet, and diffusers' `DDPMScheduler` /
+    `DDIMScheduler`) and calls this class; it then does what [`DDPMExtPipeline.from_pretrained`] does on top: the
+    scheduler becomes ddpm_ext's with every saved setting, and a saved autoguidance guide (`guide_unet/`, which
+    diffusers neither lists nor downloads) is loaded from the UNet's folder, or for a Hub repo fetched from the same
+    commit. Samples equal [`DDPMExtPipeline.from_pretrained`]'s. Built directly, it is a plain [`DDPMExtPipeline`].
+    The guide is read without a `variant` (diffusers does not pass the one it loaded); a guide saved only as a
+    variant loads through [`DDPMExtPipeline.from_pretrained`] with `variant=`.
+    """
+
+    def __init__(self, unet: UNet2DModel, scheduler: SchedulerMixin, guide_unet: UNet2DModel | None = None):
+        scheduler = as_ext_scheduler(scheduler)
+        source = getattr(unet.config, "_name_or_path", None)  # diffusers' loader: <pipeline folder>/unet
+        if guide_unet is None and source and os.path.isdir(source):
+            folder = folder_with_guide(Path(source).parent)
+            if (folder / GUIDE_DIR / "config.json").is_file():
+                safe = check_unet_weights(folder, variant=None, use_safetensors=None, allow_pickle=False,
+                                          component=GUIDE_DIR)
+                guide_unet = UNet2DModel.from_pretrained(
+                    folder, subfolder=GUIDE_DIR, use_safetensors=safe, torch_dtype=unet.dtype
+                ).to(unet.device)
+        super().__init__(unet=unet, scheduler=scheduler, guide_unet=guide_unet)
+
+def _log_loaded(name: str, component: Any, folder: Path) -> None:
+    """diffusers' log line for a component it loads itself, for one that ddpm_ext loaded and passed in."""
+    diffusers_logging.get_logger("diffusers.pipelines.pipeline_utils").info(
+        f"Loaded {name} as {type(component).__name__} from `{name}` subfolder of {folder}."
+    )
 
 
 # from_pretrained's arguments: for fetching a Hub repo, and passed on to diffusers' loading

@@ -128,8 +128,9 @@ def fast_sampler(
         {"clip_sample": clip_x0, "dynamic_thresholding_ratio": config.get("dynamic_thresholding_ratio", 0.995)})
     # every key of the model's config that the solver knows carries over (diffusers' `from_config` would reset
     # those an in-memory config lists in `_use_default_values` to the solver's defaults, e.g. its "linspace"
-    # spacing); keys it does not know (ddpm_ext's `cosine_s`, `max_beta`; β then travel as `trained_betas`) are
-    # left out instead of being warned about
+    # spacing); keys it does not know are left out instead of being warned about, except ddpm_ext's private ones
+    # (`_ddpm_ext_config` with `cosine_s` / `max_beta`; β then travel as a flagged `trained_betas`): diffusers keeps
+    # them as hidden keys, so `DDPMExtScheduler.from_config(solver.config)` restores the options
     known = inspect.signature(cls.__init__).parameters
-    model = {k: v for k, v in dict(config).items() if k in known}
+    model = {k: v for k, v in dict(config).items() if k in known or k.startswith("_ddpm_ext_")}
     return cls.from_config(model, **{**options, **clipping, **kwargs})

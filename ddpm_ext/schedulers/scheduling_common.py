@@ -197,10 +197,18 @@ COMPATIBLE_DIFFUSERS_SCHEDULERS: tuple[str, ...] = (
     "UniPCMultistepScheduler",
 )
 
-# Private keys of a saved scheduler config (see `to_diffusers_config`).
+# Private keys of a scheduler config (see `to_diffusers_config`).
 _EXT_CLASS_KEY = "_ddpm_ext_class_name"
 _EXT_CONFIG_KEY = "_ddpm_ext_config"
 _BETAS_FOR_DIFFUSERS_KEY = "_ddpm_ext_betas_for_diffusers"
+# ddpm_ext's options that no diffusers scheduler takes. They live in the private dict `_ddpm_ext_config` of the
+# config, in memory as on disk: diffusers' `from_config` drops private keys silently (and keeps them as hidden
+# keys of the new scheduler's config), so `AnyDiffusersScheduler.from_config(scheduler.config)` prints no
+# "not expected and will be ignored" warning, and swapping back to ddpm_ext's scheduler restores them.
+EXT_ONLY_OPTIONS: tuple[str, ...] = ("cosine_s", "max_beta")
+# Keys that describe where a saved config came from, not the scheduler: a loaded scheduler's config drops them,
+# so that `save_config` -> `from_pretrained` -> `config` equals the original config.
+_PROVENANCE_KEYS = ("_class_name", "_diffusers_version", _EXT_CLASS_KEY)
 
 
 def _diffusers_computes(beta_schedule: str, cosine_s: float, max_beta: float) -> bool:
@@ -210,17 +218,28 @@ def _diffusers_computes(beta_schedule: str, cosine_s: float, max_beta: float) ->
     return beta_schedule in ("linear", "scaled_linear")
 
 
-def from_saved_config(config: dict[str, Any]) -> dict[str, Any]:
-    """Undo `to_diffusers_config`: ddpm_ext's options back from the private keys, diffusers' stand-in β dropped
-    (also from an in-memory config, see `_init_schedule`).
+def from_saved_config(config: dict[str, Any], kwargs: dict[str, Any] | None = None) -> tuple[dict, dict, dict]:
+    """Undo `to_diffusers_config`: split a config (saved or in memory) into what diffusers' `extract_init_dict`
+    handles, ddpm_ext's own options ([`EXT_ONLY_OPTIONS`]) and the remaining `kwargs` of a `from_config` call.
 
-    A config without those keys (diffusers' own, or an in-memory one) comes back unchanged.
+    The private dict's other keys (options diffusers' DDIM lacks, e.g. `variance_type`) go back to the top level,
+    diffusers' stand-in β (`trained_betas` flagged by `_ddpm_ext_betas_for_diffusers`) is dropped (the options
+    recompute β), and `cosine_s` / `max_beta` are taken from the private dict, from the top level (a hand-written
+    dict) or from `kwargs`, later ones winning. A config without those keys (diffusers' own) comes back unchanged.
+
+    Returns:
+        `(config, ext_options, kwargs)`: new dicts; the inputs are not modified.
     """
-    config = dict(config)
+    config, kwargs = dict(config), dict(kwargs or {})
     if config.pop(_BETAS_FOR_DIFFUSERS_KEY, False):
         config["trained_betas"] = None
-    config.update(config.pop(_EXT_CONFIG_KEY, None) or {})
-    return config
+        config["_use_default_values"] = [k for k in config.get("_use_default_values", []) if k != "trained_betas"]
+    private = dict(config.pop(_EXT_CONFIG_KEY, None) or {})
+    ext_options = {k: private.pop(k) for k in EXT_ONLY_OPTIONS if k in private}
+    config.update(private)
+    for source in (config, kwargs):
+        ext_options.update({k: source.pop(k) for k in EXT_ONLY_OPTIONS if k in source})
+    return config, ext_options, kwargs
 
 
 @dataclass
@@ -255,6 +274,7 @@ class ScheduleMixin(SchedulerMixin):
     _diffusers_class_name: str = ""
     _compatibles = list(COMPATIBLE_DIFFUSERS_SCHEDULERS)
     _ext_classes: dict[str, type] = {}  # every ddpm_ext scheduler class, by name (filled by __init_subclass__)
+    ignore_for_config = list(EXT_ONLY_OPTIONS)  # registered under the private `_ddpm_ext_config` instead
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -279,12 +299,14 @@ class ScheduleMixin(SchedulerMixin):
         offset or cap it does not know), the β are also written as `trained_betas`, flagged so that ddpm_ext drops
         them again on load (`from_saved_config`).
         """
-        config = {k: v for k, v in dict(self.config).items() if k != "_use_default_values"}
+        config = {k: v for k, v in dict(self.config).items() if k not in ("_use_default_values", *_PROVENANCE_KEYS)}
         theirs = getattr(diffusers, self._diffusers_class_name)
         config["_class_name"] = theirs.__name__
         config[_EXT_CLASS_KEY] = type(self).__name__
         known = set(inspect.signature(theirs.__init__).parameters)
-        config[_EXT_CONFIG_KEY] = {k: config.pop(k) for k in list(config) if not k.startswith("_") and k not in known}
+        private = dict(config.pop(_EXT_CONFIG_KEY, None) or {})
+        private.update({k: config.pop(k) for k in list(config) if not k.startswith("_") and k not in known})
+        config[_EXT_CONFIG_KEY] = private
         vanilla = theirs.from_config({k: v for k, v in config.items() if not k.startswith("_")})
         if not torch.allclose(vanilla.betas.double(), torch.from_numpy(self._betas64), rtol=1e-6, atol=1e-9):
             config["trained_betas"] = [float(b) for b in self._betas64]
@@ -315,13 +337,20 @@ class ScheduleMixin(SchedulerMixin):
         atomic_write_text(Path(save_directory) / self.config_name, text)
 
     @classmethod
-    def from_config(cls, config: Any = None, return_unused_kwargs: bool = False, **kwargs: Any) -> Any:
-        """diffusers' `from_config`, after undoing the on-disk translation of `to_diffusers_config`."""
-        if config is not None:
-            config = from_saved_config(config)
-        return super().from_config(config, return_unused_kwargs=return_unused_kwargs, **kwargs)
+    def extract_init_dict(cls, config_dict: dict[str, Any], **kwargs: Any) -> tuple[dict, dict, dict]:
+        """diffusers' `extract_init_dict` (the heart of `from_config` / `from_pretrained`), after undoing the
+        on-disk translation of `to_diffusers_config` ([`from_saved_config`]); ddpm_ext's own options go to
+        `__init__` from the private `_ddpm_ext_config`, and the provenance keys of a saved file (`_class_name`,
+        `_diffusers_version`, `_ddpm_ext_class_name`) are not kept in the new config."""
+        config_dict, ext_options, kwargs = from_saved_config(config_dict, kwargs)
+        init_dict, unused_kwargs, hidden = super().extract_init_dict(config_dict, **kwargs)
+        init_dict.update(ext_options)
+        hidden = {k: v for k, v in hidden.items() if k not in _PROVENANCE_KEYS and k not in EXT_ONLY_OPTIONS}
+        return init_dict, unused_kwargs, hidden
 
-    def _init_schedule(self) -> None:
+    def _init_schedule(self, *, cosine_s: float, max_beta: float) -> None:
+        # ddpm_ext's own options, in the private dict that diffusers' schedulers ignore silently (EXT_ONLY_OPTIONS)
+        self.register_to_config(**{_EXT_CONFIG_KEY: {"cosine_s": cosine_s, "max_beta": max_beta}})
         cfg = self.config
         canonical = canonical_beta_schedule(cfg.beta_schedule)
         variance = canonical_variance_type(getattr(cfg, "variance_type", "fixed_small"))
@@ -338,8 +367,8 @@ class ScheduleMixin(SchedulerMixin):
             cfg.beta_start,
             cfg.beta_end,
             cfg.trained_betas,
-            cfg.cosine_s,
-            cfg.max_beta,
+            cosine_s,
+            max_beta,
         )
         # Store diffusers' names so configs move to diffusers' schedulers with `from_config`.
         if canonical != cfg.beta_schedule:
@@ -348,13 +377,13 @@ class ScheduleMixin(SchedulerMixin):
         # schedule the config also carries β as `trained_betas`, flagged as a stand-in, so that
         # `AnyDiffusersScheduler.from_config(scheduler.config)` samples with this very schedule; ddpm_ext's
         # `from_config` drops the stand-in and recomputes β from the options (which may have been changed).
-        if cfg.trained_betas is None and not _diffusers_computes(canonical, cfg.cosine_s, cfg.max_beta):
+        if cfg.trained_betas is None and not _diffusers_computes(canonical, cosine_s, max_beta):
             # (diffusers' `from_config` resets keys listed as defaults in `_use_default_values`: unlist β)
-            defaults = [k for k in cfg.get("_use_default_values", []) if k != "trained_betas"]
+            unlisted = {}
+            if "_use_default_values" in cfg:
+                unlisted["_use_default_values"] = [k for k in cfg["_use_default_values"] if k != "trained_betas"]
             self.register_to_config(
-                trained_betas=[float(b) for b in betas],
-                _use_default_values=defaults,
-                **{_BETAS_FOR_DIFFUSERS_KEY: True},
+                trained_betas=[float(b) for b in betas], **unlisted, **{_BETAS_FOR_DIFFUSERS_KEY: True}
             )
         if cfg.rescale_betas_zero_snr:
             betas = rescale_zero_terminal_snr(betas)

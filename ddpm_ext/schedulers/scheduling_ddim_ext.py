@@ -113,7 +113,7 @@ class DDIMExtScheduler(ScheduleMixin, ConfigMixin):
         cosine_s: float = 0.008,
         max_beta: float = 0.999,
     ):
-        self._init_schedule()
+        self._init_schedule(cosine_s=cosine_s, max_beta=max_beta)
 
     def _set_grid(self, grid: np.ndarray, device: str | torch.device | None = None) -> None:
         self._step_cache: dict[tuple[int, float], _Step] = {}

@@ -169,7 +169,7 @@ class DDPMExtScheduler(ScheduleMixin, ConfigMixin):
         cosine_s: float = 0.008,
         max_beta: float = 0.999,
     ):
-        self._init_schedule()
+        self._init_schedule(cosine_s=cosine_s, max_beta=max_beta)
         # The full forward chain (t = 0..T-1, ascending) for training losses and the likelihood.
         ab = self._alphas_cumprod64
         self._chain = posterior_coefficients(ab, np.concatenate([[1.0], ab[:-1]]))

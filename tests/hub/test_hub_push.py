@@ -76,7 +76,8 @@ def test_token_flag_pushes_and_a_repush_removes_files_no_longer_in_the_output(pi
     assert first.stdout.strip().endswith(repo)
     [commit] = upload_hub.commits_for(repo)
     assert {"samples.png", "README.md", "model_index.json", "unet/config.json",
-            "unet/diffusion_pytorch_model.safetensors", "scheduler/scheduler_config.json"} == set(commit.added)
+            "unet/diffusion_pytorch_model.safetensors", "scheduler/scheduler_config.json",
+            "pipeline.py"} == set(commit.added)
     assert upload_hub.repos[("model", repo)].private
 
     (pipeline_folder / "samples.png").unlink()  # e.g. a run without sample grid: the old one must not stay online
@@ -96,4 +97,5 @@ def test_an_autoguidance_guide_is_pushed_with_the_pipeline(tmp_path, upload_hub)
     [commit] = upload_hub.commits_for("ddpm-ext-tests/guided")
     assert {"model_index.json", "unet/config.json", "unet/diffusion_pytorch_model.safetensors",
             "scheduler/scheduler_config.json", "guide_unet/config.json",
-            "guide_unet/diffusion_pytorch_model.safetensors"} == set(commit.added)  # the index names the guide
+            "guide_unet/diffusion_pytorch_model.safetensors",
+            "pipeline.py"} == set(commit.added)  # the index names the guide; pipeline.py: diffusers' custom loader

@@ -57,8 +57,39 @@ def test_variant_round_trip_and_fp16_only_checkpoint(saved, tmp_path):
     # diffusers loads the same variant folder, with the same images
     vanilla = DDPMPipeline.from_pretrained(tmp_path / "fp16", variant="fp16")
     np.testing.assert_allclose(images(vanilla), images(loaded), atol=1e-5)
-    with pytest.raises(ValueError, match=r"has no weights for `variant`='fp16'"):
+    # diffusers' own wording first (its test_loading_with_incorrect_variants_raises_error), then which files exist
+    with pytest.raises(ValueError, match=r"^You are trying to load the model files of the `variant=fp16`, but no "
+                       r"such modeling files are available\. .*has no weights for `variant`='fp16'"):
         DDPMExtPipeline.from_pretrained(folder, variant="fp16")
+
+
+def test_load_logs_every_component_as_diffusers_does(saved):
+    """diffusers logs "Loaded <name> as <class> from `<name>` subfolder of <folder>." for each component it loads;
+    ddpm_ext loads the scheduler (and a guide) itself and logs the same line (diffusers' test_save_load_local)."""
+    _, folder = saved
+    records = []
+    handler = logging.Handler(logging.INFO)
+    handler.emit = lambda record: records.append(record.getMessage())
+    logger = logging.getLogger("diffusers.pipelines.pipeline_utils")
+    level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        DDPMExtPipeline.from_pretrained(folder)
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+    for line in (f"Loaded unet as UNet2DModel from `unet` subfolder of {folder}.",
+                 f"Loaded scheduler as DDPMExtScheduler from `scheduler` subfolder of {folder}."):
+        assert line in records
+
+
+def test_components_are_the_ones_the_pipeline_was_built_with():
+    pipe = make_pipe()
+    assert set(pipe.components) == {"unet", "scheduler"}  # no guide: not listed (diffusers' test_components_function)
+    guided = DDPMExtPipeline(unet=pipe.unet, scheduler=pipe.scheduler, guide_unet=build_unet("tiny"))
+    assert set(guided.components) == {"unet", "scheduler", "guide_unet"}
+    assert DDPMExtPipeline(**guided.components).guide_unet is guided.guide_unet
 
 
 def test_dtype_and_torch_dtype_and_low_cpu_mem_usage(saved):
@@ -228,9 +259,11 @@ def test_scheduler_saved_alone_loads_in_diffusers_with_the_same_betas(tmp_path):
     theirs = DDPMScheduler.from_pretrained(tmp_path)
     torch.testing.assert_close(theirs.betas, ours.betas, rtol=0, atol=0)
     back = DDPMExtScheduler.from_pretrained(tmp_path)
-    assert back.config.cosine_s == 0.02 and back.config._ddpm_ext_betas_for_diffusers  # β: a stand-in for diffusers
+    # β: a stand-in for diffusers
+    assert back.config._ddpm_ext_config["cosine_s"] == 0.02 and back.config._ddpm_ext_betas_for_diffusers
     np.testing.assert_array_equal(back._betas64, ours._betas64)
-    assert DDPMExtScheduler.from_pretrained(tmp_path, cosine_s=0.05).config.cosine_s == 0.05  # recomputed, not frozen
+    recomputed = DDPMExtScheduler.from_pretrained(tmp_path, cosine_s=0.05)  # β recomputed, not frozen
+    assert recomputed.config._ddpm_ext_config["cosine_s"] == 0.05
     assert not np.array_equal(DDPMExtScheduler.from_pretrained(tmp_path, cosine_s=0.05)._betas64, ours._betas64)
     # the pipeline writes the same file
     make_pipe(beta_schedule="cosine", cosine_s=0.02).save_pretrained(tmp_path / "pipe")

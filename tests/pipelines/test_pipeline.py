@@ -288,7 +288,7 @@ def test_inexpressible_schedule_still_samples_the_same_in_diffusers(tmp_path):
     np.testing.assert_allclose(sample(vanilla), sample(pipe), atol=1e-4)
     # ddpm_ext recomputes β from `cosine_s` (the stored β are a flagged stand-in for diffusers)
     loaded = DDPMExtPipeline.from_pretrained(tmp_path).scheduler
-    assert loaded.config._ddpm_ext_betas_for_diffusers and loaded.config.cosine_s == 0.02
+    assert loaded.config._ddpm_ext_betas_for_diffusers and loaded.config._ddpm_ext_config["cosine_s"] == 0.02
     assert not np.array_equal(DDPMExtScheduler.from_config(loaded.config, cosine_s=0.008)._betas64, loaded._betas64)
 
 
@@ -383,7 +383,7 @@ def test_hub_round_trip_through_local_server(olah_hub, tmp_path):
 
     ours = DDPMExtPipeline.from_pretrained("ddpm-ext-tests/hub-round-trip")
     ours.set_progress_bar_config(disable=True)
-    assert type(ours.scheduler) is DDPMExtScheduler and ours.scheduler.config.cosine_s == 0.02
+    assert type(ours.scheduler) is DDPMExtScheduler and ours.scheduler.config._ddpm_ext_config["cosine_s"] == 0.02
     # exact by construction: same weights, shapes, process and thread count; weights from the Hub, bit for bit
     np.testing.assert_array_equal(sample(ours, num_inference_steps=20), ref)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import doctest
 
 import diffusers
+import numpy as np
 import pytest
 import torch
 
@@ -83,3 +84,12 @@ def test_bad_arguments_are_refused():
 def test_docstring_examples_run():
     result = doctest.testmod(fast_samplers, optionflags=doctest.NORMALIZE_WHITESPACE)
     assert result.attempted > 0 and result.failed == 0
+
+
+def test_a_swap_through_fast_sampler_and_back_keeps_ddpm_ext_options():
+    ours = DDPMExtScheduler(beta_schedule="cosine", cosine_s=0.02)  # β that diffusers' keys cannot express
+    solver = fast_sampler("dpmpp", ours.config)
+    torch.testing.assert_close(solver.alphas_cumprod, ours.alphas_cumprod, rtol=1e-5, atol=1e-6)
+    back = DDPMExtScheduler.from_config(solver.config)  # the private `_ddpm_ext_config` rode along, hidden
+    assert back.config._ddpm_ext_config == {"cosine_s": 0.02, "max_beta": 0.999}
+    np.testing.assert_array_equal(back._betas64, ours._betas64)

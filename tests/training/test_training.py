@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from diffusers import DDPMPipeline, DDPMScheduler
+from diffusers import DDPMPipeline, DDPMScheduler, DiffusionPipeline
 from huggingface_hub import ModelCard
 from PIL import Image
 from safetensors.torch import load_file
@@ -263,7 +263,7 @@ def test_push_to_hub_round_trip(tmp_path, upload_hub, olah_hub):
     [commit] = upload_hub.commits_for("ddpm-ext-tests/pushed")
     uploaded = set(commit.added)
     assert {"model_index.json", "README.md", "samples.png", "unet/diffusion_pytorch_model.safetensors",
-            "unet/config.json", "scheduler/scheduler_config.json"} == uploaded
+            "unet/config.json", "scheduler/scheduler_config.json", "pipeline.py"} == uploaded
     for content in commit.added.values():
         assert upload_hub.token.encode() not in content
     assert upload_hub.repos[("model", "ddpm-ext-tests/pushed")].private
@@ -273,6 +273,10 @@ def test_push_to_hub_round_trip(tmp_path, upload_hub, olah_hub):
     for k, v in weights(out).items():
         # exact: the safetensors file pulled back through the Hub, byte for byte
         torch.testing.assert_close(pulled.unet.state_dict()[k], v, rtol=0, atol=0)
+    # the run's pipeline.py (saved by save_pipeline_whole, pushed): diffusers' own loader gives ddpm_ext's pipeline
+    generic = DiffusionPipeline.from_pretrained("ddpm-ext-tests/pushed", revision="main", custom_pipeline="pipeline",
+                                                trust_remote_code=True)
+    assert isinstance(generic, DDPMExtPipeline) and type(generic.scheduler) is DDPMExtScheduler
     card = ModelCard.load("ddpm-ext-tests/pushed")
     assert card.data.library_name == "diffusers" and card.data.pipeline_tag == "unconditional-image-generation"
     assert card.text.count("from_pretrained('ddpm-ext-tests/pushed')") == 2  # the snippets load the pushed repo

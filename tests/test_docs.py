@@ -229,6 +229,18 @@ def test_relative_links_and_images_exist(page):
 
 
 @pytest.mark.parametrize("page", PAGES, ids=rel)
+def test_every_test_a_page_names_exists(page):
+    """A guarantee backed by `file.py::test_name` (docs/reliability.md, differences.md...) names a test that exists:
+    a renamed or removed test cannot leave a page citing it."""
+    missing = []
+    for file, name in re.findall(r"`(?:tests/)?([\w/]+\.py)::(\w+)", page.read_text()):
+        path = ROOT / "tests" / file
+        if not path.is_file() or not re.search(rf"^(?:async )?def {name}\(|^class {name}\b", path.read_text(), re.M):
+            missing.append(f"{file}::{name}")
+    assert missing == [], f"{rel(page)} names tests that do not exist"
+
+
+@pytest.mark.parametrize("page", PAGES, ids=rel)
 def test_every_python_block_is_run_or_says_why_not(page):
     for block in blocks(page):
         if block.marker is not None and block.marker[0] in TABLE_MARKERS:

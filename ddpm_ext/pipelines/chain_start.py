@@ -16,18 +16,20 @@ from ..schedulers.scheduling_common import (
 from ..validation import check_choice
 
 __all__ = [
-    "KEEPS_CONFIGURED_SPACING",
+    "LEADING_BY_DEFAULT",
     "draw_initial_noise",
     "resolve_timestep_spacing",
     "set_sampling_timesteps",
     "switches_to_sampling_spacing",
 ]
 
-# diffusers' schedulers in `compatibles` that the pipeline's default must not switch from "leading" to "trailing":
-# diffusers' own PNDMScheduler diverges with trailing spacing on a cosine (squaredcos_cap_v2) model (std 9.6 at
-# 100 steps, 78 at 50, 1e4 at 20, where the data has 0.3; 0.30 with "leading"), measured with the exact-ε oracle
-# of tests/pipelines/test_scheduler_swaps.py, which also checks that this stays so.
-KEEPS_CONFIGURED_SPACING: tuple[str, ...] = ("PNDMScheduler",)
+# diffusers' schedulers in `compatibles` that the pipeline's default samples with "leading", whatever their config
+# says: diffusers' own PNDMScheduler diverges with trailing spacing on a cosine (squaredcos_cap_v2) model (std 9.6
+# at 100 steps, 78 at 50, 1e4 at 20, where the data has 0.3; 0.30 with "leading"), measured with the exact-ε oracle
+# of tests/pipelines/test_scheduler_swaps.py, which also checks that this stays so. A config saying "trailing" is
+# what `ddpm-ext train` saves (and what `from_config` carries into a swapped-in PNDM), so the default must not
+# keep it; an explicit `timestep_spacing="trailing"` is still used as given.
+LEADING_BY_DEFAULT: tuple[str, ...] = ("PNDMScheduler",)
 
 
 def draw_initial_noise(
@@ -52,8 +54,9 @@ def resolve_timestep_spacing(
 
     `None` (the pipeline's default) means the scheduler config's own spacing, except that diffusers' default
     `"leading"` becomes `"trailing"` ([`SAMPLING_TIMESTEP_SPACING`]: few-step chains start at t = T - 1, not at
-    (S - 1)·T/S) for the schedulers verified with it ([`switches_to_sampling_spacing`]; not diffusers' PNDM).
-    An explicit value is used as it is (`"leading"` with a leading config: diffusers' behaviour).
+    (S - 1)·T/S) for the schedulers verified with it ([`switches_to_sampling_spacing`]), and that diffusers' PNDM
+    ([`LEADING_BY_DEFAULT`]) samples with `"leading"` whatever its config says (its trailing chains diverge on
+    cosine models). An explicit value is used as it is (`"leading"` with a leading config: diffusers' behaviour).
 
     Args:
         scheduler (`SchedulerMixin`): the sampler; it needs `timestep_spacing` in its config for a spacing to apply.
@@ -96,6 +99,8 @@ def resolve_timestep_spacing(
             )
         return None
     if timestep_spacing is None:
+        if _is_diffusers_class(scheduler, LEADING_BY_DEFAULT):
+            return "leading"
         switch = configured == "leading" and switches_to_sampling_spacing(scheduler)
         return SAMPLING_TIMESTEP_SPACING if switch else configured
     return timestep_spacing
@@ -106,13 +111,19 @@ def switches_to_sampling_spacing(scheduler: SchedulerMixin) -> bool:
 
     Only for the combinations that the exact-ε swap tests verified with both spacings and both β schedules:
     ddpm_ext's schedulers and diffusers' in [`COMPATIBLE_DIFFUSERS_SCHEDULERS`] (by exact class, not a subclass),
-    except [`KEEPS_CONFIGURED_SPACING`] (PNDM). Any other scheduler samples with its config's own spacing.
+    except [`LEADING_BY_DEFAULT`] (PNDM). Any other scheduler samples with its config's own spacing.
     """
     if isinstance(scheduler, ScheduleMixin):
         return True
+    return _is_diffusers_class(scheduler, COMPATIBLE_DIFFUSERS_SCHEDULERS) and not _is_diffusers_class(
+        scheduler, LEADING_BY_DEFAULT
+    )
+
+
+def _is_diffusers_class(scheduler: SchedulerMixin, names: tuple[str, ...] | list[str]) -> bool:
+    """Whether `scheduler` is exactly (not a subclass of) one of diffusers' scheduler classes `names`."""
     name = type(scheduler).__name__
-    verified = name in COMPATIBLE_DIFFUSERS_SCHEDULERS and type(scheduler) is getattr(diffusers, name, None)
-    return verified and name not in KEEPS_CONFIGURED_SPACING
+    return name in names and type(scheduler) is getattr(diffusers, name, None)
 
 
 def set_sampling_timesteps(

@@ -124,7 +124,7 @@ GRID_STD = 0.3  # data ~ N(0, 0.3²): small enough that a sampler's few-step bia
 # 100 steps 0.92-1.01; the multistep / higher-order ones within 3% of 1 at every count.
 GRID_BOUNDS = {20: (0.68, 1.08), 50: (0.80, 1.06), 100: (0.88, 1.05)}
 # diffusers' own failures, a known limitation (not ddpm_ext's: a hand loop over diffusers' PNDMScheduler alone
-# diverges the same way), so the pipeline's default never switches into them (`KEEPS_CONFIGURED_SPACING`).
+# diverges the same way), so the pipeline's default never samples with them (`LEADING_BY_DEFAULT`).
 # Measured std with the oracle: 1.2e4 at 20 steps, 78 at 50, 9.6 at 100. The test asserts they still diverge,
 # so that a fix upstream is noticed (then the default may switch PNDM too).
 KNOWN_DIFFUSERS_FAILURES = {("PNDMScheduler", "cosine", "trailing")}
@@ -178,6 +178,18 @@ def test_pndm_keeps_its_leading_config_and_trailing_cosine_stays_a_known_diffuse
         assert resolve_timestep_spacing(cls.from_config(cosine.config, timestep_spacing="leading")) == "trailing"
     assert resolve_timestep_spacing(type("MyDDPM", (DDPMScheduler,), {})()) == "leading"  # a subclass: unverified
     check_grid_point("PNDMScheduler", "cosine", 100, "trailing")  # still diverges (measured std 9.6)
+    # a config that says "trailing" (what `ddpm-ext train` saves; from_config carries it into a swapped-in PNDM):
+    # the default samples PNDM with "leading" anyway, and lands on the data's std
+    trained = DDPMExtScheduler(clip_sample=False, beta_schedule="cosine", timestep_spacing="trailing")
+    swapped = diffusers.PNDMScheduler.from_config(trained.config)
+    assert swapped.config.timestep_spacing == "trailing" and resolve_timestep_spacing(swapped) == "leading"
+    assert resolve_timestep_spacing(swapped, "trailing") == "trailing"  # an explicit value is used as given
+    pipe = exact_pipe(trained, data_std=GRID_STD)
+    pipe.scheduler = swapped
+    x = pipe(batch_size=64, num_inference_steps=20, generator=torch.Generator().manual_seed(0),
+             output_type="latent").images
+    low, high = GRID_BOUNDS[20]
+    assert low < x.std().item() / GRID_STD < high
     # diffusers' PNDMScheduler alone, in a hand loop, diverges the same way: the limitation is diffusers'
     pipe = exact_pipe(cosine, data_std=GRID_STD)
     pndm = diffusers.PNDMScheduler.from_config(cosine.config, timestep_spacing="trailing")

@@ -5,7 +5,7 @@
 Each threading choice runs in a fresh subprocess (OpenMP reads `OMP_NUM_THREADS` / `OMP_WAIT_POLICY` when torch
 is imported, so they cannot change inside one process). Every measurement is done twice: on the machine as it
 is, and while `--load` busy-looping processes (one per core by default) compete for the CPU. The table gives
-the median step time of each and the slowdown under load; the README's "Threading" table is this script's
+the median step time of each and the slowdown under load; docs/speed.md's "Threading" table is this script's
 output. Run it alone on the machine: its own competitors are the only load it should see.
 
 The first choice is ddpm_ext's default for training and sampling (`--cpu_threads auto`,

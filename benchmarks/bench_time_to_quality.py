@@ -6,7 +6,7 @@ diffusers' `DDPMPipeline.from_pretrained` loads the same folder (ddpm_ext saves 
 pipelines run the same UNet weights on the same batch size, alternating in every round (`_common.alternate`), in
 one process. ddpm_ext's side is what `ddpm-ext sample` draws by default: the pipeline's saved scheduler with
 `ddpm_ext.commands.sample.DEFAULT_STEPS` steps and the pipeline's sampling defaults. That this default is of
-DDPM-1000 quality is the sampler study's finding (README "Sampler study"), not this script's: this script times.
+DDPM-1000 quality is the sampler study's finding (docs/results/samplers.md), not this script's: this script times.
 """
 
 from __future__ import annotations

@@ -17,8 +17,8 @@ The digit classifier's held-out accuracy on real test digits is printed with the
 FID/KID (plus precision/recall, the judge's other scores and bits/dim), sampling with the same code
 (`ddpm_ext.evaluation.evaluate.draw_samples`, DDIM with `use_clipped_model_output=True`); it asks image i for class
 i mod K, where this study asks the first `--num_per_class` images for class 0, the next for class 1, and so on,
-so the two give the same statistics from different (image, class) pairs. This script stays for the README's table
-and its stand-in judge and features (tests).
+so the two give the same statistics from different (image, class) pairs. This script stays for the table of
+docs/results/guidance.md and its stand-in judge and features (tests).
 
 It prints a markdown table (and writes JSON with `--output`):
 

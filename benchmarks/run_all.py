@@ -3,7 +3,7 @@
     python benchmarks/run_all.py [--device cpu|cuda] [--quick] [--threads N] [--bf16] [--compile]
         [--quality_steps N]
 
-The table in the README's "Speed" section is this script's output, with the command and machine it names.
+The table in docs/speed.md is this script's output, with the command and machine it names.
 """
 
 from __future__ import annotations

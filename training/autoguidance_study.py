@@ -9,13 +9,13 @@ the digit judge's classifier IS with its bootstrap spread, the digits present, F
 precision, recall, density and coverage. w = 1 (the UNet alone) is scored once.
 
 Without a `pipeline` argument the run is trained first: the unconditional recipe's flags (`recipe_study.UNCONDITIONAL`,
-on which the README's study was measured) plus
+on which docs/results/guidance.md's study was measured) plus
 `--checkpointing_steps <checkpoint_every>`, on `--threads` threads, into `<output_dir>/run`.
 
 Rows go to `<output_dir>/autoguidance_study.json` as they are scored (atomically) and the table to
 `autoguidance_study.md`; run the same command again and the rows already there are skipped.
 
-    # the README's study (about 15 min of training and 20 min of scoring on one core of a 2-core CPU)
+    # the study of docs/results/guidance.md (about 15 min of training and 20 min of scoring on one core of a 2-core CPU)
     python training/autoguidance_study.py --output_dir outputs/autoguidance-study \\
         --guide_steps 300 500 700 900 1100 1300 --scales 1 2 3 4 6
 """

@@ -17,7 +17,7 @@ to `recipe_study.md`: run the same command again and the variants already scored
 settings are skipped; a variant whose training finished but was not scored is only scored. A variant folder
 holding a run of other flags is refused, never overwritten.
 
-    # the variants of the README's recipe table, two at a time (about 15 min per pair on a 2-core CPU)
+    # the variants of the recipe table of docs/results/recipe.md, two at a time (about 15 min per pair on a 2-core CPU)
     python training/recipe_study.py --output_dir outputs/recipe-study --jobs 2
 
     # your own variant: NAME=FLAGS, the flags replacing the quick start's (the named variants change the
@@ -46,7 +46,7 @@ ROOT = Path(__file__).resolve().parents[1]
 TRAIN_SCRIPT = ROOT / "training" / "train_ddpm.py"
 
 # The unconditional recipe: the README's main job until 2026-12-02 (grid IS 7.97), the base of the named
-# variants below, which were measured on it. Chosen with this study; the README's table lists the variants tried.
+# variants below, which were measured on it. Chosen with this study; docs/results/recipe.md lists the variants tried.
 UNCONDITIONAL = (
     "--ddpm_beta_schedule cosine --prediction_type v_prediction --snr_gamma 5 --train_batch_size 64 "
     "--learning_rate 3e-3 --lr_warmup_steps 50 --max_train_steps 1700 --autoguidance_scale 3"
@@ -62,7 +62,7 @@ STUDY_FLAGS = "--checkpointing_steps 100000"
 # The batch-32 rows keep 100 warm-up steps (the same number of images as batch 64's 50).
 BS32 = "--train_batch_size 32 --lr_warmup_steps 100"
 # The variants on UNCONDITIONAL were measured before the recipe gained autoguidance: they keep it off
-# (--autoguidance_scale 1, the UNet alone), so that they train and score as the README's table reports.
+# (--autoguidance_scale 1, the UNet alone), so that they train and score as docs/results/recipe.md reports.
 NO_AG = "--autoguidance_scale 1"
 BASES = {"quick start": QUICK_START, "unconditional": UNCONDITIONAL}
 VARIANTS: dict[str, tuple[str, str]] = {

@@ -463,8 +463,9 @@ def sample_images(run: EvaluationRun, spec: SamplerSpec | str, guidance_scale: f
     For a class-conditional pipeline image i is asked for class i mod K ([`balanced_class_labels`]: every class
     equally often, whatever the batch size) with classifier-free guidance `guidance_scale` (w; default the first
     of `run.guidance_scales`). DDIM samplers recompute ε̂ from the clipped x̂_0 (`use_clipped_model_output=True`,
-    the pipeline's default, as `benchmarks/guidance_study.py`; a spec's `:eps=model` turns it off): the README's
-    "DDIM with guidance needs the consistent ε̂" shows what the raw guided ε̂ does to the requested class.
+    the pipeline's default, as `benchmarks/guidance_study.py`; a spec's `:eps=model` turns it off): the section
+    "DDIM with guidance needs the consistent ε̂" of docs/results/guidance.md shows what the raw guided ε̂ does to
+    the requested class.
 
     Raises:
         `ValueError`: For a sampler that was not configured, or a `guidance_scale` for an unconditional pipeline

@@ -1,7 +1,7 @@
 """The lecture's figures, from the package's own schedulers and a trained pipeline.
 
 Seven figures, each a function that writes a PNG and returns a small dataclass holding the numbers behind it
-(so tests, notebooks and the README can check what is drawn); each sits in a module of its own with its dataclass:
+(so tests, notebooks and the docs can check what is drawn); each sits in a module of its own with its dataclass:
 
 - [`forward_process_figure`] (`forward_process.py`): one data image noised by q(x_t | x_0) at a row of timesteps,
   x_0 -> x_T, for the linear, quadratic and cosine β schedules (the same ε for every row);

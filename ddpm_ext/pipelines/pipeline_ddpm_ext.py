@@ -126,7 +126,7 @@ class DDPMExtPipeline(DiffusionPipeline):
         return components
 
     # ----------------------------------------------------------------------------------------------
-    # Fast path (opt-in; the machinery is in fast_path.py, the README's "Speed" section measures it)
+    # Fast path (opt-in; the machinery is in fast_path.py, docs/speed.md measures it)
     # ----------------------------------------------------------------------------------------------
     def enable_fast_path(
         self,

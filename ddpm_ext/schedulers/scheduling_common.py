@@ -49,7 +49,7 @@ TIMESTEP_SPACINGS: tuple[str, ...] = get_args(TimestepSpacing)
 SAMPLING_TIMESTEP_SPACING: TimestepSpacing = "trailing"
 # The number of (respaced, trailing) DDPM steps that `ddpm-ext sample`, the training script's sample grid and the
 # model card's snippet use: the fewest whose samples are within noise of DDPM-1000 on every measure of the sampler
-# study (the README's "Sampler study" has the numbers and the command).
+# study (docs/results/samplers.md has the numbers and the command).
 DEFAULT_SAMPLING_STEPS: int = 50
 
 # The lecture's schedule names -> the names diffusers stores in its configs. We store the diffusers

@@ -123,7 +123,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     a("--timestep_sampling", default="uniform", choices=TIMESTEP_SAMPLINGS,
       help="How t is drawn: uniform = U{0..T−1} (Algorithm 1); importance = in proportion to the min-SNR-γ weight "
       "of t, each loss scaled by 1 / (T p(t)) — the same objective, a less noisy loss per batch (needs "
-      "--snr_gamma; ddpm_ext.losses.timestep_proposal). The README's recipe study compares the two.")
+      "--snr_gamma; ddpm_ext.losses.timestep_proposal). docs/results/recipe.md compares the two.")
     a("--loss_type", default="simple", choices=LOSS_TYPES,
       help="simple = L_simple; hybrid = L_simple + 0.001 L_vlb (needs learned_range).")
     add_conditioning_arguments(parser)
@@ -132,13 +132,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
       "EMA weights of step --autoguidance_guide_fraction × the run's steps as a guide model, saved with the "
       "pipeline (guide_unet/), and sample with D_guide + w (D − D_guide) at this w by default (the grids and every "
       "later pipeline call that gives no autoguidance_scale). 1 (default): no guide. The quick start uses it: "
-      "README, 'Autoguidance'.")
+      "docs/sampling.md, 'Autoguidance'.")
     a("--autoguidance_guide_fraction", type=float, default=0.5,
       help="When the guide is taken, as a fraction in (0, 1) of the run's optimisation steps (with "
       "--autoguidance_scale > 1).")
     a("--ddpm_num_inference_steps", type=int, default=DEFAULT_SAMPLING_STEPS,
-      help="Sampling steps for the sample grids (respaced DDPM, trailing spacing; diffusers: 1000; the README's "
-      "sampler study compares step counts).")
+      help="Sampling steps for the sample grids (respaced DDPM, trailing spacing; diffusers: 1000; "
+      "docs/results/samplers.md compares step counts).")
     # optimisation
     a("--train_batch_size", type=int, default=128, help="Batch size per device (diffusers: 16; 128 as in Ho et al.).")
     a("--eval_batch_size", type=int, default=64, help="Number of images in each sample grid.")
@@ -167,7 +167,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
       "train in fp32); bf16 runs everywhere (autocast on CPUs, fast only with AVX512-BF16 / AMX).")
     a("--enable_xformers_memory_efficient_attention", action="store_true",
       help="Use xformers' attention (needs `pip install xformers` and a GPU).")
-    # speed (README "Speed"; the defaults keep the arithmetic of earlier versions exactly)
+    # speed (docs/speed.md; the defaults keep the arithmetic of earlier versions exactly)
     a("--channels_last", action="store_true",
       help="Keep the UNet's weights and the batches in NHWC (torch.channels_last).")
     a("--optimizer_impl", default="auto", choices=OPTIMIZER_IMPLS,

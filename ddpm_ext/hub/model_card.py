@@ -19,7 +19,7 @@ from ..files import atomic_write_text
 from ..pipelines.guidance import grid_images_per_class
 from ..schedulers.scheduling_common import DEFAULT_SAMPLING_STEPS, lecture_beta_schedule
 
-__all__ = ["METRICS_END", "METRICS_START", "TEMPLATE", "data_description", "escape_markdown", "usage_id",
+__all__ = ["METRICS_END", "METRICS_START", "TEMPLATE", "code_span", "data_description", "escape_markdown", "usage_id",
            "write_model_card"]
 
 TEMPLATE = Path(__file__).resolve().parent / "model_card_template.md"
@@ -49,6 +49,24 @@ def escape_markdown(value: Any) -> str:
     """
     text = html.escape(" ".join(str(value).split()), quote=False)
     return _MARKDOWN_PUNCTUATION.sub(r"\\\1", text)
+
+
+def code_span(value: Any) -> str:
+    """`value` as an inline code span: shown verbatim (`fixed_large` keeps its underscore), never as HTML or
+    Markdown. The backtick fence outlasts any run of backticks in the value, and white space collapses to one space.
+
+    Example:
+
+    ```py
+    >>> code_span("fixed_large"), code_span("a`b")
+    ('`fixed_large`', '``a`b``')
+
+    ```
+    """
+    text = " ".join(str(value).split())
+    fence = "`" * (1 + max((len(run) for run in re.findall(r"`+", text)), default=0))
+    pad = " " if text.startswith("`") or text.endswith("`") else ""
+    return f"{fence}{pad}{text}{pad}{fence}"
 
 
 def usage_id(output_dir: str | os.PathLike, repo_id: str | None = None) -> str:
@@ -186,8 +204,8 @@ def write_model_card(
         seed=md(safe_args.get("seed", "")),
         num_train_timesteps=T,
         beta_schedule=md(_schedule_text(scheduler)),
-        variance_type=md(scheduler.get("variance_type", "fixed_small")),
-        prediction_type=md(scheduler.get("prediction_type", "epsilon")),
+        variance_type=code_span(scheduler.get("variance_type", "fixed_small")),  # config names, shown as written
+        prediction_type=code_span(scheduler.get("prediction_type", "epsilon")),
         loss_type={"simple": "L_simple (Algorithm 1)", "hybrid": "L_hybrid = L_simple + 0.001 L_vlb"}.get(
             safe_args.get("loss_type"), "L_simple"
         )

@@ -18,6 +18,7 @@ from diffusers import DDPMPipeline
 from ddpm_ext import DDIMExtScheduler, DDPMExtPipeline, DDPMExtScheduler, build_unet
 from ddpm_ext.evaluation import report
 from ddpm_ext.hub import model_card, write_model_card
+from ddpm_ext.hub.model_card import code_span
 from ddpm_ext.pipelines.guidance import set_class_names
 
 ARGS = {"seed": 0, "eval_batch_size": 4, "ddpm_num_inference_steps": 100, "use_ema": True, "ema_max_decay": 0.999,
@@ -192,3 +193,20 @@ def test_the_cards_python_block_copied_into_a_file_runs_from_another_working_dir
                             timeout=300, check=False)
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.strip().endswith("images: 1 (16, 16)")
+
+
+@pytest.mark.parametrize("value, span", [
+    ("fixed_large", "`fixed_large`"),  # config names shown as written: no backslash before the underscore
+    ("a`b", "``a`b``"),  # the fence outlasts the value's backticks, so the span cannot end early
+    ("`x`", "`` `x` ``"),  # a value starting or ending with a backtick is padded (CommonMark strips one space)
+    ("<img src=x onerror=alert(1)>\n# h", "`<img src=x onerror=alert(1)> # h`"),  # in a code span: literal text
+])
+def test_code_span_shows_a_config_value_verbatim_and_inert(value, span):
+    assert code_span(value) == span
+
+
+def test_the_cards_scheduler_names_are_shown_as_written(folder):
+    # variance_type and prediction_type are config names: verbatim in code spans, not backslash-escaped text
+    text, _ = card(folder, dataset_name="mnist-5k")
+    assert "| variance σ_t² | `fixed_small` |" in text and "| prediction | `epsilon` |" in text
+    assert "fixed\\_small" not in text

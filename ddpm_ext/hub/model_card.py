@@ -19,8 +19,8 @@ from ..files import atomic_write_text
 from ..pipelines.guidance import grid_images_per_class
 from ..schedulers.scheduling_common import DEFAULT_SAMPLING_STEPS, lecture_beta_schedule
 
-__all__ = ["METRICS_END", "METRICS_START", "TEMPLATE", "code_span", "data_description", "escape_markdown", "usage_id",
-           "write_model_card"]
+__all__ = ["METRICS_END", "METRICS_START", "TEMPLATE", "code_span", "data_description", "escape_markdown", "is_repo_id",
+           "usage_id", "write_model_card"]
 
 TEMPLATE = Path(__file__).resolve().parent / "model_card_template.md"
 # The metrics section of the template; `ddpm-ext evaluate --update_model_card` replaces what lies between them.
@@ -85,7 +85,7 @@ def _dataset_info(dataset_name: str | None) -> dict[str, str]:
             "description": info.description}
 
 
-def _valid_repo_id(name: Any) -> bool:
+def is_repo_id(name: Any) -> bool:
     """Whether `name` is a valid Hub repo id ('name' or 'org/name', huggingface_hub's `validate_repo_id`)."""
     try:
         validate_repo_id(name)
@@ -96,7 +96,7 @@ def _valid_repo_id(name: Any) -> bool:
 
 def _is_hub_id(name: str | None) -> bool:
     """Whether `name` is a Hub repo id rather than a local path."""
-    return _valid_repo_id(name) and not os.path.exists(name)
+    return is_repo_id(name) and not os.path.exists(name)
 
 
 def data_description(dataset_name: str | None, train_data_dir: str | None = None) -> tuple[str, list[str] | None]:
@@ -182,7 +182,7 @@ def write_model_card(
         tags=["ddpm_ext", "diffusers", "ddpm", "unconditional-image-generation", f"beta-{scheduler['beta_schedule']}"],
     )
     repo_id = safe_args.get("hub_model_id") or out.name  # the push's repo (ddpm_ext.training.outputs.hub_repo_id)
-    if safe_args.get("push_to_hub") and not _valid_repo_id(repo_id):
+    if safe_args.get("push_to_hub") and not is_repo_id(repo_id):
         raise ValueError(f"`args['hub_model_id']` must be a Hub repo id ('name' or 'org/name' of A-Z a-z 0-9 - _ .) "
                          f"when `args['push_to_hub']` is set, got {repo_id!r}.")
     n_params = _count_parameters(out / "unet")

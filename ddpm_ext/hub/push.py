@@ -22,11 +22,10 @@ import shlex
 from pathlib import Path
 
 from huggingface_hub import HfApi
-from huggingface_hub.utils import validate_repo_id
 
 from ..files import atomic_write_text
 from ..network import run_with_deadline
-from .model_card import usage_id
+from .model_card import is_repo_id, usage_id
 
 __all__ = ["DEFAULT_PUSH_TIMEOUT", "UPLOAD_PATTERNS", "check_push_timeout", "check_repo_id", "describe_error",
            "push_pipeline", "reach_repo", "retry_command"]
@@ -54,12 +53,7 @@ def check_repo_id(repo_id: str, name: str = "repo_id") -> str:
 
     ```
     """
-    try:
-        validate_repo_id(repo_id)
-        valid = isinstance(repo_id, str) and bool(repo_id)
-    except ValueError:  # huggingface_hub's HFValidationError
-        valid = False
-    if not valid:
+    if not is_repo_id(repo_id):
         raise ValueError(
             f"`{name}` must be a Hub repo id, 'name' or 'org/name' (each part 1 to 96 of the characters A-Z a-z 0-9 "
             f"- _ ., not starting or ending with - or ., without -- or .., not ending in .git), got {repo_id!r}."

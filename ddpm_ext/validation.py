@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import os
-from typing import Any, Sequence
+from typing import Any, Iterable, Sequence
 
 import numpy as np
 import torch
@@ -25,7 +25,9 @@ __all__ = [
     "check_positive",
     "check_seed",
     "learns_variance",
+    "nonfinite_parameters",
     "resolve_device",
+    "weights_are_finite",
 ]
 
 LEARNED_VARIANCE_TYPES = ("learned_range", "learned")
@@ -136,6 +138,17 @@ def check_finite(name: str, tensor: torch.Tensor, what: str = "") -> torch.Tenso
             f"{what}."
         )
     return tensor
+
+
+def weights_are_finite(weights: torch.nn.Module | Iterable[torch.Tensor]) -> bool:
+    """Whether every parameter of a model, or every tensor of `weights`, is finite (no NaN, no ±inf)."""
+    tensors = weights.parameters() if isinstance(weights, torch.nn.Module) else weights
+    return all(bool(torch.isfinite(t).all()) for t in tensors)
+
+
+def nonfinite_parameters(module: torch.nn.Module) -> list[str]:
+    """The names of `module`'s parameters that hold NaN or ±inf (empty when its weights are finite)."""
+    return [name for name, p in module.named_parameters() if not bool(torch.isfinite(p).all())]
 
 
 def check_positive(name: str, value: Any, *, upper: float | None = None) -> float:

@@ -95,7 +95,7 @@ from ..pipelines.checkpoint_io import check_components, square_sample_size
 from ..pipelines.guidance import balanced_class_labels, class_names, is_class_conditional, num_classes
 from ..pipelines.pipeline_ddpm_ext import DDPMExtPipeline
 from ..seeding import image_generators
-from ..validation import check_number, learns_variance, resolve_device
+from ..validation import check_number, learns_variance, nonfinite_parameters, resolve_device
 from .class_scores import (
     class_accuracy,
     class_coverage,
@@ -258,7 +258,7 @@ def load_evaluation(config: EvaluationConfig) -> EvaluationRun:
     # the pipeline and the checks that need it
     pipe = DDPMExtPipeline.from_pretrained(config.pipeline, revision=config.revision)
     unet = pipe.unet
-    bad = [name for name, p in unet.named_parameters() if not bool(torch.isfinite(p).all())]
+    bad = nonfinite_parameters(unet)
     if bad:  # bits/dim would be NaN and every sample refused: say why before any work
         raise ValueError(f"The UNet of {str(config.pipeline)!r} has non-finite weights (NaN or ±inf) in {len(bad)} "
                          f"tensor(s), e.g. {bad[0]}; it cannot be evaluated.")

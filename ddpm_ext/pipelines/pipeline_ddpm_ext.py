@@ -26,7 +26,7 @@ from ..images import images_to_uint8, normalize, tensor_to_numpy, to_pil, to_uni
 from ..likelihood import BitsPerDimOutput, bits_per_dim
 from ..memory import check_fits, sampling_bytes
 from ..schedulers.scheduling_common import ScheduleMixin
-from ..validation import check_choice, check_finite, check_generator, check_int, check_number
+from ..validation import check_choice, check_finite, check_generator, check_int, check_number, weights_are_finite
 from .chain_start import draw_initial_noise, resolve_timestep_spacing, set_sampling_timesteps
 from .checkpoint_io import (
     GUIDE_DIR,
@@ -603,8 +603,7 @@ class DDPMExtPipeline(DiffusionPipeline):
         likely cause: non-finite UNet weights."""
         if bool(torch.isfinite(sample).all()):
             return
-        bad = sorted(name for name, unet in self._unets().items()
-                     if not all(bool(torch.isfinite(p).all()) for p in unet.parameters()))
+        bad = sorted(name for name, unet in self._unets().items() if not weights_are_finite(unet))
         cause = (f"the weights of {' and '.join(f'`{b}`' for b in bad)} hold NaN or infinite values" if bad
                  else "the chain diverged (a callback's latents, or a scheduler option)")
         raise ValueError(

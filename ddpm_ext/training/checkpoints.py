@@ -39,7 +39,7 @@ Guarantees:
   copied in from another checkpoint, a file added or missing), naming the file. A checkpoint of the earlier format
   without a manifest is still resumed, with a warning that its files cannot be verified (see `docs/reliability.md`).
 - **Finite**: weights holding NaN or ±inf are refused ([`validate_checkpoint`]) and never written (the loop checks
-  [`weights_are_finite`] before each checkpoint).
+  [`ddpm_ext.validation.weights_are_finite`] before each checkpoint).
 - **Kill-safe pruning**: an old checkpoint is renamed to `checkpoint-<step>.pruning` (one atomic rename) before it
   is deleted, so a kill while pruning leaves no half-deleted `checkpoint-<step>`; [`remove_partial_folders`]
   clears what an interrupted write or prune left.
@@ -56,7 +56,7 @@ import re
 import shutil
 import time
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import torch
 from accelerate.utils import load as accelerate_load
@@ -83,7 +83,6 @@ __all__ = [
     "set_aside",
     "validate_checkpoint",
     "verify_manifest",
-    "weights_are_finite",
     "write_manifest",
 ]
 
@@ -550,10 +549,3 @@ def check_ema_state(path: str | os.PathLike) -> dict[str, Any]:
             raise CheckpointError(f"{path} is damaged: {key} must be {allowed} ({got}).")
         checked[key] = value
     return checked
-
-
-def weights_are_finite(weights: torch.nn.Module | Iterable[torch.Tensor]) -> bool:
-    """Whether every parameter of a model, or every tensor of `weights`, is finite (checked before a checkpoint or
-    the pipeline is written)."""
-    tensors = weights.parameters() if isinstance(weights, torch.nn.Module) else weights
-    return all(bool(torch.isfinite(t).all()) for t in tensors)

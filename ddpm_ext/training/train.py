@@ -57,12 +57,12 @@ from ..cpu_threads import AdaptiveThreads
 from ..files import naming_failed_writes
 from ..losses import diffusion_loss, importance_scale
 from ..schedulers.scheduling_ddpm_ext import DDPMExtScheduler
+from ..validation import weights_are_finite
 from .checkpoints import (
     CheckpointWriteError,
     prune_checkpoints,
     register_checkpoint_hooks,
     save_checkpoint,
-    weights_are_finite,
 )
 from .flags import parse_args
 from .outputs import check_hub, pipeline_to_save, save_outputs, save_pipeline_whole, write_samples

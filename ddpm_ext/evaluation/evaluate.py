@@ -138,8 +138,8 @@ def _load_data(config: EvaluationConfig) -> tuple[Any, str, str]:
     is_folder = os.path.isdir(os.path.expanduser(name)) or name.startswith(("/", ".", "~"))
     if is_folder:
         split = config.split or "train"
-        files = validate_image_folder(name)  # raises for a missing folder, no images, unreadable files
-        root = Path(name).expanduser().resolve()
+        root = Path(name).expanduser().resolve()  # files listed under the absolute root: 'pets' works as './pets'
+        files = validate_image_folder(root)  # raises for a missing folder, no images, unreadable files
         listing = "\n".join(f"{p.relative_to(root)}\t{p.stat().st_size}\t{p.stat().st_mtime_ns}" for p in files)
         identity = f"folder:{root}:{hashlib.sha256(listing.encode()).hexdigest()[:16]}"
         ds = load_image_dataset(train_data_dir=root, split=split, image_column=config.image_column)

@@ -291,6 +291,16 @@ def test_evaluation_reads_16bit_images_at_8_bits(tiny_pipeline, tmp_path):
     assert np.array_equal(pixels[1, 0].numpy(), (65535 - values) >> 8)
 
 
+def test_a_folder_named_relative_to_the_working_directory_evaluates(tiny_pipeline, tmp_path, monkeypatch):
+    """`--dataset pets` (what a training run's end summary prints for `--train_data_dir pets`), not only './pets'."""
+    (tmp_path / "pets" / "cats").mkdir(parents=True)
+    for i in range(3):
+        Image.new("L", (8, 8), 80 * i).save(tmp_path / "pets" / "cats" / f"{i}.png")
+    monkeypatch.chdir(tmp_path)
+    run = load_evaluation(EvaluationConfig(tiny_pipeline, dataset="pets", num_bpd_images=3, num_samples=0))
+    assert [int(p[0, 0, 0]) for p in run.pixels(np.arange(3))] == [0, 80, 160]
+
+
 def test_docstring_examples():
     for module in (config_mod, evaluate_mod, samplers_mod):
         result = doctest.testmod(module, optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)

@@ -62,7 +62,6 @@ split, extractor and image size (see `--stats_cache_dir`).
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import math
 import os
@@ -88,6 +87,7 @@ from ..data import (
     load_image_dataset,
     validate_image_folder,
 )
+from ..data.loading import dataset_identity
 from ..files import check_new_files
 from ..images import normalize, to_uint8
 from ..likelihood import bits_per_dim_variances
@@ -138,11 +138,11 @@ def _load_data(config: EvaluationConfig) -> tuple[Any, str, str]:
     is_folder = os.path.isdir(os.path.expanduser(name)) or name.startswith(("/", ".", "~"))
     if is_folder:
         split = config.split or "train"
-        root = Path(name).expanduser().resolve()  # files listed under the absolute root: 'pets' works as './pets'
-        files = validate_image_folder(root)  # raises for a missing folder, no images, unreadable files
-        listing = "\n".join(f"{p.relative_to(root)}\t{p.stat().st_size}\t{p.stat().st_mtime_ns}" for p in files)
-        identity = f"folder:{root}:{hashlib.sha256(listing.encode()).hexdigest()[:16]}"
+        validate_image_folder(name)  # raises for a missing folder, no images, unreadable files (named as given)
+        root = Path(name).expanduser().resolve()
         ds = load_image_dataset(train_data_dir=root, split=split, image_column=config.image_column)
+        # the cache key: the folder and its contents (the identity a training checkpoint records for it)
+        identity = f"folder:{root}:{dataset_identity(ds, train_data_dir=root)['sha256'][:16]}"
     else:
         split = config.split or held_out_split(name)
         ds = load_image_dataset(name, split=split, image_column=config.image_column)
